@@ -1,0 +1,264 @@
+"""Load GPT-2 weights from a safetensors checkpoint into a nested dict of NumPy arrays.
+
+The dict mirrors the checkpoint's own key names: the tensor stored under
+``h.3.attn.c_attn.weight`` is ``params["h"][3]["attn"]["c_attn"]["weight"]``.
+
+We parse safetensors ourselves (an 8-byte little-endian header length, a JSON header, then
+raw little-endian data) rather than through ``safetensors.safe_open`` because we need
+BF16 (NumPy has no bfloat16), errors that name the file and key, and to read each tensor
+straight into its final array so the weights are never held twice (gpt2-xl is 6.4 GB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from .config import GPT2Config, infer_config, read_config_json
+from .errors import CheckpointError
+
+# safetensors dtype name -> little-endian NumPy dtype of the stored bytes.
+# BF16 is read as raw uint16 and widened by hand (see _to_float).
+FILE_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+               "BF16": np.dtype("<u2")}
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+
+# Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
+# They are not parameters; we recompute the mask and never keep them in memory.
+_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+
+def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter key of a GPT-2 checkpoint (without ``transformer.``) -> its shape."""
+    E, V, P = config.n_embd, config.vocab_size, config.n_ctx
+    shapes = {"wte.weight": (V, E), "wpe.weight": (P, E)}
+    for i in range(config.n_layer):
+        for name, shape in [
+            ("ln_1.weight", (E,)), ("ln_1.bias", (E,)),
+            ("attn.c_attn.weight", (E, 3 * E)), ("attn.c_attn.bias", (3 * E,)),
+            ("attn.c_proj.weight", (E, E)), ("attn.c_proj.bias", (E,)),
+            ("ln_2.weight", (E,)), ("ln_2.bias", (E,)),
+            ("mlp.c_fc.weight", (E, 4 * E)), ("mlp.c_fc.bias", (4 * E,)),
+            ("mlp.c_proj.weight", (4 * E, E)), ("mlp.c_proj.bias", (E,)),
+        ]:
+            shapes[f"h.{i}.{name}"] = shape
+    shapes["ln_f.weight"] = (E,)
+    shapes["ln_f.bias"] = (E,)
+    return shapes
+
+
+def read_safetensors_header(path: str) -> tuple[dict, int]:
+    """Parse and check a safetensors header.
+
+    Returns ``(entries, data_start)`` where entries maps each tensor name to
+    ``{"dtype", "shape", "data_offsets"}`` (offsets relative to data_start).
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, too short)")
+            n = int.from_bytes(head, "little")
+            if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(
+                    f"{path}: not a safetensors file (header length {n} does not fit a {size}-byte file)")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+    header.pop("__metadata__", None)
+    data_start, data_size = 8 + n, size - 8 - n
+    spans = []
+    for name, e in header.items():
+        ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str)
+              and isinstance(e.get("shape"), list) and isinstance(e.get("data_offsets"), list)
+              and len(e["data_offsets"]) == 2
+              and all(isinstance(v, int) and v >= 0 for v in e["shape"] + e["data_offsets"]))
+        if not ok:
+            raise CheckpointError(f"{path}: corrupted header entry for {name!r}: {e!r}")
+        begin, end = e["data_offsets"]
+        if e["dtype"] in FILE_DTYPES:
+            nbytes = int(np.prod(e["shape"], dtype=np.int64)) * FILE_DTYPES[e["dtype"]].itemsize
+            if end - begin != nbytes:
+                raise CheckpointError(
+                    f"{path}: {name}: header says {e['dtype']} {e['shape']} ({nbytes} bytes) "
+                    f"but data_offsets span {end - begin} bytes")
+        if end < begin:
+            raise CheckpointError(f"{path}: {name}: data_offsets {e['data_offsets']} are reversed")
+        if end > data_size:
+            raise CheckpointError(
+                f"{path}: truncated: {name} needs data bytes {begin}..{end} but the file has only "
+                f"{data_size} data bytes")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise CheckpointError(f"{path}: corrupted: data of {a} and {b} overlap")
+    return header, data_start
+
+
+def _to_float(raw: np.ndarray, file_dtype: str, dtype: np.dtype) -> np.ndarray:
+    """Stored values -> floats of `dtype`. BF16 is the top half of a float32's bits."""
+    if file_dtype == "BF16":
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(dtype, copy=False)
+
+
+def _read_tensor(f, path, name, entry, data_start, dtype) -> np.ndarray:
+    file_dtype = FILE_DTYPES[entry["dtype"]]
+    begin, end = entry["data_offsets"]
+    # Read straight into the final array when no conversion is needed (float32 file, float32 model).
+    same = file_dtype == np.dtype(dtype)
+    out = np.empty(entry["shape"], dtype=dtype if same else file_dtype)
+    f.seek(data_start + begin)
+    got = f.readinto(memoryview(out).cast("B")) if out.nbytes else 0
+    if got != end - begin:
+        raise CheckpointError(f"{path}: truncated while reading {name}")
+    return out if same else _to_float(out, entry["dtype"], dtype)
+
+
+def nest_params(flat: dict[str, np.ndarray]) -> dict:
+    """{"h.0.ln_1.weight": a, "wte.weight": b} -> {"h": [{"ln_1": {"weight": a}}], "wte": {"weight": b}}."""
+    params: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    if "h" in params:  # the layers {"0": ..., "1": ...} become a list, so params["h"][i] works
+        params["h"] = [params["h"][str(i)] for i in range(len(params["h"]))]
+    return params
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Inverse of nest_params: the nested weight dict -> {checkpoint key: array}."""
+    flat = {}
+    items = enumerate(params) if isinstance(params, list) else params.items()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)):
+            flat.update(flatten_params(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _find_files(source) -> tuple[str, str | None]:
+    """A directory or a .safetensors path -> (weights path, config.json path or None)."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        weights = os.path.join(source, "model.safetensors")
+        if not os.path.isfile(weights):
+            raise CheckpointError(f"{source}: directory has no model.safetensors")
+        config = os.path.join(source, "config.json")
+    elif os.path.isfile(source):
+        weights = source
+        config = os.path.join(os.path.dirname(source) or ".", "config.json")
+    else:
+        raise CheckpointError(f"{source}: no such file or directory")
+    return weights, (config if os.path.isfile(config) else None)
+
+
+def _strip_prefix(names, path) -> dict[str, str]:
+    """Checkpoint key -> our key: drop "transformer." (save_pretrained adds it)."""
+    mapping = {}
+    for name in names:
+        key = name[len("transformer."):] if name.startswith("transformer.") else name
+        if key in mapping.values():
+            raise CheckpointError(f"{path}: {key} is stored twice (with and without 'transformer.')")
+        mapping[name] = key
+    return mapping
+
+
+def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
+    """Load a GPT-2 checkpoint: ``params, config = load(source, dtype)``.
+
+    source: a directory holding ``model.safetensors`` (and usually ``config.json``), or a
+    path to a ``.safetensors`` file (a ``config.json`` beside it is used when present).
+    dtype: float32 (default) or float64; F16/BF16/F32 files are converted to it.
+    Returns the nested weight dict (checkpoint names, buffers dropped) and the config.
+    Raises CheckpointError naming the file and the key/shape/dtype that is wrong.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    weights, config_path = _find_files(source)
+    header, data_start = read_safetensors_header(weights)
+    keys = _strip_prefix(header, weights)
+    params_in_file = {k: n for n, k in keys.items() if not _BUFFER.fullmatch(k)}
+
+    for key, name in params_in_file.items():
+        if header[name]["dtype"] not in FILE_DTYPES:
+            raise CheckpointError(
+                f"{weights}: {name} has dtype {header[name]['dtype']}; expected one of "
+                f"{', '.join(FILE_DTYPES)}")
+    if config_path:
+        config = read_config_json(config_path)
+    else:
+        config = _infer_from_header(header, params_in_file, weights)
+
+    shapes = expected_shapes(config)
+    has_head = "lm_head.weight" in params_in_file
+    if has_head:
+        shapes["lm_head.weight"] = (config.vocab_size, config.n_embd)
+    missing = [k for k in shapes if k not in params_in_file]
+    unexpected = [params_in_file[k] for k in params_in_file if k not in shapes]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        raise CheckpointError(
+            f"{weights}: {'; '.join(parts)} (expected a GPT-2 checkpoint with n_layer={config.n_layer})")
+    for key, shape in shapes.items():
+        got = tuple(header[params_in_file[key]]["shape"])
+        if got != shape:
+            raise CheckpointError(
+                f"{weights}: {params_in_file[key]} has shape {list(got)}, expected {list(shape)} "
+                f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, n_ctx={config.n_ctx})")
+
+    flat = {}
+    with open(weights, "rb") as f:
+        # In file order, so the reads are sequential.
+        for key in sorted(shapes, key=lambda k: header[params_in_file[k]]["data_offsets"][0]):
+            name = params_in_file[key]
+            flat[key] = _read_tensor(f, weights, name, header[name], data_start, dtype)
+    if has_head:
+        head = flat.pop("lm_head.weight")
+        if config.tie_word_embeddings and not np.array_equal(head, flat["wte.weight"]):
+            raise CheckpointError(
+                f"{weights}: lm_head.weight differs from wte.weight but config says the output "
+                f"head is tied (tie_word_embeddings=true)")
+        if not config.tie_word_embeddings:
+            flat["lm_head.weight"] = head
+    elif not config.tie_word_embeddings:
+        raise CheckpointError(f"{weights}: tie_word_embeddings=false but no lm_head.weight")
+    return nest_params(flat), config
+
+
+def _short(keys, n=5) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _infer_from_header(header, params_in_file, path) -> GPT2Config:
+    for key in ("wte.weight", "wpe.weight"):
+        if key not in params_in_file:
+            raise CheckpointError(f"{path}: missing key {key} (and no config.json to say otherwise)")
+    vocab, n_embd = header[params_in_file["wte.weight"]]["shape"]
+    n_ctx = header[params_in_file["wpe.weight"]]["shape"][0]
+    layers = {int(m.group(1)) for k in params_in_file if (m := re.match(r"h\.(\d+)\.", k))}
+    return infer_config(len(layers), vocab, n_ctx, n_embd, path)

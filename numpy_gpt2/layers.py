@@ -1,0 +1,155 @@
+"""The math of GPT-2, one short function per equation.
+
+Shapes: B batch, T new positions, S = past + T key positions, E = n_embd, H = n_head,
+D = E // H head size, V = vocab size. Every function works for any leading batch dims
+unless it says otherwise. Arrays keep the dtype of the weights (float32 or float64).
+
+`record(name, array)` arguments, where present, let a caller see intermediate values
+(see numpy_gpt2.activations); the default does nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _ignore(name, value):
+    pass
+
+
+def gelu(x):
+    """GELU, tanh form ("gelu_new"), as GPT-2 was trained:
+
+        gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    """
+    # Python-float constants keep float32 inputs float32 (a NumPy float64 scalar would upcast).
+    # x * x * x, not x ** 3: NumPy computes float32 powers with powf, over 10x slower.
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias.
+
+    x: (..., E); weight, bias: (E,). The variance is the biased one (divide by E).
+    """
+    mean = x.mean(axis=-1, keepdims=True)
+    centered = x - mean
+    var = (centered * centered).mean(axis=-1, keepdims=True)
+    return centered / np.sqrt(var + eps) * weight + bias
+
+
+def linear(x, weight, bias):
+    """Affine map with GPT-2's (in, out) weight layout ("Conv1D"): x @ weight + bias.
+
+    x: (..., n_in); weight: (n_in, n_out); bias: (n_out,) -> (..., n_out).
+    """
+    return x @ weight + bias
+
+
+def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along `axis`; the max is subtracted first so exp cannot overflow.
+
+    Entries equal to -inf (masked) get probability 0.
+    """
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def causal_mask(T, S):
+    """(T, S) boolean mask: query t (absolute position S - T + t) may see keys 0 .. S - T + t."""
+    return np.tri(T, S, k=S - T, dtype=bool)
+
+
+def attention(q, k, v, mask, record=_ignore):
+    """Scaled dot-product attention: softmax(q k^T / sqrt(D), masked) v.
+
+    q: (..., T, D); k, v: (..., S, D); mask: (T, S) bool, True where a key is visible.
+    Returns (..., T, D).
+    """
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    probs = softmax(np.where(mask, scores, -np.inf))
+    record("softmax", probs)
+    return probs @ v
+
+
+def causal_self_attention_reference(x, c_attn, c_proj, n_head):
+    """Causal multi-head self-attention for ONE sequence, head by head, as in the paper.
+
+    x: (T, E); c_attn: {"weight": (E, 3E), "bias": (3E,)}; c_proj: {"weight": (E, E), ...}.
+    Each head h attends with its own slice q[:, h*D:(h+1)*D] (and k, v); the heads'
+    outputs are concatenated back to (T, E) and projected by c_proj. Returns (T, E).
+    The model uses the vectorized causal_self_attention; this one is for reading and tests.
+    """
+    T, E = x.shape
+    D = E // n_head
+    q, k, v = np.split(linear(x, **c_attn), 3, axis=-1)  # each (T, E): [q | k | v]
+    mask = causal_mask(T, T)
+    heads = [attention(q[:, h * D:(h + 1) * D], k[:, h * D:(h + 1) * D], v[:, h * D:(h + 1) * D], mask)
+             for h in range(n_head)]
+    return linear(np.concatenate(heads, axis=-1), **c_proj)
+
+
+def split_heads(x, n_head):
+    """(B, T, E) -> (B, H, T, D)."""
+    B, T, E = x.shape
+    return x.reshape(B, T, n_head, E // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, E)."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def causal_self_attention(x, c_attn, c_proj, n_head, kv=None, record=_ignore):
+    """Causal multi-head self-attention, all heads and the whole batch at once.
+
+    x: (B, T, E) -> (B, T, E). Same math as causal_self_attention_reference.
+    kv: optional (keys, values, past) cache for this layer: keys/values are preallocated
+    (B, H, n_ctx, D) arrays holding `past` earlier positions; this call writes its T new
+    keys/values after them and attends over all past + T positions.
+    """
+    qkv = linear(x, **c_attn)  # (B, T, 3E) = [q | k | v]
+    record("c_attn", qkv)
+    q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))  # each (B, H, T, D)
+    if kv is not None:
+        keys, values, past = kv
+        T = x.shape[1]
+        keys[:, :, past:past + T] = k
+        values[:, :, past:past + T] = v
+        k, v = keys[:, :, :past + T], values[:, :, :past + T]
+    mask = causal_mask(q.shape[-2], k.shape[-2])
+    out = merge_heads(attention(q, k, v, mask, record))  # (B, T, E)
+    return linear(out, **c_proj)
+
+
+def mlp(x, c_fc, c_proj, record=_ignore):
+    """Position-wise feed-forward: c_proj(gelu(c_fc(x))). x: (..., E) -> (..., E); hidden 4E."""
+    h = linear(x, **c_fc)
+    record("c_fc", h)
+    h = gelu(h)
+    record("gelu", h)
+    return linear(h, **c_proj)
+
+
+def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
+    """One pre-LayerNorm GPT-2 block (x: (B, T, E) -> (B, T, E)):
+
+        x = x + attn(ln_1(x))
+        x = x + mlp(ln_2(x))
+
+    block: this layer's weights, params["h"][i] (ln_1, attn, ln_2, mlp).
+    """
+    h = layer_norm(x, **block["ln_1"], eps=eps)
+    record("ln_1", h)
+    a = causal_self_attention(h, **block["attn"], n_head=n_head, kv=kv,
+                              record=lambda name, v: record("attn." + name, v))
+    record("attn", a)
+    x = x + a
+    h = layer_norm(x, **block["ln_2"], eps=eps)
+    record("ln_2", h)
+    m = mlp(h, **block["mlp"], record=lambda name, v: record("mlp." + name, v))
+    record("mlp.c_proj", m)
+    return x + m

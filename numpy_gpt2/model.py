@@ -1,0 +1,93 @@
+"""The GPT-2 forward pass: token ids -> logits over the vocabulary."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import GPT2Config
+from .layers import _ignore, layer_norm, transformer_block
+
+
+def new_kv_cache(config: GPT2Config, batch_size: int, dtype=np.float32, max_len: int | None = None):
+    """Empty key/value cache for incremental decoding.
+
+    Returns {"keys": [...], "values": [...], "length": 0} with one (B, H, max_len, D) array
+    per layer in each list (max_len defaults to n_ctx). Preallocated once, so decoding
+    writes into it instead of concatenating; untouched pages cost no memory.
+    """
+    max_len = config.n_ctx if max_len is None else max_len
+    if not 1 <= max_len <= config.n_ctx:
+        raise ValueError(f"max_len must be in 1..n_ctx={config.n_ctx}, got {max_len}")
+    shape = (batch_size, config.n_head, max_len, config.head_size)
+    return {"keys": [np.empty(shape, dtype) for _ in range(config.n_layer)],
+            "values": [np.empty(shape, dtype) for _ in range(config.n_layer)],
+            "length": 0}
+
+
+def check_tokens(tokens, config: GPT2Config, past: int = 0, capacity: int | None = None) -> np.ndarray:
+    """Validate token ids: integers in [0, vocab_size), shape (T,) or (B, T), T >= 1, past + T <= n_ctx."""
+    tokens = np.asarray(tokens)
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+    if tokens.ndim not in (1, 2):
+        raise ValueError(f"tokens must have shape (T,) or (B, T), got shape {tokens.shape}")
+    if tokens.shape[-1] == 0 or tokens.size == 0:
+        raise ValueError(f"tokens must hold at least one position, got shape {tokens.shape}")
+    bad = (tokens < 0) | (tokens >= config.vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"token id {int(tokens[where])} at index {where} is outside "
+                         f"[0, {config.vocab_size}) (vocab_size)")
+    limit = config.n_ctx if capacity is None else capacity
+    if past + tokens.shape[-1] > limit:
+        what = f"{past} cached + {tokens.shape[-1]} new" if past else f"{tokens.shape[-1]}"
+        raise ValueError(f"sequence of {what} positions is longer than the context "
+                         f"(n_ctx={config.n_ctx}{'' if capacity is None else f', cache holds {capacity}'})")
+    return tokens
+
+
+def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None = None,
+            last_only: bool = False, record=None) -> np.ndarray:
+    """Logits for every position: ln_f(blocks(wte[tokens] + wpe[positions])) @ wte.T.
+
+    tokens: int array (T,) or (B, T). Returns (T, V) or (B, T, V) in the weights' dtype.
+    kv_cache: from new_kv_cache(); positions continue from kv_cache["length"], the new
+        keys/values are appended and the length advanced. (B must match the cache.)
+    last_only: compute logits for the last position only -> (1, V) or (B, 1, V);
+        the output head is a third of GPT-2 124M's weights, so generation skips the rest.
+    record: optional callable(name, array) that sees every named activation
+        ("wte", "wpe", "h.3.ln_1", "h.3.attn.c_attn", ..., "ln_f", "logits");
+        see numpy_gpt2.activations.
+    """
+    past = 0 if kv_cache is None else kv_cache["length"]
+    capacity = None if kv_cache is None else kv_cache["keys"][0].shape[2]
+    tokens = check_tokens(tokens, config, past, capacity)
+    single = tokens.ndim == 1
+    if single:
+        tokens = tokens[None]
+    if kv_cache is not None and kv_cache["keys"][0].shape[0] != tokens.shape[0]:
+        raise ValueError(f"batch of {tokens.shape[0]} sequences but the kv_cache was made for "
+                         f"{kv_cache['keys'][0].shape[0]}")
+    record = record or _ignore
+    T = tokens.shape[1]
+
+    wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
+    tok_emb, pos_emb = wte[tokens], wpe[past:past + T]  # (B, T, E), (T, E)
+    record("wte", tok_emb)
+    record("wpe", pos_emb)
+    x = tok_emb + pos_emb
+    for i, block in enumerate(params["h"]):
+        kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
+        x = transformer_block(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
+                              record=lambda name, v, i=i: record(f"h.{i}.{name}", v))
+        record(f"h.{i}", x)
+    if kv_cache is not None:
+        kv_cache["length"] = past + T
+    if last_only:
+        x = x[:, -1:]
+    x = layer_norm(x, **params["ln_f"], eps=config.layer_norm_epsilon)
+    record("ln_f", x)
+    head = params["lm_head"]["weight"] if "lm_head" in params else wte  # tied: the usual case
+    logits = x @ head.T  # (B, T, V)
+    record("logits", logits)
+    return logits[0] if single else logits
