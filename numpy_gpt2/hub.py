@@ -1,8 +1,9 @@
 """Resolve a --model argument (local path or Hugging Face hub name) to a local checkpoint path.
 
 Hub downloads go through huggingface_hub, so they share the standard cache
-(~/.cache/huggingface/hub, or $HF_HOME / $HF_HUB_CACHE) with transformers, show a progress
-bar, and honour HF_HUB_OFFLINE=1. Only the files numpy_gpt2 reads are fetched.
+(~/.cache/huggingface/hub, or $HF_HUB_CACHE, or $HF_HOME/hub) with transformers: a model
+downloaded once, by either, is reused. Only the four files numpy_gpt2 reads are fetched, with
+huggingface_hub's progress bar. HF_HUB_OFFLINE=1 never touches the network and uses the cache.
 """
 
 from __future__ import annotations
@@ -22,32 +23,50 @@ HUB_ALIASES = {
 HUB_FILES = ["model.safetensors", "config.json", "vocab.json", "merges.txt"]
 
 
-def resolve_model(model: str) -> str:
-    """A local directory / .safetensors file is returned as is; a hub name ("gpt2",
-    "distilgpt2", "owner/repo") is looked up in the Hugging Face cache and downloaded if
-    needed. Returns a local path for numpy_gpt2.load. Raises CheckpointError (one line)
-    when neither works."""
-    model = os.fspath(model)
+def _looks_like_path(model: str) -> bool:
+    # Hub names are "name" or "owner/name"; anything else can only have meant a file.
+    return (model.startswith((".", "/", "~")) or model.endswith(".safetensors")
+            or "\\" in model or model.count("/") > 1)
+
+
+def resolve_model(model) -> str:
+    """A local directory or .safetensors file -> that path, unchanged. A hub name ("gpt2",
+    "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", or "owner/repo") -> the local snapshot
+    directory in the Hugging Face cache, downloading model.safetensors, config.json, vocab.json
+    and merges.txt first if they are not cached (a local path of the same name wins).
+
+    Raises CheckpointError, with a one-line message saying what was tried, when the path does
+    not exist, or the repo is neither cached nor downloadable (no network, HF_HUB_OFFLINE=1,
+    unknown repo), or the cached/downloaded copy has no model.safetensors.
+    """
+    model = os.path.expanduser(os.fspath(model))
     if os.path.exists(model):
         return model
-    repo = HUB_ALIASES.get(model, model)
-    if model.startswith((".", "/", "~")) or model.endswith(".safetensors") or repo.count("/") > 1:
+    if _looks_like_path(model):
         raise CheckpointError(f"{model}: no such file or directory")
+    repo = HUB_ALIASES.get(model, model)
+    how_to = ("pass a local checkpoint instead: --model PATH, a directory holding "
+              "model.safetensors and config.json (or the .safetensors file itself)")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
     except ImportError:
-        raise CheckpointError(
-            f"{model}: not a local path, and huggingface_hub (needed to download {repo}) is not "
-            f"installed; pass a local directory holding model.safetensors") from None
+        raise CheckpointError(f"{model}: not a local path, and huggingface_hub (needed to fetch "
+                              f"hub repo {repo}) is not installed; {how_to}") from None
     try:
-        return snapshot_download(repo, allow_patterns=HUB_FILES)
-    except Exception as online_error:  # network down, offline mode, unknown repo, ...
-        try:  # a cached copy may still be complete
-            return snapshot_download(repo, allow_patterns=HUB_FILES, local_files_only=True)
-        except Exception:
-            reason = str(online_error).strip().splitlines()[0] if str(online_error).strip() \
-                else type(online_error).__name__
-            raise CheckpointError(
-                f"{model}: not a local path, and hub repo {repo} could not be downloaded or "
-                f"found in the Hugging Face cache ({reason}); pass a local directory holding "
-                f"model.safetensors (and config.json) with --model PATH") from None
+        # Offline (HF_HUB_OFFLINE=1) or with the hub unreachable, this returns the cached
+        # snapshot when there is one.
+        path = snapshot_download(repo, allow_patterns=HUB_FILES)
+    except Exception as e:  # network down, offline mode, unknown repo, bad repo name, ...
+        if constants.HF_HUB_OFFLINE:
+            reason = "not in the cache, and HF_HUB_OFFLINE=1 forbids downloading"
+        else:
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            reason = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
+        raise CheckpointError(
+            f"{model}: not a local path; tried Hugging Face hub repo {repo} (cache "
+            f"{constants.HF_HUB_CACHE}): {reason}; {how_to}") from None
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise CheckpointError(
+            f"{model}: the copy of hub repo {repo} at {path} has no model.safetensors "
+            f"(numpy_gpt2 reads safetensors only); {how_to}")
+    return path

@@ -1,0 +1,133 @@
+"""GPT-2's byte-level BPE tokenizer (through tiktoken), and UTF-8-safe streaming decode.
+
+Where the vocabulary comes from (load_tokenizer), first match wins:
+  1. the checkpoint directory itself: its vocab.json + merges.txt (every Hugging Face GPT-2
+     repo ships them, so a downloaded checkpoint works offline);
+  2. the directory in the environment variable NUMPY_GPT2_TOKENIZER (holding the same files);
+  3. tiktoken.get_encoding("gpt2"), which downloads the files on first use (then caches them).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import os
+
+import tiktoken
+import tiktoken.load
+
+TOKENIZER_ENV = "NUMPY_GPT2_TOKENIZER"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+ENDOFTEXT = "<|endoftext|>"
+
+# GPT-2's pre-tokenizer regex, exactly as tiktoken's own "gpt2" encoding uses it (words,
+# numbers, punctuation runs and whitespace become separate chunks before BPE).
+try:
+    from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PAT_STR
+except ImportError:  # the original pattern from OpenAI's encoder.py
+    GPT2_PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def tokenizer_dir(source=None) -> str | None:
+    """The directory whose vocab.json + merges.txt to use, or None for tiktoken's download.
+
+    source: a checkpoint directory, a file inside one (e.g. model.safetensors), or None.
+    """
+    candidates = []
+    if source is not None:
+        source = os.fspath(source)
+        candidates.append(source if os.path.isdir(source) else os.path.dirname(source) or ".")
+    if os.environ.get(TOKENIZER_ENV):
+        candidates.append(os.environ[TOKENIZER_ENV])
+    for directory in candidates:
+        if all(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+            return directory
+    if os.environ.get(TOKENIZER_ENV):  # set on purpose but wrong: say so instead of downloading
+        raise FileNotFoundError(
+            f"{TOKENIZER_ENV}={os.environ[TOKENIZER_ENV]}: expected a directory holding "
+            f"{' and '.join(TOKENIZER_FILES)}")
+    return None
+
+
+@contextlib.contextmanager
+def _tiktoken_file_cache_disabled():
+    # tiktoken caches every file it reads under a key made from the *path* alone, and for
+    # local files (no expected hash) returns that copy without checking it again: a changed
+    # vocab.json at the same path would be silently ignored. Local files need no cache.
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+def encoding_from_files(directory) -> tiktoken.Encoding:
+    """A tiktoken Encoding from a GPT-2 vocab.json + merges.txt (no network).
+
+    Same regex and special token as tiktoken's "gpt2": <|endoftext|> = 50256 for GPT-2's files.
+    """
+    vocab_path = os.path.join(directory, "vocab.json")
+    merges_path = os.path.join(directory, "merges.txt")
+    try:
+        with _tiktoken_file_cache_disabled():
+            ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(merges_path, vocab_path)
+        with open(vocab_path, encoding="utf-8") as f:
+            endoftext = json.load(f).get(ENDOFTEXT, len(ranks))
+    except (OSError, ValueError, KeyError, AssertionError) as e:
+        # tiktoken asserts that vocab.json's ids are the merge order; say which files disagree.
+        raise ValueError(f"{directory}: vocab.json and merges.txt are not a matching GPT-2 "
+                         f"byte-level BPE pair ({type(e).__name__}: {e})") from None
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: endoftext})
+
+
+def load_tokenizer(source=None) -> tiktoken.Encoding:
+    """GPT-2's tokenizer as a tiktoken.Encoding.
+
+    source: a checkpoint directory (or a file in it). Its vocab.json + merges.txt are used when
+    present, else those in $NUMPY_GPT2_TOKENIZER, else tiktoken.get_encoding("gpt2") (which
+    downloads the files once; offline, this raises with a message saying what to do).
+
+        enc = load_tokenizer("path/to/gpt2")
+        enc.encode("Hello world")                                   # [15496, 995]
+        enc.encode("<|endoftext|>", allowed_special={"<|endoftext|>"})  # [50256]
+    """
+    directory = tokenizer_dir(source)
+    if directory is not None:
+        return encoding_from_files(directory)
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # no network and nothing in tiktoken's cache
+        where = f"{os.fspath(source)} has no {' + '.join(TOKENIZER_FILES)}, " if source else ""
+        raise RuntimeError(
+            f"GPT-2 tokenizer: {where}{TOKENIZER_ENV} is not set, and tiktoken could not fetch "
+            f"the 'gpt2' encoding ({type(e).__name__}); set {TOKENIZER_ENV} to a directory "
+            f"holding GPT-2's {' and '.join(TOKENIZER_FILES)}") from None
+
+
+def stream_decode(tokenizer: tiktoken.Encoding, tokens):
+    """Decode token ids one at a time, yielding text as soon as it is complete UTF-8.
+
+    GPT-2 tokens are byte sequences, and one character can be split across tokens (most emoji
+    and many CJK characters are 2-3 tokens of 1-2 bytes each). Decoding each token on its own
+    would print replacement characters; instead the bytes are fed to an incremental UTF-8
+    decoder, which holds back an incomplete character until its last byte arrives. Bytes that
+    can never be valid UTF-8 become U+FFFD, exactly as tokenizer.decode(all_tokens) does, so
+    "".join(stream_decode(enc, ids)) == enc.decode(ids).
+
+    tokens: any iterable of ints (e.g. the generator numpy_gpt2.generate returns).
+    Yields str pieces (possibly empty strings are skipped).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in tokens:
+        text = decoder.decode(tokenizer.decode_single_token_bytes(int(token)))
+        if text:
+            yield text
+    text = decoder.decode(b"", final=True)  # an unfinished character at the very end
+    if text:
+        yield text

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Generate text with GPT-2 in NumPy, streamed to stdout as it is produced.
+
+    python scripts/generate.py "The meaning of life is" --max-new-tokens 40 --top-k 40 --seed 1
+    echo "Once upon a time" | python scripts/generate.py --model distilgpt2 --temperature 0
+    python scripts/generate.py "Hello" --model path/to/checkpoint_dir --num-samples 3
+
+stdout holds only text. One sample: the prompt, then each new token's text as soon as it is
+complete UTF-8, then a newline. Several samples: each printed when the batch is done, after a
+line "==== sample N ====" (N = 1, 2, ...), as prompt + text + newline. Generation of a sample
+stops at <|endoftext|> (not printed), after --max-new-tokens, or when the context is full.
+Timing goes to stderr. Bad input exits with status 2 and a one-line message on stderr.
+
+The prompt comes from the argument, else from stdin (one trailing newline removed); an empty
+prompt starts from <|endoftext|>, i.e. unconditional samples. The text "<|endoftext|>" in a
+prompt is the special token. The tokenizer: the checkpoint directory's vocab.json + merges.txt,
+else $NUMPY_GPT2_TOKENIZER, else tiktoken's "gpt2" encoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+try:
+    import numpy_gpt2
+except ImportError:  # not pip-installed: use the package next to this script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import numpy_gpt2
+
+import numpy as np
+
+from numpy_gpt2.sampling import check_sampling_args
+from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, not usage + message
+        raise UsageError(f"{message} (see --help)")
+
+
+def parse_args(argv):
+    p = _Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout).")
+    p.add_argument("prompt", nargs="?", help="prompt text (default: read from stdin)")
+    p.add_argument("--model", default="gpt2",
+                   help="checkpoint directory, .safetensors file, or hub name: gpt2, gpt2-medium, "
+                        "gpt2-large, gpt2-xl, distilgpt2, owner/repo (default: gpt2)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="default: 50")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: the smallest set with probability >= p, 0 < p <= 1")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples")
+    p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    args = p.parse_args(argv)
+    try:
+        check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                            args.num_samples)
+    except ValueError as e:
+        raise UsageError(str(e).replace("max_new_tokens", "--max-new-tokens")
+                         .replace("top_k", "--top-k").replace("top_p", "--top-p")
+                         .replace("num_samples", "--num-samples")
+                         .replace("(or None for no limit)", "(leave it out for no limit)")) from None
+    return args
+
+
+def read_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if sys.stdin.isatty():
+        print("reading the prompt from stdin (end with Ctrl-D)", file=sys.stderr)
+    text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text
+
+
+def load_everything(model: str, dtype: str):
+    """--model -> (params, config, tokenizer, description for stderr)."""
+    try:
+        path = numpy_gpt2.resolve_model(model)
+        params, config = numpy_gpt2.load(path, dtype=np.dtype(dtype))
+        tokenizer = numpy_gpt2.load_tokenizer(path)
+    except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
+        raise UsageError(str(e)) from None
+    source = tokenizer_dir(path) or 'tiktoken "gpt2"'
+    n_params = sum(a.size for a in numpy_gpt2.flatten_params(params).values())
+    return params, config, tokenizer, f"{path} ({n_params / 1e6:.1f}M parameters, {dtype}; tokenizer {source})"
+
+
+def timed(tokens, log):
+    """Pass tokens through, logging (arrival time, token) for the speed report."""
+    for token in tokens:
+        log.append((time.perf_counter(), token))
+        yield token
+
+
+def until_eos(tokens, eos):
+    """Pass tokens through up to, not including, eos."""
+    for token in tokens:
+        if token == eos:
+            return
+        yield token
+
+
+def report(n_prompt, start, log, why_stopped):
+    """Timing to stderr. The first token's time is the prompt's forward pass (prefill); every
+    later token took one cached forward step of the whole batch."""
+    if not log:
+        print(f"generated nothing ({why_stopped})", file=sys.stderr)
+        return
+    times = [t for t, _ in log]
+    prefill = times[0] - start
+    print(f"prompt: {n_prompt} token{'s' * (n_prompt != 1)} in {prefill:.3f} s ({n_prompt / prefill:.1f} tokens/s)",
+          file=sys.stderr)
+    decode = times[-1] - times[0]
+    rate = f"{(len(times) - 1) / decode:.1f} new tokens/s" if decode > 0 else "one step"
+    print(f"generated: {len(times)} tokens in {times[-1] - start:.3f} s ({rate}); {why_stopped}",
+          file=sys.stderr)
+
+
+def run(args):
+    prompt = read_prompt(args)
+    t0 = time.perf_counter()
+    params, config, tokenizer, what = load_everything(args.model, args.dtype)
+    print(f"loaded {what} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+
+    ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) or [config.eos_token_id]
+    try:
+        tokens = numpy_gpt2.generate(params, config, ids, args.max_new_tokens, args.temperature,
+                                     args.top_k, args.top_p, seed=args.seed,
+                                     num_samples=args.num_samples, stop_at_eos=True)
+    except ValueError as e:  # the prompt: too long for the context, or ids outside the vocabulary
+        raise UsageError(str(e)) from None
+    eos, log, start = config.eos_token_id, [], time.perf_counter()
+    if args.num_samples == 1:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        for piece in numpy_gpt2.stream_decode(tokenizer, until_eos(timed(tokens, log), eos)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        finished = int(bool(log) and log[-1][1] == eos)
+    else:
+        steps = list(timed(tokens, log))  # each (num_samples,)
+        rows = np.stack(steps, axis=1) if steps else np.zeros((args.num_samples, 0), np.int64)
+        for i, row in enumerate(rows):
+            text = tokenizer.decode(list(until_eos(row.tolist(), eos)))
+            sys.stdout.write(f"==== sample {i + 1} ====\n{prompt}{text}\n")
+        sys.stdout.flush()
+        finished = int((rows == eos).any(axis=1).sum())
+    sys.stdout.flush()
+    if finished == args.num_samples:
+        why = f"stopped at {ENDOFTEXT}"
+    elif len(log) < args.max_new_tokens:
+        why = f"the context is full (n_ctx={config.n_ctx})"
+    else:
+        why = f"--max-new-tokens {args.max_new_tokens} reached"
+    if 0 < finished < args.num_samples:
+        why += f"; {finished} of {args.num_samples} samples stopped at {ENDOFTEXT}"
+    report(len(ids), start, log, why)
+
+
+def main(argv=None) -> int:
+    try:
+        run(parse_args(argv))
+    except UsageError as e:
+        message = " ".join(str(e).split())  # one line, whatever the underlying error said
+        print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
