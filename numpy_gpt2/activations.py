@@ -168,7 +168,7 @@ def _errors(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> dict
     """Element-wise errors of cand against ref (same shape). Pass iff every element has
     |cand - ref| <= atol + rtol * |ref| (numpy.isclose's rule); NaN never passes."""
     r, c = ref.astype(np.float64), cand.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         diff = np.abs(c - r)
         diff[c == r] = 0.0  # equal infinities
         diff[np.isnan(diff)] = np.inf

@@ -10,6 +10,7 @@ to write an oracle dump file for scripts/compare.py.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from numpy_gpt2.activations import activation_names, select_names, save_activations
@@ -60,3 +61,14 @@ def write_oracle_dump(path, model, tokens, names="*", dtype="float32") -> dict[s
     save_activations(path, tokens, acts, {"model": "transformers.GPT2LMHeadModel (oracle)",
                                           "dtype": dtype})
     return acts
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny oracle models run ~10x faster on one thread when other processes share the
+    cores (torch's worker threads otherwise wait for CPU time on every op). Import this
+    fixture into a test module to use it there; the thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
