@@ -57,7 +57,7 @@ def live_side(other: dict, model: str | None, dtype: str | None) -> dict:
     if not names:
         raise ValueError(f"{other['path']} holds no numpy_gpt2 activation names "
                          f"(e.g. h.0.ln_1, logits)")
-    acts = activations(params, config, other["tokens"].astype(np.int64), names)
+    acts = activations(params, config, other["tokens"].astype(np.int64).reshape(-1), names)
     return {"path": "live numpy_gpt2 run", "tokens": other["tokens"],
             "acts": acts, "meta": {"model": model, "dtype": dtype}}
 
@@ -65,7 +65,7 @@ def live_side(other: dict, model: str | None, dtype: str | None) -> dict:
 def describe(side: dict) -> str:
     meta, t = side["meta"], side["tokens"]
     bits = [meta[k] for k in ("model", "dtype") if meta.get(k)]
-    bits.append(f"{len(t)} tokens" if t is not None else "no tokens")
+    bits.append(f"{t.size} tokens" if t is not None else "no tokens")
     return f"{side['path']} ({', '.join(bits)})"
 
 
@@ -141,7 +141,9 @@ def main(argv=None) -> int:
                                 if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
         notes = []
         if ref["tokens"] is not None and cand["tokens"] is not None:
-            if not np.array_equal(ref["tokens"].astype(np.int64), cand["tokens"].astype(np.int64)):
+            # any integer dtype, (T,) or (1, T)
+            if not np.array_equal(ref["tokens"].astype(np.int64).reshape(-1),
+                                  cand["tokens"].astype(np.int64).reshape(-1)):
                 raise ValueError(f"the files hold different tokens (reference "
                                  f"{_short(ref['tokens'])}, candidate {_short(cand['tokens'])}): "
                                  f"their activations are not comparable")

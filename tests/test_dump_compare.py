@@ -23,7 +23,7 @@ from checkpoints import (checkpoint_tensors, make_config, random_state_dict, ref
                          write_checkpoint, write_safetensors)
 from numpy_gpt2.activations import activation_names, activations, load_activations, save_activations
 from oracle_activations import one_torch_thread, write_oracle_dump  # noqa: F401  (autouse fixture)
-from run_scripts import SCRIPTS, run_script
+from run_scripts import SCRIPTS, load_script, run_script
 
 CFG = dict(n_layer=2, n_head=4, n_embd=32, n_ctx=16, vocab_size=97)
 TOKENS = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46]
@@ -63,7 +63,7 @@ def reference_dump(ckpt, tmp_path_factory):
 
 
 def run_script_plain(name, argv):
-    from run_scripts import load_script
+    """Exit status of scripts/<name>.py (its output goes to the test's captured output)."""
     return load_script(name).main([str(a) for a in argv])
 
 
@@ -153,6 +153,7 @@ def erf_gelu(x):
 def test_erf_gelu_is_caught_at_h0_mlp_gelu(ckpt, reference_dump, tmp_path, capsys, monkeypatch):
     params, config = numpy_gpt2.load(ckpt)
     monkeypatch.setattr(layers, "gelu", erf_gelu)
+    monkeypatch.setattr(layers, "gelu_fast", erf_gelu, raising=False)  # if forward has a fast path
     cand = save_candidate(tmp_path / "cand.safetensors", params, config)
     status, out, _ = run_script("compare", [reference_dump, cand], capsys)
     assert status == 1 and first_failure(out) == "h.0.mlp.gelu", out
@@ -212,6 +213,8 @@ def test_missing_causal_mask_is_caught_at_h0_attention(ckpt, reference_dump, tmp
                                                        monkeypatch, names, first):
     params, config = numpy_gpt2.load(ckpt)
     monkeypatch.setattr(layers, "causal_mask", lambda T, S: np.ones((T, S), dtype=bool))
+    # the same bug in a fast path with an additive (0 / -inf) mask, if forward has one
+    monkeypatch.setattr(layers, "_future_mask", lambda n, dtype: np.zeros((n, n), dtype), raising=False)
     cand = save_candidate(tmp_path / "cand.safetensors", params, config, names=names)
     status, out, _ = run_script("compare", [reference_dump, cand], capsys)
     assert status == 1 and first_failure(out) == first, out
@@ -265,6 +268,15 @@ def test_values_table_and_tolerances(ckpt, reference_dump, tmp_path, capsys):
     assert "3.00e-03" in row and "(4,7)" in row and "FAIL" in row
     status, out, _ = run_script("compare", [reference_dump, cand, "--atol", "4e-3"], capsys)
     assert status == 0, out
+
+    def poison(acts):
+        acts["h.1.attn"][2, 3] = np.nan
+        return acts
+
+    cand = save_candidate(tmp_path / "nan.safetensors", params, config, transform=poison)
+    status, out, _ = run_script("compare", [reference_dump, cand], capsys)
+    assert status == 1 and first_failure(out) == "h.1.attn", out
+    assert "FIRST FAILURE: h.1.attn: max abs err inf at (2,3)" in out and "candidate nan" in out
     status, out, _ = run_script("compare", [reference_dump, cand, "--names", "h.0.*"], capsys)
     assert status == 0 and "h.1.mlp.c_proj" not in out
 
