@@ -130,7 +130,7 @@ def run(args):
     prompt = read_prompt(args)
     t0 = time.perf_counter()
     params, config, tokenizer, what = load_everything(args.model, args.dtype)
-    print(f"loaded {what} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    load_time = time.perf_counter() - t0
 
     ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) or [config.eos_token_id]
     try:
@@ -139,6 +139,7 @@ def run(args):
                                      num_samples=args.num_samples, stop_at_eos=True)
     except ValueError as e:  # the prompt: too long for the context, or ids outside the vocabulary
         raise UsageError(str(e)) from None
+    print(f"loaded {what} in {load_time:.2f} s", file=sys.stderr)
     eos, log, start = config.eos_token_id, [], time.perf_counter()
     if args.num_samples == 1:
         sys.stdout.write(prompt)
