@@ -70,9 +70,9 @@ def main(argv=None) -> int:
         print(f"perplexity.py: error: {e}", file=sys.stderr)
         return 2
     print(f"model: {args.model} ({args.dtype})  file: {args.file}")
-    print(f"tokens: {len(tokens)} in the text, {result['n_scored']} scored in "
-          f"{result['n_windows']} windows (max length {result['max_length']}, "
-          f"stride {result['stride']})")
+    windows = f"{result['n_windows']} window" + ("s" if result["n_windows"] != 1 else "")
+    print(f"tokens: {len(tokens)} in the text, {result['n_scored']} scored in {windows} "
+          f"(max length {result['max_length']}, stride {result['stride']})")
     print(f"cross-entropy: {result['cross_entropy']:.4f} nats/token "
           f"({result['cross_entropy'] / np.log(2):.4f} bits/token)")
     print(f"perplexity: {result['perplexity']:.4f}")

@@ -167,6 +167,11 @@ def test_script_reports_cross_entropy_and_perplexity(ckpt, text_tokens, oracles,
     assert f"{len(tokens)} in the text, {n} scored" in out and "stride 8" in out
     assert math.isclose(ce, nll_sum / n, abs_tol=1e-4) and math.isclose(ppl, math.exp(nll_sum / n), rel_tol=1e-3)
     assert f"] {n}/{n} tokens" in err and "tok/s" in err  # the progress bar, on stderr
+    # a text shorter than the window: one window scores all but the first token
+    short = tmp_path / "short.txt"
+    short.write_text("Hello world, this is short.")
+    status, out, _ = run_script("perplexity", ["--model", ckpt, short], capsys)
+    assert status == 0 and "7 in the text, 6 scored in 1 window (max length 32, stride 16)" in out
     # stride = window: windows do not overlap
     status, out, _ = run_script("perplexity", ["--model", ckpt, text, "--stride", "32"], capsys)
     assert status == 0 and f"{len(tokens) - math.ceil(len(tokens) / 32)} scored" in out
