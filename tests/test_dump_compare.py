@@ -222,6 +222,43 @@ def test_missing_causal_mask_is_caught_at_h0_attention(ckpt, reference_dump, tmp
 
 # ---- reporting and errors ------------------------------------------------------------------
 
+def write_like_a_port(path, tensors: dict):
+    """A safetensors file written by hand, the way the README tells a C or Rust port to:
+    8-byte little-endian header length, JSON header (no metadata), row-major data."""
+    dtypes = {np.dtype("<f4"): "F32", np.dtype("<f8"): "F64", np.dtype("<i4"): "I32",
+              np.dtype("<i8"): "I64"}
+    header, blobs, offset = {}, [], 0
+    for name, a in tensors.items():
+        raw = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": dtypes[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+
+
+def test_a_ports_file_without_metadata(ckpt, reference_dump, tmp_path, capsys):
+    """Tensors in any order, int32 tokens of shape (1, T), no metadata: compared in forward
+    order; live mode needs --model then."""
+    params, config = numpy_gpt2.load(ckpt)
+    acts = activations(params, config, np.array(TOKENS), "h.1,h.1.ln_1,wte,logits")
+    port = tmp_path / "port.safetensors"
+    write_like_a_port(port, {"logits": acts["logits"], "h.1": acts["h.1"], "wte": acts["wte"],
+                             "tokens": np.array([TOKENS], dtype=np.int32),
+                             "h.1.ln_1": acts["h.1.ln_1"].astype(np.float64)})
+    status, out, _ = run_script("compare", [reference_dump, port], capsys)
+    assert status == 0, out
+    assert "18 reference tensor(s) missing from the candidate" in out
+    compared = [line.split()[0] for line in out.splitlines() if line.endswith(" ok")]
+    assert compared == ["wte", "h.1.ln_1", "h.1", "logits"]
+    status, out, err = run_script("compare", ["live", port], capsys)
+    assert status == 2 and "pass --model" in err
+    status, out, _ = run_script("compare", ["live", port, "--model", ckpt], capsys)
+    assert status == 0 and "OK: all 4 compared tensors within tolerance" in out
+
+
 def test_missing_extra_and_reshaped_tensors_are_reported(ckpt, reference_dump, tmp_path, capsys):
     params, config = numpy_gpt2.load(ckpt)
 
