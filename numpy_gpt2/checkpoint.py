@@ -87,14 +87,14 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
         if not ok:
             raise CheckpointError(f"{path}: corrupted header entry for {name!r}: {e!r}")
         begin, end = e["data_offsets"]
+        if end < begin:
+            raise CheckpointError(f"{path}: {name}: data_offsets {e['data_offsets']} are reversed")
         if e["dtype"] in FILE_DTYPES:
             nbytes = int(np.prod(e["shape"], dtype=np.int64)) * FILE_DTYPES[e["dtype"]].itemsize
             if end - begin != nbytes:
                 raise CheckpointError(
                     f"{path}: {name}: header says {e['dtype']} {e['shape']} ({nbytes} bytes) "
                     f"but data_offsets span {end - begin} bytes")
-        if end < begin:
-            raise CheckpointError(f"{path}: {name}: data_offsets {e['data_offsets']} are reversed")
         if end > data_size:
             raise CheckpointError(
                 f"{path}: truncated: {name} needs data bytes {begin}..{end} but the file has only "
@@ -204,9 +204,9 @@ def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
                 f"{weights}: {name} has dtype {header[name]['dtype']}; expected one of "
                 f"{', '.join(FILE_DTYPES)}")
     if config_path:
-        config = read_config_json(config_path)
+        config, config_from = read_config_json(config_path), config_path
     else:
-        config = _infer_from_header(header, params_in_file, weights)
+        config, config_from = _infer_from_header(header, params_in_file, weights), "the inferred config"
 
     shapes = expected_shapes(config)
     has_head = "lm_head.weight" in params_in_file
@@ -220,8 +220,10 @@ def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
             parts.append(f"missing keys {_short(missing)}")
         if unexpected:
             parts.append(f"unexpected keys {_short(unexpected)}")
+        n = _layers_in_file(params_in_file)
         raise CheckpointError(
-            f"{weights}: {'; '.join(parts)} (expected a GPT-2 checkpoint with n_layer={config.n_layer})")
+            f"{weights}: {'; '.join(parts)} (the file has {n} layer{'s' if n != 1 else ''}, "
+            f"{config_from} says n_layer={config.n_layer})")
     for key, shape in shapes.items():
         got = tuple(header[params_in_file[key]]["shape"])
         if got != shape:
@@ -254,11 +256,19 @@ def _short(keys, n=5) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def _layers_in_file(params_in_file) -> int:
+    """Number of transformer layers the keys h.0. .. h.N. describe (N + 1; 0 if none)."""
+    layers = [int(m.group(1)) for k in params_in_file if (m := re.match(r"h\.(\d+)\.", k))]
+    return max(layers, default=-1) + 1
+
+
 def _infer_from_header(header, params_in_file, path) -> GPT2Config:
     for key in ("wte.weight", "wpe.weight"):
         if key not in params_in_file:
             raise CheckpointError(f"{path}: missing key {key} (and no config.json to say otherwise)")
+        if len(header[params_in_file[key]]["shape"]) != 2:
+            raise CheckpointError(f"{path}: {params_in_file[key]} has shape "
+                                  f"{header[params_in_file[key]]['shape']}, expected 2 dimensions")
     vocab, n_embd = header[params_in_file["wte.weight"]]["shape"]
     n_ctx = header[params_in_file["wpe.weight"]]["shape"][0]
-    layers = {int(m.group(1)) for k in params_in_file if (m := re.match(r"h\.(\d+)\.", k))}
-    return infer_config(len(layers), vocab, n_ctx, n_embd, path)
+    return infer_config(_layers_in_file(params_in_file), vocab, n_ctx, n_embd, path)

@@ -81,25 +81,31 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
         raise CheckpointError(
             f"{where}: n_ctx={d['n_ctx']} and n_positions={d['n_positions']} disagree")
     n_inner = d.get("n_inner")
-    if n_inner is not None and n_inner != 4 * d["n_embd"]:
+    if n_inner is not None and n_inner != 4 * d["n_embd"]:  # the MLP's hidden width
         raise CheckpointError(f"{where}: n_inner={n_inner} is not supported (expected 4 * n_embd)")
     eos = d.get("eos_token_id", 50256)
-    return GPT2Config(
-        n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"], n_ctx=n_ctx,
-        vocab_size=d.get("vocab_size", 50257),
-        layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
-        activation_function=d.get("activation_function", "gelu_new"),
-        bos_token_id=d.get("bos_token_id", eos), eos_token_id=eos,
-        tie_word_embeddings=d.get("tie_word_embeddings", True),
-    )
+    try:
+        return GPT2Config(
+            n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"], n_ctx=n_ctx,
+            vocab_size=d.get("vocab_size", 50257),
+            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+            activation_function=d.get("activation_function", "gelu_new"),
+            bos_token_id=d.get("bos_token_id", eos), eos_token_id=eos,
+            tie_word_embeddings=d.get("tie_word_embeddings", True),
+        )
+    except CheckpointError as e:  # name the file rather than "config"
+        raise CheckpointError(f"{where}: {str(e).removeprefix('config: ')}") from None
 
 
 def read_config_json(path: str) -> GPT2Config:
+    """GPT2Config from a Hugging Face config.json file (errors name the file)."""
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return config_from_dict(d, where=os.fspath(path))
