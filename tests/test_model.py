@@ -87,7 +87,6 @@ def compare_with_oracle(checkpoint_dir, name, layout, file_dtype, dtype, shape):
     tokens.flat[0], tokens.flat[-1] = 0, config.vocab_size - 1  # both ends of the vocab
 
     ours = numpy_gpt2.forward(params, config, tokens)
-    del params
     model = reference_model(path, TORCH[dtype])
     with torch.no_grad():
         ref = model(torch.from_numpy(np.atleast_2d(tokens))).logits.numpy()
@@ -102,6 +101,9 @@ def compare_with_oracle(checkpoint_dir, name, layout, file_dtype, dtype, shape):
     print(f"\n{name} {layout} {file_dtype} -> {np.dtype(dtype).name} {shape}: "
           f"max|Δlogit| = {err:.3g} (max|logit| = {top:.1f})")
     assert err <= RTOL[dtype] * top, f"max|Δlogit| = {err:.3g} exceeds {RTOL[dtype]:g} * {top:.1f}"
+    if config.n_embd < 100:  # small models: the readable path (taken when recording) too
+        readable = numpy_gpt2.forward(params, config, tokens, record=lambda name, value: None)
+        assert np.abs(readable - ref).max() <= RTOL[dtype] * top
 
     # argmax agrees wherever the oracle's top two logits are further apart than the tolerance
     # (an exact near-tie may legitimately flip); such ties must be rare.
