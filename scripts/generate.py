@@ -170,6 +170,9 @@ def run(args):
 
 
 def main(argv=None) -> int:
+    # A terminal that cannot show some character gets "?" rather than a UnicodeEncodeError.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
     try:
         run(parse_args(argv))
     except UsageError as e:
