@@ -297,3 +297,22 @@ def test_sampling_properties(logits, temperature, top_k, top_p, seed):
     assert kept[draws].all()  # never a token with zero filtered probability
     assert_frequencies_match(draws, expected)
     assert math.isclose(softmax(filtered).sum(), 1.0, rel_tol=1e-12)
+
+
+@settings(max_examples=15)
+@given(temperature=st.floats(0.1, 3.0), top_k=st.one_of(st.none(), st.integers(1, 20)),
+       top_p=st.one_of(st.none(), st.floats(0.05, 1.0)), seed=st.integers(0, 2**32 - 1),
+       num_samples=st.integers(1, 3))
+def test_every_generated_token_is_allowed_by_the_filters_at_its_step(model32, temperature, top_k, top_p,
+                                                                     seed, num_samples):
+    """The whole loop (cache, filters, draws): each token has nonzero filtered probability under
+    the logits a full recompute gives for its prefix, and the same seed repeats the run."""
+    params, config = model32
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
+              stop_at_eos=False)
+    out = run(params, config, PROMPTS[0], 12, **kw).reshape(num_samples, 12)
+    np.testing.assert_array_equal(run(params, config, PROMPTS[0], 12, **kw).reshape(num_samples, 12), out)
+    seqs = np.concatenate([np.tile(PROMPTS[0], (num_samples, 1)), out], axis=1)
+    logits = numpy_gpt2.forward(params, config, seqs[:, :-1])[:, PROMPTS.shape[1] - 1:]  # (S, 12, V)
+    allowed = np.isfinite(filter_logits(logits, temperature, top_k, top_p))
+    assert np.take_along_axis(allowed, out[..., None], axis=-1).all()
