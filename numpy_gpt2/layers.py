@@ -10,6 +10,7 @@ unless it says otherwise. Arrays keep the dtype of the weights (float32 or float
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -153,3 +154,112 @@ def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
     m = mlp(h, **block["mlp"], record=lambda name, v: record("mlp." + name, v))
     record("mlp.c_proj", m)
     return x + m
+
+
+# ----------------------------------------------------------------------------------------
+# The fast path: the same equations, arranged for speed. model.forward uses it when nothing
+# is being recorded (record=None); tests/test_fast_paths.py checks every function below
+# against its readable twin above. The tricks, each one small:
+#   * matmuls see 2-D inputs: (B, T, E) @ (E, N) would call BLAS once per sequence and read
+#     the weights B times; (B*T, E) @ (E, N) reads them once (decoding is weight-bandwidth bound);
+#   * in-place updates (`out=`, `+=`): fewer temporaries, less memory traffic, lower peak RSS;
+#   * attention in blocks of queries: a block never touches the keys after it (they are all
+#     masked), and its scores stay cache-sized instead of a (B, H, T, T) array (48 MB per
+#     layer at T = 1024);
+#   * softmax left unnormalized until after `@ v`: dividing (T, D) outputs is cheaper than
+#     dividing (T, S) probabilities.
+
+QUERY_BLOCK = 128  # queries per attention block; 128 keeps a block's scores ~6 MB at S = 1024
+
+
+def linear_fast(x, weight, bias):
+    """linear() as one 2-D matmul (weights read once for the whole batch), bias added in place."""
+    out = x.reshape(-1, x.shape[-1]) @ weight
+    out += bias
+    return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+def gelu_fast(x):
+    """gelu() computed in x's own memory (x is overwritten): one temporary instead of six."""
+    t = x * x
+    t *= x                                    # x^3 as x*x*x (x ** 3 calls powf: 10x slower)
+    t *= 0.044715                             # Python floats keep float32 arrays float32
+    t += x
+    t *= math.sqrt(2.0 / math.pi)
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= 0.5
+    x *= t
+    return x
+
+
+def layer_norm_fast(x, weight, bias, eps=1e-5):
+    """layer_norm() with one output array updated in place."""
+    out = x - x.mean(axis=-1, keepdims=True)
+    var = np.mean(out * out, axis=-1, keepdims=True)
+    var += eps
+    np.sqrt(var, out=var)
+    out /= var
+    out *= weight
+    out += bias
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _future_mask(n, dtype):
+    """(n, n) additive mask: 0 on and below the diagonal, -inf above (key after query)."""
+    mask = np.triu(np.full((n, n), -np.inf, dtype=dtype), k=1)
+    mask.flags.writeable = False  # shared by every call
+    return mask
+
+
+def causal_attention_fast(q, k, v, past=0):
+    """attention() with the causal mask, for T queries at positions past .. past+T-1.
+
+    q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
+    merging the heads to (B, T, E) is a free reshape. Query block [t0, t1) needs keys
+    0 .. past+t1-1 only, and only its last t1-t0 keys need masking.
+    """
+    B, H, T, D = q.shape
+    out = np.empty((B, T, H, D), dtype=q.dtype)
+    for t0 in range(0, T, QUERY_BLOCK):
+        t1 = min(t0 + QUERY_BLOCK, T)
+        S = past + t1  # keys this block can see
+        # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
+        scores = (q[:, :, t0:t1] * (1.0 / math.sqrt(D))) @ np.swapaxes(k[:, :, :S], -1, -2)
+        if t1 - t0 > 1:  # a single query sees every key so far: nothing to mask
+            scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        block = scores @ v[:, :, :S]  # (B, H, n, D), unnormalized
+        block /= scores.sum(axis=-1, keepdims=True)
+        out[:, t0:t1] = np.swapaxes(block, 1, 2)
+    return out
+
+
+def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None):
+    """causal_self_attention() without recording. x: (B, T, E) -> (B, T, E); kv as there."""
+    B, T, E = x.shape
+    qkv = linear_fast(x, **c_attn)
+    q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))  # views, no copies
+    past = 0
+    if kv is not None:
+        keys, values, past = kv
+        keys[:, :, past:past + T] = k
+        values[:, :, past:past + T] = v
+        k, v = keys[:, :, :past + T], values[:, :, :past + T]
+    out = causal_attention_fast(q, k, v, past).reshape(B, T, E)
+    return linear_fast(out, **c_proj)
+
+
+def mlp_fast(x, c_fc, c_proj):
+    """mlp() without recording: the hidden (..., 4E) array is computed in place."""
+    return linear_fast(gelu_fast(linear_fast(x, **c_fc)), **c_proj)
+
+
+def transformer_block_fast(x, block, n_head, eps, kv=None):
+    """transformer_block() without recording; adds to x IN PLACE (x is the caller's own array)."""
+    x += causal_self_attention_fast(layer_norm_fast(x, **block["ln_1"], eps=eps), **block["attn"],
+                                    n_head=n_head, kv=kv)
+    x += mlp_fast(layer_norm_fast(x, **block["ln_2"], eps=eps), **block["mlp"])
+    return x

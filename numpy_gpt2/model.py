@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import GPT2Config
-from .layers import _ignore, layer_norm, transformer_block
+from .layers import layer_norm, layer_norm_fast, transformer_block, transformer_block_fast
 
 
 def new_kv_cache(config: GPT2Config, batch_size: int, dtype=np.float32, max_len: int | None = None):
@@ -57,7 +57,8 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
         the output head is a third of GPT-2 124M's weights, so generation skips the rest.
     record: optional callable(name, array) that sees every named activation
         ("wte", "wpe", "h.3.ln_1", "h.3.attn.c_attn", ..., "ln_f", "logits");
-        see numpy_gpt2.activations.
+        see numpy_gpt2.activations. Without it, forward runs the fast path
+        (layers.transformer_block_fast: same math, tested equal, no intermediate arrays kept).
     """
     past = 0 if kv_cache is None else kv_cache["length"]
     capacity = None if kv_cache is None else kv_cache["keys"][0].shape[2]
@@ -68,7 +69,8 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
     if kv_cache is not None and kv_cache["keys"][0].shape[0] != tokens.shape[0]:
         raise ValueError(f"batch of {tokens.shape[0]} sequences but the kv_cache was made for "
                          f"{kv_cache['keys'][0].shape[0]}")
-    record = record or _ignore
+    if record is None:
+        return _forward_fast(params, config, tokens, kv_cache, last_only, single)
     T = tokens.shape[1]
 
     wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
@@ -90,4 +92,25 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
     head = params["lm_head"]["weight"] if "lm_head" in params else wte  # tied: the usual case
     logits = x @ head.T  # (B, T, V)
     record("logits", logits)
+    return logits[0] if single else logits
+
+
+def _forward_fast(params, config, tokens, kv_cache, last_only, single):
+    """forward() without recording: the blocks update one residual array in place."""
+    past = 0 if kv_cache is None else kv_cache["length"]
+    B, T = tokens.shape
+    wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
+    x = wte[tokens]  # (B, T, E): a fresh array (fancy indexing copies), ours to update in place
+    x += wpe[past:past + T]
+    for i, block in enumerate(params["h"]):
+        kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
+        transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv)
+    if kv_cache is not None:
+        kv_cache["length"] = past + T
+    if last_only:
+        x = x[:, -1:]
+    x = layer_norm_fast(x, **params["ln_f"], eps=config.layer_norm_epsilon)
+    head = params["lm_head"]["weight"] if "lm_head" in params else wte
+    # One 2-D matmul over all B*T rows, so the head (a third of the weights) is read once.
+    logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(B, x.shape[1], head.shape[0])
     return logits[0] if single else logits
