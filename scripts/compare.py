@@ -107,7 +107,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare two activation dumps (or one dump against a live numpy_gpt2 run) "
                     "and name the first tensor outside the tolerance.",
-        epilog="Either file may be the word 'live': numpy_gpt2 run on the other file's tokens.")
+        epilog="Either file may be the word 'live': numpy_gpt2 run on the other file's tokens. "
+               "Exit status: 0 all compared tensors pass, 1 some tensor fails, 2 bad arguments "
+               "or input.")
     parser.add_argument("reference", help="reference dump (.safetensors) or 'live'")
     parser.add_argument("candidate", help="candidate dump (.safetensors) or 'live'")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                         help=f"relative tolerance (default {DEFAULT_RTOL:g}); pass pairs if "
                              f"|cand - ref| <= atol + rtol*|ref|")
-    parser.add_argument("--names", help="compare only reference names matching these fnmatch "
+    parser.add_argument("--names", help="compare only the names matching these fnmatch "
                                         "pattern(s), comma-separated")
     parser.add_argument("--model", help="model for a 'live' side (default: the other file's "
                                         "metadata 'model')")
