@@ -50,10 +50,25 @@ def test_known_gpt2_ids(enc):
     assert enc.n_vocab == 50257
 
 
-def test_same_regex_as_tiktokens_own_gpt2():
-    from tiktoken_ext.openai_public import gpt2
-    from numpy_gpt2.tokenizer import GPT2_PAT_STR
-    assert GPT2_PAT_STR == gpt2.__globals__["r50k_pat_str"]
+def test_same_encoding_as_tiktokens_own_gpt2_definition(enc, tokenizer_dir, monkeypatch):
+    """tiktoken's "gpt2" definition, fed our local files instead of its download (after checking
+    they have the sha256 it expects): same regex, ranks, special tokens, vocabulary size."""
+    import hashlib
+    import tiktoken_ext.openai_public as openai_public
+
+    def local_files(vocab_bpe_file, encoder_json_file, vocab_bpe_hash, encoder_json_hash):
+        for name, expected in (("merges.txt", vocab_bpe_hash), ("vocab.json", encoder_json_hash)):
+            with open(os.path.join(tokenizer_dir, name), "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == expected, name
+        return tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+            os.path.join(tokenizer_dir, "merges.txt"), os.path.join(tokenizer_dir, "vocab.json"))
+    monkeypatch.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", local_files)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
+    theirs = tiktoken.Encoding(**openai_public.gpt2())
+    assert enc._pat_str == theirs._pat_str
+    assert enc._special_tokens == theirs._special_tokens == {"<|endoftext|>": 50256}
+    assert enc._mergeable_ranks == theirs._mergeable_ranks
+    assert enc.n_vocab == theirs.n_vocab == 50257
 
 
 @pytest.mark.parametrize("text", VARIED_TEXTS)
