@@ -213,17 +213,17 @@ def _future_mask(n, dtype):
     return mask
 
 
-def causal_attention_fast(q, k, v, past=0):
+def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK):
     """attention() with the causal mask, for T queries at positions past .. past+T-1.
 
     q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
     merging the heads to (B, T, E) is a free reshape. Query block [t0, t1) needs keys
-    0 .. past+t1-1 only, and only its last t1-t0 keys need masking.
+    0 .. past+t1-1 only, and only its last t1-t0 keys need masking. block: queries per block.
     """
     B, H, T, D = q.shape
     out = np.empty((B, T, H, D), dtype=q.dtype)
-    for t0 in range(0, T, QUERY_BLOCK):
-        t1 = min(t0 + QUERY_BLOCK, T)
+    for t0 in range(0, T, block):
+        t1 = min(t0 + block, T)
         S = past + t1  # keys this block can see
         # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
         scores = (q[:, :, t0:t1] * (1.0 / math.sqrt(D))) @ np.swapaxes(k[:, :, :S], -1, -2)
@@ -231,9 +231,9 @@ def causal_attention_fast(q, k, v, past=0):
             scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
-        block = scores @ v[:, :, :S]  # (B, H, n, D), unnormalized
-        block /= scores.sum(axis=-1, keepdims=True)
-        out[:, t0:t1] = np.swapaxes(block, 1, 2)
+        heads = scores @ v[:, :, :S]  # (B, H, n, D), unnormalized
+        heads /= scores.sum(axis=-1, keepdims=True)
+        out[:, t0:t1] = np.swapaxes(heads, 1, 2)
     return out
 
 

@@ -1,0 +1,184 @@
+"""The fast path (numpy_gpt2.layers.*_fast, model.forward without `record`) equals the
+readable reference path, function by function and for the whole model.
+
+The readable functions are themselves tested against transformers (test_layers.py,
+test_model.py); here the oracle is the readable NumPy code, so any rearrangement made for
+speed (in-place updates, query blocks, unnormalized softmax, 2-D matmuls) is checked to
+change nothing but rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import numpy_gpt2
+from numpy_gpt2 import layers
+from numpy_gpt2.config import GPT2Config
+
+# max |fast - readable| <= RTOL * max |readable| + ATOL. Same budget as the forward-pass
+# tests (test_model.py: 2e-5 relative in float32, 1e-11 in float64): the two paths round
+# differently (sum order, x/sqrt(D) vs x*(1/sqrt(D)), normalizing before or after `@ v`),
+# never by more.
+RTOL = {np.float32: 2e-5, np.float64: 1e-11}
+ATOL = {np.float32: 1e-6, np.float64: 1e-13}
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def assert_close(fast, ref, dtype, what=""):
+    assert fast.dtype == dtype, f"{what}: dtype {fast.dtype}, expected {np.dtype(dtype)}"
+    assert fast.shape == ref.shape, f"{what}: shape {fast.shape} vs {ref.shape}"
+    err = float(np.max(np.abs(fast.astype(np.float64) - ref)))
+    bound = RTOL[dtype] * float(np.max(np.abs(ref))) + ATOL[dtype]
+    assert err <= bound, f"{what}: max|fast - readable| = {err:.3g} > {bound:.3g} ({np.dtype(dtype)})"
+
+
+def normal(rng, shape, dtype, std=1.0, mean=0.0):
+    return (mean + std * rng.standard_normal(shape)).astype(dtype)
+
+
+def block_weights(rng, E, dtype):
+    """One layer's weights, scaled like tests/checkpoints.py so activations are O(1) and
+    softmaxes far from uniform."""
+    return {
+        "ln_1": {"weight": normal(rng, E, dtype, 0.2, 1.0), "bias": normal(rng, E, dtype, 0.2)},
+        "attn": {"c_attn": {"weight": normal(rng, (E, 3 * E), dtype, 2 / math.sqrt(E)),
+                            "bias": normal(rng, 3 * E, dtype, 0.2)},
+                 "c_proj": {"weight": normal(rng, (E, E), dtype, 1 / math.sqrt(E)),
+                            "bias": normal(rng, E, dtype, 0.1)}},
+        "ln_2": {"weight": normal(rng, E, dtype, 0.2, 1.0), "bias": normal(rng, E, dtype, 0.2)},
+        "mlp": {"c_fc": {"weight": normal(rng, (E, 4 * E), dtype, 1.5 / math.sqrt(E)),
+                         "bias": normal(rng, 4 * E, dtype, 0.2)},
+                "c_proj": {"weight": normal(rng, (4 * E, E), dtype, 1 / math.sqrt(4 * E)),
+                           "bias": normal(rng, E, dtype, 0.1)}},
+    }
+
+
+shapes = st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple)
+
+
+@given(shape=shapes, scale=st.sampled_from([0.1, 1.0, 4.0, 12.0]), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_gelu_fast(shape, scale, dtype, seed):
+    x = normal(np.random.default_rng(seed), shape, dtype, scale)
+    ref = layers.gelu(x.astype(np.float64))
+    work = x.copy()
+    out = layers.gelu_fast(work)
+    assert out is work  # computed in the input's memory, as documented
+    assert_close(out, layers.gelu(x).astype(np.float64), dtype, "gelu_fast vs gelu")
+    assert_close(out, ref, dtype, "gelu_fast vs float64 gelu")
+
+
+@given(lead=st.lists(st.integers(1, 5), max_size=2).map(tuple), E=st.integers(2, 80),
+       dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_layer_norm_fast(lead, E, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = normal(rng, (*lead, E), dtype, 3.0, 1.0), normal(rng, E, dtype, 0.5, 1.0), normal(rng, E, dtype)
+    ref = layers.layer_norm(x, w, b)
+    assert_close(layers.layer_norm_fast(x, w, b), ref.astype(np.float64), dtype, "layer_norm_fast")
+
+
+@given(lead=st.lists(st.integers(1, 5), max_size=3).map(tuple), n_in=st.integers(1, 40),
+       n_out=st.integers(1, 40), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_linear_fast(lead, n_in, n_out, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = normal(rng, (*lead, n_in), dtype), normal(rng, (n_in, n_out), dtype), normal(rng, n_out, dtype)
+    assert_close(layers.linear_fast(x, w, b), layers.linear(x, w, b).astype(np.float64), dtype, "linear_fast")
+
+
+@given(B=st.integers(1, 3), H=st.integers(1, 3), T=st.integers(1, 40), past=st.integers(0, 20),
+       D=st.sampled_from([1, 8, 16, 24, 64]), block=st.sampled_from([1, 3, 16, 128]),
+       scale=st.sampled_from([0.5, 3.0]), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_causal_attention_fast(B, H, T, past, D, block, scale, dtype, seed):
+    """Any block size, with and without earlier (cached) positions, equals attention() with
+    the full causal mask."""
+    rng = np.random.default_rng(seed)
+    q = normal(rng, (B, H, T, D), dtype, scale)
+    k, v = normal(rng, (B, H, past + T, D), dtype, scale), normal(rng, (B, H, past + T, D), dtype)
+    ref = layers.attention(q, k, v, layers.causal_mask(T, past + T))  # (B, H, T, D)
+    fast = layers.causal_attention_fast(q, k, v, past, block=block)  # (B, T, H, D)
+    assert_close(np.swapaxes(fast, 1, 2), ref.astype(np.float64), dtype, f"block {block}")
+
+
+def test_causal_attention_fast_default_blocks_at_length_300():
+    """Several default-size query blocks plus a partial one (300 = 2 * 128 + 44)."""
+    rng = np.random.default_rng(0)
+    q, k, v = (normal(rng, (1, 2, 300, 64), np.float32, 2.0) for _ in range(3))
+    ref = layers.attention(q, k, v, layers.causal_mask(300, 300))
+    assert_close(np.swapaxes(layers.causal_attention_fast(q, k, v), 1, 2), ref.astype(np.float64),
+                 np.float32, "T=300")
+
+
+@given(B=st.integers(1, 3), T=st.integers(1, 12), past=st.integers(0, 8), n_head=st.integers(1, 4),
+       D=st.sampled_from([4, 8, 16]), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_causal_self_attention_fast_with_cache(B, T, past, n_head, D, dtype, seed):
+    rng = np.random.default_rng(seed)
+    E = n_head * D
+    attn = block_weights(rng, E, dtype)["attn"]
+    x = normal(rng, (B, T, E), dtype)
+    cache = normal(rng, (2, B, n_head, past + T + 3, D), dtype)  # earlier positions already there
+    ref_cache = cache.copy()
+    fast = layers.causal_self_attention_fast(x, **attn, n_head=n_head, kv=(cache[0], cache[1], past))
+    ref = layers.causal_self_attention(x, **attn, n_head=n_head, kv=(ref_cache[0], ref_cache[1], past))
+    assert_close(fast, ref.astype(np.float64), dtype, "attention output")
+    assert_close(cache, ref_cache.astype(np.float64), dtype, "keys/values written to the cache")
+    no_cache = layers.causal_self_attention_fast(x, **attn, n_head=n_head)
+    assert_close(no_cache, layers.causal_self_attention(x, **attn, n_head=n_head).astype(np.float64),
+                 dtype, "without a cache")
+
+
+@given(B=st.integers(1, 3), T=st.integers(1, 20), n_head=st.integers(1, 4), D=st.sampled_from([4, 8, 16]),
+       dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_transformer_block_fast(B, T, n_head, D, dtype, seed):
+    rng = np.random.default_rng(seed)
+    E = n_head * D
+    block = block_weights(rng, E, dtype)
+    x = normal(rng, (B, T, E), dtype)
+    ref = layers.transformer_block(x, block, n_head, 1e-5)
+    work = x.copy()
+    out = layers.transformer_block_fast(work, block, n_head, 1e-5)
+    assert out is work  # the residual stream is updated in place
+    assert_close(out, ref.astype(np.float64), dtype, "transformer_block_fast")
+
+
+def random_params(config, dtype, seed):
+    rng = np.random.default_rng(seed)
+    E, V = config.n_embd, config.vocab_size
+    return {"wte": {"weight": normal(rng, (V, E), dtype)},
+            "wpe": {"weight": normal(rng, (config.n_ctx, E), dtype, 0.5)},
+            "h": [block_weights(rng, E, dtype) for _ in range(config.n_layer)],
+            "ln_f": {"weight": normal(rng, E, dtype, 0.2, 1.0), "bias": normal(rng, E, dtype, 0.2)}}
+
+
+def readable_forward(params, config, tokens, **kw):
+    """model.forward through the readable layers (recording selects them; nothing is kept)."""
+    return numpy_gpt2.forward(params, config, tokens, record=lambda name, value: None, **kw)
+
+
+@settings(max_examples=15)
+@given(n_layer=st.integers(1, 3), n_head=st.integers(1, 4), D=st.sampled_from([4, 8, 16]),
+       B=st.integers(1, 3), T=st.integers(2, 40), split=st.floats(0.1, 0.9), one_d=st.booleans(),
+       dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_forward_fast_equals_readable(n_layer, n_head, D, B, T, split, one_d, dtype, seed):
+    """Whole model: all logits; last_only; and a KV cache filled in two chunks then one token."""
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_head * D, n_ctx=48, vocab_size=53)
+    params = random_params(config, dtype, seed)
+    tokens = np.random.default_rng(seed).integers(0, config.vocab_size, size=(T,) if one_d else (B, T))
+    ref = readable_forward(params, config, tokens).astype(np.float64)
+    assert_close(numpy_gpt2.forward(params, config, tokens), ref, dtype, "all logits")
+    assert_close(numpy_gpt2.forward(params, config, tokens, last_only=True), ref[..., -1:, :], dtype,
+                 "last_only")
+
+    batch = 1 if one_d else B
+    cut = max(1, int(split * (T - 1)))
+    fast_cache = numpy_gpt2.new_kv_cache(config, batch, dtype)
+    ref_cache = numpy_gpt2.new_kv_cache(config, batch, dtype)
+    pieces = [tokens[..., :cut], tokens[..., cut:T - 1], tokens[..., T - 1:]]  # the last one: decoding
+    for piece in (p for p in pieces if p.shape[-1]):
+        fast = numpy_gpt2.forward(params, config, piece, kv_cache=fast_cache, last_only=True)
+        slow = readable_forward(params, config, piece, kv_cache=ref_cache, last_only=True)
+        assert_close(fast, slow.astype(np.float64), dtype, f"cached chunk of {piece.shape[-1]}")
+    assert fast_cache["length"] == ref_cache["length"] == T
+    assert_close(fast, ref[..., -1:, :], dtype, "cached last logits vs one full pass")
