@@ -257,6 +257,28 @@ def test_layouts_and_file_dtypes_load_identical_weights(tmp_path):
                     assert np.array_equal(flat[k], want.astype(dtype)), (layout, name, dtype, k)
 
 
+@pytest.mark.parametrize("tdtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_files_written_by_transformers_and_safetensors_themselves(tmp_path, tdtype):
+    """Not only our hand-written files: save_pretrained() of a half/bfloat16 model, and the
+    safetensors library's own writer (aligned header) with the hub layout."""
+    import safetensors.torch
+    config = make_config(n_layer=2, n_head=4, n_embd=32, n_ctx=48, vocab_size=101)
+    sd = random_state_dict(config, seed=5)
+    expected = {k: v.to(tdtype).to(torch.float32).numpy() for k, v in sd.items()}
+    model = transformers.GPT2LMHeadModel(config)
+    model.transformer.load_state_dict(sd, strict=False)
+    model.to(tdtype).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    (tmp_path / "lib").mkdir()
+    safetensors.torch.save_file(checkpoint_tensors(sd, config, "hub", tdtype),
+                                tmp_path / "lib" / "model.safetensors", metadata={"format": "pt"})
+    config.save_pretrained(tmp_path / "lib")
+    for source in (tmp_path / "hf", tmp_path / "lib" / "model.safetensors"):
+        params, cfg = numpy_gpt2.load(source)
+        flat = flatten_params(params)
+        assert set(flat) == set(expected)
+        assert all(np.array_equal(flat[k], expected[k]) for k in expected), source
+
+
 def test_bf16_is_widened_bit_exactly(tmp_path):
     # BF16 is the top 16 bits of a float32: check signs, tiny, huge, inf and NaN survive.
     values = torch.tensor([0.0, -0.0, 1.0, -2.5, 3.0e38, -1.0e-38, 1e-40, float("inf"),
