@@ -190,7 +190,10 @@ def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
     Returns the nested weight dict (checkpoint names, buffers dropped) and the config.
     Raises CheckpointError naming the file and the key/shape/dtype that is wrong.
     """
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     weights, config_path = _find_files(source)

@@ -561,6 +561,8 @@ def test_bad_load_dtype(tmp_path):
     small_dir(tmp_path)
     with raises(["dtype must be float32 or float64, got float16"], ValueError):
         numpy_gpt2.load(tmp_path, dtype=np.float16)
+    with raises(["dtype must be float32 or float64, got 'double precision'"], ValueError):
+        numpy_gpt2.load(tmp_path, dtype="double precision")
 
 
 # --- bad tokens -----------------------------------------------------------------------------
