@@ -180,16 +180,20 @@ def linear_fast(x, weight, bias):
 
 
 def gelu_fast(x):
-    """gelu() computed in x's own memory (x is overwritten): one temporary instead of six."""
+    """gelu() computed in x's own memory (x is overwritten): one temporary instead of six.
+
+    Uses 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)), so gelu(x) = x / (1 + exp(-2u)) with
+    u = sqrt(2/pi) (x + 0.044715 x^3): NumPy's float32 exp is about twice as fast as its tanh.
+    """
     t = x * x
     t *= x                                    # x^3 as x*x*x (x ** 3 calls powf: 10x slower)
     t *= 0.044715                             # Python floats keep float32 arrays float32
     t += x
-    t *= math.sqrt(2.0 / math.pi)
-    np.tanh(t, out=t)
+    t *= -2.0 * math.sqrt(2.0 / math.pi)      # t = -2u
+    with np.errstate(over="ignore"):          # x << 0: exp -> inf, x / inf -> -0, gelu's limit
+        np.exp(t, out=t)
     t += 1.0
-    t *= 0.5
-    x *= t
+    x /= t
     return x
 
 
@@ -237,8 +241,12 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK):
     return out
 
 
-def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None):
-    """causal_self_attention() without recording. x: (B, T, E) -> (B, T, E); kv as there."""
+def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False):
+    """causal_self_attention() without recording. x: (B, T, E) -> (B, T, E); kv as there.
+
+    last_only: the output for the last position only, (B, 1, E); every position's keys and
+    values are still computed (and cached), only the other queries are skipped.
+    """
     B, T, E = x.shape
     qkv = linear_fast(x, **c_attn)
     q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))  # views, no copies
@@ -248,6 +256,8 @@ def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None):
         keys[:, :, past:past + T] = k
         values[:, :, past:past + T] = v
         k, v = keys[:, :, :past + T], values[:, :, :past + T]
+    if last_only:
+        q, past, T = q[:, :, -1:], past + T - 1, 1
     out = causal_attention_fast(q, k, v, past).reshape(B, T, E)
     return linear_fast(out, **c_proj)
 
@@ -257,9 +267,17 @@ def mlp_fast(x, c_fc, c_proj):
     return linear_fast(gelu_fast(linear_fast(x, **c_fc)), **c_proj)
 
 
-def transformer_block_fast(x, block, n_head, eps, kv=None):
-    """transformer_block() without recording; adds to x IN PLACE (x is the caller's own array)."""
-    x += causal_self_attention_fast(layer_norm_fast(x, **block["ln_1"], eps=eps), **block["attn"],
-                                    n_head=n_head, kv=kv)
+def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False):
+    """transformer_block() without recording; adds to x IN PLACE (x is the caller's own array).
+
+    last_only: return the last position only, (B, 1, E) (a new array; x is left as it was).
+    The model's last block uses it when only the next token's logits are wanted: after the
+    keys/values, nothing there depends on the other positions.
+    """
+    a = causal_self_attention_fast(layer_norm_fast(x, **block["ln_1"], eps=eps), **block["attn"],
+                                   n_head=n_head, kv=kv, last_only=last_only)
+    if last_only:
+        x = x[:, -1:].copy()
+    x += a
     x += mlp_fast(layer_norm_fast(x, **block["ln_2"], eps=eps), **block["mlp"])
     return x

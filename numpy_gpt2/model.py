@@ -104,11 +104,13 @@ def _forward_fast(params, config, tokens, kv_cache, last_only, single):
     x += wpe[past:past + T]
     for i, block in enumerate(params["h"]):
         kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
-        transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv)
+        last = last_only and i == config.n_layer - 1  # the last block: only the last position
+        x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
+                                   last_only=last)
     if kv_cache is not None:
         kv_cache["length"] = past + T
     if last_only:
-        x = x[:, -1:]
+        x = x[:, -1:]  # (already so unless the model has no blocks)
     x = layer_norm_fast(x, **params["ln_f"], eps=config.layer_norm_epsilon)
     head = params["lm_head"]["weight"] if "lm_head" in params else wte
     # One 2-D matmul over all B*T rows, so the head (a third of the weights) is read once.

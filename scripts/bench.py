@@ -300,6 +300,9 @@ def run(cfg, directory, threads, with_torch):
                 seconds[s].append(workers[s].ask(**request)["seconds"])
         rows.append(_row(label, "tokens/s" if kind == "prefill" else "new tokens/s",
                          {s: n_tokens / statistics.median(v) for s, v in seconds.items()}, higher=True))
+        r = rows[-1]  # progress on stderr, for people watching a long run
+        print(f"  {label}: numpy_gpt2 {r['numpy_gpt2']:.1f}, PyTorch {r['pytorch'] or 0:.1f}, "
+              f"ratio {r.get('ratio', 0):.2f}", file=sys.stderr, flush=True)
     rss = {s: workers[s].ask(op="rss")["peak_rss"] / 2**20 for s in sides}
     info = {s: workers[s].ready["info"] for s in sides}
     for w in workers.values():

@@ -142,6 +142,11 @@ def test_transformer_block_fast(B, T, n_head, D, dtype, seed):
     assert out is work  # the residual stream is updated in place
     assert_close(out, ref.astype(np.float64), dtype, "transformer_block_fast")
 
+    work = x.copy()
+    last = layers.transformer_block_fast(work, block, n_head, 1e-5, last_only=True)
+    assert_close(last, ref[:, -1:].astype(np.float64), dtype, "last_only")
+    assert np.array_equal(work, x)  # last_only leaves x alone
+
 
 def random_params(config, dtype, seed):
     rng = np.random.default_rng(seed)
