@@ -157,9 +157,10 @@ def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
 
 
 # ----------------------------------------------------------------------------------------
-# The fast path: the same equations, arranged for speed. model.forward uses it when nothing
-# is being recorded (record=None); tests/test_fast_paths.py checks every function below
-# against its readable twin above. The tricks, each one small:
+# The fast path: the same equations, arranged for speed. model.forward runs it (recording
+# or not, so a recorded activation is exactly what generation computes); the readable
+# functions above are what it is checked against: tests/test_fast_paths.py tests every
+# function below against its readable twin. The tricks, each one small:
 #   * matmuls see 2-D inputs: (B, T, E) @ (E, N) would call BLAS once per sequence and read
 #     the weights B times; (B*T, E) @ (E, N) reads them once (decoding is weight-bandwidth bound);
 #   * in-place updates (`out=`, `+=`): fewer temporaries, less memory traffic, lower peak RSS;
@@ -170,6 +171,11 @@ def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
 #     dividing (T, S) probabilities.
 
 QUERY_BLOCK = 128  # queries per attention block; 128 keeps a block's scores ~6 MB at S = 1024
+
+
+def prefixed(record, prefix):
+    """record, with names prefixed; stays _ignore when nothing records (the fast path checks)."""
+    return _ignore if record is _ignore else lambda name, value: record(prefix + name, value)
 
 
 def linear_fast(x, weight, bias):
@@ -217,7 +223,7 @@ def _future_mask(n, dtype):
     return mask
 
 
-def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK):
+def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=_ignore):
     """attention() with the causal mask, for T queries at positions past .. past+T-1.
 
     q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
@@ -226,6 +232,8 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK):
     """
     B, H, T, D = q.shape
     out = np.empty((B, T, H, D), dtype=q.dtype)
+    # The (B, H, T, S) probabilities exist only when someone records them.
+    probs = None if record is _ignore else np.zeros((B, H, T, past + T), dtype=q.dtype)
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
         S = past + t1  # keys this block can see
@@ -235,20 +243,26 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK):
             scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
+        sums = scores.sum(axis=-1, keepdims=True)
         heads = scores @ v[:, :, :S]  # (B, H, n, D), unnormalized
-        heads /= scores.sum(axis=-1, keepdims=True)
+        heads /= sums
         out[:, t0:t1] = np.swapaxes(heads, 1, 2)
+        if probs is not None:
+            probs[:, :, t0:t1, :S] = scores / sums
+    if probs is not None:
+        record("softmax", probs)
     return out
 
 
-def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False):
-    """causal_self_attention() without recording. x: (B, T, E) -> (B, T, E); kv as there.
+def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=_ignore):
+    """causal_self_attention(), fast. x: (B, T, E) -> (B, T, E); kv and record as there.
 
     last_only: the output for the last position only, (B, 1, E); every position's keys and
     values are still computed (and cached), only the other queries are skipped.
     """
     B, T, E = x.shape
     qkv = linear_fast(x, **c_attn)
+    record("c_attn", qkv)
     q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))  # views, no copies
     past = 0
     if kv is not None:
@@ -258,26 +272,38 @@ def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=Fal
         k, v = keys[:, :, :past + T], values[:, :, :past + T]
     if last_only:
         q, past, T = q[:, :, -1:], past + T - 1, 1
-    out = causal_attention_fast(q, k, v, past).reshape(B, T, E)
+    out = causal_attention_fast(q, k, v, past, record=record).reshape(B, T, E)
     return linear_fast(out, **c_proj)
 
 
-def mlp_fast(x, c_fc, c_proj):
-    """mlp() without recording: the hidden (..., 4E) array is computed in place."""
-    return linear_fast(gelu_fast(linear_fast(x, **c_fc)), **c_proj)
+def mlp_fast(x, c_fc, c_proj, record=_ignore):
+    """mlp(), fast: GELU overwrites the hidden (..., 4E) array in place."""
+    h = linear_fast(x, **c_fc)
+    if record is not _ignore:
+        record("c_fc", h.copy())  # a copy: gelu_fast is about to overwrite h
+    h = gelu_fast(h)
+    record("gelu", h)
+    return linear_fast(h, **c_proj)
 
 
-def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False):
-    """transformer_block() without recording; adds to x IN PLACE (x is the caller's own array).
+def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False, record=_ignore):
+    """transformer_block(), fast; adds to x IN PLACE (x must be the caller's own array).
 
     last_only: return the last position only, (B, 1, E) (a new array; x is left as it was).
     The model's last block uses it when only the next token's logits are wanted: after the
     keys/values, nothing there depends on the other positions.
     """
-    a = causal_self_attention_fast(layer_norm_fast(x, **block["ln_1"], eps=eps), **block["attn"],
-                                   n_head=n_head, kv=kv, last_only=last_only)
+    h = layer_norm_fast(x, **block["ln_1"], eps=eps)
+    record("ln_1", h)
+    a = causal_self_attention_fast(h, **block["attn"], n_head=n_head, kv=kv, last_only=last_only,
+                                   record=prefixed(record, "attn."))
+    record("attn", a)
     if last_only:
         x = x[:, -1:].copy()
     x += a
-    x += mlp_fast(layer_norm_fast(x, **block["ln_2"], eps=eps), **block["mlp"])
+    h = layer_norm_fast(x, **block["ln_2"], eps=eps)
+    record("ln_2", h)
+    m = mlp_fast(h, **block["mlp"], record=prefixed(record, "mlp."))
+    record("mlp.c_proj", m)
+    x += m
     return x

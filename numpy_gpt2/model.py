@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .config import GPT2Config
-from .layers import layer_norm, layer_norm_fast, transformer_block, transformer_block_fast
+from .layers import (_ignore, layer_norm, layer_norm_fast, prefixed, transformer_block,
+                     transformer_block_fast)
 
 
 def new_kv_cache(config: GPT2Config, batch_size: int, dtype=np.float32, max_len: int | None = None):
@@ -47,18 +48,23 @@ def check_tokens(tokens, config: GPT2Config, past: int = 0, capacity: int | None
 
 
 def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None = None,
-            last_only: bool = False, record=None) -> np.ndarray:
+            last_only: bool = False, record=None, reference: bool = False) -> np.ndarray:
     """Logits for every position: ln_f(blocks(wte[tokens] + wpe[positions])) @ wte.T.
 
     tokens: int array (T,) or (B, T). Returns (T, V) or (B, T, V) in the weights' dtype.
     kv_cache: from new_kv_cache(); positions continue from kv_cache["length"], the new
         keys/values are appended and the length advanced. (B must match the cache.)
     last_only: compute logits for the last position only -> (1, V) or (B, 1, V);
-        the output head is a third of GPT-2 124M's weights, so generation skips the rest.
+        the output head is a third of GPT-2 124M's weights, so generation skips the rest
+        (and the last block, once its keys/values are cached, skips the other positions).
     record: optional callable(name, array) that sees every named activation
         ("wte", "wpe", "h.3.ln_1", "h.3.attn.c_attn", ..., "ln_f", "logits");
-        see numpy_gpt2.activations. Without it, forward runs the fast path
-        (layers.transformer_block_fast: same math, tested equal, no intermediate arrays kept).
+        see numpy_gpt2.activations. Recording does not change the computation: the logits
+        are the same bits with or without it. Arrays may be reused after the call returns
+        (copy what you keep). With last_only, the last block records the last position only.
+    reference: run the readable layers (layers.transformer_block: the equations as written)
+        instead of the fast ones (layers.transformer_block_fast: same math, arranged for
+        speed, tested equal to rounding). For learners and tests.
     """
     past = 0 if kv_cache is None else kv_cache["length"]
     capacity = None if kv_cache is None else kv_cache["keys"][0].shape[2]
@@ -69,50 +75,35 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
     if kv_cache is not None and kv_cache["keys"][0].shape[0] != tokens.shape[0]:
         raise ValueError(f"batch of {tokens.shape[0]} sequences but the kv_cache was made for "
                          f"{kv_cache['keys'][0].shape[0]}")
-    if record is None:
-        return _forward_fast(params, config, tokens, kv_cache, last_only, single)
-    T = tokens.shape[1]
+    record = record or _ignore
+    B, T = tokens.shape
 
     wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
     tok_emb, pos_emb = wte[tokens], wpe[past:past + T]  # (B, T, E), (T, E)
     record("wte", tok_emb)
     record("wpe", pos_emb)
-    x = tok_emb + pos_emb
+    x = tok_emb + pos_emb  # a new array: the fast blocks update it in place
     for i, block in enumerate(params["h"]):
         kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
-        x = transformer_block(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
-                              record=lambda name, v, i=i: record(f"h.{i}.{name}", v))
-        record(f"h.{i}", x)
+        if reference:
+            x = transformer_block(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
+                                  record=prefixed(record, f"h.{i}."))
+        else:
+            last = last_only and i == config.n_layer - 1  # only the last position needed here
+            x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
+                                       last_only=last, record=prefixed(record, f"h.{i}."))
+        if record is not _ignore:
+            record(f"h.{i}", x.copy() if not reference else x)  # the next block updates x in place
     if kv_cache is not None:
         kv_cache["length"] = past + T
     if last_only:
         x = x[:, -1:]
-    x = layer_norm(x, **params["ln_f"], eps=config.layer_norm_epsilon)
+    norm = layer_norm if reference else layer_norm_fast
+    x = norm(x, **params["ln_f"], eps=config.layer_norm_epsilon)
     record("ln_f", x)
     head = params["lm_head"]["weight"] if "lm_head" in params else wte  # tied: the usual case
-    logits = x @ head.T  # (B, T, V)
-    record("logits", logits)
-    return logits[0] if single else logits
-
-
-def _forward_fast(params, config, tokens, kv_cache, last_only, single):
-    """forward() without recording: the blocks update one residual array in place."""
-    past = 0 if kv_cache is None else kv_cache["length"]
-    B, T = tokens.shape
-    wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
-    x = wte[tokens]  # (B, T, E): a fresh array (fancy indexing copies), ours to update in place
-    x += wpe[past:past + T]
-    for i, block in enumerate(params["h"]):
-        kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
-        last = last_only and i == config.n_layer - 1  # the last block: only the last position
-        x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
-                                   last_only=last)
-    if kv_cache is not None:
-        kv_cache["length"] = past + T
-    if last_only:
-        x = x[:, -1:]  # (already so unless the model has no blocks)
-    x = layer_norm_fast(x, **params["ln_f"], eps=config.layer_norm_epsilon)
-    head = params["lm_head"]["weight"] if "lm_head" in params else wte
-    # One 2-D matmul over all B*T rows, so the head (a third of the weights) is read once.
+    # One 2-D matmul over all B*T rows: (B, T, E) @ (E, V) would read the head (a third of
+    # the weights) once per sequence.
     logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(B, x.shape[1], head.shape[0])
+    record("logits", logits)
     return logits[0] if single else logits

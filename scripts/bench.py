@@ -292,8 +292,8 @@ def run(cfg, directory, threads, with_torch):
                                                new_tokens=cfg["new_tokens"]), B * cfg["new_tokens"])
               for B in cfg["batches"]]
     for kind, label, request, n_tokens in tasks:
-        for s in sides:  # warm-up (first-touch allocations, BLAS thread start)
-            workers[s].ask(**request)
+        for s in sides:  # warm-up (first-touch allocations, BLAS thread start); decode: a short one
+            workers[s].ask(**dict(request, new_tokens=min(8, request.get("new_tokens", 0))))
         seconds = {s: [] for s in sides}
         for _ in range(cfg["reps"]):
             for s in sides:

@@ -1,5 +1,6 @@
-"""The fast path (numpy_gpt2.layers.*_fast, model.forward without `record`) equals the
-readable reference path, function by function and for the whole model.
+"""The fast path (numpy_gpt2.layers.*_fast, what model.forward runs) equals the readable
+reference path (the functions without _fast; forward(..., reference=True)), function by
+function and for the whole model, recorded activations included.
 
 The readable functions are themselves tested against transformers (test_layers.py,
 test_model.py); here the oracle is the readable NumPy code, so any rearrangement made for
@@ -158,8 +159,8 @@ def random_params(config, dtype, seed):
 
 
 def readable_forward(params, config, tokens, **kw):
-    """model.forward through the readable layers (recording selects them; nothing is kept)."""
-    return numpy_gpt2.forward(params, config, tokens, record=lambda name, value: None, **kw)
+    """model.forward through the readable layers (layers.transformer_block)."""
+    return numpy_gpt2.forward(params, config, tokens, reference=True, **kw)
 
 
 @settings(max_examples=15)
@@ -187,3 +188,27 @@ def test_forward_fast_equals_readable(n_layer, n_head, D, B, T, split, one_d, dt
         assert_close(fast, slow.astype(np.float64), dtype, f"cached chunk of {piece.shape[-1]}")
     assert fast_cache["length"] == ref_cache["length"] == T
     assert_close(fast, ref[..., -1:, :], dtype, "cached last logits vs one full pass")
+
+
+@settings(max_examples=10)
+@given(n_layer=st.integers(1, 2), n_head=st.integers(1, 3), D=st.sampled_from([4, 8]),
+       B=st.integers(1, 2), T=st.integers(1, 20), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_recorded_activations_fast_equal_readable(n_layer, n_head, D, B, T, dtype, seed):
+    """Recording sees the fast path's own arrays: every named activation equals the readable
+    path's, the arrays handed out are not overwritten later, and the logits are the very
+    same bits as without recording."""
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_head * D, n_ctx=24, vocab_size=41)
+    params = random_params(config, dtype, seed)
+    tokens = np.random.default_rng(seed).integers(0, config.vocab_size, size=(B, T))
+    fast, slow, snapshot = {}, {}, {}
+
+    def keep(name, array):  # a reference, and a copy of the values as they were when recorded
+        fast[name], snapshot[name] = array, array.copy()
+
+    logits = numpy_gpt2.forward(params, config, tokens, record=keep)
+    numpy_gpt2.forward(params, config, tokens, reference=True, record=slow.__setitem__)
+    assert list(fast) == list(slow)
+    for name in fast:
+        assert np.array_equal(fast[name], snapshot[name]), f"{name} was overwritten after recording"
+        assert_close(fast[name], slow[name].astype(np.float64), dtype, name)
+    assert np.array_equal(logits, numpy_gpt2.forward(params, config, tokens))
