@@ -87,7 +87,7 @@ def activations(params: dict, config: GPT2Config, tokens, names="*") -> dict[str
     tokens: int array (T,) -> arrays without a batch axis (see the module docstring for
     shapes); (B, T) -> every array with a leading B. names: fnmatch pattern(s), see
     select_names ("*" = everything but the attention probabilities). The arrays are copies
-    in the weights' dtype; the logits are the same, bit for bit, as forward(...) returns.
+    in the weights' dtype, from one forward pass: its logits are exactly activations()["logits"].
     """
     tokens = np.asarray(tokens)
     wanted = select_names(activation_names(config), names)
