@@ -72,6 +72,20 @@ def test_gelu_fast(shape, scale, dtype, seed):
     assert_close(out, ref, dtype, "gelu_fast vs float64 gelu")
 
 
+def test_gelu_fast_in_chunks_and_on_strided_views():
+    """Arrays bigger than GELU_CHUNK go in chunks (last one partial); strided views in one go.
+    Either way the result lands in the input's own memory."""
+    rng = np.random.default_rng(0)
+    x = normal(rng, (3, layers.GELU_CHUNK // 2 + 5), np.float32, 4.0)  # 1.5 chunks + 15
+    work = x.copy()
+    assert layers.gelu_fast(work) is work
+    assert_close(work, layers.gelu(x.astype(np.float64)), np.float32, "chunked")
+    big = normal(rng, (40, 30), np.float64, 4.0)
+    view = big.copy()[::2, 1:]
+    assert layers.gelu_fast(view) is view
+    assert_close(view, layers.gelu(big[::2, 1:]), np.float64, "strided view")
+
+
 @given(lead=st.lists(st.integers(1, 5), max_size=2).map(tuple), E=st.integers(2, 80),
        dtype=DTYPES, seed=st.integers(0, 2**16))
 def test_layer_norm_fast(lead, E, dtype, seed):
