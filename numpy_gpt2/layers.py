@@ -170,7 +170,7 @@ def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
 #   * softmax left unnormalized until after `@ v`: dividing (T, D) outputs is cheaper than
 #     dividing (T, S) probabilities.
 
-QUERY_BLOCK = 128  # queries per attention block; 128 keeps a block's scores ~6 MB at S = 1024
+QUERY_BLOCK = 64  # queries per attention block: a block's scores are <= 3 MB at S = 1024
 
 
 def prefixed(record, prefix):
