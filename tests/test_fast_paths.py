@@ -118,7 +118,7 @@ def test_causal_attention_fast(B, H, T, past, D, block, scale, dtype, seed):
 
 
 def test_causal_attention_fast_default_blocks_at_length_300():
-    """Several default-size query blocks plus a partial one (300 = 2 * 128 + 44)."""
+    """Several default-size query blocks plus a partial one (QUERY_BLOCK is 64: 300 = 4 * 64 + 44)."""
     rng = np.random.default_rng(0)
     q, k, v = (normal(rng, (1, 2, 300, 64), np.float32, 2.0) for _ in range(3))
     ref = layers.attention(q, k, v, layers.causal_mask(300, 300))
