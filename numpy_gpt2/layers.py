@@ -20,6 +20,11 @@ def _ignore(name, value):
     pass
 
 
+def prefixed(record, prefix):
+    """record, with names prefixed; stays _ignore when nothing records (the fast path checks)."""
+    return _ignore if record is _ignore else lambda name, value: record(prefix + name, value)
+
+
 def gelu(x):
     """GELU, tanh form ("gelu_new"), as GPT-2 was trained:
 
@@ -146,12 +151,12 @@ def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
     h = layer_norm(x, **block["ln_1"], eps=eps)
     record("ln_1", h)
     a = causal_self_attention(h, **block["attn"], n_head=n_head, kv=kv,
-                              record=lambda name, v: record("attn." + name, v))
+                              record=prefixed(record, "attn."))
     record("attn", a)
     x = x + a
     h = layer_norm(x, **block["ln_2"], eps=eps)
     record("ln_2", h)
-    m = mlp(h, **block["mlp"], record=lambda name, v: record("mlp." + name, v))
+    m = mlp(h, **block["mlp"], record=prefixed(record, "mlp."))
     record("mlp.c_proj", m)
     return x + m
 
@@ -171,11 +176,6 @@ def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
 #     dividing (T, S) probabilities.
 
 QUERY_BLOCK = 64  # queries per attention block: a block's scores are <= 3 MB at S = 1024
-
-
-def prefixed(record, prefix):
-    """record, with names prefixed; stays _ignore when nothing records (the fast path checks)."""
-    return _ignore if record is _ignore else lambda name, value: record(prefix + name, value)
 
 
 def linear_fast(x, weight, bias):

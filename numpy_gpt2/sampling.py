@@ -16,6 +16,7 @@ import numbers
 
 import numpy as np
 
+from . import layers
 from .config import GPT2Config
 from .model import forward, new_kv_cache
 
@@ -45,10 +46,9 @@ def top_k_filter(logits, k):
 
 
 def softmax(logits):
-    """exp(logits) / sum(exp(logits)) over the last axis, in float64; -inf -> probability 0."""
-    logits = np.asarray(logits, dtype=np.float64)
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """layers.softmax over the last axis, in float64 (small probabilities keep their digits);
+    -inf -> probability 0."""
+    return layers.softmax(np.asarray(logits, dtype=np.float64))
 
 
 def top_p_filter(logits, p):
