@@ -1,6 +1,7 @@
 """GPT-2 in plain NumPy: load the original checkpoints, compute the same logits as PyTorch."""
 
 from .activations import activation_names, activations, compare_activations, load_activations, save_activations
+from .backward import loss_and_grads
 from .checkpoint import flatten_params, load
 from .config import GPT2Config
 from .errors import CheckpointError
@@ -10,7 +11,7 @@ from .model import forward, new_kv_cache
 from .sampling import generate
 from .tokenizer import load_tokenizer, stream_decode
 
-__all__ = ["activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
+__all__ = ["loss_and_grads", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
            "log_softmax", "perplexity", "save_activations", "sliding_windows", "token_nll",
            "CheckpointError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
            "new_kv_cache", "resolve_model", "stream_decode"]

@@ -52,6 +52,36 @@ def cross_entropy(logits, targets) -> float:
     return float(token_nll(logits, targets).mean(dtype=np.float64))
 
 
+def masked_cross_entropy(logits, targets, ignore_index=-100) -> float:
+    """Mean next-token cross-entropy over the targets that are not ignore_index, in nats:
+
+        L = -1/N sum_{t: y_t != ignore} log softmax(z_t)[y_t],   N = number of kept targets
+
+    as torch.nn.functional.cross_entropy(..., reduction="mean", ignore_index=-100) computes it.
+    logits: (..., V); targets: (...) ints. The training loss of numpy_gpt2.loss_and_grads.
+    """
+    targets = np.asarray(targets)
+    keep = targets != ignore_index
+    return float(token_nll(logits[keep], targets[keep]).mean(dtype=np.float64))
+
+
+def cross_entropy_backward(logits, targets, ignore_index=-100):
+    """Gradient of masked_cross_entropy with respect to the logits:
+
+        dL/dz_t = (softmax(z_t) - onehot(y_t)) / N   for kept targets,   0 for ignored ones
+
+    (the log-softmax and the one-hot pick fold into this one short expression).
+    logits: (..., V); targets: (...) ints -> (..., V) in the logits' dtype.
+    """
+    targets = np.asarray(targets)
+    keep = targets != ignore_index
+    probs = np.exp(log_softmax(logits))
+    rows = np.nonzero(keep)
+    probs[rows + (targets[rows],)] -= 1.0  # the one-hot of each kept target
+    probs *= keep[..., None] / keep.sum()  # ignored rows -> 0; mean over the kept ones
+    return probs
+
+
 def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
     """The windows that score a text of n_tokens: a list of (begin, end, first_scored).
 

@@ -1,0 +1,135 @@
+"""The GPT-2 backward pass: the loss of a batch and the gradient of every parameter.
+
+    loss, grads = loss_and_grads(params, config, tokens, targets)
+
+is forward (numpy_gpt2/model.py), cross-entropy (numpy_gpt2/loss.py), then the chain rule
+back through the model, one layer at a time (numpy_gpt2/layers_backward.py):
+
+    logits -> ln_f -> h.{L-1} -> ... -> h.0 -> wte[tokens] + wpe[positions]
+
+`grads` has exactly the structure and key names of `params`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import GPT2Config
+from .layers import _ignore, layer_norm, prefixed, transformer_block
+from .layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
+                              position_embedding_backward, transformer_block_backward)
+from .loss import cross_entropy_backward, masked_cross_entropy
+from .model import check_tokens
+
+
+def check_targets(tokens, targets, config: GPT2Config, ignore_index: int):
+    """Validate a training batch; returns (tokens, targets) as (B, T) int arrays.
+
+    targets must have the tokens' shape, be integers in [0, vocab_size) or ignore_index,
+    and keep at least one target (a mean over no targets is undefined).
+    """
+    tokens = check_tokens(tokens, config)
+    targets = np.asarray(targets)
+    if targets.shape != tokens.shape:
+        raise ValueError(f"targets must have the tokens' shape {tokens.shape}, got {targets.shape}")
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integers, got dtype {targets.dtype}")
+    kept = targets != ignore_index
+    bad = kept & ((targets < 0) | (targets >= config.vocab_size))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"target id {int(targets[where])} at index {where} is outside "
+                         f"[0, {config.vocab_size}) (vocab_size) and is not ignore_index={ignore_index}")
+    if not kept.any():
+        raise ValueError(f"every target is ignore_index={ignore_index}: there is nothing to score")
+    if tokens.ndim == 1:
+        tokens, targets = tokens[None], targets[None]
+    return tokens, targets
+
+
+def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
+                   reference: bool = False, record=None, record_grad=None, grads: dict | None = None):
+    """The mean cross-entropy of the targets and its gradient for every parameter.
+
+    tokens: int (T,) or (B, T); targets: ints of the same shape, targets[..., t] the token
+        that should follow position t; targets equal to ignore_index are not scored.
+    Returns (loss, grads): loss a Python float, the mean over the kept targets (as
+        torch.nn.functional.cross_entropy(..., ignore_index=-100)); grads a dict with the
+        structure and key names of params, in their dtype.
+    reference: run the readable layers and their readable backward twins (they recompute
+        each block from its input) instead of the fast path. Same numbers, to rounding.
+    record(name, array): sees the forward activations (names as numpy_gpt2.activations).
+    record_grad(name, array): sees dloss/d(activation) for every activation name, in
+        backward order (logits, ln_f, h.{L-1}, h.{L-1}.mlp.c_proj, ..., h.0.ln_1, wpe, wte),
+        every array with a batch axis. Arrays may be reused after the call: copy what you keep.
+    grads: a gradient dict to add this batch's gradients into (gradient accumulation).
+    Raises ValueError for bad tokens or targets, before any work.
+    """
+    tokens, targets = check_targets(tokens, targets, config, ignore_index)
+    run = _loss_and_grads_reference if reference else _loss_and_grads_reference
+    loss, new = run(params, config, tokens, targets, ignore_index,
+                    record or _ignore, record_grad or _ignore)
+    if grads is None:
+        return loss, new
+    for acc, g in zip(_leaves(grads), _leaves(new)):
+        acc += g
+    return loss, grads
+
+
+def _leaves(tree):
+    """The arrays of a nested params/grads dict, in a fixed order."""
+    items = tree if isinstance(tree, list) else [tree[k] for k in sorted(tree)]
+    for v in items:
+        if isinstance(v, (dict, list)):
+            yield from _leaves(v)
+        else:
+            yield v
+
+
+def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, record, record_grad):
+    """The readable path: keep each block's input, then go back block by block."""
+    eps, n_head = config.layer_norm_epsilon, config.n_head
+    wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
+    head = params["lm_head"]["weight"] if "lm_head" in params else wte
+    T = tokens.shape[1]
+
+    x = wte[tokens] + wpe[:T]  # (B, T, E)
+    record("wte", wte[tokens])
+    record("wpe", wpe[:T])
+    inputs = []  # the input of each block: all its backward needs
+    for i, block in enumerate(params["h"]):
+        inputs.append(x)
+        x = transformer_block(x, block, n_head, eps, record=prefixed(record, f"h.{i}."))
+        record(f"h.{i}", x)
+    h = layer_norm(x, **params["ln_f"], eps=eps)
+    record("ln_f", h)
+    logits = h @ head.T  # (B, T, V)
+    record("logits", logits)
+    loss = masked_cross_entropy(logits, targets, ignore_index)
+
+    dlogits = cross_entropy_backward(logits, targets, ignore_index)
+    record_grad("logits", dlogits)
+    dh, dhead = lm_head_backward(dlogits, h, head)
+    record_grad("ln_f", dh)
+    dx, dln_f = layer_norm_backward(dh, x, params["ln_f"]["weight"], eps)
+    dblocks = [None] * config.n_layer
+    for i in reversed(range(config.n_layer)):
+        record_grad(f"h.{i}", dx)
+        dx, dblocks[i] = transformer_block_backward(dx, inputs[i], params["h"][i], n_head, eps,
+                                                    record=prefixed(record_grad, f"h.{i}."))
+    record_grad("wpe", dx)
+    record_grad("wte", dx)
+    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks)
+
+
+def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks):
+    """The gradient dict, shaped like params, from the pieces of the backward pass."""
+    dwte = embedding_backward(dx0, tokens, config.vocab_size)
+    grads = {"wte": {"weight": dwte},
+             "wpe": {"weight": position_embedding_backward(dx0, config.n_ctx)},
+             "h": dblocks, "ln_f": dln_f}
+    if "lm_head" in params:
+        grads["lm_head"] = {"weight": dhead}
+    else:
+        dwte += dhead  # tied: wte is the embedding AND the output head
+    return {key: grads[key] for key in params}  # the params' key order too
