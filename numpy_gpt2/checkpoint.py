@@ -275,3 +275,93 @@ def _infer_from_header(header, params_in_file, path) -> GPT2Config:
     vocab, n_embd = header[params_in_file["wte.weight"]]["shape"]
     n_ctx = header[params_in_file["wpe.weight"]]["shape"][0]
     return infer_config(_layers_in_file(params_in_file), vocab, n_ctx, n_embd, path)
+
+
+# ----------------------------------------------------------------------------------------
+# Saving a checkpoint in the Hugging Face layout (model.safetensors, config.json, vocab.json,
+# merges.txt) that numpy_gpt2.load, the scripts and transformers' from_pretrained all read.
+# Every write is atomic: all files are first written to temporary names in the same
+# directory, then renamed over the old ones, so a crash (or an error) while writing leaves
+# the previous checkpoint whole.
+
+def write_files_atomically(directory, writers: dict) -> None:
+    """writers: {file name: write(path)}. Each writer writes its file to a temporary path in
+    `directory` (created if needed); once ALL have succeeded they are fsynced and renamed onto
+    their names (os.replace, atomic on POSIX) in the given order. If any writer fails, every
+    temporary file is removed, nothing is renamed, and the exception propagates."""
+    import contextlib
+    import tempfile
+
+    os.makedirs(directory, exist_ok=True)
+    temps = {}
+    try:
+        for name, write in writers.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            os.close(fd)
+            temps[name] = tmp
+            write(tmp)
+            with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+                os.fsync(f.fileno())
+        for name, tmp in temps.items():
+            os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        raise
+
+
+def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
+    """config.json of a Hugging Face GPT-2 checkpoint for config (dropout 0: what was trained)."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+            "n_ctx": config.n_ctx, "n_positions": config.n_ctx, "vocab_size": config.vocab_size,
+            "n_inner": None, "activation_function": config.activation_function,
+            "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02,
+            "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
+            "scale_attn_weights": True, "use_cache": True,
+            "tie_word_embeddings": config.tie_word_embeddings,
+            "torch_dtype": np.dtype(dtype).name}
+
+
+def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata=None) -> dict:
+    """{file name: writer} for the four checkpoint files (see write_files_atomically).
+
+    model.safetensors: every parameter under its checkpoint key, in the params' dtype (F32 or
+    F64), no "transformer." prefix, no lm_head when tied (as the hub's gpt2 file), written by
+    the safetensors library; metadata {"format": "pt", **metadata}. config.json from
+    hf_config_dict; vocab.json and merges.txt copied from tokenizer_dir.
+    """
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    flat = {k: np.ascontiguousarray(v) for k, v in flatten_params(params).items()}
+    dtype = flat["wte.weight"].dtype
+    meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
+    missing = [n for n in ("vocab.json", "merges.txt")
+               if not os.path.isfile(os.path.join(os.fspath(tokenizer_dir), n))]
+    if missing:
+        raise ValueError(f"{tokenizer_dir}: no {' or '.join(missing)} to copy into the checkpoint")
+
+    def write_config(path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(hf_config_dict(config, dtype), f, indent=2)
+            f.write("\n")
+
+    def copier(name):
+        return lambda path: shutil.copyfile(os.path.join(tokenizer_dir, name), path)
+
+    return {"model.safetensors": lambda path: save_file(flat, path, metadata=meta),
+            "config.json": write_config,
+            "vocab.json": copier("vocab.json"), "merges.txt": copier("merges.txt")}
+
+
+def save_checkpoint(directory, params: dict, config: GPT2Config, tokenizer_dir, metadata=None) -> None:
+    """Write params as a Hugging Face GPT-2 checkpoint into directory, atomically:
+    model.safetensors, config.json, vocab.json and merges.txt (copied from tokenizer_dir, a
+    directory holding GPT-2's tokenizer files). numpy_gpt2.load(directory),
+    scripts/generate.py --model directory and GPT2LMHeadModel.from_pretrained(directory) read
+    it. metadata: optional {str: str} stored in the safetensors header."""
+    write_files_atomically(directory, checkpoint_writers(params, config, tokenizer_dir, metadata))

@@ -1,0 +1,76 @@
+"""Training data: a UTF-8 text file -> GPT-2 token ids -> random (input, target) windows.
+
+As nanoGPT's shakespeare recipe: the first 90% of the text's CHARACTERS are the training
+split and the last 10% the validation split (split before tokenizing, so no token straddles
+the cut); each split is tokenized on its own with GPT-2's BPE (encode_ordinary: the text
+"<|endoftext|>" is ordinary text here, not the special token).
+
+A batch is B windows of block_size + 1 consecutive tokens starting at uniformly random
+offsets: inputs are the first block_size tokens, targets the last block_size (the next
+token at every position), nanoGPT's get_batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TRAIN_FRACTION = 0.9
+
+
+def read_text(path) -> str:
+    """The whole file as text. ValueError (one line, naming the file) when it is missing,
+    unreadable, not UTF-8 or empty."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the data file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text:
+        raise ValueError(f"{path}: the data file is empty")
+    return text
+
+
+def split_text(text: str, train_fraction: float = TRAIN_FRACTION) -> tuple[str, str]:
+    """(train, val): the first int(len(text) * train_fraction) characters, and the rest."""
+    cut = int(len(text) * train_fraction)
+    return text[:cut], text[cut:]
+
+
+def encode(tokenizer, text: str) -> np.ndarray:
+    """GPT-2 token ids of text as an int64 array (encode_ordinary: no special tokens)."""
+    return np.asarray(tokenizer.encode_ordinary(text), dtype=np.int64)
+
+
+def load_splits(path, tokenizer, train_fraction: float = TRAIN_FRACTION) -> dict[str, np.ndarray]:
+    """{"train": token ids, "val": token ids} of the text file at path (see module doc)."""
+    train, val = split_text(read_text(path), train_fraction)
+    return {"train": encode(tokenizer, train), "val": encode(tokenizer, val)}
+
+
+def check_split_length(tokens: np.ndarray, block_size: int, name: str) -> None:
+    """ValueError unless the split holds at least one window of block_size + 1 tokens."""
+    if len(tokens) < block_size + 1:
+        raise ValueError(f"the {name} split has {len(tokens)} tokens, fewer than block_size + 1 = "
+                         f"{block_size + 1} (one window of inputs and next-token targets); "
+                         f"use more text or a smaller --block-size")
+
+
+def get_batch(tokens: np.ndarray, block_size: int, batch_size: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """B random windows: x = tokens[i : i + T], y = tokens[i + 1 : i + 1 + T] for B offsets i
+    drawn uniformly from [0, len(tokens) - T). Returns int64 (B, T) arrays x, y."""
+    starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
+    windows = tokens[starts[:, None] + np.arange(block_size + 1)]  # (B, T + 1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def eval_batches(tokens: np.ndarray, block_size: int, batch_size: int, n_batches: int,
+                 seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A fixed list of n_batches batches (same seed, same batches), so evaluations at
+    different steps score the same windows and their losses are comparable."""
+    rng = np.random.default_rng(seed)
+    return [get_batch(tokens, block_size, batch_size, rng) for _ in range(n_batches)]
