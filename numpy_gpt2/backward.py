@@ -15,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from .config import GPT2Config
-from .layers import _ignore, layer_norm, prefixed, transformer_block
-from .layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
-                              position_embedding_backward, transformer_block_backward)
+from .layers import _ignore, layer_norm, prefixed, transformer_block, transformer_block_saving_fast
+from .layers_backward import (embedding_backward, layer_norm_backward, layer_norm_backward_fast,
+                              lm_head_backward, lm_head_cross_entropy_fast, normalize,
+                              position_embedding_backward, transformer_block_backward,
+                              transformer_block_backward_fast)
 from .loss import cross_entropy_backward, masked_cross_entropy
 from .model import check_tokens
 
@@ -66,7 +68,7 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     Raises ValueError for bad tokens or targets, before any work.
     """
     tokens, targets = check_targets(tokens, targets, config, ignore_index)
-    run = _loss_and_grads_reference if reference else _loss_and_grads_reference
+    run = _loss_and_grads_reference if reference else _loss_and_grads_fast
     loss, new = run(params, config, tokens, targets, ignore_index,
                     record or _ignore, record_grad or _ignore)
     if grads is None:
@@ -133,3 +135,54 @@ def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks):
     else:
         dwte += dhead  # tied: wte is the embedding AND the output head
     return {key: grads[key] for key in params}  # the params' key order too
+
+
+def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad):
+    """The fast path: each block keeps what its backward needs (10 E numbers per position,
+    see layers.transformer_block_saving_fast); the output head and the loss run fused, in
+    chunks of rows. Everything is 2-D (N = B*T rows) inside."""
+    eps, n_head = config.layer_norm_epsilon, config.n_head
+    wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
+    head = params["lm_head"]["weight"] if "lm_head" in params else wte
+    B, T = tokens.shape
+    E = wte.shape[1]
+    record, record_grad = _batched(record, B, T), _batched(record_grad, B, T)
+
+    x = wte[tokens] + wpe[:T]  # (B, T, E)
+    record("wte", wte[tokens])
+    record("wpe", wpe[:T])
+    saved = []
+    for i, block in enumerate(params["h"]):
+        x, kept = transformer_block_saving_fast(x, block, n_head, eps, record=prefixed(record, f"h.{i}."))
+        saved.append(kept)
+        record(f"h.{i}", x)
+    x = x.reshape(B * T, E)
+    xhat, rstd = normalize(x, eps)
+    h = xhat * params["ln_f"]["weight"] + params["ln_f"]["bias"]
+    record("ln_f", h)
+    loss, dh, dhead = lm_head_cross_entropy_fast(h, head, targets.reshape(-1), ignore_index,
+                                                 record=record, record_grad=record_grad)
+    record_grad("ln_f", dh)
+    dx, dln_f = layer_norm_backward_fast(dh, xhat, rstd, params["ln_f"]["weight"])
+    del x, xhat, h, dh
+    dblocks = [None] * config.n_layer
+    for i in reversed(range(config.n_layer)):
+        record_grad(f"h.{i}", dx)
+        dx, dblocks[i] = transformer_block_backward_fast(dx, saved.pop(), params["h"][i], n_head, eps,
+                                                         record=prefixed(record_grad, f"h.{i}."))
+    dx = dx.reshape(B, T, E)
+    record_grad("wpe", dx)
+    record_grad("wte", dx)
+    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks)
+
+
+def _batched(record, B, T):
+    """record, seeing (B, T, ...) copies of the fast path's (B*T, ...) row arrays (the fast
+    path updates some of them in place right after recording)."""
+    if record is _ignore:
+        return _ignore
+
+    def see(name, a):
+        a = a.reshape(B, T, *a.shape[1:]) if a.ndim == 2 and a.shape[0] == B * T else a
+        record(name, np.array(a))
+    return see

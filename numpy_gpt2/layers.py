@@ -237,12 +237,15 @@ def _future_mask(n, dtype):
     return mask
 
 
-def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=_ignore):
+def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=_ignore, lse=None):
     """attention() with the causal mask, for T queries at positions past .. past+T-1.
 
     q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
     merging the heads to (B, T, E) is a free reshape. Query block [t0, t1) needs keys
     0 .. past+t1-1 only, and only its last t1-t0 keys need masking. block: queries per block.
+    lse: optional (B, H, T) array, filled with each query's log sum_j exp(score_j): with it,
+    the backward pass recomputes any block of probabilities as exp(score - lse), so no
+    (B, H, T, S) array needs to be kept for it.
     """
     B, H, T, D = q.shape
     out = np.empty((B, T, H, D), dtype=q.dtype)
@@ -255,9 +258,12 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=_ignore):
         scores = (q[:, :, t0:t1] * (1.0 / math.sqrt(D))) @ np.swapaxes(k[:, :, :S], -1, -2)
         if t1 - t0 > 1:  # a single query sees every key so far: nothing to mask
             scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
-        scores -= scores.max(axis=-1, keepdims=True)
+        top = scores.max(axis=-1, keepdims=True)
+        scores -= top
         np.exp(scores, out=scores)
         sums = scores.sum(axis=-1, keepdims=True)
+        if lse is not None:
+            lse[:, :, t0:t1] = (top + np.log(sums))[..., 0]
         heads = scores @ v[:, :, :S]  # (B, H, n, D), unnormalized
         heads /= sums
         out[:, t0:t1] = np.swapaxes(heads, 1, 2)
@@ -321,3 +327,36 @@ def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False, reco
     record("mlp.c_proj", m)
     x += m
     return x
+
+
+def transformer_block_saving_fast(x, block, n_head, eps, record=_ignore):
+    """transformer_block() for training: returns (out, saved), where saved holds what
+    layers_backward.transformer_block_backward_fast needs and nothing more.
+
+    x: (B, T, E), left as it is (it is saved: the block's input). out: a new (B, T, E) array.
+    saved: {"x": input (N, E), "qkv": c_attn's output (N, 3E), "lse": each query's attention
+    log-sum-exp (B, H, T), "y": the merged heads before c_proj (N, E), "x1": the residual
+    after attention (N, E), "u": c_fc's output before the GELU (N, 4E)}, N = B * T.
+    """
+    B, T, E = x.shape
+    x2d = x.reshape(B * T, E)
+    h = layer_norm_fast(x2d, **block["ln_1"], eps=eps)
+    record("ln_1", h)
+    qkv = linear_fast(h, **block["attn"]["c_attn"])
+    record("attn.c_attn", qkv)
+    q, k, v = (split_heads(a.reshape(B, T, E), n_head) for a in np.split(qkv, 3, axis=-1))
+    lse = np.empty((B, n_head, T), dtype=x.dtype)
+    y = causal_attention_fast(q, k, v, lse=lse, record=prefixed(record, "attn.")).reshape(B * T, E)
+    x1 = linear_fast(y, **block["attn"]["c_proj"])
+    record("attn", x1)
+    x1 += x2d
+    h = layer_norm_fast(x1, **block["ln_2"], eps=eps)
+    record("ln_2", h)
+    u = linear_fast(h, **block["mlp"]["c_fc"])
+    record("mlp.c_fc", u)
+    h = gelu_fast(u.copy())
+    record("mlp.gelu", h)
+    out = linear_fast(h, **block["mlp"]["c_proj"])
+    record("mlp.c_proj", out)
+    out += x1
+    return out.reshape(B, T, E), {"x": x2d, "qkv": qkv, "lse": lse, "y": y, "x1": x1, "u": u}

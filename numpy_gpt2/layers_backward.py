@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from .layers import (_ignore, attention, causal_mask, gelu, layer_norm, linear, merge_heads,
-                     prefixed, softmax, split_heads)
+from .layers import (QUERY_BLOCK, _future_mask, _ignore, attention, causal_mask, gelu, layer_norm,
+                     linear, merge_heads, prefixed, softmax, split_heads)
 
 GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -209,3 +209,213 @@ def lm_head_backward(dlogits, x, head):
     """
     d2, x2 = dlogits.reshape(-1, dlogits.shape[-1]), x.reshape(-1, x.shape[-1])
     return dlogits @ head, d2.T @ x2
+
+
+# ----------------------------------------------------------------------------------------
+# The fast path: the same gradients arranged for speed, as in layers.py's fast section
+# (2-D matmuls over the N = B*T rows, in-place updates, attention in query blocks), each
+# tested equal to its readable twin in tests. The training forward
+# (layers.transformer_block_saving_fast) keeps per block only what these need: the block's
+# input x, c_attn's output [q | k | v], each query's log-sum-exp, the merged heads y,
+# x1 = x + attn, and c_fc's output u: 10 E numbers per position. The LayerNorm outputs and
+# the GELU are recomputed (elementwise, cheap next to the matmuls), and the attention
+# probabilities are recomputed one query block at a time from the log-sum-exp, so no
+# (B, H, T, T) array is ever kept.
+
+def normalize(x, eps):
+    """LayerNorm's normalization of x (N, E): (xhat, rstd), xhat = (x - mean) * rstd,
+    rstd = 1 / sqrt(var + eps) (N, 1). layer_norm(x) = xhat * weight + bias."""
+    xhat = x - x.mean(axis=-1, keepdims=True)
+    rstd = np.mean(xhat * xhat, axis=-1, keepdims=True)
+    rstd += eps
+    np.sqrt(rstd, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    return xhat, rstd
+
+
+def layer_norm_backward_fast(dout, xhat, rstd, weight):
+    """layer_norm_backward() from normalize()'s (xhat, rstd). dout, xhat: (N, E).
+
+    Returns (dx (N, E), {"weight", "bias"}); dx is a new array.
+    """
+    g = dout * xhat
+    grads = {"weight": g.sum(axis=0), "bias": dout.sum(axis=0)}
+    np.multiply(dout, weight, out=g)  # g = dL/dxhat
+    mean_gx = np.einsum("ne,ne->n", g, xhat)[:, None] / g.shape[-1]
+    g -= g.mean(axis=-1, keepdims=True)
+    g -= xhat * mean_gx
+    g *= rstd
+    return g, grads
+
+
+GELU_CHUNK = 1 << 16  # elements per pass, as layers.GELU_CHUNK: the temporaries stay in cache
+
+
+def gelu_and_derivative_fast(x):
+    """(gelu(x), gelu'(x)) in one pass, for the MLP's backward: returns gelu(x) as a new array
+    and OVERWRITES x with gelu'(x) (c_fc's output is not needed after that).
+
+    With s = 1 / (1 + exp(-2u)) = 0.5 (1 + tanh u), u = c (x + 0.044715 x^3), c = sqrt(2/pi):
+        gelu(x) = x s,   gelu'(x) = s + 2 c x s (1 - s) (1 + 3 * 0.044715 x^2)
+    (the forms of gelu() and gelu_backward() with tanh written through exp, as layers.gelu_fast).
+    x: C-contiguous float array.
+    """
+    out = np.empty_like(x)
+    flat, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, flat.size, GELU_CHUNK):
+        part = slice(start, start + GELU_CHUNK)
+        _gelu_and_derivative_in_place(flat[part], flat_out[part])
+    return out
+
+
+def _gelu_and_derivative_in_place(x, out):
+    x2 = x * x
+    s = x2 * 0.044715
+    s += 1.0
+    s *= x
+    s *= -2.0 * GELU_C                  # s = -2u
+    with np.errstate(over="ignore"):    # x << 0: exp -> inf, s -> 0: gelu's and gelu''s limits
+        np.exp(s, out=s)
+    s += 1.0
+    np.reciprocal(s, out=s)             # s = 0.5 (1 + tanh u)
+    np.multiply(x, s, out=out)          # gelu(x)
+    x2 *= 3 * 0.044715
+    x2 += 1.0
+    x2 *= x
+    x2 *= 2.0 * GELU_C                  # 2 c x (1 + 3 * 0.044715 x^2)
+    x2 *= s
+    x2 *= 1.0 - s
+    x2 += s
+    x[...] = x2
+
+
+def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QUERY_BLOCK,
+                                   record=_ignore):
+    """attention_backward() with the causal mask, one block of queries at a time.
+
+    dout, out: (B, H, T, D), the gradient of the attention output and the output itself;
+    q, k, v: (B, H, T, D); lse: (B, H, T) from causal_attention_fast(lse=...).
+    Writes dq, dk, dv (B, H, T, D) (views are fine). For query block [t0, t1) only keys
+    0 .. t1-1 matter; its probabilities are recomputed as P = exp(q k^T / sqrt(D) - lse), and
+    the softmax's row-sum term uses sum_j dP_ij P_ij = sum_d dout_id out_id (P v = out), so
+    it needs no second pass over the block.
+    record sees "softmax" (dL/dP, (B, H, T, T); allocated only when recording).
+    """
+    B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D)
+    delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
+    dk[...] = 0.0
+    dv[...] = 0.0
+    dprobs = None if record is _ignore else np.zeros((B, H, T, T), dtype=q.dtype)
+    for t0 in range(0, T, block):
+        t1 = min(t0 + block, T)
+        qb = q[:, :, t0:t1] * scale
+        p = qb @ np.swapaxes(k[:, :, :t1], -1, -2)  # scores (B, H, n, t1)
+        if t1 - t0 > 1:
+            p[..., t0:] += _future_mask(t1 - t0, p.dtype)
+        p -= lse[:, :, t0:t1, None]
+        np.exp(p, out=p)                                             # P
+        dv[:, :, :t1] += np.swapaxes(p, -1, -2) @ dout[:, :, t0:t1]  # dv = P^T dout
+        dp = dout[:, :, t0:t1] @ np.swapaxes(v[:, :, :t1], -1, -2)   # dP = dout v^T
+        if dprobs is not None:
+            dprobs[:, :, t0:t1, :t1] = dp
+        dp -= delta[:, :, t0:t1]
+        dp *= p                                                      # dS (of the scaled scores)
+        dq[:, :, t0:t1] = (dp @ k[:, :, :t1]) * scale
+        dk[:, :, :t1] += np.swapaxes(dp, -1, -2) @ qb                # qb carries the scale
+    if dprobs is not None:
+        record("softmax", dprobs)
+
+
+def _heads(a, B, n_head):
+    """(N, E) rows of B sequences -> (B, H, T, D) view."""
+    return split_heads(a.reshape(B, -1, a.shape[-1]), n_head)
+
+
+def _linear_grads(dout, x):
+    """linear_backward()'s weight gradients for 2-D dout (N, n_out), x (N, n_in)."""
+    return {"weight": x.T @ dout, "bias": dout.sum(axis=0)}
+
+
+def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=_ignore):
+    """transformer_block_backward() from what layers.transformer_block_saving_fast kept.
+
+    dout: (N, E) with N = B*T rows, OVERWRITTEN: returns (dx in dout's memory, grads).
+    saved: {"x", "qkv", "lse", "y", "x1", "u"}; "u" is overwritten too.
+    """
+    x, qkv, lse, y, x1, u = (saved[k] for k in ("x", "qkv", "lse", "y", "x1", "u"))
+    B = lse.shape[0]
+    ln_1, attn, ln_2, mlp = block["ln_1"], block["attn"], block["ln_2"], block["mlp"]
+
+    record("mlp.c_proj", dout)
+    xhat2, rstd2 = normalize(x1, eps)
+    g = gelu_and_derivative_fast(u)                        # u := gelu'(u)
+    dc_proj = _linear_grads(dout, g)
+    dg = np.matmul(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
+    record("mlp.gelu", dg)
+    dg *= u                                                # dL/du
+    record("mlp.c_fc", dg)
+    dc_fc = _linear_grads(dg, xhat2 * ln_2["weight"] + ln_2["bias"])
+    dh2 = dg @ mlp["c_fc"]["weight"].T
+    record("ln_2", dh2)
+    dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, rstd2, ln_2["weight"])
+    dout += dx1                                            # dout := dL/dx1
+    record("attn", dout)
+
+    dattn_proj = _linear_grads(dout, y)
+    dy = dout @ attn["c_proj"]["weight"].T
+    dqkv = np.empty_like(qkv)
+    causal_attention_backward_fast(
+        _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
+        _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
+        record=prefixed(record, "attn."))
+    record("attn.c_attn", dqkv)
+    xhat1, rstd1 = normalize(x, eps)
+    dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
+    dh1 = dqkv @ attn["c_attn"]["weight"].T
+    record("ln_1", dh1)
+    dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, rstd1, ln_1["weight"])
+    dout += dx
+    return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
+                  "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
+
+
+HEAD_ROWS = 512  # positions per output-head chunk: a chunk's logits are 100 MB at V = 50257
+
+
+def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_ROWS,
+                               record=_ignore, record_grad=_ignore):
+    """Output head, cross-entropy and their backward, fused, a chunk of rows at a time:
+    logits = h head^T, loss = masked_cross_entropy, dlogits = cross_entropy_backward,
+    dh = dlogits head, dhead = dlogits^T h; each chunk's logits turn into its gradient in
+    place, so the (N, V) logits never exist whole (unless someone records them).
+
+    h: (N, E); head: (V, E); targets: (N,) ints. Returns (loss, dh (N, E), dhead (V, E)).
+    """
+    N = h.shape[0]
+    if record is not _ignore or record_grad is not _ignore:
+        rows = N  # the recorded logits and their gradient are whole arrays
+    keep = targets != ignore_index
+    weight = keep / keep.sum()  # each kept row's share of the mean
+    safe = np.where(keep, targets, 0)
+    dh = np.empty_like(h)
+    dhead = np.zeros_like(head)
+    loss = 0.0
+    for r0 in range(0, N, rows):
+        r = slice(r0, min(r0 + rows, N))
+        z = h[r] @ head.T                               # logits (n, V)
+        record("logits", z)
+        picked = np.arange(z.shape[0]), safe[r]
+        z -= z.max(axis=-1, keepdims=True)
+        target_z = z[picked]
+        np.exp(z, out=z)
+        sums = z.sum(axis=-1)
+        loss += float(((np.log(sums) - target_z) * weight[r]).sum(dtype=np.float64))
+        z /= sums[:, None]                              # softmax
+        z[picked] -= keep[r]                            # - onehot, kept rows only
+        z *= weight[r][:, None].astype(z.dtype)         # dL/dlogits
+        record_grad("logits", z)
+        np.matmul(z, head, out=dh[r])
+        dhead += z.T @ h[r]
+    return loss, dh, dhead
