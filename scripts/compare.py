@@ -1,17 +1,25 @@
-"""Compare two activation dumps tensor by tensor and name the first one that differs.
+"""Compare two activation (and gradient) dumps tensor by tensor and name the first one that differs.
 
     python scripts/compare.py REFERENCE CANDIDATE [--atol 1e-4] [--rtol 1e-4] [--names PATTERN]
 
 REFERENCE and CANDIDATE are safetensors files (from scripts/dump.py, or written by a port:
-"tokens" int64 (T,) plus one tensor per activation name). Either one may instead be the word
-`live`: a fresh numpy_gpt2 run on the other file's tokens, capturing the names that file
-holds (--model, default: the model in the other file's metadata; --dtype, default: its dtype).
+"tokens" int64 (T,) plus one tensor per activation name; a gradient dump adds "targets",
+"loss" and "grad.*" tensors). Either one may instead be the word `live`: a fresh numpy_gpt2
+run on the other file's tokens (and targets: loss_and_grads, for a gradient dump),
+capturing the names that file holds (--model, default: the model in the other file's
+metadata; --dtype, default: its dtype).
 
 A tensor passes when every element has |candidate - reference| <= atol + rtol * |reference|
-(numpy.isclose's rule). The table lists, in forward order, each tensor's shape, max abs error,
-max relative error (over elements where the reference is non-zero), the element furthest
-outside the tolerance ("worst at") with both values, and a status; shape mismatches and
-transposed tensors are named. Missing and extra names are listed but do not fail.
+(numpy.isclose's rule); for a gradient, atol is multiplied by the reference tensor's largest
+|value| (gradients have no natural scale). The table lists the activations in forward order,
+then the loss, then the gradients in BACKWARD order (grad.logits ... grad.h.0.ln_1, grad.wpe,
+grad.wte, then the weights' gradients from grad.ln_f.* (grad.lm_head.weight first when
+untied) back to grad.wpe.weight and grad.wte.weight), so the first failure is the first
+wrong tensor in computation order. Each row: shape, max abs error, max relative error (over
+elements where the reference is non-zero), the element furthest outside the tolerance
+("worst at") with both values, and a status; shape mismatches and transposed tensors are
+named. Missing and extra names are listed but do not fail. Different tokens, or different
+targets when a loss or gradients are compared, are an error (the tensors are not comparable).
 Exit status: 0 all compared tensors pass, 1 some tensor fails (the first is named),
 2 bad arguments or unreadable input (one-line message on stderr).
 """
@@ -20,26 +28,44 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 
 import numpy as np
 
-import numpy_gpt2
-from numpy_gpt2.activations import (activation_names, activations, compare_activations,
-                                    load_activations)
+try:
+    import numpy_gpt2
+except ImportError:  # not pip-installed: use the package next to this script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import numpy_gpt2
+from numpy_gpt2.activations import (GRAD, activation_names, activations, compare_activations,
+                                    dump_order_key, gradient_names, gradients, load_dump,
+                                    parameter_gradient_names)
 
 DEFAULT_ATOL = 1e-4  # float32 vs float32: both round at ~6e-8 per op, in different orders
 DEFAULT_RTOL = 1e-4
 LIVE = "live"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, like every other error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def load_side(path):
-    tokens, acts, meta = load_activations(path)
-    return {"path": path, "tokens": tokens, "acts": acts, "meta": meta}
+    dump = load_dump(path)
+    return {"path": path, "tokens": dump["tokens"], "targets": dump["targets"],
+            "acts": dump["tensors"], "meta": dump["metadata"]}
+
+
+def is_step_tensor(name: str) -> bool:
+    """The loss and the gradients depend on the targets; activations do not."""
+    return name == "loss" or name.startswith(GRAD)
 
 
 def live_side(other: dict, model: str | None, dtype: str | None) -> dict:
-    """numpy_gpt2 run on the tokens of `other` (a loaded dump), capturing the names it holds."""
+    """numpy_gpt2 run on the tokens (and, for a gradient dump, the targets) of `other`
+    (a loaded dump), capturing the names it holds."""
     if other["tokens"] is None:
         raise ValueError(f"{other['path']} has no 'tokens' tensor to run numpy_gpt2 on")
     model = model or other["meta"].get("model")
@@ -52,14 +78,67 @@ def live_side(other: dict, model: str | None, dtype: str | None) -> dict:
             first = next(iter(other["acts"].values()), None)
             dtype = "float64" if first is not None and first.dtype == np.float64 else "float32"
     params, config = numpy_gpt2.load(numpy_gpt2.resolve_model(model), dtype=np.dtype(dtype))
+    tokens = other["tokens"].astype(np.int64).reshape(-1)
     known = set(activation_names(config))
+    known_grads = set(gradient_names(config) + parameter_gradient_names(params))
     names = [n for n in other["acts"] if n in known]
-    if not names:
-        raise ValueError(f"{other['path']} holds no numpy_gpt2 activation names "
-                         f"(e.g. h.0.ln_1, logits)")
-    acts = activations(params, config, other["tokens"].astype(np.int64).reshape(-1), names)
-    return {"path": "live numpy_gpt2 run", "tokens": other["tokens"],
-            "acts": acts, "meta": {"model": model, "dtype": dtype}}
+    grad_names = [n for n in other["acts"] if n in known_grads]
+    if not names and not grad_names and "loss" not in other["acts"]:
+        raise ValueError(f"{other['path']} holds no numpy_gpt2 activation or gradient names "
+                         f"(e.g. h.0.ln_1, logits, grad.logits)")
+    acts = activations(params, config, tokens, names) if names else {}
+    targets = None
+    if grad_names or "loss" in other["acts"]:
+        if other["targets"] is None:
+            raise ValueError(f"{other['path']} holds gradients or a loss but no 'targets' "
+                             f"tensor: a live run needs the targets of that step")
+        targets = other["targets"].astype(np.int64).reshape(-1)
+        if grad_names:
+            loss, act_grads, param_grads = gradients(params, config, tokens, targets, grad_names)
+            acts.update(act_grads)
+            acts.update(param_grads)
+        else:
+            loss, _ = numpy_gpt2.loss_and_grads(params, config, tokens, targets)
+        acts["loss"] = np.array(loss, dtype=np.float64)
+    return {"path": "live numpy_gpt2 run", "tokens": other["tokens"], "targets": targets,
+            "acts": {n: acts[n] for n in sorted(acts, key=dump_order_key)},
+            "meta": {"model": model, "dtype": dtype}}
+
+
+def check_same_input(ref: dict, cand: dict) -> list[str]:
+    """Raise ValueError when the two sides ran on different tokens, or on different targets
+    while loss or gradients are compared; returns notes about what could not be checked."""
+    notes = []
+    if ref["tokens"] is not None and cand["tokens"] is not None:
+        # any integer dtype, (T,) or (1, T)
+        if not np.array_equal(ref["tokens"].astype(np.int64).reshape(-1),
+                              cand["tokens"].astype(np.int64).reshape(-1)):
+            raise ValueError(f"the files hold different tokens (reference "
+                             f"{_short(ref['tokens'])}, candidate {_short(cand['tokens'])}): "
+                             f"their activations are not comparable")
+    else:
+        notes.append("note: only one side has a 'tokens' tensor; not checked they ran on "
+                     "the same input")
+    if not any(is_step_tensor(n) for n in set(ref["acts"]) & set(cand["acts"])):
+        return notes
+    r, c = ref["targets"], cand["targets"]
+    if r is None or c is None:
+        notes.append("note: only one side has a 'targets' tensor; not checked the loss and "
+                     "gradients are of the same targets" if (r is None) != (c is None) else
+                     "note: neither side has a 'targets' tensor; not checked the loss and "
+                     "gradients are of the same targets")
+        return notes
+    r, c = r.astype(np.int64).reshape(-1), c.astype(np.int64).reshape(-1)
+    if r.shape != c.shape:
+        raise ValueError(f"the files hold different targets ({r.size} vs {c.size} ids): "
+                         f"their loss and gradients are not comparable")
+    if not np.array_equal(r, c):
+        t = int(np.flatnonzero(r != c)[0])
+        raise ValueError(f"the files hold different targets (first difference at position {t}: "
+                         f"reference {r[t]}, candidate {c[t]}; reference {_short(r)}, "
+                         f"candidate {_short(c)}): their loss and gradients are not comparable "
+                         f"(use the same targets, e.g. dump.py --targets)")
+    return notes
 
 
 def describe(side: dict) -> str:
@@ -104,21 +183,24 @@ def print_table(rows, out=sys.stdout):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Compare two activation dumps (or one dump against a live numpy_gpt2 run) "
-                    "and name the first tensor outside the tolerance.",
-        epilog="Either file may be the word 'live': numpy_gpt2 run on the other file's tokens. "
-               "Exit status: 0 all compared tensors pass, 1 some tensor fails, 2 bad arguments "
-               "or input.")
+    parser = _Parser(
+        prog="compare.py",
+        description="Compare two activation/gradient dumps (or one dump against a live "
+                    "numpy_gpt2 run) and name the first tensor outside the tolerance: "
+                    "activations in forward order, then the loss, then gradients in backward order.",
+        epilog="Either file may be the word 'live': numpy_gpt2 run on the other file's tokens "
+               "(and targets, for gradients). Exit status: 0 all compared tensors pass, 1 some "
+               "tensor fails, 2 bad arguments or input.")
     parser.add_argument("reference", help="reference dump (.safetensors) or 'live'")
     parser.add_argument("candidate", help="candidate dump (.safetensors) or 'live'")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                        help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+                        help=f"absolute tolerance (default {DEFAULT_ATOL:g}); for a gradient "
+                             f"(grad.*) it is relative to the tensor's largest |reference|")
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                         help=f"relative tolerance (default {DEFAULT_RTOL:g}); pass pairs if "
                              f"|cand - ref| <= atol + rtol*|ref|")
     parser.add_argument("--names", help="compare only the names matching these fnmatch "
-                                        "pattern(s), comma-separated")
+                                        "pattern(s), comma-separated (e.g. 'grad.h.1.*,loss')")
     parser.add_argument("--model", help="model for a 'live' side (default: the other file's "
                                         "metadata 'model')")
     parser.add_argument("--dtype", choices=["float32", "float64"],
@@ -141,17 +223,7 @@ def main(argv=None) -> int:
             for side in (ref, cand):
                 side["acts"] = {n: a for n, a in side["acts"].items()
                                 if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
-        notes = []
-        if ref["tokens"] is not None and cand["tokens"] is not None:
-            # any integer dtype, (T,) or (1, T)
-            if not np.array_equal(ref["tokens"].astype(np.int64).reshape(-1),
-                                  cand["tokens"].astype(np.int64).reshape(-1)):
-                raise ValueError(f"the files hold different tokens (reference "
-                                 f"{_short(ref['tokens'])}, candidate {_short(cand['tokens'])}): "
-                                 f"their activations are not comparable")
-        else:
-            notes.append("note: only one side has a 'tokens' tensor; not checked they ran on "
-                         "the same input")
+        notes = check_same_input(ref, cand)
         if not set(ref["acts"]) & set(cand["acts"]):
             raise ValueError(f"no tensor names in common (reference: {_short(list(ref['acts']))}; "
                              f"candidate: {_short(list(cand['acts']))})")
@@ -164,6 +236,13 @@ def main(argv=None) -> int:
     print(f"candidate: {describe(cand)}")
     print(f"pass: |candidate - reference| <= atol + rtol*|reference|, atol={args.atol:g}, "
           f"rtol={args.rtol:g}")
+    if any(n.startswith(GRAD) for n in ref["acts"]):
+        print("gradients (grad.*): atol is relative to each tensor's largest |reference|: "
+              "|candidate - reference| <= atol*max|reference| + rtol*|reference|")
+    if "loss" in ref["acts"] and "loss" in cand["acts"]:
+        r, c = (float(side["acts"]["loss"].reshape(-1)[0]) for side in (ref, cand))
+        print(f"loss: reference {r:.8g}, candidate {c:.8g}" + ("" if r == c else
+                                                              f" (difference {c - r:.3g})"))
     for note in notes:
         print(note)
     print()

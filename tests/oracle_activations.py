@@ -21,35 +21,41 @@ HF_BLOCK_MODULES = {"ln_1": "ln_1", "attn.c_attn": "attn.c_attn", "attn": "attn"
                     "": ""}
 
 
-def oracle_activations(model, tokens, names="*") -> dict[str, np.ndarray]:
-    """{name: array} from the HF model for one sequence tokens (T,), in forward order,
-    without the batch axis (same convention as numpy_gpt2.activations)."""
-    captured, hooks = {}, []
+def run_with_named_outputs(model, tokens, keep) -> None:
+    """Run the HF model on one sequence tokens (T,), calling keep(our name, output tensor)
+    for every named activation: forward hooks on the modules, then each layer's softmax
+    probabilities (output_attentions=True) and the logits."""
 
     def hook(name):
         def save(module, inputs, output):
-            out = output[0] if isinstance(output, tuple) else output  # attn/block return tuples
-            captured[name] = out.detach().numpy().copy()
+            keep(name, output[0] if isinstance(output, tuple) else output)  # attn/block: tuples
         return save
 
     tr = model.transformer
-    hooks.append(tr.wte.register_forward_hook(hook("wte")))
-    hooks.append(tr.wpe.register_forward_hook(hook("wpe")))
+    hooks = [tr.wte.register_forward_hook(hook("wte")), tr.wpe.register_forward_hook(hook("wpe"))]
     for i, block in enumerate(tr.h):
         for ours, theirs in HF_BLOCK_MODULES.items():
             module = block.get_submodule(theirs) if theirs else block
             hooks.append(module.register_forward_hook(hook(f"h.{i}.{ours}" if ours else f"h.{i}")))
     hooks.append(tr.ln_f.register_forward_hook(hook("ln_f")))
     try:
-        with torch.no_grad():
-            out = model(torch.as_tensor(np.asarray(tokens, dtype=np.int64))[None],
-                        output_attentions=True)
+        out = model(torch.as_tensor(np.asarray(tokens, dtype=np.int64))[None],
+                    output_attentions=True)
     finally:
         for h in hooks:
             h.remove()
     for i, probs in enumerate(out.attentions):
-        captured[f"h.{i}.attn.softmax"] = probs.numpy().copy()
-    captured["logits"] = out.logits.numpy().copy()
+        keep(f"h.{i}.attn.softmax", probs)
+    keep("logits", out.logits)
+
+
+def oracle_activations(model, tokens, names="*") -> dict[str, np.ndarray]:
+    """{name: array} from the HF model for one sequence tokens (T,), in forward order,
+    without the batch axis (same convention as numpy_gpt2.activations)."""
+    captured = {}
+    with torch.no_grad():
+        run_with_named_outputs(model, tokens, lambda name, out: captured.__setitem__(
+            name, out.numpy().copy()))
     # every capture has a batch axis of 1 (wpe too: HF looks up position_ids of shape (1, T));
     # activation_names only reads n_layer, which the HF config has too
     return {name: captured[name][0] for name in select_names(activation_names(model.config), names)}

@@ -332,7 +332,7 @@ def test_input_errors_exit_2_with_one_line(ckpt, reference_dump, tmp_path, capsy
              ([reference_dump, other_tokens], "different tokens"),
              ([reference_dump, unrelated], "no tensor names in common"),
              ([no_model, "live"], "pass --model"),
-             ([unrelated, "live", "--model", ckpt], "holds no numpy_gpt2 activation names"),
+             ([unrelated, "live", "--model", ckpt], "holds no numpy_gpt2 activation or gradient names"),
              ([reference_dump, "live", "--model", tmp_path / "missing_dir"], "no such file")]
     for argv, message in cases:
         status, out, err = run_script("compare", argv, capsys)
