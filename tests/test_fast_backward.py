@@ -1,0 +1,148 @@
+"""The fast backward twins (layers_backward.py's fast section) equal their readable twins.
+
+No oracle needed here: the readable functions are themselves checked against PyTorch
+autograd (tests/test_layers_backward.py) and finite differences. Tolerances: float64 to
+~1e-12 of the largest value (only the summation order differs), float32 to ~1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, strategies as st
+
+from numpy_gpt2 import layers, layers_backward as lb
+
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def close(fast, ref, dtype):
+    """|fast - ref| <= TOL * max|ref| elementwise, with a message naming the worst error."""
+    fast, ref = np.asarray(fast, np.float64), np.asarray(ref, np.float64)
+    assert fast.shape == ref.shape, (fast.shape, ref.shape)
+    scale = max(float(np.abs(ref).max()), 1e-30)
+    err = float(np.abs(fast - ref).max()) / scale
+    assert err <= TOL[dtype], f"max error {err:.3g} of max|ref| {scale:.3g}"
+
+
+def close_tree(fast, ref, dtype):
+    assert fast.keys() == ref.keys()
+    for key in ref:
+        if isinstance(ref[key], dict):
+            close_tree(fast[key], ref[key], dtype)
+        else:
+            close(fast[key], ref[key], dtype)
+
+
+dtypes = st.sampled_from([np.float32, np.float64])
+seeds = st.integers(0, 2**31 - 1)
+
+
+def block_params(rng, E, dtype, scale):
+    def w(*shape):
+        return (rng.standard_normal(shape) * scale / np.sqrt(shape[0])).astype(dtype)
+
+    def ln():
+        return {"weight": (1 + 0.3 * rng.standard_normal(E)).astype(dtype),
+                "bias": (0.3 * rng.standard_normal(E)).astype(dtype)}
+
+    def lin(n_in, n_out):
+        return {"weight": w(n_in, n_out), "bias": (0.1 * rng.standard_normal(n_out)).astype(dtype)}
+
+    return {"ln_1": ln(), "attn": {"c_attn": lin(E, 3 * E), "c_proj": lin(E, E)},
+            "ln_2": ln(), "mlp": {"c_fc": lin(E, 4 * E), "c_proj": lin(4 * E, E)}}
+
+
+@given(seed=seeds, dtype=dtypes, n=st.integers(1, 70_000), scale=st.sampled_from([0.1, 1.0, 5.0, 30.0]))
+def test_gelu_and_derivative_fast(seed, dtype, n, scale):
+    """One pass gives gelu(x) and gelu'(x), over several cache-sized chunks and the tails
+    (x large and negative: exp overflows, the limits 0 and 0 must come out, not NaN)."""
+    x = (np.random.default_rng(seed).standard_normal(n) * scale).astype(dtype)
+    derivative = x.copy()
+    g = lb.gelu_and_derivative_fast(derivative)
+    close(g, layers.gelu(x), dtype)
+    close(derivative, lb.gelu_backward(np.ones_like(x), x), dtype)
+    assert np.isfinite(derivative).all()
+
+
+@given(seed=seeds, dtype=dtypes, N=st.integers(1, 40), E=st.integers(2, 80),
+       scale=st.sampled_from([1e-3, 1.0, 100.0]))
+def test_layer_norm_backward_fast(seed, dtype, N, E, scale):
+    rng = np.random.default_rng(seed)
+    x = ((rng.standard_normal((N, E)) + rng.standard_normal((N, 1))) * scale).astype(dtype)
+    weight = rng.standard_normal(E).astype(dtype)
+    dout = rng.standard_normal((N, E)).astype(dtype)
+    xhat, rstd = lb.normalize(x, 1e-5)
+    close(xhat * weight, layers.layer_norm(x, weight, np.zeros_like(weight)), dtype)
+    dx, grads = lb.layer_norm_backward_fast(dout, xhat, rstd, weight)
+    dx_ref, grads_ref = lb.layer_norm_backward(dout, x, weight, 1e-5)
+    close(dx, dx_ref, dtype)
+    close_tree(grads, grads_ref, dtype)
+
+
+@given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 150),
+       H=st.integers(1, 4), D=st.integers(1, 20), block=st.sampled_from([1, 7, 64]))
+def test_causal_attention_backward_fast(seed, dtype, B, T, H, D, block):
+    """Blocked backward from the log-sum-exp == attention_backward with the causal mask,
+    for any number of blocks, a ragged last block, and T = 1."""
+    rng = np.random.default_rng(seed)
+    q, k, v, dout = (rng.standard_normal((B, H, T, D)).astype(dtype) for _ in range(4))
+    lse = np.empty((B, H, T), dtype)
+    out = np.swapaxes(layers.causal_attention_fast(q, k, v, block=block, lse=lse), 1, 2)
+    dq, dk, dv = (np.full_like(q, np.nan) for _ in range(3))  # every element must be written
+    seen = {}
+    lb.causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=block,
+                                      record=lambda name, a: seen.update({name: a.copy()}))
+    ref = {}
+    expected = lb.attention_backward(dout, q, k, v, layers.causal_mask(T, T),
+                                     record=lambda name, a: ref.update({name: a}))
+    for got, want in zip((dq, dk, dv), expected):
+        close(got, want, dtype)
+    close(np.tril(seen["softmax"][0, 0]), np.tril(ref["softmax"][0, 0]), dtype)
+
+
+@given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 80),
+       H=st.integers(1, 4), D=st.integers(1, 12), scale=st.sampled_from([0.3, 1.0, 3.0]))
+def test_transformer_block_backward_fast(seed, dtype, B, T, H, D, scale):
+    """Saving forward + fast backward == the readable block and its readable backward:
+    the output, dx, every weight gradient, and every recorded activation gradient."""
+    rng = np.random.default_rng(seed)
+    E = H * D
+    block = block_params(rng, E, dtype, scale)
+    x = rng.standard_normal((B, T, E)).astype(dtype)
+    dout = rng.standard_normal((B, T, E)).astype(dtype)
+    out, saved = layers.transformer_block_saving_fast(x, block, H, 1e-5)
+    close(out, layers.transformer_block(x, block, H, 1e-5), dtype)
+    fast_seen, ref_seen = {}, {}
+    dx, grads = lb.transformer_block_backward_fast(
+        dout.reshape(B * T, E).copy(), saved, block, H, 1e-5,
+        record=lambda n, a: fast_seen.update({n: np.array(a).reshape(B, T, -1) if a.ndim == 2 else a.copy()}))
+    dx_ref, grads_ref = lb.transformer_block_backward(
+        dout, x, block, H, 1e-5, record=lambda n, a: ref_seen.update({n: a}))
+    close(dx.reshape(B, T, E), dx_ref, dtype)
+    close_tree(grads, grads_ref, dtype)
+    assert list(fast_seen) == list(ref_seen)  # same names, same (backward) order
+    for name in ref_seen:
+        if name.endswith("softmax"):  # fast leaves the masked (future) entries 0
+            fast_seen[name], ref_seen[name] = np.tril(fast_seen[name]), np.tril(ref_seen[name])
+        close(fast_seen[name], ref_seen[name].reshape(fast_seen[name].shape), dtype)
+
+
+@given(seed=seeds, dtype=dtypes, N=st.integers(1, 50), E=st.integers(1, 16), V=st.integers(2, 300),
+       rows=st.sampled_from([1, 7, 512]), scale=st.sampled_from([0.1, 1.0, 10.0]))
+def test_lm_head_cross_entropy_fast(seed, dtype, N, E, V, rows, scale):
+    """Fused chunked head + loss + backward == logits, masked_cross_entropy,
+    cross_entropy_backward and lm_head_backward, with some targets ignored."""
+    from numpy_gpt2.loss import cross_entropy_backward, masked_cross_entropy
+
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((N, E)).astype(dtype)
+    head = (rng.standard_normal((V, E)) * scale).astype(dtype)
+    targets = rng.integers(0, V, N)
+    targets[rng.random(N) < 0.3] = -100
+    targets[rng.integers(N)] = rng.integers(V)  # at least one kept
+    loss, dh, dhead = lb.lm_head_cross_entropy_fast(h, head, targets, rows=rows)
+    logits = h @ head.T
+    assert abs(loss - masked_cross_entropy(logits, targets)) <= TOL[dtype] * max(1.0, abs(loss))
+    dh_ref, dhead_ref = lb.lm_head_backward(cross_entropy_backward(logits, targets), h, head)
+    close(dh, dh_ref, dtype)
+    close(dhead, dhead_ref, dtype)
