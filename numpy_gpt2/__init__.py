@@ -4,7 +4,7 @@ from .activations import activation_names, activations, compare_activations, loa
 from .backward import loss_and_grads
 from .checkpoint import flatten_params, load
 from .config import GPT2Config
-from .errors import CheckpointError
+from .errors import CheckpointError, NonFiniteError
 from .hub import resolve_model
 from .loss import cross_entropy, log_softmax, perplexity, sliding_windows, token_nll
 from .model import forward, new_kv_cache
@@ -13,5 +13,5 @@ from .tokenizer import load_tokenizer, stream_decode
 
 __all__ = ["loss_and_grads", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
            "log_softmax", "perplexity", "save_activations", "sliding_windows", "token_nll",
-           "CheckpointError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
+           "CheckpointError", "NonFiniteError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
            "new_kv_cache", "resolve_model", "stream_decode"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import GPT2Config
+from .finite import check_finite_logits
 from .layers import (_ignore, layer_norm, layer_norm_fast, prefixed, transformer_block,
                      transformer_block_fast)
 
@@ -25,24 +26,35 @@ def new_kv_cache(config: GPT2Config, batch_size: int, dtype=np.float32, max_len:
             "length": 0}
 
 
-def check_tokens(tokens, config: GPT2Config, past: int = 0, capacity: int | None = None) -> np.ndarray:
-    """Validate token ids: integers in [0, vocab_size), shape (T,) or (B, T), T >= 1, past + T <= n_ctx."""
-    tokens = np.asarray(tokens)
-    if tokens.dtype.kind not in "iu":
-        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+def check_tokens(tokens, config: GPT2Config, past: int = 0, capacity: int | None = None,
+                 what: str = "tokens") -> np.ndarray:
+    """Validate token ids: integers in [0, vocab_size), shape (T,) or (B, T), T >= 1, past + T <= n_ctx.
+
+    Returns them as an array; raises ValueError naming what is wrong. what: how messages name
+    the argument (generate passes "prompt tokens").
+    """
+    try:
+        tokens = np.asarray(tokens)
+    except ValueError:  # NumPy refuses ragged nesting, e.g. [[1, 2], [3]]
+        lengths = [len(row) if hasattr(row, "__len__") else "a number" for row in tokens]
+        raise ValueError(f"{what} must be one sequence (T,) or a batch (B, T) of equally long "
+                         f"sequences, got rows of lengths {lengths}") from None
     if tokens.ndim not in (1, 2):
-        raise ValueError(f"tokens must have shape (T,) or (B, T), got shape {tokens.shape}")
-    if tokens.shape[-1] == 0 or tokens.size == 0:
-        raise ValueError(f"tokens must hold at least one position, got shape {tokens.shape}")
+        raise ValueError(f"{what} must have shape (T,) or (B, T), got shape {tokens.shape}")
+    if tokens.shape[-1] == 0 or tokens.size == 0:  # before the dtype: [] is a float array
+        raise ValueError(f"{what} must hold at least one position, got shape {tokens.shape} "
+                         f"(to start a text from nothing: [{config.eos_token_id}], <|endoftext|>)")
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got dtype {tokens.dtype}")
     bad = (tokens < 0) | (tokens >= config.vocab_size)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"token id {int(tokens[where])} at index {where} is outside "
+        raise ValueError(f"{what}: token id {int(tokens[where])} at index {where} is outside "
                          f"[0, {config.vocab_size}) (vocab_size)")
     limit = config.n_ctx if capacity is None else capacity
     if past + tokens.shape[-1] > limit:
-        what = f"{past} cached + {tokens.shape[-1]} new" if past else f"{tokens.shape[-1]}"
-        raise ValueError(f"sequence of {what} positions is longer than the context "
+        length = f"{past} cached + {tokens.shape[-1]} new" if past else f"{tokens.shape[-1]}"
+        raise ValueError(f"{what}: sequence of {length} positions is longer than the context "
                          f"(n_ctx={config.n_ctx}{'' if capacity is None else f', cache holds {capacity}'})")
     return tokens
 
@@ -106,4 +118,9 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
     # the weights) once per sequence.
     logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(B, x.shape[1], head.shape[0])
     record("logits", logits)
-    return logits[0] if single else logits
+    if single:
+        logits, tokens = logits[0], tokens[0]
+    # NaN or inf would otherwise flow on silently (argmax of NaN is token 0): one sum over the
+    # logits here; on failure the error names the first non-finite activation.
+    check_finite_logits(logits, params, config, tokens, kv_cache=kv_cache, reference=reference)
+    return logits

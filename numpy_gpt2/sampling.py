@@ -18,7 +18,8 @@ import numpy as np
 
 from . import layers
 from .config import GPT2Config
-from .model import forward, new_kv_cache
+from .errors import NonFiniteError
+from .model import check_tokens, forward, new_kv_cache
 
 
 def apply_temperature(logits, temperature):
@@ -84,72 +85,90 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     return logits
 
 
-def sample(logits, rng: np.random.Generator):
-    """Draw one token per row from softmax(logits), by inverting the cumulative distribution.
+def inverse_cdf(logits, u):
+    """One token per row of softmax(logits), chosen by the uniform numbers u in [0, 1).
 
-    logits: (B, V) (-inf allowed) -> (B,) int64. One uniform number u per row (rng.random(B)),
-    token = the first index whose cumulative probability exceeds u * total. A token with
-    probability 0 adds nothing to the running sum, so it can never be the one chosen.
+    logits: (B, V) (-inf allowed) -> (B,) int64; u: (B,). token = the first index whose
+    cumulative probability exceeds u * total. A token with probability 0 adds nothing to the
+    running sum, so it can never be the one chosen. NaN or inf logits raise NonFiniteError
+    (they would otherwise pick token 0 or the last token, silently).
     """
     cdf = np.cumsum(softmax(logits), axis=-1)  # (B, V)
-    u = rng.random(cdf.shape[0]) * cdf[:, -1]  # (B,) in [0, total)
-    token = (cdf <= u[:, None]).sum(axis=-1)  # first index with cdf > u
+    total = cdf[:, -1]
+    if not (np.isfinite(total).all() and (total > 0).all()):
+        raise NonFiniteError(f"cannot sample from non-finite logits (rows "
+                             f"{np.flatnonzero(~(np.isfinite(total) & (total > 0))).tolist()})")
+    token = (cdf <= (u * total)[:, None]).sum(axis=-1)  # first index with cdf > u * total
     return np.minimum(token, cdf.shape[-1] - 1)
 
 
-def next_token(logits, temperature, top_k, top_p, rng):
+def sample(logits, rng: np.random.Generator):
+    """Draw one token per row from softmax(logits): inverse_cdf with one uniform number per
+    row, rng.random(B). logits: (B, V) -> (B,) int64."""
+    logits = np.asarray(logits)
+    return inverse_cdf(logits, rng.random(logits.shape[0]))
+
+
+def next_token(logits, temperature, top_k, top_p, u=None):
     """logits (B, V) -> the next token of each row (B,): argmax when temperature == 0,
-    else a draw from the filtered distribution."""
+    else inverse_cdf of the filtered distribution at the uniform numbers u (B,)."""
     if temperature == 0:
         return np.asarray(logits).argmax(axis=-1)
-    return sample(filter_logits(logits, temperature, top_k, top_p), rng)
+    return inverse_cdf(filter_logits(logits, temperature, top_k, top_p), u)
 
 
 def _is_int(x):
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None, num_samples=1):
-    """Raise ValueError naming the first invalid generation parameter (nothing else happens)."""
+def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None, num_samples=1,
+                        *, cli=False):
+    """Raise ValueError naming the first invalid generation parameter (nothing else happens).
+
+    cli=True: the messages name the command-line flags (--max-new-tokens, --top-k, ...).
+    """
+    def name(arg):
+        return "--" + arg.replace("_", "-") if cli else arg
+
+    no_limit = "leave it out for no limit" if cli else "or None for no limit"
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 0, got {max_new_tokens!r}")
     if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
             or not np.isfinite(temperature) or temperature < 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        raise ValueError(f"{name('temperature')} must be a finite number >= 0 (0 = greedy), "
+                         f"got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (or None for no limit), got {top_k!r}")
+        raise ValueError(f"{name('top_k')} must be an integer >= 1 ({no_limit}), got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, numbers.Real) or isinstance(top_p, bool)
                               or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p!r}")
+        raise ValueError(f"{name('top_p')} must be in (0, 1] ({no_limit}), got {top_p!r}")
     if not _is_int(num_samples) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        raise ValueError(f"{name('num_samples')} must be an integer >= 1, got {num_samples!r}")
+
+
+def make_rng(seed) -> np.random.Generator:
+    """seed -> the Generator the draws come from: a Generator is used as is; None (fresh
+    randomness), an integer >= 0 or a sequence of them go through numpy.random.default_rng."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    try:
+        if isinstance(seed, (bool, float, str, bytes)):
+            raise TypeError
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"seed must be None, an integer >= 0 (or a sequence of them) or a "
+                         f"numpy.random.Generator, got {seed!r}") from None
 
 
 def check_prompt(tokens, config: GPT2Config) -> np.ndarray:
-    """The prompt as an int array (T,) or (B, T); ValueError if empty, out of the vocabulary
-    or longer than the context."""
-    tokens = np.asarray(tokens)
-    if tokens.size == 0:
-        raise ValueError(f"the prompt is empty (shape {tokens.shape}); generation needs at least "
-                         f"one token, e.g. [{config.eos_token_id}] (<|endoftext|>) to start a new text")
-    if tokens.dtype.kind not in "iu":
-        raise ValueError(f"prompt tokens must be integers, got dtype {tokens.dtype}")
-    if tokens.ndim not in (1, 2):
-        raise ValueError(f"prompt must have shape (T,) or (B, T), got shape {tokens.shape}")
-    if tokens.shape[-1] > config.n_ctx:
-        raise ValueError(f"the prompt has {tokens.shape[-1]} tokens, more than the model's "
-                         f"context of n_ctx={config.n_ctx}")
-    bad = (tokens < 0) | (tokens >= config.vocab_size)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"prompt token {int(tokens[where])} at index {where} is outside the "
-                         f"vocabulary [0, {config.vocab_size})")
-    return tokens.astype(np.int64)
+    """The prompt as an int64 array (T,) or (B, T): model.check_tokens, worded for a prompt
+    (empty, ragged, not integers, ids outside the vocabulary, longer than n_ctx: ValueError)."""
+    return check_tokens(tokens, config, what="prompt tokens").astype(np.int64)
 
 
 def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temperature=1.0,
              top_k=None, top_p=None, seed=None, num_samples: int = 1, stop_at_eos: bool = True,
-             eos_token_id: int | None = None):
+             eos_token_id: int | None = None, compact: bool = True):
     """Generate tokens after a prompt; returns a generator yielding each new token as it is made.
 
         for token in generate(params, config, enc.encode("Hello"), 20, temperature=0):
@@ -167,6 +186,9 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         <|endoftext|>) is finished: the eos token is yielded, and from then on that row yields
         eos again at every step (as padding) while the other rows continue; the generator
         ends when every row has finished. stop_at_eos=False samples straight through eos.
+    compact: finished rows leave the batch (and their rows of the kv cache), so the model
+        only computes the rows still running; compact=False computes every row until all are
+        done (the slower way, kept for comparison: the same tokens come out, see _generate).
 
     Yields: an int per step for a single prompt (T,) with num_samples == 1, else an int64
     array (B * num_samples,) per step.
@@ -176,33 +198,66 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
     cannot be fed back); the generator then ends normally, even if max_new_tokens was larger.
 
     Every argument is checked here, before any computation: invalid ones raise ValueError.
+    Non-finite logits (a NaN or inf weight, a float32 overflow) raise NonFiniteError from the
+    step that meets them, naming where they started; nothing is ever sampled from NaN.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, num_samples)
     prompt = check_prompt(tokens, config)
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = make_rng(seed)
     single = prompt.ndim == 1 and num_samples == 1
     batch = np.repeat(np.atleast_2d(prompt), num_samples, axis=0)  # (B * num_samples, T)
     return _generate(params, config, batch, max_new_tokens, float(temperature), top_k, top_p,
-                     rng, stop_at_eos, eos, single)
+                     rng, stop_at_eos, eos, single, compact)
+
+
+def keep_cache_rows(kv_cache: dict, rows) -> dict:
+    """The kv cache with only the batch rows `rows` (increasing indices), moved to the front
+    in place: keys/values become (len(rows), H, max_len, D) views of the same memory.
+
+    Only the filled positions are copied (the rest were never written). Rows move towards
+    the front (rows[j] >= j), and the selection is copied out before it is written back.
+    """
+    length, n = kv_cache["length"], len(rows)
+    for arrays in (kv_cache["keys"], kv_cache["values"]):
+        for i, a in enumerate(arrays):
+            a[:n, :, :length] = a[rows, :, :length]
+            arrays[i] = a[:n]
+    return kv_cache
 
 
 def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p, rng,
-              stop_at_eos, eos, single):
+              stop_at_eos, eos, single, compact):
+    """The decoding loop. `running` holds the original indices of the rows still computed.
+
+    The random numbers do not depend on compaction: each sampled step draws one uniform
+    number per ORIGINAL row, rng.random(B), finished or not, and a running row uses the one
+    at its own index; so row b's tokens are the same whichever rows have stopped. (The logits
+    of a row can differ in the last bits with the batch size, as BLAS sums in another order
+    for other matrix shapes; a token changes only where two choices are that close.)
+    """
     B, T = prompts.shape
     steps = min(max_new_tokens, config.n_ctx - T + 1)  # see "The context" in generate()
     if steps <= 0:
         return
     # Room for the prompt and every token that will be fed back (all but the last one made).
     cache = new_kv_cache(config, B, params["wte"]["weight"].dtype, max_len=T + steps - 1)
-    logits = forward(params, config, prompts, kv_cache=cache, last_only=True)[:, -1]  # (B, V)
-    finished = np.zeros(B, dtype=bool)
+    logits = forward(params, config, prompts, kv_cache=cache, last_only=True)[:, -1]  # (B', V)
+    running = np.arange(B)  # original row of each row still in the batch
+    finished = np.zeros(B, dtype=bool)  # by original row; finished rows yield eos from then on
     for step in range(steps):
-        token = next_token(logits, temperature, top_k, top_p, rng)  # (B,)
+        u = rng.random(B)[running] if temperature else None  # one number per original row
+        new = next_token(logits, temperature, top_k, top_p, u)  # (B',)
+        token = np.full(B, eos, dtype=np.int64)
         if stop_at_eos:
-            token = np.where(finished, eos, token)
-            finished |= token == eos
+            new = np.where(finished[running], eos, new)  # (rows kept when compact=False)
+            finished[running] |= new == eos
+        token[running] = new
         yield int(token[0]) if single else token
         if step == steps - 1 or finished.all():
             return
-        logits = forward(params, config, token[:, None], kv_cache=cache, last_only=True)[:, -1]
+        if compact and finished[running].any():
+            keep = np.flatnonzero(~finished[running])
+            running, new = running[keep], new[keep]
+            cache = keep_cache_rows(cache, keep)
+        logits = forward(params, config, new[:, None], kv_cache=cache, last_only=True)[:, -1]

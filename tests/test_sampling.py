@@ -5,6 +5,7 @@ checkpoint file. Oracle for sampling: the definitions of top-k / top-p, checked 
 over hypothesis-chosen logits and parameters, plus empirical frequencies of many draws.
 """
 
+import copy
 import math
 
 import numpy as np
@@ -16,8 +17,8 @@ from hypothesis import strategies as st
 import numpy_gpt2
 from checkpoints import reference_model
 from generation_checkpoint import write_generation_checkpoint
-from numpy_gpt2.sampling import (apply_temperature, filter_logits, sample, softmax, top_k_filter,
-                                 top_p_filter)
+from numpy_gpt2.sampling import (apply_temperature, filter_logits, keep_cache_rows, next_token, sample,
+                                 softmax, top_k_filter, top_p_filter)
 
 N_CTX = 128
 PROMPTS = np.array([[5, 17, 3, 40], [1, 2, 3, 4]])
@@ -100,7 +101,7 @@ def test_full_context_stops_cleanly_after_n_ctx_minus_prompt_plus_one_tokens(ckp
 
 def test_prompt_longer_than_context_is_a_value_error(model32):
     params, config = model32
-    with pytest.raises(ValueError, match=rf"129 tokens.*n_ctx={N_CTX}"):
+    with pytest.raises(ValueError, match=rf"prompt tokens: sequence of 129 positions.*n_ctx={N_CTX}"):
         numpy_gpt2.generate(params, config, [1] * (N_CTX + 1), 5)
 
 
@@ -110,17 +111,23 @@ def test_max_new_tokens_zero_yields_nothing(model32):
 
 # --- eos in batches, samples, seeds ----------------------------------------------------------
 
+def first_eos(free, eos):
+    """For each row of tokens (B, n): the step of its first `eos`, or n if there is none."""
+    return [int(np.flatnonzero(row == eos)[0]) if (row == eos).any() else free.shape[1] for row in free]
+
+
+def spread_eos(free, vocab_size):
+    """The token whose first appearances are the most spread out over the rows: calling it
+    "eos" makes the rows of a batch finish at many different steps."""
+    return max(range(vocab_size), key=lambda t: len(set(first_eos(free, t))))
+
+
 def test_each_sample_stops_at_eos_independently(model32):
     params, config = model32
     kw = dict(temperature=1.5, seed=3, num_samples=8)
     free = run(params, config, PROMPTS[0], 60, stop_at_eos=False, **kw)  # (8, 60)
-
-    def first_eos(eos):
-        return [int(np.flatnonzero(row == eos)[0]) if (row == eos).any() else 60 for row in free]
-
-    # Call "eos" the token whose first appearances are the most spread out over the rows.
-    eos = max(range(config.vocab_size), key=lambda t: len(set(first_eos(t))))
-    ends = first_eos(eos)
+    eos = spread_eos(free, config.vocab_size)
+    ends = first_eos(free, eos)
     assert len(set(ends)) >= 4
     stopped = run(params, config, PROMPTS[0], 60, eos_token_id=eos, **kw)
     # Generation ends once every row has produced eos; before that, each row is exactly what it
@@ -129,6 +136,75 @@ def test_each_sample_stops_at_eos_independently(model32):
     for row, ref, k in zip(stopped, free, ends):
         np.testing.assert_array_equal(row[:k + 1], ref[:k + 1])
         assert (row[k:] == eos).all()
+
+
+def old_rule_loop(params, config, prompts, n, temperature, top_k, top_p, seed, eos):
+    """The readable twin of the decoding loop, as generate() worked before finished rows left
+    the batch: every row's logits recomputed from scratch (no cache), one rng.random(B) per
+    sampled step for all B rows, finished rows forced to eos; stops when all have finished."""
+    rng, seqs, out = np.random.default_rng(seed), prompts, []
+    finished = np.zeros(len(prompts), bool)
+    for _ in range(n):
+        logits = numpy_gpt2.forward(params, config, seqs)[:, -1]
+        u = rng.random(len(prompts)) if temperature else None
+        token = np.where(finished, eos, next_token(logits, temperature, top_k, top_p, u))
+        finished |= token == eos
+        out.append(token)
+        if finished.all():
+            break
+        seqs = np.concatenate([seqs, token[:, None]], axis=1)
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0, None, None), (1.5, None, None),
+                                                       (0.9, 20, 0.95)])
+def test_finished_rows_leave_the_batch_and_every_row_keeps_its_tokens(model32, monkeypatch,
+                                                                      temperature, top_k, top_p):
+    """compact=True (the default) == compact=False (every row computed to the end) == the
+    readable loop, token for token, with rows finishing at many different steps; and the
+    compacted run really feeds fewer rows to the model as rows finish."""
+    params, config = model32
+    prompts = np.random.default_rng(4).integers(0, 96, size=(8, 3))
+    prompts[:4] = PROMPTS[0, :3]  # some equal prompts: their samples differ only by the draws
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
+    free = run(params, config, prompts, 40, stop_at_eos=False, **kw)
+    eos = spread_eos(free, config.vocab_size)
+    ends = first_eos(free, eos)
+    assert len(set(ends)) >= 3 and min(ends) < 20  # rows finish at different steps, some early
+
+    batch_sizes = []
+    real_forward = numpy_gpt2.sampling.forward
+
+    def counting_forward(params, config, tokens, **kw):
+        batch_sizes.append(np.shape(tokens)[0])
+        return real_forward(params, config, tokens, **kw)
+
+    monkeypatch.setattr(numpy_gpt2.sampling, "forward", counting_forward)
+    compact = run(params, config, prompts, 40, eos_token_id=eos, **kw)
+    compact_sizes, batch_sizes[:] = list(batch_sizes), []
+    full = run(params, config, prompts, 40, eos_token_id=eos, compact=False, **kw)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(compact, full)
+    np.testing.assert_array_equal(compact, old_rule_loop(params, config, prompts, 40, eos=eos, **kw))
+    for row, ref, k in zip(compact, free, ends):  # each row: its free run up to its eos
+        np.testing.assert_array_equal(row[:k + 1], ref[:k + 1])
+        assert (row[k:] == eos).all()
+    # One forward per step but the last; the batch shrinks by the rows that finished.
+    expected = [8] + [sum(e >= s for e in ends) for s in range(1, compact.shape[1])]
+    assert compact_sizes == expected and batch_sizes == [8] * compact.shape[1]
+    assert sum(compact_sizes) < sum(batch_sizes)  # something was saved
+
+
+def test_keep_cache_rows_continues_like_a_batch_of_those_rows(model32):
+    params, config = model32
+    tokens = np.random.default_rng(5).integers(0, 96, size=(5, 9))
+    cache = numpy_gpt2.new_kv_cache(config, 5, max_len=12)
+    numpy_gpt2.forward(params, config, tokens[:, :8], kv_cache=cache)
+    keep_cache_rows(cache, np.array([1, 3, 4]))
+    assert cache["keys"][0].shape == (3, config.n_head, 12, config.head_size) and cache["length"] == 8
+    step = numpy_gpt2.forward(params, config, tokens[[1, 3, 4], 8:], kv_cache=cache)
+    full = numpy_gpt2.forward(params, config, tokens[[1, 3, 4]])[:, -1:]
+    np.testing.assert_allclose(step, full, rtol=0, atol=2e-4 * np.abs(full).max())
 
 
 def test_same_seed_same_tokens_different_seed_different(model32):
@@ -171,10 +247,17 @@ def test_tiny_temperature_equals_greedy(model32, temperature):
     (dict(top_p=1.5), "top_p"),
     (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
     (dict(num_samples=0), "num_samples must be an integer >= 1"),
-    (dict(tokens=[]), "the prompt is empty"),
-    (dict(tokens=np.zeros((2, 0), int)), "the prompt is empty"),
-    (dict(tokens=[1.5, 2.0]), "integers"),
-    (dict(tokens=[3, 97]), r"prompt token 97 at index \(1,\) is outside the vocabulary \[0, 97\)"),
+    (dict(tokens=[]), r"prompt tokens must hold at least one position.*\[96\], <\|endoftext\|>"),
+    (dict(tokens=np.zeros((2, 0), int)), r"prompt tokens must hold at least one position, got shape \(2, 0\)"),
+    (dict(tokens=[1.5, 2.0]), "prompt tokens must be integers, got dtype float64"),
+    (dict(tokens=[3, 97]), r"prompt tokens: token id 97 at index \(1,\) is outside \[0, 97\) \(vocab_size\)"),
+    (dict(tokens=[[1, 2, 3], [4, 5]]), r"prompt tokens must be one sequence \(T,\) or a batch \(B, T\) of "
+                                       r"equally long sequences, got rows of lengths \[3, 2\]"),
+    (dict(tokens=np.zeros((2, 2, 2), int)), r"prompt tokens must have shape \(T,\) or \(B, T\)"),
+    (dict(seed="x"), r"seed must be None, an integer >= 0 .* got 'x'"),
+    (dict(seed=1.5), "seed must be None.* got 1.5"),
+    (dict(seed=-1), "seed must be None.* got -1"),
+    (dict(seed=True), "seed must be None.* got True"),
 ])
 def test_invalid_arguments_raise_before_any_work(model32, kwargs, message):
     _, config = model32
@@ -316,3 +399,41 @@ def test_every_generated_token_is_allowed_by_the_filters_at_its_step(model32, te
     logits = numpy_gpt2.forward(params, config, seqs[:, :-1])[:, PROMPTS.shape[1] - 1:]  # (S, 12, V)
     allowed = np.isfinite(filter_logits(logits, temperature, top_k, top_p))
     assert np.take_along_axis(allowed, out[..., None], axis=-1).all()
+
+
+# --- non-finite logits: an error, never a sample ---------------------------------------------
+
+@pytest.mark.parametrize("temperature", [0.8, 0])
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_generate_raises_on_nan_weights_instead_of_yielding_tokens(model32, temperature, num_samples):
+    params, config = model32
+    params = copy.deepcopy(params)
+    params["h"][1]["mlp"]["c_fc"]["weight"][5, 7] = np.nan
+    tokens = numpy_gpt2.generate(params, config, PROMPTS[0], 10, temperature=temperature, seed=0,
+                                 num_samples=num_samples)
+    with pytest.raises(numpy_gpt2.NonFiniteError, match=r"non-finite logits \(nan\).* is h\.1\.mlp\.c_fc "
+                                                        r".*non-finite weights: h\.1\.mlp\.c_fc\.weight"):
+        next(tokens)
+
+
+def test_generate_raises_at_the_step_that_first_meets_nan(model32):
+    """A NaN that only the 4th new token reaches (an embedding row): 3 tokens, then the error."""
+    params, config = model32
+    clean = run(params, config, PROMPTS[0], 10, temperature=0, stop_at_eos=False)
+    params = copy.deepcopy(params)
+    fourth = int(clean[3])
+    assert fourth not in clean[:3].tolist() + PROMPTS[0].tolist()
+    params["wte"]["weight"][fourth, 0] = np.inf  # read as an input only once fed back
+    tokens = numpy_gpt2.generate(params, config, PROMPTS[0], 10, temperature=0, stop_at_eos=False)
+    with pytest.raises(numpy_gpt2.NonFiniteError) as err:
+        for _ in tokens:
+            pass
+    # Its logit is already inf in the output head (logits = ln_f @ wte.T) at the first step.
+    assert "is logits (" in str(err.value) and "wte.weight (1 of" in str(err.value)
+
+
+def test_sample_refuses_nan_logits():
+    with pytest.raises(numpy_gpt2.NonFiniteError, match=r"rows \[1\]"):
+        sample(np.array([[0.0, 1.0], [np.nan, 1.0]]), np.random.default_rng(0))
+    with pytest.raises(numpy_gpt2.NonFiniteError):
+        sample(np.array([[np.inf, 1.0]]), np.random.default_rng(0))
