@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checkpoint import flatten_params
 from .config import GPT2Config
+from .errors import NonFiniteError
+from .finite import all_finite, check_finite_logits
 from .layers import _ignore, layer_norm, prefixed, transformer_block, transformer_block_saving_fast
 from .layers_backward import (embedding_backward, layer_norm_backward, layer_norm_backward_fast,
                               lm_head_backward, lm_head_cross_entropy_fast, normalize,
@@ -67,15 +70,28 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
     Raises ValueError for bad tokens or targets, before any work.
     """
+    given = np.asarray(tokens)  # as the caller gave them: error messages use this shape
     tokens, targets = check_targets(tokens, targets, config, ignore_index)
     run = _loss_and_grads_reference if reference else _loss_and_grads_fast
     loss, new = run(params, config, tokens, targets, ignore_index,
                     record or _ignore, record_grad or _ignore)
+    check_finite_logits(np.float64(loss), params, config, given, reference=reference, what="loss")
+    check_finite_grads(new)
     if grads is None:
         return loss, new
     for acc, g in zip(_leaves(grads), _leaves(new)):
         acc += g
     return loss, grads
+
+
+def check_finite_grads(grads: dict) -> None:
+    """Raise NonFiniteError naming the parameters whose gradient holds NaN or inf (with a
+    finite loss this is an overflow in the backward pass: float64 shows whether it is the
+    float32 range). One sum per tensor."""
+    bad = [key for key, g in flatten_params(grads).items() if not all_finite(g)]
+    if bad:
+        raise NonFiniteError(f"non-finite gradients (the loss is finite) for {', '.join(bad[:5])}"
+                             f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
 
 
 def _leaves(tree):
@@ -126,14 +142,13 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
 
 def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks):
     """The gradient dict, shaped like params, from the pieces of the backward pass."""
-    dwte = embedding_backward(dx0, tokens, config.vocab_size)
-    grads = {"wte": {"weight": dwte},
+    tied = "lm_head" not in params  # then wte is the embedding AND the output head
+    grads = {"wte": {"weight": embedding_backward(dx0, tokens, config.vocab_size,
+                                                  dwte=dhead if tied else None)},
              "wpe": {"weight": position_embedding_backward(dx0, config.n_ctx)},
              "h": dblocks, "ln_f": dln_f}
-    if "lm_head" in params:
+    if not tied:
         grads["lm_head"] = {"weight": dhead}
-    else:
-        dwte += dhead  # tied: wte is the embedding AND the output head
     return {key: grads[key] for key in params}  # the params' key order too
 
 

@@ -174,15 +174,17 @@ def _attention_heads(x, c_attn, n_head):
 
 # ---- the model's two ends (model.forward): embeddings in, output head out -----------------
 
-def embedding_backward(dout, tokens, vocab_size):
+def embedding_backward(dout, tokens, vocab_size, dwte=None):
     """Backward of the lookup x = wte[tokens]: each row of dout goes back to its token's row,
 
         dwte[v] = sum over positions t with tokens[t] = v of dout[t]
 
     a scatter-ADD (a token that appears twice gets both rows). dout: (..., T, E);
-    tokens: (..., T) ints -> dwte (V, E).
+    tokens: (..., T) ints -> dwte (V, E). dwte: optional (V, E) array to add into instead of
+    zeros (the tied output head's gradient, which wte's gradient also includes).
     """
-    dwte = np.zeros((vocab_size, dout.shape[-1]), dtype=dout.dtype)
+    if dwte is None:
+        dwte = np.zeros((vocab_size, dout.shape[-1]), dtype=dout.dtype)
     np.add.at(dwte, np.asarray(tokens).reshape(-1), dout.reshape(-1, dout.shape[-1]))
     return dwte
 
