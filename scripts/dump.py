@@ -84,7 +84,8 @@ def check_output_path(path: str) -> None:
         raise ValueError(f"--out {path} is a directory; give a file name, e.g. "
                          f"{os.path.join(path, 'dump.safetensors')}")
     if not os.path.isdir(directory):
-        raise ValueError(f"--out {path}: directory {directory} does not exist")
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise ValueError(f"--out {path}: directory {directory} {what}")
     if not os.access(directory, os.W_OK):
         raise ValueError(f"--out {path}: directory {directory} is not writable")
 
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(attach_negative_ids(sys.argv[1:] if argv is None else argv))
     if args.targets is not None and not args.grads:
         parser.error("--targets is used only with --grads")
+    if not args.grads and any(p.strip().startswith("grad") for p in args.names.split(",")):
+        parser.error(f"--names {args.names!r}: gradient names need --grads")
     loss = targets = None
     try:
         check_output_path(args.out)
