@@ -8,10 +8,14 @@ from .errors import CheckpointError, NonFiniteError
 from .hub import resolve_model
 from .loss import cross_entropy, log_softmax, perplexity, sliding_windows, token_nll
 from .model import forward, new_kv_cache
+from .optim import adamw_init, adamw_update, clip_grad_norm, get_lr
+from .checkpoint import save_checkpoint
+from .init import init_params
 from .sampling import generate
 from .tokenizer import load_tokenizer, stream_decode
 
 __all__ = ["loss_and_grads", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
            "log_softmax", "perplexity", "save_activations", "sliding_windows", "token_nll",
            "CheckpointError", "NonFiniteError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
-           "new_kv_cache", "resolve_model", "stream_decode"]
+           "new_kv_cache", "resolve_model", "stream_decode",
+           "adamw_init", "adamw_update", "clip_grad_norm", "get_lr", "init_params", "save_checkpoint"]

@@ -293,12 +293,15 @@ def write_files_atomically(directory, writers: dict) -> None:
     import tempfile
 
     os.makedirs(directory, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     temps = {}
     try:
         for name, write in writers.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
             os.close(fd)
             temps[name] = tmp
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
             write(tmp)
             with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
                 os.fsync(f.fileno())

@@ -50,10 +50,15 @@ def adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, s
     """
     if weight_decay:
         p *= 1.0 - lr * weight_decay
-    # m <- beta1 m + (1 - beta1) g, computed as torch's lerp: m + (1 - beta1)(g - m).
+    # m <- beta1 m + (1 - beta1) g, computed as torch's lerp(m, g, w = 1 - beta1) does it:
+    # m + w (g - m) for w < 0.5, else g - (1 - w)(g - m) (exact at w = 1, i.e. beta1 = 0).
     np.subtract(g, m, out=scratch)
-    scratch *= 1.0 - beta1
-    m += scratch
+    if 1.0 - beta1 < 0.5:
+        scratch *= 1.0 - beta1
+        m += scratch
+    else:
+        scratch *= beta1
+        np.subtract(g, scratch, out=m)
     # v <- beta2 v + (1 - beta2) g^2
     np.multiply(g, g, out=scratch)
     scratch *= 1.0 - beta2
