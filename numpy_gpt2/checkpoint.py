@@ -5,27 +5,37 @@ The dict mirrors the checkpoint's own key names: the tensor stored under
 
 We parse safetensors ourselves (an 8-byte little-endian header length, a JSON header, then
 raw little-endian data) rather than through ``safetensors.safe_open`` because we need
-BF16 (NumPy has no bfloat16), errors that name the file and key, and to read each tensor
-straight into its final array so the weights are never held twice (gpt2-xl is 6.4 GB).
+BF16 (NumPy has no bfloat16), errors that name the file and key, a check of every header
+field before anything is allocated, a check that every weight is finite, and to copy each
+tensor straight into its final array so the weights are never held twice (gpt2-xl is 6.4 GB).
+
+How the bytes get in (see _copy_tensors): the file is memory-mapped (its pages are the
+page cache, not our memory) and copied, in 1 MB chunks on a few threads, into new arrays.
+The hub files' data block starts at an odd byte (14,291 in gpt2), so arrays viewing the map
+in place would be misaligned and read-only; copies are aligned, writable and ours.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import mmap
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .config import GPT2Config, infer_config, read_config_json
+from .config import GPT2Config, _cut, _is_int, _show, infer_config, read_config_json
 from .errors import CheckpointError
 
 # safetensors dtype name -> little-endian NumPy dtype of the stored bytes.
-# BF16 is read as raw uint16 and widened by hand (see _to_float).
+# BF16 is read as raw uint16 and widened by hand (see _convert).
 FILE_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
                "BF16": np.dtype("<u2")}
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+CHUNK_ELEMENTS = 1 << 18  # copy and check 1 MB of float32 at a time: it stays in the CPU cache
 
 # Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
 # They are not parameters; we recompute the mask and never keep them in memory.
@@ -55,7 +65,9 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     """Parse and check a safetensors header.
 
     Returns ``(entries, data_start)`` where entries maps each tensor name to
-    ``{"dtype", "shape", "data_offsets"}`` (offsets relative to data_start).
+    ``{"dtype", "shape", "data_offsets"}`` (offsets relative to data_start). Every field is
+    checked against the file before anything is allocated: a header that claims a
+    [2**40, 2**40] tensor is rejected here, by arithmetic on Python ints (no overflow).
     """
     try:
         size = os.path.getsize(path)
@@ -70,9 +82,11 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if len(raw) != n:
+        raise CheckpointError(f"{path}: truncated while reading the header")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, a 5000-digit number, [[[[...
         raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
@@ -81,20 +95,21 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     spans = []
     for name, e in header.items():
         ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str)
-              and isinstance(e.get("shape"), list) and isinstance(e.get("data_offsets"), list)
-              and len(e["data_offsets"]) == 2
-              and all(isinstance(v, int) and v >= 0 for v in e["shape"] + e["data_offsets"]))
+              and _naturals(e.get("shape")) and _naturals(e.get("data_offsets"))
+              and len(e["data_offsets"]) == 2)
         if not ok:
-            raise CheckpointError(f"{path}: corrupted header entry for {name!r}: {e!r}")
+            raise CheckpointError(f"{path}: corrupted header entry for {_show(name)}: {_show(e)} "
+                                  f"(expected {{\"dtype\": str, \"shape\": [int >= 0, ...], "
+                                  f"\"data_offsets\": [begin, end]}})")
         begin, end = e["data_offsets"]
         if end < begin:
             raise CheckpointError(f"{path}: {name}: data_offsets {e['data_offsets']} are reversed")
         if e["dtype"] in FILE_DTYPES:
-            nbytes = int(np.prod(e["shape"], dtype=np.int64)) * FILE_DTYPES[e["dtype"]].itemsize
+            nbytes = math.prod(e["shape"]) * FILE_DTYPES[e["dtype"]].itemsize  # exact, any size
             if end - begin != nbytes:
                 raise CheckpointError(
-                    f"{path}: {name}: header says {e['dtype']} {e['shape']} ({nbytes} bytes) "
-                    f"but data_offsets span {end - begin} bytes")
+                    f"{path}: {name}: header says {e['dtype']} {_cut(str(e['shape']))} "
+                    f"({nbytes} bytes) but data_offsets span {end - begin} bytes")
         if end > data_size:
             raise CheckpointError(
                 f"{path}: truncated: {name} needs data bytes {begin}..{end} but the file has only "
@@ -107,24 +122,101 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     return header, data_start
 
 
-def _to_float(raw: np.ndarray, file_dtype: str, dtype: np.dtype) -> np.ndarray:
-    """Stored values -> floats of `dtype`. BF16 is the top half of a float32's bits."""
+def _naturals(value) -> bool:
+    """A JSON list of integers >= 0 (no floats, no bools, nothing nested)."""
+    return isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
+
+
+def _convert(stored: np.ndarray, file_dtype: str, out: np.ndarray) -> None:
+    """Stored values (a view of the file's bytes as FILE_DTYPES[file_dtype]) -> floats in out.
+
+    BF16 is the top half of a float32's bits: widened as ``uint16 << 16`` viewed as float32,
+    which is exact (NaN and inf included)."""
     if file_dtype == "BF16":
-        raw = (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(dtype, copy=False)
+        bits = np.left_shift(stored, np.uint32(16))  # uint16 -> uint32, shifted (one chunk)
+        stored = bits.view(np.float32)
+    np.copyto(out, stored, casting="unsafe")  # F16 -> F32/F64, F32 <-> F64: NumPy's rounding
 
 
-def _read_tensor(f, path, name, entry, data_start, dtype) -> np.ndarray:
-    file_dtype = FILE_DTYPES[entry["dtype"]]
-    begin, end = entry["data_offsets"]
-    # Read straight into the final array when no conversion is needed (float32 file, float32 model).
-    same = file_dtype == np.dtype(dtype)
-    out = np.empty(entry["shape"], dtype=dtype if same else file_dtype)
-    f.seek(data_start + begin)
-    got = f.readinto(memoryview(out).cast("B")) if out.nbytes else 0
-    if got != end - begin:
-        raise CheckpointError(f"{path}: truncated while reading {name}")
-    return out if same else _to_float(out, entry["dtype"], dtype)
+def _default_threads() -> int:
+    """The CPUs this process may run on, at most 8 (copying saturates memory bandwidth)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _copy_tensors(path: str, data_start: int, entries: dict, dtype: np.dtype, threads: int) -> dict:
+    """{key: header entry} -> {key: a new C-contiguous array of dtype with the tensor's values}.
+
+    Each tensor gets its own np.empty array (aligned, lazily backed: pages appear as they are
+    written). The file is mapped and cut into chunks of CHUNK_ELEMENTS; `threads` threads take
+    alternate chunks, copy (NumPy releases the GIL while it copies), convert when the file's
+    dtype is not `dtype`, and sum each chunk while it is still in the CPU cache: NaN and inf
+    survive a sum, so a finite sum proves the chunk finite. Chunks whose sum is not finite are
+    searched element by element afterwards (a sum can also overflow on huge finite values).
+    Raises CheckpointError for the first non-finite value in file order.
+    """
+    out = {key: np.empty(e["shape"], dtype) for key, e in entries.items()}
+    order = sorted(entries, key=lambda k: entries[k]["data_offsets"][0])  # sequential reads
+    jobs = [(key, lo, min(lo + CHUNK_ELEMENTS, out[key].size))
+            for key in order for lo in range(0, out[key].size, CHUNK_ELEMENTS)]
+    if not jobs:
+        return out
+    with open(path, "rb") as f:
+        # The header was checked against the file's size; a file that shrank since then would
+        # make the map raise SIGBUS, so check again on the open file.
+        last = max(e["data_offsets"][1] for e in entries.values())
+        if os.fstat(f.fileno()).st_size < data_start + last:
+            raise CheckpointError(f"{path}: truncated: the file shrank while being loaded")
+        data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+    suspects = []  # (key, lo, hi) chunks whose sum is not finite
+
+    def work(first: int) -> None:
+        with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
+            for key, lo, hi in jobs[first::threads]:
+                e = entries[key]
+                stored_dtype = FILE_DTYPES[e["dtype"]]
+                begin = data_start + e["data_offsets"][0] + lo * stored_dtype.itemsize
+                stored = data[begin:begin + (hi - lo) * stored_dtype.itemsize]
+                chunk = out[key].reshape(-1)[lo:hi]
+                if stored_dtype == dtype:  # copy bytes: the file's odd alignment does not matter
+                    np.copyto(chunk.view(np.uint8), stored)
+                else:
+                    _convert(stored.view(stored_dtype), e["dtype"], chunk)
+                if not np.isfinite(np.add.reduce(chunk)):
+                    suspects.append((key, lo, hi))
+
+    if threads == 1 or len(jobs) == 1:
+        work(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            for done in [pool.submit(work, i) for i in range(threads)]:
+                done.result()  # re-raises a worker's exception here
+    for key, lo, hi in sorted(suspects, key=lambda s: (entries[s[0]]["data_offsets"][0], s[1])):
+        bad = np.flatnonzero(~np.isfinite(out[key].reshape(-1)[lo:hi]))
+        if bad.size:  # else the sum overflowed on finite values: fine
+            raise _non_finite_error(path, key, entries[key], lo + int(bad[0]), out[key], data,
+                                    data_start, dtype)
+    return out
+
+
+def _non_finite_error(path, name, entry, flat_index, array, data, data_start, dtype):
+    """The CheckpointError for the first NaN/inf: file, key, index, value (and if the file's
+    value was finite, that it overflows `dtype`, e.g. an F64 1e300 read as float32)."""
+    index = tuple(int(i) for i in np.unravel_index(flat_index, array.shape))
+    value = array.reshape(-1)[flat_index]
+    what = "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    stored_dtype = FILE_DTYPES[entry["dtype"]]
+    begin = data_start + entry["data_offsets"][0] + flat_index * stored_dtype.itemsize
+    stored = data[begin:begin + stored_dtype.itemsize].view(stored_dtype)[0]
+    why = ""
+    if entry["dtype"] != "BF16" and np.isfinite(stored):
+        why = f" (the file holds {entry['dtype']} {stored!r}, too large for {np.dtype(dtype)})"
+    return CheckpointError(
+        f"{path}: {name} holds a non-finite value: {what} at index {list(index)} "
+        f"(flat index {flat_index}; the first of its tensor){why}; every weight must be finite")
 
 
 def nest_params(flat: dict[str, np.ndarray]) -> dict:
@@ -175,20 +267,24 @@ def _strip_prefix(names, path) -> dict[str, str]:
     mapping = {}
     for name in names:
         key = name[len("transformer."):] if name.startswith("transformer.") else name
-        if key in mapping.values():
-            raise CheckpointError(f"{path}: {key} is stored twice (with and without 'transformer.')")
         mapping[name] = key
+    if len(set(mapping.values())) < len(mapping):
+        key = next(k for k in mapping.values() if f"transformer.{k}" in mapping and k in mapping)
+        raise CheckpointError(f"{path}: {key} is stored twice (with and without 'transformer.')")
     return mapping
 
 
-def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
+def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict, GPT2Config]:
     """Load a GPT-2 checkpoint: ``params, config = load(source, dtype)``.
 
     source: a directory holding ``model.safetensors`` (and usually ``config.json``), or a
     path to a ``.safetensors`` file (a ``config.json`` beside it is used when present).
-    dtype: float32 (default) or float64; F16/BF16/F32 files are converted to it.
+    dtype: float32 (default) or float64; F16/BF16/F32/F64 files are converted to it.
+    threads: threads that copy the weights out of the file (default: the CPUs this process
+    may use, at most 8); the result does not depend on it.
     Returns the nested weight dict (checkpoint names, buffers dropped) and the config.
-    Raises CheckpointError naming the file and the key/shape/dtype that is wrong.
+    Raises CheckpointError naming the file and the key/shape/dtype that is wrong, or the key
+    and index of the first NaN or inf in a weight.
     """
     try:
         dtype = np.dtype(dtype)
@@ -196,6 +292,9 @@ def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    threads = _default_threads() if threads is None else threads
+    if not _is_int(threads) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     weights, config_path = _find_files(source)
     header, data_start = read_safetensors_header(weights)
     keys = _strip_prefix(header, weights)
@@ -204,13 +303,19 @@ def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
     for key, name in params_in_file.items():
         if header[name]["dtype"] not in FILE_DTYPES:
             raise CheckpointError(
-                f"{weights}: {name} has dtype {header[name]['dtype']}; expected one of "
+                f"{weights}: {name} has dtype {_cut(header[name]['dtype'])}; expected one of "
                 f"{', '.join(FILE_DTYPES)}")
     if config_path:
         config, config_from = read_config_json(config_path), config_path
     else:
         config, config_from = _infer_from_header(header, params_in_file, weights), "the inferred config"
 
+    n_file = _layers_in_file(params_in_file)
+    if config.n_layer > n_file:  # said before listing keys: n_layer may be a billion
+        more = f" to h.{config.n_layer - 1}.*" if config.n_layer - 1 > n_file else ""
+        raise CheckpointError(
+            f"{weights}: missing keys h.{n_file}.*{more} (the file has {n_file} "
+            f"layer{'s' if n_file != 1 else ''}, {config_from} says n_layer={config.n_layer})")
     shapes = expected_shapes(config)
     has_head = "lm_head.weight" in params_in_file
     if has_head:
@@ -223,23 +328,21 @@ def load(source, dtype=np.float32) -> tuple[dict, GPT2Config]:
             parts.append(f"missing keys {_short(missing)}")
         if unexpected:
             parts.append(f"unexpected keys {_short(unexpected)}")
-        n = _layers_in_file(params_in_file)
         raise CheckpointError(
-            f"{weights}: {'; '.join(parts)} (the file has {n} layer{'s' if n != 1 else ''}, "
+            f"{weights}: {'; '.join(parts)} (the file has {n_file} layer{'s' if n_file != 1 else ''}, "
             f"{config_from} says n_layer={config.n_layer})")
     for key, shape in shapes.items():
         got = tuple(header[params_in_file[key]]["shape"])
         if got != shape:
             raise CheckpointError(
-                f"{weights}: {params_in_file[key]} has shape {list(got)}, expected {list(shape)} "
-                f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, n_ctx={config.n_ctx})")
+                f"{weights}: {params_in_file[key]} has shape {_cut(str(list(got)))}, expected "
+                f"{list(shape)} (n_embd={config.n_embd}, vocab_size={config.vocab_size}, "
+                f"n_ctx={config.n_ctx})")
 
-    flat = {}
-    with open(weights, "rb") as f:
-        # In file order, so the reads are sequential.
-        for key in sorted(shapes, key=lambda k: header[params_in_file[k]]["data_offsets"][0]):
-            name = params_in_file[key]
-            flat[key] = _read_tensor(f, weights, name, header[name], data_start, dtype)
+    # Every shape is now the config's, so the arrays below are exactly the weights' size.
+    arrays = _copy_tensors(weights, data_start, {params_in_file[k]: header[params_in_file[k]]
+                                                 for k in shapes}, dtype, threads)
+    flat = {key: arrays[params_in_file[key]] for key in shapes}
     if has_head:
         head = flat.pop("lm_head.weight")
         if config.tie_word_embeddings and not np.array_equal(head, flat["wte.weight"]):
@@ -261,7 +364,8 @@ def _short(keys, n=5) -> str:
 
 def _layers_in_file(params_in_file) -> int:
     """Number of transformer layers the keys h.0. .. h.N. describe (N + 1; 0 if none)."""
-    layers = [int(m.group(1)) for k in params_in_file if (m := re.match(r"h\.(\d+)\.", k))]
+    # At most 9 digits: int() of a 5000-digit string raises, and no model has a billion layers.
+    layers = [int(m.group(1)) for k in params_in_file if (m := re.match(r"h\.(\d{1,9})\.", k))]
     return max(layers, default=-1) + 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
 
@@ -40,24 +41,62 @@ class GPT2Config:
     tie_word_embeddings: bool = True  # logits = ln_f(x) @ wte.T
 
     def __post_init__(self):
+        # Type checks first: a comparison of a str or None with an int would raise TypeError.
         for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CheckpointError(f"config: {name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value < 1:
+                raise CheckpointError(f"config: {name} must be a positive integer, got {_show(value)}")
         if self.n_embd % self.n_head:
             raise CheckpointError(
                 f"config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if not self.layer_norm_epsilon > 0:
+        eps = self.layer_norm_epsilon
+        if not _is_number(eps) or not (0 < eps < math.inf):
             raise CheckpointError(
-                f"config: layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
+                f"config: layer_norm_epsilon must be a positive finite number (> 0), got {_show(eps)}")
+        if not isinstance(self.activation_function, str):
+            raise CheckpointError(f"config: activation_function must be a string such as "
+                                  f"'gelu_new', got {_show(self.activation_function)}")
         if self.activation_function not in TANH_GELU_NAMES:
             raise CheckpointError(
                 f"config: activation_function {self.activation_function!r} is not implemented; "
                 f"numpy_gpt2 implements the tanh GELU ({' or '.join(TANH_GELU_NAMES)})")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise CheckpointError(f"config: {name} must be a token id (an integer >= 0), "
+                                      f"got {_show(value)}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise CheckpointError(f"config: tie_word_embeddings must be true or false, "
+                                  f"got {_show(self.tie_word_embeddings)}")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+
+def _is_int(value) -> bool:
+    """A JSON integer: a Python int but not a bool (True == 1 in Python, not in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A JSON number (int or float), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value) -> str:
+    """repr(value) cut short, and its JSON type: error messages stay one readable line."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    try:
+        text = "null" if value is None else repr(value)
+    except RecursionError:  # [[[[...]]]] nested deeper than repr goes
+        text = "(deeply nested)"
+    return f"{_cut(text)} ({kind})"
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # config.json options whose non-default values change the math; we refuse rather than ignore them.
@@ -66,31 +105,72 @@ _UNSUPPORTED = {
     "scale_attn_by_inverse_layer_idx": False,
     "add_cross_attention": False,
 }
+# Options that only change float16 numerics or training (dropout, initialization, caching)
+# and are ignored, but must still have the type transformers gives them.
+_IGNORED_BOOLS = ("reorder_and_upcast_attn", "use_cache")
+
+
+def _int_field(d: dict, key: str, where: str, default=None, minimum: int = 1):
+    """d[key] (or default when absent) as an int >= minimum; anything else is an error."""
+    value = d.get(key, default)
+    if not _is_int(value) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise CheckpointError(f"{where}: {key} must be {what}, got {_show(value)}")
+    return value
 
 
 def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
-    """Build a GPT2Config from a Hugging Face GPT-2 config.json dict."""
+    """Build a GPT2Config from a Hugging Face GPT-2 config.json dict.
+
+    Every field we read is type-checked here, where it enters, so a wrong value is reported
+    with the file and the field (and never surfaces later as a TypeError deep in the math).
+    JSON integers must be integers (not 12.0, "12" or true), the epsilon a positive finite
+    number, flags true/false, token ids integers in [0, vocab_size).
+    """
+    if "model_type" in d and d["model_type"] != "gpt2":
+        raise CheckpointError(f"{where}: model_type must be \"gpt2\", got {_show(d['model_type'])}")
     for key, expected in _UNSUPPORTED.items():
+        if key in d and not isinstance(d[key], bool):
+            raise CheckpointError(f"{where}: {key} must be true or false, got {_show(d[key])}")
         if key in d and d[key] != expected:
             raise CheckpointError(f"{where}: {key}={d[key]!r} is not supported (expected {expected!r})")
+    for key in _IGNORED_BOOLS:
+        if key in d and not isinstance(d[key], bool):
+            raise CheckpointError(f"{where}: {key} must be true or false, got {_show(d[key])}")
     missing = [k for k in ("n_layer", "n_head", "n_embd") if k not in d]
     if missing:
         raise CheckpointError(f"{where}: missing {', '.join(missing)}")
-    n_ctx = d.get("n_positions", d.get("n_ctx", 1024))
-    if "n_ctx" in d and "n_positions" in d and d["n_ctx"] != d["n_positions"]:
+    n_layer, n_head, n_embd = (_int_field(d, k, where) for k in ("n_layer", "n_head", "n_embd"))
+    vocab_size = _int_field(d, "vocab_size", where, default=50257)
+    # n_positions (rows of wpe) and its older name n_ctx: either, or both when they agree.
+    sizes = {k: _int_field(d, k, where) for k in ("n_positions", "n_ctx") if k in d}
+    if len(set(sizes.values())) > 1:
         raise CheckpointError(
             f"{where}: n_ctx={d['n_ctx']} and n_positions={d['n_positions']} disagree")
-    n_inner = d.get("n_inner")
-    if n_inner is not None and n_inner != 4 * d["n_embd"]:  # the MLP's hidden width
-        raise CheckpointError(f"{where}: n_inner={n_inner} is not supported (expected 4 * n_embd)")
-    eos = d.get("eos_token_id", 50256)
+    n_ctx = next(iter(sizes.values()), 1024)
+    n_inner = d.get("n_inner")  # the MLP's hidden width; null means 4 * n_embd
+    if n_inner is not None and not _is_int(n_inner):
+        raise CheckpointError(f"{where}: n_inner must be null or an integer, got {_show(n_inner)}")
+    if n_inner is not None and n_inner != 4 * n_embd:
+        raise CheckpointError(f"{where}: n_inner={n_inner} is not supported (expected 4 * n_embd "
+                              f"= {4 * n_embd}, or null)")
+    # Token ids: GPT-2's <|endoftext|> (50256) when absent or null, bos defaulting to eos.
+    ids = {}
+    for key, default in (("eos_token_id", 50256), ("bos_token_id", None)):
+        value = d.get(key)
+        given = value is not None
+        value = value if given else (ids.get("eos_token_id") if default is None else default)
+        if not _is_int(value) or not 0 <= value < vocab_size:
+            source = "" if given else " (the default: config.json does not set it)"
+            raise CheckpointError(f"{where}: {key} must be a token id, an integer in "
+                                  f"[0, vocab_size={vocab_size}), got {_show(value)}{source}")
+        ids[key] = value
     try:
         return GPT2Config(
-            n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"], n_ctx=n_ctx,
-            vocab_size=d.get("vocab_size", 50257),
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_ctx=n_ctx, vocab_size=vocab_size,
             layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
             activation_function=d.get("activation_function", "gelu_new"),
-            bos_token_id=d.get("bos_token_id", eos), eos_token_id=eos,
+            bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"],
             tie_word_embeddings=d.get("tie_word_embeddings", True),
         )
     except CheckpointError as e:  # name the file rather than "config"
@@ -102,13 +182,18 @@ def read_config_json(path: str) -> GPT2Config:
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, a 5000-digit integer, [[[[...
+        raise CheckpointError(f"{path}: not valid JSON ({_one_line(e)})") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return config_from_dict(d, where=os.fspath(path))
+
+
+def _one_line(e: BaseException, limit=200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def infer_config(n_layer: int, vocab_size: int, n_ctx: int, n_embd: int, where: str) -> GPT2Config:
@@ -123,5 +208,9 @@ def infer_config(n_layer: int, vocab_size: int, n_ctx: int, n_embd: int, where: 
         f"{where}: no config.json; inferred n_layer={n_layer}, n_embd={n_embd}, n_head={n_head} "
         f"({what}), n_ctx={n_ctx}, vocab_size={vocab_size}, tanh GELU, eps=1e-5",
         stacklevel=3)
-    return GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_ctx=n_ctx,
-                      vocab_size=vocab_size)
+    try:
+        return GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_ctx=n_ctx,
+                          vocab_size=vocab_size)
+    except CheckpointError as e:  # e.g. a file whose wte.weight is [0, 768]
+        raise CheckpointError(f"{where}: no config.json, and the inferred "
+                              f"{str(e).removeprefix('config: ')}") from None

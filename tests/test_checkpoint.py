@@ -21,7 +21,7 @@ import transformers
 import numpy_gpt2
 from checkpoints import checkpoint_tensors, make_config, random_state_dict, write_checkpoint
 from numpy_gpt2 import CheckpointError
-from numpy_gpt2.checkpoint import expected_shapes, flatten_params, nest_params
+from numpy_gpt2.checkpoint import _convert, expected_shapes, flatten_params, nest_params
 from numpy_gpt2.config import GPT2Config, infer_config
 
 # The published sizes: (n_layer, n_head, n_embd) and the data bytes of their hub files
@@ -280,9 +280,10 @@ def test_files_written_by_transformers_and_safetensors_themselves(tmp_path, tdty
 
 
 def test_bf16_is_widened_bit_exactly(tmp_path):
-    # BF16 is the top 16 bits of a float32: check signs, tiny, huge, inf and NaN survive.
-    values = torch.tensor([0.0, -0.0, 1.0, -2.5, 3.0e38, -1.0e-38, 1e-40, float("inf"),
-                           float("-inf"), 0.1, 65504.0, 7.0e4], dtype=torch.float32)
+    # BF16 is the top 16 bits of a float32: signs, tiny, subnormal and huge values survive
+    # a load bit for bit; inf and NaN survive the widening itself (load then rejects them).
+    values = torch.tensor([0.0, -0.0, 1.0, -2.5, 3.0e38, -1.0e-38, 1e-40, -3.3e38, 0.1,
+                           65504.0, 7.0e4, -1e-45], dtype=torch.float32)
     config = make_config(n_layer=1, n_head=1, n_embd=12, n_ctx=4, vocab_size=3)
     tensors = small_tensors(config)
     tensors["wte.weight"] = ("BF16", [3, 12], values.to(torch.bfloat16).repeat(3).view(
@@ -291,6 +292,10 @@ def test_bf16_is_widened_bit_exactly(tmp_path):
     params, _ = numpy_gpt2.load(tmp_path)
     want = values.to(torch.bfloat16).to(torch.float32).repeat(3).view(3, 12).numpy()
     assert np.array_equal(params["wte"]["weight"].view(np.uint32), want.view(np.uint32))
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0]).to(torch.bfloat16)
+    out = np.empty(4, np.float32)
+    _convert(special.view(torch.int16).numpy().view("<u2"), "BF16", out)
+    assert np.array_equal(out.view(np.uint32), special.to(torch.float32).numpy().view(np.uint32))
 
 
 def test_f64_file_and_pathlib_and_file_path(tmp_path):
@@ -369,7 +374,7 @@ def edit_config(tmp_path, **changes):
     ({"n_head": 3}, ["n_embd=32 is not divisible by n_head=3"]),
     ({"n_head": 0}, ["n_head must be a positive integer, got 0"]),
     ({"n_embd": "32"}, ["n_embd must be a positive integer, got '32'"]),
-    ({"layer_norm_epsilon": 0}, ["layer_norm_epsilon must be > 0"]),
+    ({"layer_norm_epsilon": 0}, ["layer_norm_epsilon must be a positive finite number (> 0), got 0"]),
     ({"n_inner": 100}, ["n_inner=100 is not supported", "4 * n_embd"]),
     ({"scale_attn_by_inverse_layer_idx": True}, ["scale_attn_by_inverse_layer_idx=True is not supported"]),
     ({"tie_word_embeddings": False}, ["tie_word_embeddings=false but no lm_head.weight"]),
