@@ -1,6 +1,7 @@
 """GPT-2 in plain NumPy: load the original checkpoints, compute the same logits as PyTorch."""
 
 from .activations import activation_names, activations, compare_activations, load_activations, save_activations
+from .activations import gradient_names, gradients, load_dump, next_token_targets
 from .backward import loss_and_grads
 from .checkpoint import flatten_params, load
 from .config import GPT2Config
@@ -18,4 +19,5 @@ __all__ = ["loss_and_grads", "activation_names", "activations", "compare_activat
            "log_softmax", "perplexity", "save_activations", "sliding_windows", "token_nll",
            "CheckpointError", "NonFiniteError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
            "new_kv_cache", "resolve_model", "stream_decode",
+           "gradient_names", "gradients", "load_dump", "next_token_targets",
            "adamw_init", "adamw_update", "clip_grad_norm", "get_lr", "init_params", "save_checkpoint"]
