@@ -16,7 +16,10 @@ Shapes: B batch, T positions, E = n_embd, H = n_head, D = E // H, V = vocab size
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
+import os
 
 import numpy as np
 
@@ -384,6 +387,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=_ign
 
 
 HEAD_ROWS = 512  # positions per output-head chunk: a chunk's logits are 100 MB at V = 50257
+ROW_PIECE = 16   # rows per elementwise task: 3 MB of float32 logits at V = 50257, cache-sized
 
 
 def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_ROWS,
@@ -399,7 +403,7 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
     if record is not _ignore or record_grad is not _ignore:
         rows = N  # the recorded logits and their gradient are whole arrays
     keep = targets != ignore_index
-    weight = keep / keep.sum()  # each kept row's share of the mean
+    weight = keep / keep.sum()  # each row's share of the mean: 0 for ignored rows
     safe = np.where(keep, targets, 0)
     dh = np.empty_like(h)
     dhead = np.zeros_like(head)
@@ -408,16 +412,31 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
         r = slice(r0, min(r0 + rows, N))
         z = h[r] @ head.T                               # logits (n, V)
         record("logits", z)
-        picked = np.arange(z.shape[0]), safe[r]
-        z -= z.max(axis=-1, keepdims=True)
-        target_z = z[picked]
-        np.exp(z, out=z)
-        sums = z.sum(axis=-1)
-        loss += float(((np.log(sums) - target_z) * weight[r]).sum(dtype=np.float64))
-        z /= sums[:, None]                              # softmax
-        z[picked] -= keep[r]                            # - onehot, kept rows only
-        z *= weight[r][:, None].astype(z.dtype)         # dL/dlogits
+        # NumPy runs elementwise work on one core; pieces of rows in threads use them all
+        # (ufuncs release the GIL), and each piece's passes stay in the cache.
+        pieces = [slice(i, i + ROW_PIECE) for i in range(0, z.shape[0], ROW_PIECE)]
+        loss += sum(_pool().map(lambda p: _cross_entropy_rows(z[p], safe[r][p], weight[r][p]), pieces))
         record_grad("logits", z)
         np.matmul(z, head, out=dh[r])
         dhead += z.T @ h[r]
     return loss, dh, dhead
+
+
+def _cross_entropy_rows(z, targets, weight):
+    """Turn logits z (n, V) IN PLACE into w (softmax(z) - onehot(target)) per row, and return
+    sum_rows w (-log softmax(z)[target]): cross_entropy_backward and the loss, for rows
+    weighted by w (1/N for kept rows, 0 for ignored ones)."""
+    picked = np.arange(z.shape[0]), targets
+    z -= z.max(axis=-1, keepdims=True)
+    target_z = z[picked]
+    np.exp(z, out=z)
+    sums = z.sum(axis=-1, dtype=np.float64)
+    z *= (weight / sums)[:, None].astype(z.dtype)      # softmax, times the row's weight
+    z[picked] -= weight.astype(z.dtype)                # minus the one-hot, times the weight
+    return float(((np.log(sums) - target_z) * weight).sum())
+
+
+@functools.lru_cache(maxsize=1)
+def _pool():
+    """Worker threads for elementwise work, one per core."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
