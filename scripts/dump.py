@@ -142,9 +142,10 @@ def main(argv=None) -> int:
         names = activation_names(config)
         if args.grads:
             targets = choose_targets(args, tokens)
-            names += gradient_names(config) + parameter_gradient_names(params)
+            # "loss" may be named in --names (e.g. 'loss,grad.*'); it is always written
+            names += ["loss"] + gradient_names(config) + parameter_gradient_names(params)
         names = select_names(names, args.names)
-        forward_names = [n for n in names if not n.startswith(GRAD)]
+        forward_names = [n for n in names if not n.startswith(GRAD) and n != "loss"]
         grad_names = [n for n in names if n.startswith(GRAD)]
         tensors = activations(params, config, tokens, forward_names) if forward_names else {}
         if grad_names:

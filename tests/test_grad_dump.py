@@ -137,6 +137,12 @@ def test_targets_option_and_names_filter(ckpt, tmp_path, capsys):
     dump = load_dump(out)
     assert list(dump["tensors"]) == ["h.1.mlp.gelu", "loss", "grad.logits", "grad.h.1.mlp.gelu"]
     assert not dump["tensors"]["grad.logits"][[0, 2]].any() and dump["tensors"]["grad.logits"][1].any()
+    # 'loss,grad.*': every gradient and no activation
+    status, _, _ = run_script("dump", ["--model", ckpt, "--tokens", "5,6,7,8", "--out", out, "--grads",
+                                       "--names", "loss,grad.*"], capsys)
+    dump = load_dump(out)
+    assert status == 0 and list(dump["tensors"]) == ["loss"] + gradient_names(config, softmax=False) \
+        + parameter_gradient_names(params)
     # activations only: targets and loss are still written
     status, _, _ = run_script("dump", ["--model", ckpt, "--tokens", "5,6,7,8", "--out", out, "--grads",
                                        "--names", "logits"], capsys)
