@@ -98,3 +98,28 @@ def test_generate_uses_the_cache_like_a_full_recompute(model):
         seq = np.concatenate([seq, nxt[:, None]], axis=1)
     np.testing.assert_array_equal(cached, seq[:, 5:])
     assert cached.shape == (2, N_CTX - 5 + 1)
+
+
+def test_non_finite_logits_with_a_cache_are_diagnosed_from_the_cached_state(model):
+    """A decoding step meets a NaN (here: a weight that went bad after the prefill): the error
+    names the first non-finite activation and the absolute position, and the cache stays
+    usable for the diagnosis (its earlier keys/values are finite). Once the cache itself holds
+    non-finite keys/values, later steps say so."""
+    params, config, dtype = model
+    tokens = tokens_for((2, 9))
+    cache = numpy_gpt2.new_kv_cache(config, 2, dtype)
+    numpy_gpt2.forward(params, config, tokens[:, :8], kv_cache=cache)
+    saved = params["h"][0]["attn"]["c_attn"]["weight"][4, 70].copy()
+    params["h"][0]["attn"]["c_attn"]["weight"][4, 70] = np.nan  # a value column (E=32: v is 64..95)
+    try:
+        with pytest.raises(numpy_gpt2.NonFiniteError) as err:
+            numpy_gpt2.forward(params, config, tokens[:, 8:], kv_cache=cache, last_only=True)
+        assert ("in forward order, is h.0.attn.c_attn (nan at sequence 0, position 8, feature 70; "
+                "index (0, 0, 70) of shape (2, 1, 96))") in str(err.value)
+        assert "kv cache already held" not in str(err.value)
+        # The NaN value is now cached at position 8: the next step's attention reads it.
+        with pytest.raises(numpy_gpt2.NonFiniteError) as err:
+            numpy_gpt2.forward(params, config, tokens[:, :1], kv_cache=cache, last_only=True)
+        assert "kv cache already held non-finite keys/values from earlier calls (layers 0, 1)" in str(err.value)
+    finally:
+        params["h"][0]["attn"]["c_attn"]["weight"][4, 70] = saved
