@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .config import GPT2Config
+from .errors import NonFiniteError
 from .model import forward
 
 
@@ -135,10 +136,18 @@ def perplexity(params: dict, config: GPT2Config, tokens, *, max_length: int | No
     total = sum(end - first for _, end, first in windows)
     nll_sum, scored = 0.0, 0
     for begin, end, first in windows:
-        logits = forward(params, config, tokens[begin:end])  # (end - begin, V)
+        try:  # forward raises NonFiniteError for NaN/inf logits; say which window it was
+            logits = forward(params, config, tokens[begin:end])  # (end - begin, V)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"window of tokens {begin}..{end - 1} (positions count from "
+                                 f"the window's start): {e}") from None
         # Only the rows that predict the scored targets go through log_softmax.
         nll = token_nll(logits[first - 1 - begin:end - 1 - begin], tokens[first:end])
         nll_sum += float(nll.sum(dtype=np.float64))
+        if not math.isfinite(nll_sum):  # finite logits, yet a log-probability of -inf
+            raise NonFiniteError(f"window of tokens {begin}..{end - 1}: the loss is not finite "
+                                 f"({nll_sum}) although the logits are: logits further apart "
+                                 f"than the {logits.dtype} range make a log-probability -inf")
         scored += end - first
         if progress is not None:
             progress(scored, total)

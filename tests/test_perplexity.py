@@ -194,3 +194,29 @@ def test_script_input_errors(ckpt, tokenizer_dir, tmp_path, capsys):
         status, out, err = run_script("perplexity", ["--model", ckpt] + argv, capsys)
         assert status == 2 and message in err and out == "", (argv, err)
         assert len(err.strip().splitlines()) == 1
+
+
+# ---- non-finite numbers ----------------------------------------------------------------------
+
+def test_perplexity_raises_on_nan_naming_the_window_and_activation(ckpt):
+    params, config = numpy_gpt2.load(ckpt, dtype=np.float32)
+    tokens = np.arange(100) % 50257
+    params["h"][1]["mlp"]["c_fc"]["weight"][0, 3] = np.nan
+    with pytest.raises(numpy_gpt2.NonFiniteError, match=r"^window of tokens 0\.\.31 \(positions count from the "
+                                                        r"window's start\): non-finite logits \(nan\): .* is "
+                                                        r"h\.1\.mlp\.c_fc \(nan at position 0, feature 3;"):
+        perplexity(params, config, tokens, max_length=32, stride=16)
+
+
+def test_perplexity_raises_when_the_loss_alone_is_not_finite(ckpt, monkeypatch):
+    """Finite float32 logits 6e38 apart: the log-probability of the low one is -inf."""
+    params, config = numpy_gpt2.load(ckpt, dtype=np.float32)
+
+    def extreme_logits(params, config, tokens):
+        logits = np.zeros((len(tokens), config.vocab_size), np.float32)
+        logits[:, 0], logits[:, 1] = 3e38, -3e38
+        return logits
+
+    monkeypatch.setattr(numpy_gpt2.loss, "forward", extreme_logits)
+    with pytest.raises(numpy_gpt2.NonFiniteError, match=r"window of tokens 0\.\.9: the loss is not finite \(inf\)"):
+        perplexity(params, config, np.ones(10, np.int64))  # every target is token 1
