@@ -152,13 +152,15 @@ def gradient_order_key(name: str) -> tuple:
     forward = forward_order_key(key)
     if forward[0] < 3:  # an activation: the forward order reversed
         return (0,) + tuple(-int(k) for k in forward)
+    output_end, input_end = ["lm_head.weight", "ln_f.weight", "ln_f.bias"], ["wpe.weight", "wte.weight"]
+    if key in output_end:
+        return (1, 0, output_end.index(key))
     m = re.fullmatch(r"h\.(\d+)\.(.+)\.(weight|bias)", key)
     if m and m.group(2) in BLOCK_PARAMS_BACKWARD:
-        return (1, 2, -int(m.group(1)), BLOCK_PARAMS_BACKWARD.index(m.group(2)),
+        return (1, 1, -int(m.group(1)), BLOCK_PARAMS_BACKWARD.index(m.group(2)),
                 m.group(3) == "bias")
-    outer = ["lm_head.weight", "ln_f.weight", "ln_f.bias", None, "wpe.weight", "wte.weight"]
-    if key in outer:
-        return (1, outer.index(key))
+    if key in input_end:
+        return (1, 2, input_end.index(key))
     return (2,)
 
 
