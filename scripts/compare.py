@@ -228,7 +228,7 @@ def main(argv=None) -> int:
             raise ValueError(f"no tensor names in common (reference: {_short(list(ref['acts']))}; "
                              f"candidate: {_short(list(cand['acts']))})")
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        print(f"compare.py: error: {e}", file=sys.stderr)
+        print(f"compare.py: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
 
     rows = compare_activations(ref["acts"], cand["acts"], args.atol, args.rtol)

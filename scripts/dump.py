@@ -163,7 +163,7 @@ def main(argv=None) -> int:
                             ignore_index=str(IGNORE_INDEX))
         save_activations(args.out, tokens, tensors, metadata, targets=targets, loss=loss)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        print(f"dump.py: error: {e}", file=sys.stderr)
+        print(f"dump.py: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     size = os.path.getsize(args.out)
     what = (f"{len(tensors)} tensors" + (f" (loss {loss:.6g})" if loss is not None else "")
