@@ -94,7 +94,9 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     data_start, data_size = 8 + n, size - 8 - n
     spans = []
     for name, e in header.items():
-        ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str)
+        if not name.isprintable() or len(name) > 1000:  # messages below print it
+            raise CheckpointError(f"{path}: corrupted header: tensor name {_show(name)}")
+        ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"].isprintable()
               and _naturals(e.get("shape")) and _naturals(e.get("data_offsets"))
               and len(e["data_offsets"]) == 2)
         if not ok:
