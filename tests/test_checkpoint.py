@@ -19,7 +19,8 @@ import torch
 import transformers
 
 import numpy_gpt2
-from checkpoints import checkpoint_tensors, make_config, random_state_dict, write_checkpoint
+from checkpoints import (checkpoint_tensors, make_config, random_state_dict, write_checkpoint,
+                         write_safetensors)
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.checkpoint import _convert, expected_shapes, flatten_params, nest_params
 from numpy_gpt2.config import GPT2Config, infer_config
@@ -324,6 +325,101 @@ def test_expected_shapes_match_the_published_file_sizes():
         assert (sum(math.prod(s) for s in shapes.values()) + buffers) * 4 == data_bytes, name
 
 
+# --- non-finite weights -------------------------------------------------------------------
+
+BAD_KEY, BAD_INDEX = "h.1.mlp.c_fc.weight", (17, 101)  # [32, 128] in the small config
+
+
+def file_with_bad_value(directory, file_dtype, value, layout="hub", config=None):
+    """A checkpoint (written by tests/checkpoints.py) whose h.1.mlp.c_fc.weight[17, 101] is value."""
+    config = config or make_config()
+    sd = random_state_dict(config, seed=1)
+    sd[BAD_KEY][BAD_INDEX] = value
+    tensors = checkpoint_tensors(sd, config, layout, file_dtype)
+    write_safetensors(os.path.join(directory, "model.safetensors"), tensors,
+                      metadata={"format": "pt"}, align=layout != "hub")
+    config.save_pretrained(directory)
+    return pathlib.Path(directory) / "model.safetensors"
+
+
+@pytest.mark.parametrize("file_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("value,kind", [(float("nan"), "nan"), (float("inf"), "inf"),
+                                        (float("-inf"), "-inf")])
+def test_non_finite_weight_is_rejected_with_key_and_index(tmp_path, file_dtype, value, kind):
+    prefix = "transformer." if file_dtype == torch.float16 else ""  # also through the prefix
+    path = file_with_bad_value(tmp_path, file_dtype, value,
+                               layout="variant" if prefix else "hub")
+    for dtype in (np.float32, np.float64):
+        with raises([path, f"{prefix}{BAD_KEY} holds a non-finite value: {kind} at index [17, 101]",
+                     f"flat index {17 * 128 + 101}", "every weight must be finite"]):
+            numpy_gpt2.load(tmp_path, dtype=dtype)
+
+
+def test_f64_value_too_large_for_float32(tmp_path):
+    path = file_with_bad_value(tmp_path, torch.float64, 1e300)
+    with raises([path, f"{BAD_KEY} holds a non-finite value: inf at index [17, 101]",
+                 "the file holds F64 1e+300, too large for float32"]):
+        numpy_gpt2.load(tmp_path)
+    params, _ = numpy_gpt2.load(tmp_path, dtype=np.float64)  # fine in float64
+    assert params["h"][1]["mlp"]["c_fc"]["weight"][BAD_INDEX] == 1e300
+
+
+def test_first_non_finite_in_file_order_whatever_the_chunks_and_threads(tmp_path, monkeypatch):
+    config = make_config()
+    sd = random_state_dict(config, seed=2)
+    sd["h.1.mlp.c_fc.weight"][20, 5] = float("inf")
+    sd["h.1.mlp.c_fc.weight"][3, 7] = float("nan")  # the first in this tensor
+    sd["ln_f.bias"][0] = float("nan")  # a later tensor in the file
+    write_safetensors(tmp_path / "model.safetensors", checkpoint_tensors(sd, config, "hub"),
+                      metadata={"format": "pt"}, align=False)
+    config.save_pretrained(tmp_path)
+    for chunk in (7, 100, 1 << 18):
+        monkeypatch.setattr(numpy_gpt2.checkpoint, "CHUNK_ELEMENTS", chunk)
+        for threads in (1, 2, 5):
+            with raises([f"{BAD_KEY} holds a non-finite value: nan at index [3, 7]"]):
+                numpy_gpt2.load(tmp_path, threads=threads)
+
+
+def test_huge_finite_weights_load(tmp_path, monkeypatch):
+    """A sum over float32 3e38s overflows to inf: the chunk is then checked value by value
+    and loads (the check must not reject finite weights)."""
+    config = make_config()
+    tensors = small_tensors(config)
+    tensors["wte.weight"] = np.full((97, 32), 3e38, np.float32)
+    tensors["wte.weight"][::2] *= -1
+    small_dir(tmp_path, tensors, config)
+    monkeypatch.setattr(numpy_gpt2.checkpoint, "CHUNK_ELEMENTS", 1000)
+    params, _ = numpy_gpt2.load(tmp_path)
+    assert np.array_equal(params["wte"]["weight"], tensors["wte.weight"])
+
+
+@pytest.mark.parametrize("file_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_chunks_and_threads_give_the_same_arrays(tmp_path, monkeypatch, file_dtype):
+    """The copy is cut into chunks taken by alternating threads; any cut gives the same bits
+    as the safetensors library reading the same file (torch for BF16, which NumPy lacks)."""
+    import safetensors.torch
+    config = make_config(n_layer=2, n_head=4, n_embd=32, n_ctx=48, vocab_size=101)
+    write_checkpoint(tmp_path, config, layout="hub", dtype=file_dtype, seed=4)
+    want = {k: v.to(torch.float64).numpy() for k, v in
+            safetensors.torch.load_file(tmp_path / "model.safetensors").items()
+            if not k.endswith(".attn.bias")}
+    for chunk, threads in [(1 << 18, 1), (1 << 18, 2), (5, 3), (1000, 2), (4096, 8)]:
+        monkeypatch.setattr(numpy_gpt2.checkpoint, "CHUNK_ELEMENTS", chunk)
+        for dtype in (np.float32, np.float64):
+            flat = flatten_params(numpy_gpt2.load(tmp_path, dtype=dtype, threads=threads)[0])
+            assert set(flat) == set(want)
+            for k, a in flat.items():
+                assert a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+                assert np.array_equal(a, want[k].astype(dtype)), (chunk, threads, k)
+
+
+def test_bad_threads(tmp_path):
+    small_dir(tmp_path)
+    for bad in (0, -1, 1.5, "2", True):
+        with raises(["threads must be a positive integer"], ValueError):
+            numpy_gpt2.load(tmp_path, threads=bad)
+
+
 # --- config ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", SIZES)
@@ -384,6 +480,93 @@ def test_bad_config_json_is_rejected(tmp_path, changes, parts):
     where = path if "tie_word" not in str(changes) else tmp_path / "model.safetensors"
     with raises([where, *parts]):
         numpy_gpt2.load(tmp_path)
+
+
+INT_FIELDS = ["n_layer", "n_head", "n_embd", "n_positions", "n_ctx", "vocab_size"]
+
+
+@pytest.mark.parametrize("field", INT_FIELDS)
+@pytest.mark.parametrize("value,shown", [
+    (2.0, "2.0 (a number)"), ("2", "'2' (a string)"), (True, "True (a boolean)"),
+    (None, "null (null)"), ([2], "[2] (a list)"), ({"n": 2}, "{'n': 2} (an object)"),
+    (-3, "-3 (an integer)"), (0, "0 (an integer)")])
+def test_config_int_fields_are_type_checked(tmp_path, field, value, shown):
+    path = edit_config(tmp_path, **{field: value})
+    with raises([path, f"{field} must be a positive integer, got {shown}"]):
+        numpy_gpt2.load(tmp_path)
+
+
+@pytest.mark.parametrize("changes,parts", [
+    ({"layer_norm_epsilon": "x"}, ["layer_norm_epsilon must be a positive finite number", "got 'x' (a string)"]),
+    ({"layer_norm_epsilon": None}, ["layer_norm_epsilon must be a positive finite number", "got null"]),
+    ({"layer_norm_epsilon": True}, ["layer_norm_epsilon must be a positive finite number", "got True (a boolean)"]),
+    ({"layer_norm_epsilon": -1e-5}, ["layer_norm_epsilon must be a positive finite number", "got -1e-05"]),
+    ({"layer_norm_epsilon": float("inf")}, ["layer_norm_epsilon must be a positive finite number", "got inf"]),
+    ({"layer_norm_epsilon": float("nan")}, ["layer_norm_epsilon must be a positive finite number", "got nan"]),
+    ({"layer_norm_epsilon": [1e-5]}, ["layer_norm_epsilon must be a positive finite number", "(a list)"]),
+    ({"activation_function": 3}, ["activation_function must be a string such as 'gelu_new', got 3 (an integer)"]),
+    ({"activation_function": None}, ["activation_function must be a string", "got null"]),
+    ({"tie_word_embeddings": "true"}, ["tie_word_embeddings must be true or false, got 'true' (a string)"]),
+    ({"tie_word_embeddings": 1}, ["tie_word_embeddings must be true or false, got 1 (an integer)"]),
+    ({"eos_token_id": 97}, ["eos_token_id must be a token id, an integer in [0, vocab_size=97), got 97"]),
+    ({"eos_token_id": -1}, ["eos_token_id must be a token id", "got -1"]),
+    ({"bos_token_id": 96.0}, ["bos_token_id must be a token id", "got 96.0 (a number)"]),
+    ({"bos_token_id": [96]}, ["bos_token_id must be a token id", "got [96] (a list)"]),
+    ({"eos_token_id": None, "bos_token_id": None},
+     ["eos_token_id must be a token id", "got 50256 (an integer) (the default: config.json does not set it)"]),
+    ({"n_inner": "128"}, ["n_inner must be null or an integer, got '128' (a string)"]),
+    ({"n_inner": 128.0}, ["n_inner must be null or an integer, got 128.0"]),
+    ({"n_ctx": 64.0}, ["n_ctx must be a positive integer, got 64.0"]),
+    ({"scale_attn_weights": 1}, ["scale_attn_weights must be true or false, got 1 (an integer)"]),
+    ({"add_cross_attention": "no"}, ["add_cross_attention must be true or false"]),
+    ({"use_cache": None}, ["use_cache must be true or false, got null"]),
+    ({"model_type": "llama"}, ['model_type must be "gpt2", got \'llama\'']),
+    ({"n_layer": 10**40}, ["missing keys h.2.* to h.9999999999999999999999999999999999999999.*",
+                           "the file has 2 layers", "says n_layer=10000000000000000000000000000000000000000"]),
+    ({"vocab_size": 2**70}, ["wte.weight has shape [97, 32], expected [1180591620717411303424, 32]"]),
+])
+def test_config_fields_are_type_and_range_checked(tmp_path, changes, parts):
+    path = edit_config(tmp_path, **changes)
+    where = tmp_path / "model.safetensors" if {"n_layer", "vocab_size"} & set(changes) else path
+    with raises([where, *parts]):
+        numpy_gpt2.load(tmp_path)
+
+
+@pytest.mark.parametrize("changes", [
+    {"n_inner": None}, {"n_inner": 128}, {"bos_token_id": 0, "eos_token_id": 5},
+    {"layer_norm_epsilon": 1}, {"layer_norm_epsilon": 1e-12}, {"n_ctx": None},
+    {"activation_function": "gelu_pytorch_tanh"}, {"reorder_and_upcast_attn": True},
+    {"summary_type": 5, "architectures": None, "torch_dtype": [], "initializer_range": "x"},
+])
+def test_config_values_that_are_fine(tmp_path, changes):
+    """Right types and values load; fields that do not change inference are ignored."""
+    path = edit_config(tmp_path, **changes)
+    d = json.loads(path.read_text())
+    if changes.get("n_ctx", 0) is None:
+        del d["n_ctx"]
+        path.write_text(json.dumps(d))
+    _, config = numpy_gpt2.load(tmp_path)
+    assert config.layer_norm_epsilon == d["layer_norm_epsilon"]
+    assert (config.bos_token_id, config.eos_token_id) == (d["bos_token_id"], d["eos_token_id"])
+
+
+def test_config_json_that_json_cannot_read(tmp_path):
+    path = edit_config(tmp_path)
+    for text, parts in [("[" * 100_000, ["not valid JSON", "recursion"]),
+                        ('{"n_layer": ' + "9" * 5000 + "}", ["not valid JSON", "digits"]),
+                        (b"\xff\xfe{}", ["not valid JSON"])]:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with raises([path, *parts]):
+            numpy_gpt2.load(tmp_path)
+
+
+def test_gpt2config_itself_checks_types():
+    with raises(["config: layer_norm_epsilon must be a positive finite number", "got 'x'"]):
+        GPT2Config(n_layer=1, n_head=1, n_embd=4, layer_norm_epsilon="x")
+    with raises(["config: eos_token_id must be a token id (an integer >= 0), got 1.0"]):
+        GPT2Config(n_layer=1, n_head=1, n_embd=4, eos_token_id=1.0)
+    with raises(["config: tie_word_embeddings must be true or false, got 0"]):
+        GPT2Config(n_layer=1, n_head=1, n_embd=4, tie_word_embeddings=0)
 
 
 def test_config_without_sizes_or_not_json(tmp_path):
