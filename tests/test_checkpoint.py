@@ -333,7 +333,7 @@ BAD_KEY, BAD_INDEX = "h.1.mlp.c_fc.weight", (17, 101)  # [32, 128] in the small 
 def file_with_bad_value(directory, file_dtype, value, layout="hub", config=None):
     """A checkpoint (written by tests/checkpoints.py) whose h.1.mlp.c_fc.weight[17, 101] is value."""
     config = config or make_config()
-    sd = random_state_dict(config, seed=1)
+    sd = {k: v.to(torch.float64) for k, v in random_state_dict(config, seed=1).items()}
     sd[BAD_KEY][BAD_INDEX] = value
     tensors = checkpoint_tensors(sd, config, layout, file_dtype)
     write_safetensors(os.path.join(directory, "model.safetensors"), tensors,
