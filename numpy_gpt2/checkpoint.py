@@ -215,10 +215,10 @@ def _non_finite_error(path, name, entry, flat_index, array, data, data_start, dt
     stored = data[begin:begin + stored_dtype.itemsize].view(stored_dtype)[0]
     why = ""
     if entry["dtype"] != "BF16" and np.isfinite(stored):
-        why = f" (the file holds {entry['dtype']} {stored!r}, too large for {np.dtype(dtype)})"
+        why = f" (the file holds {entry['dtype']} {float(stored)!r}, too large for {np.dtype(dtype)})"
     return CheckpointError(
         f"{path}: {name} holds a non-finite value: {what} at index {list(index)} "
-        f"(flat index {flat_index}; the first of its tensor){why}; every weight must be finite")
+        f"(flat index {flat_index}, the first in this tensor){why}; every weight must be finite")
 
 
 def nest_params(flat: dict[str, np.ndarray]) -> dict:
