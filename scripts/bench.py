@@ -5,6 +5,7 @@
     python scripts/bench.py --json          # one JSON object on stdout instead of the table
     python scripts/bench.py --smoke         # tiny config, seconds (CI)
     python scripts/bench.py --numpy-only    # skip PyTorch even when it is installed
+    python scripts/bench.py --train         # training rows instead (see scripts/bench_train.py)
 
 What is measured (batch 1 unless said; float32 on both sides):
   prefill T      one forward over T prompt tokens into a fresh KV cache, logits for the last
@@ -371,8 +372,15 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny config, runs in seconds (CI)")
     ap.add_argument("--numpy-only", action="store_true", help="do not measure PyTorch")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--train", action="store_true", help="training rows instead: one optimizer step "
+                    "(forward + backward + clip + AdamW), numpy_gpt2 vs PyTorch (scripts/bench_train.py)")
+    ap.add_argument("--rows", help="with --train: comma-separated subset of shakespeare,124M-T64,124M-T1024")
     ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.train:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_train
+        return bench_train.main(args)
     if args.worker:
         return worker(args.worker, args.dir, args.threads)
     cfg = dict(SMOKE if args.smoke else FULL)

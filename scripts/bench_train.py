@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""Training rows of scripts/bench.py: one optimizer step, numpy_gpt2 against PyTorch.
+
+    python scripts/bench.py --train              # the three rows below (124M T=1024: minutes)
+    python scripts/bench.py --train --smoke      # tiny shapes, seconds (CI)
+    python scripts/bench.py --train --rows shakespeare,124M-T64 --reps 5 --json
+
+Each row times one optimizer step on a batch of random tokens: forward + backward + global
+norm clipping (1.0) + AdamW (betas (0.9, 0.99), weight decay 0.1 on matrices), float32:
+  numpy_gpt2   loss_and_grads, clip_grad_norm, adamw_update (numpy_gpt2.train.train_step)
+  PyTorch      GPT2LMHeadModel (eager attention, dropout 0, train mode), cross_entropy,
+               backward, torch.nn.utils.clip_grad_norm_, torch.optim.AdamW (its default,
+               foreach implementation), zero_grad(set_to_none=True)
+Rows: (a) the Tiny Shakespeare model (4 layers, 4 heads, 128 wide, B=12, T=64), (b) 124M-shaped
+at B=4, T=64, (c) 124M-shaped at B=4, T=1024; all with GPT-2's 50257-token vocabulary.
+Each row gets a fresh worker process per side (so peak RSS, VmHWM, is that row's), the same
+thread count on both sides, one untimed warm-up step, then --reps timed steps interleaved
+between the sides. Reported: medians in tokens/s (B*T per step) and the ratio numpy/PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (scripts/bench.py: workers, RSS, machine info, row format)
+
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
+ROWS = {
+    "shakespeare": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=50257, batch=12, T=64),
+    "124M-T64": dict(GPT2_124M, batch=4, T=64),
+    "124M-T1024": dict(GPT2_124M, batch=4, T=1024),
+}
+SMOKE_ROWS = {"smoke": dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, batch=2, T=32)}
+LR, BETAS, WEIGHT_DECAY, CLIP = 1e-4, (0.9, 0.99), 0.1, 1.0
+
+
+def random_batch(cfg, seed):
+    tokens = np.random.default_rng(seed).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["T"] + 1))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+class NumpyTrainer:
+    def __init__(self, cfg):
+        sys.path.insert(0, bench.ROOT)  # the numpy_gpt2 next to this script
+        import numpy_gpt2
+        from numpy_gpt2.init import init_params
+        from numpy_gpt2.train import train_step
+        self.np_gpt2 = numpy_gpt2
+        self.config = self.np_gpt2.GPT2Config(n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                                              n_embd=cfg["n_embd"], n_ctx=cfg["T"],
+                                              vocab_size=cfg["vocab_size"])
+        self.params = init_params(self.config, seed=0)
+        self.state = self.np_gpt2.adamw_init(self.params)
+        self.train_step = train_step
+
+    def step(self, x, y):
+        return self.train_step(self.params, self.config, self.state, [(x, y)], LR, betas=BETAS,
+                               weight_decay=WEIGHT_DECAY, grad_clip=CLIP)[0]
+
+    def info(self):
+        return bench.NumpySide.info(self)
+
+
+class TorchTrainer:
+    def __init__(self, cfg, threads):
+        import torch
+        import transformers
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"], n_positions=cfg["T"],
+            n_ctx=cfg["T"], vocab_size=cfg["vocab_size"], activation_function="gelu_new",
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+        self.torch, self.transformers = torch, transformers
+        self.model = transformers.GPT2LMHeadModel(config).train()
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        other = [p for p in self.model.parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                      {"params": other, "weight_decay": 0.0}], lr=LR, betas=BETAS)
+
+    def step(self, x, y):
+        torch = self.torch
+        logits = self.model(torch.from_numpy(x)).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 torch.from_numpy(y).reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def info(self):
+        return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
+                "torch_threads": self.torch.get_num_threads(), "attn_implementation": "eager"}
+
+
+def worker(side_name, cfg, threads):
+    """Build the model and optimizer, then answer {"op": "step"} / {"op": "rss"} until EOF."""
+    side = NumpyTrainer(cfg) if side_name == "numpy" else TorchTrainer(cfg, threads)
+    print(json.dumps({"info": side.info()}), flush=True)
+    for n, line in enumerate(sys.stdin):
+        request = json.loads(line)
+        if request["op"] == "rss":
+            reply = {"peak_rss": bench.peak_rss_bytes()}
+        else:
+            x, y = random_batch(cfg, seed=n)
+            start = time.perf_counter()
+            loss = side.step(x, y)
+            reply = {"seconds": time.perf_counter() - start, "loss": loss}
+        print(json.dumps(reply), flush=True)
+
+
+class TrainWorker(bench.Worker):
+    """bench.Worker, started as a training worker of this file."""
+
+    def __init__(self, side, cfg, threads):
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+        self.proc = bench.subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", side, "--config", json.dumps(cfg),
+             "--threads", str(threads)],
+            stdin=bench.subprocess.PIPE, stdout=bench.subprocess.PIPE, text=True, env=env)
+        self.ready = self._read()
+
+
+def row_label(name, cfg):
+    return f"train {name} B={cfg['batch']} T={cfg['T']}"
+
+
+def run(rows, threads, reps, with_torch):
+    sides = ["numpy"] + (["torch"] if with_torch else [])
+    result_rows, info = [], {}
+    for name, cfg in rows.items():
+        workers = {s: TrainWorker(s, cfg, threads) for s in sides}
+        for s in sides:
+            info[s] = workers[s].ready["info"]
+            workers[s].ask(op="step")  # warm-up: first touches, BLAS threads, allocator
+        seconds = {s: [] for s in sides}
+        for _ in range(reps):
+            for s in sides:
+                seconds[s].append(workers[s].ask(op="step")["seconds"])
+        rss = {s: workers[s].ask(op="rss")["peak_rss"] / 2**20 for s in sides}
+        for w in workers.values():
+            w.close()
+        tokens = cfg["batch"] * cfg["T"]
+        label = row_label(name, cfg)
+        speed = bench._row(label, "tokens/s", {s: tokens / statistics.median(v) for s, v in seconds.items()},
+                           higher=True)
+        memory = bench._row(f"{label} peak RSS", "MiB", rss, higher=False)
+        result_rows += [speed, memory]
+        print(f"  {label}: numpy_gpt2 {speed['numpy_gpt2']:.0f} tok/s, PyTorch "
+              f"{speed['pytorch'] or 0:.0f} tok/s, ratio {speed.get('ratio', 0):.2f}; peak RSS ratio "
+              f"{memory.get('ratio', 0):.2f}", file=sys.stderr, flush=True)
+    return {"rows": result_rows, "info": info, "threads": threads, "reps": reps, "pytorch": with_torch,
+            "machine": bench.machine_info(), "configs": rows}
+
+
+def print_table(result):
+    m = result["machine"]
+    print("training: one optimizer step (forward + backward + clip + AdamW), float32, random tokens")
+    print(f"machine: {m['cpu']}, {m['cpus']} CPUs, threads per side {result['threads']}, "
+          f"Python {m['python']}")
+    for side, info in result["info"].items():
+        print(f"  {side}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"medians of {result['reps']} steps after a warm-up step; ratio = numpy_gpt2 / PyTorch")
+    print(f"{'':34} {'unit':>9} {'numpy_gpt2':>11} {'PyTorch':>9} {'ratio':>7}")
+    for r in result["rows"]:
+        torch_val = f"{r['pytorch']:.1f}" if r["pytorch"] else "-"
+        ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
+        print(f"{r['what']:34} {r['unit']:>9} {r['numpy_gpt2']:>11.1f} {torch_val:>9} {ratio:>7}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
+
+
+def main(args):
+    """Called by scripts/bench.py --train with its parsed arguments (rows, reps, threads, ...)."""
+    rows = dict(SMOKE_ROWS if args.smoke else ROWS)
+    if getattr(args, "rows", None):
+        wanted = args.rows.split(",")
+        unknown = [w for w in wanted if w not in rows]
+        if unknown:
+            sys.exit(f"bench.py: error: unknown --rows {','.join(unknown)}; choose from {','.join(rows)}")
+        rows = {w: rows[w] for w in wanted}
+    with_torch = not args.numpy_only and all(
+        bench.importlib.util.find_spec(m) for m in ("torch", "transformers"))
+    result = run(rows, args.threads, args.reps or (2 if args.smoke else 3), with_torch)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":  # a worker process (the parent is scripts/bench.py --train)
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", choices=["numpy", "torch"], required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    a = ap.parse_args()
+    worker(a.worker, json.loads(a.config), a.threads)
