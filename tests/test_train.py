@@ -283,6 +283,17 @@ def test_run_writes_checkpoint_metrics_and_plot(twenty_steps):
     assert state["step"] == 20 and state["settings"]["max_iters"] == 20
 
 
+def test_without_matplotlib_training_goes_on_without_the_plot(text_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code, stdout, err = train_cli(capsys, "--data", text_file, "--out", tmp_path / "run", *TINY_ARGS,
+                                  "--max-iters", 2)
+    assert code == 0, err
+    assert err.count("matplotlib is not installed") == 1 and "pip install 'numpy_gpt2[plot]'" in err
+    assert "done: step 2" in stdout
+    assert not (tmp_path / "run" / "loss_curve.png").exists()
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_interrupted_and_resumed_equals_uninterrupted(twenty_steps, text_file, tmp_path, capsys,
                                                       monkeypatch):
     """Ctrl-C (a real SIGINT to this process) after step 7: saved, exit 130; --resume then
