@@ -39,6 +39,12 @@ import time
 
 import numpy as np
 
+try:
+    import numpy_gpt2
+except ImportError:  # not pip-installed: use the package next to this script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import numpy_gpt2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FULL = dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257,
@@ -152,9 +158,8 @@ class NumpySide:
     name = "numpy_gpt2"
 
     def __init__(self, directory):
-        sys.path.insert(0, ROOT)
-        import numpy_gpt2
         self.np_gpt2 = numpy_gpt2
+        self.eos_for = {}  # decode_early_stop's calibration
         self.directory = directory
 
     def load(self):
@@ -175,6 +180,27 @@ class NumpySide:
             if step + 1 < new_tokens:
                 logits = self.np_gpt2.forward(self.params, self.config, token, kv_cache=cache, last_only=True)
         return np.concatenate(out, axis=1)
+
+    def decode_early_stop(self, prompt, n_early, new_tokens, compact):
+        """Greedy numpy_gpt2.generate() where the first n_early rows stop early; compact=False
+        keeps computing finished rows. Returns (step at which they stop, rows that stopped).
+
+        To make rows stop on purpose: the first n_early rows get the same prompt, and "eos" is
+        the first token they generate after 1/8 of the steps that the other rows never
+        generate (found by one untimed run without stopping, then remembered)."""
+        prompt = prompt.copy()
+        prompt[:n_early] = prompt[0]
+        key = (prompt.tobytes(), n_early, new_tokens)
+        if key not in self.eos_for:
+            free = np.stack(list(self.np_gpt2.generate(self.params, self.config, prompt, new_tokens,
+                                                       temperature=0, stop_at_eos=False)), axis=1)
+            others = set(free[n_early:].ravel().tolist())  # stop after >= 1/8 of the steps
+            self.eos_for[key] = next(((int(t), k + 1) for k, t in enumerate(free[0])
+                                      if t not in others and k + 1 >= new_tokens // 8), (None, None))
+        eos, step = self.eos_for[key]
+        steps = list(self.np_gpt2.generate(self.params, self.config, prompt, new_tokens, temperature=0,
+                                           eos_token_id=eos, stop_at_eos=eos is not None, compact=compact))
+        return step, int(sum((np.stack(steps, axis=1) == eos).any(axis=1)))
 
     def info(self):
         info = {"numpy": np.__version__}
@@ -241,11 +267,15 @@ def worker(side_name, directory, threads):
         else:
             tokens = prompt_tokens(request["batch"], request["T"], vocab_size)
             start = time.perf_counter()
+            stopped = None
             if request["op"] == "prefill":
                 side.prefill(tokens)
+            elif request["op"] == "early_stop":
+                stopped = side.decode_early_stop(tokens, request["n_early"], request["new_tokens"],
+                                                 request["compact"])
             else:
                 side.decode(tokens, request["new_tokens"])
-            reply = {"seconds": time.perf_counter() - start}
+            reply = {"seconds": time.perf_counter() - start, "stopped": stopped}
         print(json.dumps(reply), flush=True)
 
 
@@ -304,6 +334,7 @@ def run(cfg, directory, threads, with_torch):
         r = rows[-1]  # progress on stderr, for people watching a long run
         print(f"  {label}: numpy_gpt2 {r['numpy_gpt2']:.1f}, PyTorch {r['pytorch'] or 0:.1f}, "
               f"ratio {r.get('ratio', 0):.2f}", file=sys.stderr, flush=True)
+    compaction = early_stop_rows(workers["numpy"], cfg)
     rss = {s: workers[s].ask(op="rss")["peak_rss"] / 2**20 for s in sides}
     info = {s: workers[s].ready["info"] for s in sides}
     for w in workers.values():
@@ -318,9 +349,30 @@ def run(cfg, directory, threads, with_torch):
     rows.append(_row("peak RSS", "MiB", rss, higher=False))
     weight_bytes = 4 * sum(int(np.prod(shape)) for name, shape in checkpoint_shapes(**_model_part(cfg)).items()
                            if not name.endswith(".attn.bias"))
-    return {"rows": rows, "info": info, "threads": threads, "weights_mib": weight_bytes / 2**20,
+    return {"rows": rows, "compaction": compaction, "info": info, "threads": threads,
+            "weights_mib": weight_bytes / 2**20,
             "pytorch": with_torch, "machine": machine_info(), "model": _model_part(cfg),
             "reps": cfg["reps"]}
+
+
+def early_stop_rows(numpy_worker, cfg):
+    """numpy_gpt2.generate on a batch of 8 where 6 rows stop early: finished rows dropped from
+    the batch (compact=True, the default) against computed to the end (compact=False),
+    interleaved in the same worker (see NumpySide.decode_early_stop)."""
+    request = dict(op="early_stop", batch=8, n_early=6, T=cfg["prompt"], new_tokens=cfg["new_tokens"])
+    seconds = {True: [], False: []}
+    for rep in range(cfg["reps"] + 1):  # the first round (calibration, first touches) is not kept
+        for compact in (True, False):
+            reply = numpy_worker.ask(**request, compact=compact)
+            if rep:
+                seconds[compact].append(reply["seconds"])
+    (step, stopped), on, off = reply["stopped"], statistics.median(seconds[True]), statistics.median(seconds[False])
+    result = {"what": "generate b8, 6 rows stop early", "stop_step": step, "stopped": stopped,
+              "new_tokens": cfg["new_tokens"], "seconds_compact": on, "seconds_no_compact": off,
+              "speedup": off / on}
+    print(f"  {result['what']} ({stopped} stopped at step {step} of {cfg['new_tokens']}): {on:.3f} s, "
+          f"without compaction {off:.3f} s, speed-up {off / on:.2f}x", file=sys.stderr, flush=True)
+    return result
 
 
 def _row(label, unit, values, higher):
@@ -361,6 +413,10 @@ def print_table(result):
         torch_val = fmt.format(r["pytorch"]) if r["pytorch"] else "-"
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
         print(f"{r['what']:22} {r['unit']:>13} {fmt.format(r['numpy_gpt2']):>11} {torch_val:>9} {ratio:>7}")
+    c = result["compaction"]
+    print(f"{c['what']} (numpy_gpt2.generate, greedy, {c['stopped']} rows stopped at step {c['stop_step']} "
+          f"of {c['new_tokens']}): finished rows dropped {c['seconds_compact']:.3f} s, computed to the end "
+          f"{c['seconds_no_compact']:.3f} s, speed-up {c['speedup']:.2f}x")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
 
 

@@ -7,9 +7,11 @@
 
 stdout holds only text. One sample: the prompt, then each new token's text as soon as it is
 complete UTF-8, then a newline. Several samples: each printed when the batch is done, after a
-line "==== sample N ====" (N = 1, 2, ...), as prompt + text + newline. Generation of a sample
-stops at <|endoftext|> (not printed), after --max-new-tokens, or when the context is full.
-Timing goes to stderr. Bad input exits with status 2 and a one-line message on stderr.
+line "==== sample N ====" (N = 1, 2, ...), as prompt + text + newline (meanwhile a progress bar
+on stderr). Generation of a sample stops at <|endoftext|> (not printed), after --max-new-tokens,
+or when the context is full; a sample that stopped is no longer computed. Timing goes to
+stderr. Bad input, and a model whose numbers turn NaN or infinite (numpy_gpt2.NonFiniteError),
+exit with status 2 and a one-line message on stderr.
 
 The prompt comes from the argument, else from stdin (one trailing newline removed); an empty
 prompt starts from <|endoftext|>, i.e. unconditional samples. The text "<|endoftext|>" in a
@@ -31,6 +33,7 @@ except ImportError:  # not pip-installed: use the package next to this script
     import numpy_gpt2
 
 import numpy as np
+from tqdm import tqdm
 
 from numpy_gpt2.sampling import check_sampling_args
 from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir
@@ -62,14 +65,11 @@ def parse_args(argv):
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = p.parse_args(argv)
-    try:
+    try:  # the same checks as generate(), worded with the flags
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                            args.num_samples)
+                            args.num_samples, cli=True)
     except ValueError as e:
-        raise UsageError(str(e).replace("max_new_tokens", "--max-new-tokens")
-                         .replace("top_k", "--top-k").replace("top_p", "--top-p")
-                         .replace("num_samples", "--num-samples")
-                         .replace("(or None for no limit)", "(leave it out for no limit)")) from None
+        raise UsageError(str(e)) from None
     return args
 
 
@@ -144,13 +144,25 @@ def run(args):
     if args.num_samples == 1:
         sys.stdout.write(prompt)
         sys.stdout.flush()
-        for piece in numpy_gpt2.stream_decode(tokenizer, until_eos(timed(tokens, log), eos)):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        try:
+            for piece in numpy_gpt2.stream_decode(tokenizer, until_eos(timed(tokens, log), eos)):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except ValueError as e:  # NonFiniteError: the model's numbers are NaN or inf
+            sys.stdout.write("\n")
+            raise UsageError(str(e)) from None
         sys.stdout.write("\n")
         finished = int(bool(log) and log[-1][1] == eos)
     else:
-        steps = list(timed(tokens, log))  # each (num_samples,)
+        # The samples are printed when the batch is done: until then, a progress bar on stderr
+        # (it may end early, when every sample has stopped at <|endoftext|>).
+        total = min(args.max_new_tokens, config.n_ctx - len(ids) + 1)
+        try:
+            with tqdm(timed(tokens, log), total=total, unit="step", file=sys.stderr,
+                      desc=f"{args.num_samples} samples", leave=False) as bar:
+                steps = list(bar)
+        except ValueError as e:  # NonFiniteError (the bar is erased first: one line remains)
+            raise UsageError(str(e)) from None
         rows = np.stack(steps, axis=1) if steps else np.zeros((args.num_samples, 0), np.int64)
         for i, row in enumerate(rows):
             text = tokenizer.decode(list(until_eos(row.tolist(), eos)))
@@ -173,6 +185,8 @@ def main(argv=None) -> int:
     # A terminal that cannot show some character gets "?" rather than a UnicodeEncodeError.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")
+    # NaN or inf in the model raises NonFiniteError (one line on stderr): no NumPy warnings too.
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
     try:
         run(parse_args(argv))
     except UsageError as e:

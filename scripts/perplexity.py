@@ -5,39 +5,55 @@
 The text is tokenized with the GPT-2 tokenizer ("<|endoftext|>" in the text counts as the
 special token) and scored with numpy_gpt2.perplexity: windows of --max-length tokens (default
 n_ctx) every --stride tokens (default half the window); each token after the first is scored
-once, with the context its window gives it. Progress (tokens scored, tokens/s) goes to stderr,
-the result to stdout. Exit status: 0 done, 2 bad arguments or input (one-line message).
+once, with the context its window gives it. Progress (a tqdm bar: tokens scored, tokens/s) goes
+to stderr, the result to stdout. Exit status: 0 done, 2 bad arguments or input, or a model whose
+numbers turn NaN or infinite (numpy_gpt2.NonFiniteError), with a one-line message.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
+try:
+    import numpy_gpt2
+except ImportError:  # not pip-installed: use the package next to this script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import numpy_gpt2
+
 import numpy as np
+from tqdm import tqdm
 
-import numpy_gpt2
 
-
-def progress_bar(out=sys.stderr, width=30):
-    """A callable(done, total) drawing `[#####.....] done/total tokens  N tok/s` on one line."""
-    start = time.perf_counter()
+def progress_bar():
+    """(show, close): show(done, total) for numpy_gpt2.perplexity moves a tqdm bar on stderr
+    (tokens scored, tokens/s), drawn from the first scored window on, so an error found
+    before (bad settings, NaN in the first window) stays the only line; close(error) erases
+    the bar after an error, else leaves it."""
+    bars = []
 
     def show(done, total):
-        rate = done / max(time.perf_counter() - start, 1e-9)
-        filled = int(width * done / total)
-        out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} tokens  "
-                  f"{rate:,.0f} tok/s")
-        if done == total:
-            out.write("\n")
-        out.flush()
+        if not bars:
+            bars.append(tqdm(total=total, unit="tok", file=sys.stderr, desc="scoring"))
+        bars[0].update(done - bars[0].n)
 
-    return show
+    def close(error=False):
+        for bar in bars:
+            bar.leave = not error
+            bar.close()
+
+    return show, close
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line (not usage + message), status 2
+        self.exit(2, f"perplexity.py: error: {message} (see --help)\n")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gpt2", help="checkpoint directory, .safetensors file "
                         "or hub name (default gpt2)")
     parser.add_argument("file", help="UTF-8 text file to score")
@@ -47,6 +63,8 @@ def main(argv=None) -> int:
                         "the window; at most the window)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args(argv)
+    # NaN or inf in the model raises NonFiniteError (one line, below): no NumPy warnings too.
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
     try:
         try:
             with open(args.file, encoding="utf-8") as f:
@@ -63,11 +81,18 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.file}: the text is {len(tokens)} token long; perplexity "
                              f"needs at least 2 tokens (one to predict from, one to predict)")
         start = time.perf_counter()
-        result = numpy_gpt2.perplexity(params, config, tokens, max_length=args.max_length,
-                                       stride=args.stride, progress=progress_bar())
+        show, close = progress_bar()
+        try:
+            result = numpy_gpt2.perplexity(params, config, tokens, max_length=args.max_length,
+                                           stride=args.stride, progress=show)
+        except BaseException:
+            close(error=True)  # the error is the only line left
+            raise
+        close()
         seconds = time.perf_counter() - start
-    except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        print(f"perplexity.py: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:  # CheckpointError, NonFiniteError: ValueErrors
+        message = " ".join(str(e).split())  # one line, whatever the underlying error said
+        print(f"perplexity.py: error: {message}", file=sys.stderr)
         return 2
     print(f"model: {args.model} ({args.dtype})  file: {args.file}")
     windows = f"{result['n_windows']} window" + ("s" if result["n_windows"] != 1 else "")

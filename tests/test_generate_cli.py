@@ -7,8 +7,12 @@ no PYTHONPATH), as a user running the script from a checkout would, and offline.
 """
 
 import os
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -141,9 +145,11 @@ def test_tokenizer_from_env_var_when_the_checkpoint_has_none(ckpt, enc, tokenize
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
     (["--temperature", "abc"], "argument --temperature: invalid float value: 'abc'"),
-    (["--top-k", "0"], "--top-k must be an integer >= 1"),
+    (["--top-k", "0"], "--top-k must be an integer >= 1 (leave it out for no limit), got 0"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--max-new-tokens", "-3"], "--max-new-tokens must be an integer >= 0"),
     (["--num-samples", "0"], "--num-samples must be an integer >= 1"),
@@ -152,7 +158,7 @@ def test_tokenizer_from_env_var_when_the_checkpoint_has_none(ckpt, enc, tokenize
     (["--model", "{tmp}/missing"], "{tmp}/missing: no such file or directory"),
     (["--model", "{tmp}"], "{tmp}: directory has no model.safetensors"),
     (["--model", "gpt2-xl"], "tried Hugging Face hub repo openai-community/gpt2-xl"),
-    (["--prompt-of", str(N_CTX + 1)], "the prompt has 65 tokens, more than the model's context of n_ctx=64"),
+    (["--prompt-of", str(N_CTX + 1)], "prompt tokens: sequence of 65 positions is longer than the context (n_ctx=64)"),
 ])
 def test_bad_input_exits_2_with_one_line(ckpt, tmp_path, args, message):
     args = [a.format(tmp=tmp_path) for a in args]
@@ -167,5 +173,51 @@ def test_bad_input_exits_2_with_one_line(ckpt, tmp_path, args, message):
     assert "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("generate.py: error: "), err
     assert message.format(tmp=tmp_path) in err
+    # Messages name the flags the user typed, never the Python parameter names.
+    assert not re.search(r"(?<![-\w])(temperature|top_k|top_p|max_new_tokens|num_samples) must", err), err
     if "hub repo" in message:
         assert "HF_HUB_OFFLINE=1" in err and "--model PATH" in err
+
+
+def test_tokens_reach_the_pipe_while_generation_is_still_running(tokenizer_dir, enc, tmp_path):
+    """Streaming: the first new text is readable from the stdout pipe before generation ends.
+
+    A model with a 1024-token context and --max-new-tokens 1000: as soon as the first bytes
+    after the prompt arrive, the process is frozen (SIGSTOP) and must still be running, with
+    the end-of-run report ("generated: ...", written after the last token) not yet on stderr.
+    A script that wrote its text at the end (block-buffered stdout) would deliver nothing
+    until after that report. Not timing-sensitive: the process would have to run ~1000
+    decoding steps between writing its first token and being frozen to fail spuriously.
+    """
+    ckpt = tmp_path / "long-context"
+    write_generation_checkpoint(ckpt, n_ctx=1024, vocab_size=50257, n_embd=64, tokenizer_dir=tokenizer_dir)
+    params, config = numpy_gpt2.load(ckpt)
+    prompt = "Streaming test"
+    first = list(numpy_gpt2.generate(params, config, enc.encode(prompt), 100, temperature=0))
+    assert EOS not in first  # the run below does not stop early at <|endoftext|>
+    # Without PYTHONUNBUFFERED, a pipe gets a block-buffered stdout: the script must flush.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "NUMPY_GPT2_TOKENIZER", "PYTHONUNBUFFERED")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    proc = subprocess.Popen([sys.executable, SCRIPT, prompt, "--model", str(ckpt), "--temperature", "0",
+                             "--max-new-tokens", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env=env)
+    try:
+        out, deadline = b"", time.monotonic() + 120
+        while len(out) <= len(prompt.encode()):  # the prompt comes first, then the new text
+            ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+            assert ready, f"no new text within 120 s; got {out!r}"
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"stdout closed before any new text: {out!r}"
+            out += chunk
+        proc.send_signal(signal.SIGSTOP)
+        assert proc.poll() is None, "the process had already finished"
+        os.set_blocking(proc.stderr.fileno(), False)
+        err = (proc.stderr.read() or b"").decode()
+        assert "loaded " in err and "generated:" not in err, err
+        assert out.decode("utf-8", "ignore").startswith(prompt)
+        assert enc.decode(first).startswith(out.decode("utf-8", "ignore")[len(prompt):].rstrip("\ufffd"))
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()

@@ -166,7 +166,7 @@ def test_script_reports_cross_entropy_and_perplexity(ckpt, text_tokens, oracles,
     ppl = float(re.search(r"perplexity: ([0-9.]+)", out).group(1))
     assert f"{len(tokens)} in the text, {n} scored" in out and "stride 8" in out
     assert math.isclose(ce, nll_sum / n, abs_tol=1e-4) and math.isclose(ppl, math.exp(nll_sum / n), rel_tol=1e-3)
-    assert f"] {n}/{n} tokens" in err and "tok/s" in err  # the progress bar, on stderr
+    assert f"| {n}/{n} [" in err and "tok/s]" in err and "scoring: 100%" in err  # tqdm, on stderr
     # a text shorter than the window: one window scores all but the first token
     short = tmp_path / "short.txt"
     short.write_text("Hello world, this is short.")
@@ -189,7 +189,9 @@ def test_script_input_errors(ckpt, tokenizer_dir, tmp_path, capsys):
              ([text, "--stride", "33"], "stride must be in 1..max_length=32, got 33"),
              ([text, "--max-length", "64"], "max_length=64 is longer than the model's context"),
              ([tmp_path / "nope.txt"], "No such file"),
-             ([binary], "not UTF-8 text")]
+             ([binary], "not UTF-8 text"),
+             ([text, "--bogus"], "perplexity.py: error: unrecognized arguments: --bogus (see --help)"),
+             ([text, "--stride", "x"], "argument --stride: invalid int value: 'x'")]
     for argv, message in cases:
         status, out, err = run_script("perplexity", ["--model", ckpt] + argv, capsys)
         assert status == 2 and message in err and out == "", (argv, err)
