@@ -187,7 +187,8 @@ def _copy_tensors(path: str, data_start: int, entries: dict, dtype: np.dtype, th
                     np.copyto(chunk.view(np.uint8), stored)
                 else:
                     _convert(stored.view(stored_dtype), e["dtype"], chunk)
-                if not np.isfinite(np.add.reduce(chunk)):
+                # np.einsum's sum is SIMD (np.sum's pairwise sum was 3.7x slower here).
+                if not np.isfinite(np.einsum("i->", chunk)):
                     suspects.append((key, lo, hi))
 
     if threads == 1 or len(jobs) == 1:

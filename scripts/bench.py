@@ -5,6 +5,7 @@
     python scripts/bench.py --json          # one JSON object on stdout instead of the table
     python scripts/bench.py --smoke         # tiny config, seconds (CI)
     python scripts/bench.py --numpy-only    # skip PyTorch even when it is installed
+    python scripts/bench.py --xl-dir /tmp/xl  # start-up: process start to first token, gpt2-xl shape
     python scripts/bench.py --train         # training rows instead (see scripts/bench_train.py)
 
 What is measured (batch 1 unless said; float32 on both sides):
@@ -431,8 +432,16 @@ def main(argv=None):
     ap.add_argument("--train", action="store_true", help="training rows instead: one optimizer step "
                     "(forward + backward + clip + AdamW), numpy_gpt2 vs PyTorch (scripts/bench_train.py)")
     ap.add_argument("--rows", help="with --train: comma-separated subset of shakespeare,124M-T64,124M-T1024")
+    ap.add_argument("--xl-dir", metavar="DIR", help="start-up rows instead: process start to the first "
+                    "token, gpt2-xl shape (6.4 GB, written once into DIR) and 124M (scripts/bench_startup.py)")
     ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.xl_dir:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_startup
+        with_torch = not args.numpy_only and all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+        result = bench_startup.run_startup(args.xl_dir, args.threads, args.reps or 5, with_torch)
+        return print(json.dumps(result, indent=1)) if args.json else bench_startup.print_startup_table(result)
     if args.train:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import bench_train
