@@ -187,8 +187,7 @@ def _copy_tensors(path: str, data_start: int, entries: dict, dtype: np.dtype, th
                     np.copyto(chunk.view(np.uint8), stored)
                 else:
                     _convert(stored.view(stored_dtype), e["dtype"], chunk)
-                # np.einsum's sum is SIMD (np.sum's pairwise sum was 3.7x slower here).
-                if not np.isfinite(np.einsum("i->", chunk)):
+                if not _sum_is_finite(chunk):
                     suspects.append((key, lo, hi))
 
     if threads == 1 or len(jobs) == 1:
@@ -203,6 +202,12 @@ def _copy_tensors(path: str, data_start: int, entries: dict, dtype: np.dtype, th
             raise _non_finite_error(path, key, entries[key], lo + int(bad[0]), out[key], data,
                                     data_start, dtype)
     return out
+
+
+def _sum_is_finite(chunk: np.ndarray) -> bool:
+    """True when the sum of the 1-D chunk is finite: then every element is (a NaN or inf
+    makes any sum NaN or inf, in any order). np.einsum's sum is SIMD: 3.7x np.sum here."""
+    return bool(np.isfinite(np.einsum("i->", chunk)))
 
 
 def _non_finite_error(path, name, entry, flat_index, array, data, data_start, dtype):

@@ -49,6 +49,7 @@ def first_token(side: str, directory: str, threads: int) -> None:
         params, config = numpy_gpt2.load(directory)
         loaded = time.monotonic()
         token = next(numpy_gpt2.generate(params, config, PROMPT, 1, temperature=0))
+        done, *check = finite_check_seconds(numpy_gpt2, params)
     else:
         import torch
         import transformers
@@ -61,9 +62,24 @@ def first_token(side: str, directory: str, threads: int) -> None:
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
                                  do_sample=False, pad_token_id=config_eos(directory))
         token = int(out[0, -1])
-    done = time.monotonic()
+        done, check = time.monotonic(), None
     print(json.dumps({"python_started": imported_at, "imported": imported, "loaded": loaded,
-                      "token_at": done, "token": token}), flush=True)
+                      "token_at": done, "token": token, "check": check}), flush=True)
+
+
+def finite_check_seconds(numpy_gpt2, params):
+    """(seconds, bytes) of load's NaN/inf check run alone, one thread, over the loaded weights
+    (after the token, so it is not in the timings above). Inside load the same check runs on
+    each chunk right after it is copied, while it is still in the CPU cache."""
+    import numpy as np
+    done = time.monotonic()
+    flat = numpy_gpt2.flatten_params(params).values()
+    start, n = time.monotonic(), numpy_gpt2.checkpoint.CHUNK_ELEMENTS
+    for a in flat:
+        a = a.reshape(-1)
+        for i in range(0, a.size, n):
+            numpy_gpt2.checkpoint._sum_is_finite(a[i:i + n])
+    return done, time.monotonic() - start, sum(int(np.asarray(a).nbytes) for a in flat)
 
 
 def config_eos(directory):
@@ -81,7 +97,8 @@ def measure(side: str, directory: str, threads: int) -> dict:
     t = json.loads(out.strip().splitlines()[-1])
     return {"start_to_token": t["token_at"] - spawned, "load": t["loaded"] - t["imported"],
             "load_to_token": t["token_at"] - t["imported"], "import": t["imported"] - spawned,
-            "token": t["token"]}
+            "token": t["token"], "check_seconds": t["check"] and t["check"][0],
+            "check_bytes": t["check"] and t["check"][1]}
 
 
 def run_startup(xl_dir: str, threads: int, reps: int, with_torch: bool) -> dict:
@@ -136,6 +153,11 @@ def print_startup_table(result: dict) -> None:
             print(f"{label:27} {what:15} {cells[0]} {cells[1]} {ratio}")
         print(f"{'':27} file {r['file_bytes'] / 1e9:.2f} GB, warm-up read {r['page_cache_warm_read_seconds']:.1f} s, "
               f"same first token on both sides: {r['same_token']}")
+        check = [x["check_seconds"] / x["check_bytes"] * 1e12 for x in r["runs"]["numpy"]]  # ms per GB
+        load_ms_per_gb = r["median"]["numpy"]["load"] / r["runs"]["numpy"][0]["check_bytes"] * 1e12
+        print(f"{'':27} NaN/inf check alone (1 thread, weights from memory): "
+              f"{statistics.median(check):.0f} ms/GB, {statistics.median(check) / load_ms_per_gb:.0%} "
+              f"of numpy_gpt2's load time ({load_ms_per_gb:.0f} ms/GB)")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
 
 
