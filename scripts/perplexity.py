@@ -29,14 +29,15 @@ from tqdm import tqdm
 
 def progress_bar():
     """(show, close): show(done, total) for numpy_gpt2.perplexity moves a tqdm bar on stderr
-    (tokens scored, tokens/s), drawn from the first scored window on, so an error found
-    before (bad settings, NaN in the first window) stays the only line; close(error) erases
-    the bar after an error, else leaves it."""
-    bars = []
+    (tokens scored, tokens/s); close(error) ends it, erasing it after an error so that the
+    error is the only line left. The bar is drawn from the first scored window on, so an error
+    found before (bad settings, NaN in the first window) never draws it."""
+    start, bars = time.time(), []
 
     def show(done, total):
         if not bars:
-            bars.append(tqdm(total=total, unit="tok", file=sys.stderr, desc="scoring"))
+            bars.append(tqdm(total=total, unit="tok", file=sys.stderr, desc="scoring", smoothing=0))
+            bars[0].start_t = bars[0].last_print_t = start  # the rate counts the first window too
         bars[0].update(done - bars[0].n)
 
     def close(error=False):
