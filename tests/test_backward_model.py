@@ -29,7 +29,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
@@ -169,25 +169,44 @@ def test_checkpoint_file_with_lm_head_gives_its_gradient(tmp_path, tied):
 
 @settings(max_examples=12)
 @given(seed=st.integers(0, 2**32 - 1), n_layer=st.integers(1, 3), n_head=st.integers(1, 4),
-       head_size=st.sampled_from([4, 8, 16]), vocab=st.integers(2, 120),
+       head_size=st.sampled_from([4, 8, 16]), vocab=st.integers(8, 120),
        B=st.integers(1, 3), T=st.integers(1, 150), dtype=st.sampled_from([np.float32, np.float64]),
        p_ignore=st.sampled_from([0.0, 0.3, 0.9]), untied=st.booleans(), scale=st.sampled_from([0.3, 1.0]),
        single=st.booleans())
 def test_fast_path_equals_reference_path(seed, n_layer, n_head, head_size, vocab, B, T, dtype,
                                          p_ignore, untied, scale, single):
     """Query blocks of 64 (T up to 150 crosses two block boundaries), tiny and odd heads,
-    batches or one sequence, ignored targets, both dtypes, tied and untied heads."""
-    params, config, _ = random_model(dtype, seed=seed % 1000, untied=untied, scale=scale,
-                                     n_layer=n_layer, n_head=n_head, n_embd=n_head * head_size,
-                                     n_ctx=160, vocab_size=vocab)
+    batches or one sequence, ignored targets, both dtypes, tied and untied heads.
+
+    float64: the two paths agree to 1e-10 relative (not RTOL's 1e-11: in tiny random models a
+    gradient tensor can be a sum whose terms nearly cancel; with a 2-token vocabulary ln_f.bias's
+    gradient is (sum_t dlogits[t, 0]) (wte[0] - wte[1]), seen cancelling to 1e-8 of its terms,
+    hence vocab >= 8). float32: tiny random models can be badly
+    conditioned (4 features per LayerNorm, a loss near 0 whose gradient is p - 1 rounded),
+    so both float32 paths are measured against the float64 readable result (the same
+    weights), and the fast one must be as accurate as the readable one: error <= 2x the
+    readable path's + RTOL."""
+    shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_head * head_size, n_ctx=160, vocab_size=vocab)
+    params, config, _ = random_model(dtype, seed=seed % 1000, untied=untied, scale=scale, **shape)
     tokens, targets = batch(config, (T,) if single else (B, T), seed, p_ignore)
     fast_loss, fast = numpy_gpt2.loss_and_grads(params, config, tokens, targets)
-    # A float32 loss near 0 (every scored target predicted with p ~ 1 - 1e-4) has a gradient
-    # made of p - 1, rounding noise ~1e-3 of its own size in any implementation: skip those.
-    assume(dtype == np.float64 or fast_loss > 0.05)
     ref_loss, ref = numpy_gpt2.loss_and_grads(params, config, tokens, targets, reference=True)
     assert abs(fast_loss - ref_loss) <= LOSS_RTOL[dtype] * max(1.0, abs(ref_loss))
-    compare_grads(fast, flatten_params(ref), dtype, "fast vs reference")
+    if dtype == np.float64:
+        fast, ref = flatten_params(fast), flatten_params(ref)
+        assert sorted(fast) == sorted(ref)
+        for key, g in ref.items():
+            assert_grad_close(fast[key], g, dtype, 1e-10, f"fast vs reference {key}")
+        return
+    params64, _, _ = random_model(np.float64, seed=seed % 1000, untied=untied, scale=scale, **shape)
+    _, exact = numpy_gpt2.loss_and_grads(params64, config, tokens, targets, reference=True)
+    fast, ref = flatten_params(fast), flatten_params(ref)
+    assert sorted(fast) == sorted(ref)
+    for key, g in flatten_params(exact).items():
+        assert fast[key].dtype == ref[key].dtype == np.float32
+        fast_err, ref_err = grad_error(fast[key], g), grad_error(ref[key], g)
+        assert fast_err <= 2 * ref_err + RTOL[dtype], \
+            f"{key}: fast float32 error {fast_err:.3g}, readable float32 error {ref_err:.3g} (vs float64)"
 
 
 def test_fast_path_output_head_in_chunks_of_rows():
