@@ -16,6 +16,8 @@ What is measured (batch 1 unless said; float32 on both sides):
                  argmax of the last logits), not model.generate, so no generate() overhead.
   load           from a warm page cache to the first logits (library import excluded)
   peak RSS       VmHWM of the process that ran all of the above, one process per side.
+  generate b8, 6 rows stop early   numpy_gpt2 alone: generate() with finished rows dropped
+                 from the batch (the default) against computed to the end (compact=False).
 
 The checkpoint has random weights but the exact layout of openai-community/gpt2's
 model.safetensors (no prefix, mask buffers, unaligned data block); it is written once with
