@@ -468,7 +468,9 @@ def test_shakespeare_slice_learns_and_samples(shakespeare_run, capsys):
     evals = [json.loads(line) for line in (shakespeare_run / "metrics.jsonl").read_text().splitlines()
              if '"eval"' in line]
     assert evals[0]["val_loss"] == pytest.approx(math.log(50257), abs=0.2)  # uniform at init
-    assert evals[-1]["step"] == 40 and evals[-1]["val_loss"] < 7.0  # far below ln(50257) = 10.8
+    # Far below ln(50257) = 10.8 (this seeded run measured 6.82; the margin absorbs BLAS
+    # rounding differences between machines and thread counts).
+    assert evals[-1]["step"] == 40 and evals[-1]["val_loss"] < 7.5
     code, out, err = run_script("generate", ["ROMEO:", "--model", shakespeare_run, "--seed", 1,
                                              "--max-new-tokens", 30], capsys)
     assert code == 0, err
