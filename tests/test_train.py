@@ -238,8 +238,9 @@ def text_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def tokenizer_env(tokenizer_dir, monkeypatch):
+    """train.py finds GPT-2's tokenizer files through $NUMPY_GPT2_TOKENIZER (skips without)."""
     monkeypatch.setenv("NUMPY_GPT2_TOKENIZER", tokenizer_dir)
 
 
@@ -254,9 +255,10 @@ CONSTANT_LR = ["--lr", 3e-3, "--min-lr", 3e-3, "--warmup-iters", 3, "--eval-inte
 def twenty_steps(tmp_path_factory, text_file, tokenizer_dir):
     """An uninterrupted 20-step run (constant lr after a 3-step warmup)."""
     out = tmp_path_factory.mktemp("run20")
-    os.environ["NUMPY_GPT2_TOKENIZER"] = tokenizer_dir
-    code = load_script("train").main([str(a) for a in ["--data", text_file, "--out", out, *TINY_ARGS,
-                                                       *CONSTANT_LR, "--max-iters", 20]])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUMPY_GPT2_TOKENIZER", tokenizer_dir)
+        code = load_script("train").main([str(a) for a in ["--data", text_file, "--out", out, *TINY_ARGS,
+                                                           *CONSTANT_LR, "--max-iters", 20]])
     assert code == 0
     return out
 
@@ -283,7 +285,7 @@ def test_run_writes_checkpoint_metrics_and_plot(twenty_steps):
     assert state["step"] == 20 and state["settings"]["max_iters"] == 20
 
 
-def test_without_matplotlib_training_goes_on_without_the_plot(text_file, tmp_path, capsys, monkeypatch):
+def test_without_matplotlib_training_goes_on_without_the_plot(tokenizer_env, text_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     code, stdout, err = train_cli(capsys, "--data", text_file, "--out", tmp_path / "run", *TINY_ARGS,
                                   "--max-iters", 2)
@@ -294,7 +296,7 @@ def test_without_matplotlib_training_goes_on_without_the_plot(text_file, tmp_pat
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(twenty_steps, text_file, tmp_path, capsys,
+def test_interrupted_and_resumed_equals_uninterrupted(tokenizer_env, twenty_steps, text_file, tmp_path, capsys,
                                                       monkeypatch):
     """Ctrl-C (a real SIGINT to this process) after step 7: saved, exit 130; --resume then
     ends at exactly the weights and optimizer state of the uninterrupted run."""
@@ -324,7 +326,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(twenty_steps, text_file, t
     assert [m.get("loss") for m in ours] == [m.get("loss") for m in theirs]
 
 
-def test_resume_with_more_iterations_extends_the_run(twenty_steps, text_file, tmp_path, capsys):
+def test_resume_with_more_iterations_extends_the_run(tokenizer_env, twenty_steps, text_file, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = train_cli(capsys, "--data", text_file, "--out", out, *TINY_ARGS, *CONSTANT_LR,
                              "--max-iters", 10)
@@ -401,7 +403,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[m[:30] for _, m in BAD_INPUTS])
-def test_bad_input_exits_2_with_one_line_before_training(args, message, tmp_path, text_file,
+def test_bad_input_exits_2_with_one_line_before_training(tokenizer_env, args, message, tmp_path, text_file,
                                                          small_ckpt, twenty_steps, capsys):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
@@ -427,7 +429,7 @@ def test_bad_input_exits_2_with_one_line_before_training(args, message, tmp_path
     assert sorted(os.listdir(twenty_steps)) == before
 
 
-def test_finetune_from_a_checkpoint(small_ckpt, text_file, tmp_path, capsys):
+def test_finetune_from_a_checkpoint(tokenizer_env, small_ckpt, text_file, tmp_path, capsys):
     out = tmp_path / "ft"
     code, stdout, err = train_cli(capsys, "--init", small_ckpt, "--data", text_file, "--out", out,
                                   "--block-size", 16, "--batch-size", 2, "--max-iters", 3,
@@ -455,16 +457,17 @@ def shakespeare_run(tmp_path_factory, tokenizer_dir):
     tmp = tmp_path_factory.mktemp("shakespeare")
     with open(path, encoding="utf-8") as f:
         (tmp / "slice.txt").write_text(f.read()[:200_000], encoding="utf-8")
-    os.environ["NUMPY_GPT2_TOKENIZER"] = tokenizer_dir
     args = ["--data", tmp / "slice.txt", "--out", tmp / "out", "--n-layer", 2, "--n-head", 2,
             "--n-embd", 64, "--block-size", 32, "--batch-size", 8, "--max-iters", 40,
             "--lr", 1e-2, "--min-lr", 1e-3, "--warmup-iters", 5, "--eval-interval", 40,
             "--eval-iters", 4, "--seed", 0]
-    assert load_script("train").main([str(a) for a in args]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUMPY_GPT2_TOKENIZER", tokenizer_dir)
+        assert load_script("train").main([str(a) for a in args]) == 0
     return tmp / "out"
 
 
-def test_shakespeare_slice_learns_and_samples(shakespeare_run, capsys):
+def test_shakespeare_slice_learns_and_samples(tokenizer_env, shakespeare_run, capsys):
     evals = [json.loads(line) for line in (shakespeare_run / "metrics.jsonl").read_text().splitlines()
              if '"eval"' in line]
     assert evals[0]["val_loss"] == pytest.approx(math.log(50257), abs=0.2)  # uniform at init
@@ -477,7 +480,7 @@ def test_shakespeare_slice_learns_and_samples(shakespeare_run, capsys):
     assert out.startswith("ROMEO:") and len(out) > len("ROMEO:") + 20
 
 
-def test_trained_checkpoint_gives_transformers_logits_in_the_scripts(shakespeare_run, tmp_path, capsys):
+def test_trained_checkpoint_gives_transformers_logits_in_the_scripts(tokenizer_env, shakespeare_run, tmp_path, capsys):
     """generate.py (greedy) and perplexity.py on the trained checkpoint agree with
     GPT2LMHeadModel.from_pretrained on the same directory."""
     model = transformers.GPT2LMHeadModel.from_pretrained(shakespeare_run, torch_dtype=torch.float64).eval()
