@@ -27,7 +27,7 @@ import numpy as np
 
 from .backward import loss_and_grads
 from .checkpoint import checkpoint_writers, flatten_params, nest_params, write_files_atomically
-from .loss import cross_entropy
+from .loss import token_nll
 from .model import forward
 from .optim import adamw_update, clip_grad_norm, grad_norm
 
@@ -66,9 +66,25 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
     return loss, norm
 
 
+EVAL_LOGITS = 1 << 24  # at most this many logits at once in evaluate (64 MB in float32)
+
+
 def evaluate(params: dict, config, batches) -> float:
-    """Mean next-token cross-entropy over a list of (x, y) batches (the mean of the batch means)."""
-    return float(np.mean([cross_entropy(forward(params, config, x), y) for x, y in batches]))
+    """Mean next-token cross-entropy over a list of (x, y) batches of (B, T) tokens (every
+    batch the same shape: the mean over all their tokens).
+
+    The (B, T, V) logits of a whole batch can be large (B=4, T=1024: 0.8 GB in float32, and
+    the log-softmax makes more), so the rows of each batch are scored a few at a time, at
+    most EVAL_LOGITS logits per forward."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = np.atleast_2d(x), np.atleast_2d(y)
+        rows = max(1, EVAL_LOGITS // (x.shape[1] * config.vocab_size))
+        for r in range(0, x.shape[0], rows):
+            nll = token_nll(forward(params, config, x[r:r + rows]), y[r:r + rows])
+            total += float(nll.sum(dtype=np.float64))
+            count += nll.size
+    return total / count
 
 
 # ----------------------------------------------------------------------------------------

@@ -175,6 +175,25 @@ def test_training_loop_follows_pytorch(dtype, rtol):
                                    err_msg=key)
 
 
+def test_evaluate_is_the_mean_loss_over_all_batches(monkeypatch):
+    """evaluate scores each batch a few rows at a time (bounded logits memory): the result is
+    still the mean cross-entropy over every token, as GPT2LMHeadModel computes it."""
+    import numpy_gpt2.train as train
+    config = numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_ctx=16, vocab_size=128)
+    params = init_params(config, seed=4, dtype=np.float64)
+    batches = data.eval_batches(char_tokens(), 16, 5, 3, seed=0)
+    model = transformers.GPT2LMHeadModel(make_config(n_layer=1, n_head=2, n_embd=16, n_ctx=16,
+                                                     vocab_size=128)).double().eval()
+    model.transformer.load_state_dict(torch_state_dict(params), strict=False)
+    x = torch.from_numpy(np.concatenate([b[0] for b in batches]))
+    y = torch.from_numpy(np.concatenate([b[1] for b in batches]))
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(model(x).logits.reshape(-1, 128), y.reshape(-1)))
+    for limit in (16 * 128 * 2, 10**9):  # 2 rows per forward; whole batches
+        monkeypatch.setattr(train, "EVAL_LOGITS", limit)
+        assert train.evaluate(params, config, batches) == pytest.approx(expected, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------------------
 # Checkpoints: every reader loads them; saves are atomic
 
