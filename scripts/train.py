@@ -69,8 +69,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = _Parser(description="Train GPT-2 in NumPy on a UTF-8 text file (from scratch or "
-                            "fine-tuning); see the module docstring.")
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DEFAULTS
     p.add_argument("--data", help="UTF-8 text file (first 90%% of characters train, last 10%% validate)")
     p.add_argument("--out", help="output directory: checkpoint, metrics, loss curve "
@@ -97,7 +96,7 @@ def parse_args(argv):
             ("seed", int, "seed of the initialisation and of the batch sampler")]:
         default = d[flag.replace("-", "_")]
         p.add_argument(f"--{flag}", type=kind, default=None,
-                       help=f"{what} (default: {'see help' if default is None else default})")
+                       help=what if default is None else f"{what} (default: {default})")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float32")
     return p.parse_args(argv)
 
