@@ -247,12 +247,12 @@ def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p
     finished = np.zeros(B, dtype=bool)  # by original row; finished rows yield eos from then on
     for step in range(steps):
         u = rng.random(B)[running] if temperature else None  # one number per original row
-        new = next_token(logits, temperature, top_k, top_p, u)  # (B',)
-        token = np.full(B, eos, dtype=np.int64)
+        token = new = next_token(logits, temperature, top_k, top_p, u)  # (B',)
         if stop_at_eos:
             new = np.where(finished[running], eos, new)  # (rows kept when compact=False)
             finished[running] |= new == eos
-        token[running] = new
+            token = np.full(B, eos, dtype=np.int64)  # rows no longer computed yield eos
+            token[running] = new
         yield int(token[0]) if single else token
         if step == steps - 1 or finished.all():
             return
