@@ -77,6 +77,8 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
     reference: run the readable layers (layers.transformer_block: the equations as written)
         instead of the fast ones (layers.transformer_block_fast: same math, arranged for
         speed, tested equal to rounding). For learners and tests.
+    Raises ValueError for bad tokens, and NonFiniteError (a ValueError) when the logits hold
+    NaN or inf, naming the first named activation that did (see numpy_gpt2.finite).
     """
     past = 0 if kv_cache is None else kv_cache["length"]
     capacity = None if kv_cache is None else kv_cache["keys"][0].shape[2]
