@@ -10,8 +10,10 @@ unless it says otherwise. Arrays keep the dtype of the weights (float32 or float
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import os
 
 import numpy as np
 
@@ -176,6 +178,13 @@ def transformer_block(x, block, n_head, eps, kv=None, record=_ignore):
 #     dividing (T, S) probabilities.
 
 QUERY_BLOCK = 64  # queries per attention block: a block's scores are <= 3 MB at S = 1024
+
+
+@functools.lru_cache(maxsize=1)
+def thread_pool():
+    """Worker threads, one per core, for elementwise work split into pieces: NumPy runs a
+    ufunc on one core, but releases the GIL while it runs, so pieces in threads use them all."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
 
 def linear_fast(x, weight, bias):

@@ -16,15 +16,12 @@ Shapes: B batch, T positions, E = n_embd, H = n_head, D = E // H, V = vocab size
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import math
-import os
 
 import numpy as np
 
 from .layers import (QUERY_BLOCK, _future_mask, _ignore, attention, causal_mask, gelu, layer_norm,
-                     linear, merge_heads, prefixed, softmax, split_heads)
+                     linear, merge_heads, prefixed, softmax, split_heads, thread_pool)
 
 GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -415,7 +412,7 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
         # NumPy runs elementwise work on one core; pieces of rows in threads use them all
         # (ufuncs release the GIL), and each piece's passes stay in the cache.
         pieces = [slice(i, i + ROW_PIECE) for i in range(0, z.shape[0], ROW_PIECE)]
-        loss += sum(_pool().map(lambda p: _cross_entropy_rows(z[p], safe[r][p], weight[r][p]), pieces))
+        loss += sum(thread_pool().map(lambda p: _cross_entropy_rows(z[p], safe[r][p], weight[r][p]), pieces))
         record_grad("logits", z)
         np.matmul(z, head, out=dh[r])
         dhead += z.T @ h[r]
@@ -435,8 +432,3 @@ def _cross_entropy_rows(z, targets, weight):
     z[picked] -= weight.astype(z.dtype)                # minus the one-hot, times the weight
     return float(((np.log(sums) - target_z) * weight).sum())
 
-
-@functools.lru_cache(maxsize=1)
-def _pool():
-    """Worker threads for elementwise work, one per core."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
