@@ -62,18 +62,24 @@ def assert_grad_close(ours, ref, dtype, rtol, what="", floor=0.0) -> float:
     return err
 
 
-def random_model(dtype=np.float64, seed=0, untied=False, scale=1.0, **shape):
+def random_model(dtype=np.float64, seed=0, untied=False, scale=1.0, head_scale=1.0, **shape):
     """Random weights for a GPT-2 of `shape` (n_layer, n_head, n_embd, n_ctx, vocab_size).
 
     Returns (params, config, hf_config): our nested dict in `dtype`, our GPT2Config, and the
     transformers config the oracle is built from. untied: an lm_head.weight of its own (not
-    a copy of wte) and tie_word_embeddings=False."""
+    a copy of wte) and tie_word_embeddings=False. head_scale multiplies wte (and lm_head): at
+    full width, checkpoints.py's wte (std 1) gives logits of std ~sqrt(768) ~ 28 and a loss of
+    hundreds of nats with one-hot softmaxes; head_scale=0.1 gives GPT-2-like logits (std ~3)
+    and a loss near log(vocab), where the output softmax's gradient is not trivially 0/1."""
     hf_config = make_config(**shape, tie_word_embeddings=not untied)
     hf_config._attn_implementation = "eager"  # plain matmul-softmax-matmul, as test_layers
     sd = random_state_dict(hf_config, seed=seed, scale=scale)
     if untied:
         g = torch.Generator().manual_seed(seed + 1)
         sd["lm_head.weight"] = torch.randn(hf_config.vocab_size, hf_config.n_embd, generator=g) * scale
+    for key in ("wte.weight", "lm_head.weight"):
+        if key in sd:
+            sd[key] = sd[key] * head_scale
     params = nest_params({k: v.numpy().astype(dtype) for k, v in sd.items()})
     config = GPT2Config(n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
                         n_ctx=hf_config.n_positions, vocab_size=hf_config.vocab_size,
