@@ -104,10 +104,12 @@ def test_causal_attention_backward_fast(seed, dtype, B, T, H, D, block):
 
 
 @given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 80),
-       H=st.integers(1, 4), D=st.integers(1, 12), scale=st.sampled_from([0.3, 1.0, 3.0]))
+       H=st.integers(1, 4), D=st.integers(2, 12), scale=st.sampled_from([0.3, 1.0, 3.0]))
 def test_transformer_block_backward_fast(seed, dtype, B, T, H, D, scale):
     """Saving forward + fast backward == the readable block and its readable backward:
-    the output, dx, every weight gradient, and every recorded activation gradient."""
+    the output, dx, every weight gradient, and every recorded activation gradient.
+    (E >= 2: a LayerNorm over one number has variance 0, and its 1/sqrt(eps) = 316 would
+    only amplify float32 rounding.)"""
     rng = np.random.default_rng(seed)
     E = H * D
     block = block_params(rng, E, dtype, scale)
