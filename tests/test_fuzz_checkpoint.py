@@ -12,7 +12,8 @@ model.safetensors (tests/checkpoints.py, "hub": no prefix, F32, h.N.attn.bias ma
 metadata, unaligned data block), 2 layers, n_embd 16.
 
 Examples per test are fixed below: 1,850 in all (300 + 400 + 150 + 200 + 200 + 500 + 100),
-~60 s on 2 busy cores; set NUMPY_GPT2_FUZZ_SCALE=10 for a ten times longer run.
+~25 s on 2 cores (60 s when they are busy); set NUMPY_GPT2_FUZZ_SCALE=10 for a ten times
+longer run (18,500 cases, ~4 min).
 """
 
 from __future__ import annotations
