@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import warnings
 
@@ -75,13 +76,13 @@ class GPT2Config:
 
 
 def _is_int(value) -> bool:
-    """A JSON integer: a Python int but not a bool (True == 1 in Python, not in JSON)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (a JSON integer, or a NumPy one) but not a bool (True == 1 in Python, not in JSON)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
-    """A JSON number (int or float), not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number (JSON int or float, or a NumPy one), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _show(value) -> str:

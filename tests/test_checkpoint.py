@@ -561,6 +561,11 @@ def test_config_json_that_json_cannot_read(tmp_path):
 
 
 def test_gpt2config_itself_checks_types():
+    # NumPy numbers are numbers: a config built from arrays' shapes or a float32 epsilon works.
+    config = GPT2Config(n_layer=np.int64(1), n_head=np.int32(2), n_embd=4, layer_norm_epsilon=np.float32(1e-5))
+    assert config.head_size == 2
+    with raises(["config: n_layer must be a positive integer, got True (a boolean)"]):
+        GPT2Config(n_layer=True, n_head=1, n_embd=4)
     with raises(["config: layer_norm_epsilon must be a positive finite number", "got 'x'"]):
         GPT2Config(n_layer=1, n_head=1, n_embd=4, layer_norm_epsilon="x")
     with raises(["config: eos_token_id must be a token id (an integer >= 0), got 1.0"]):
