@@ -302,14 +302,15 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     0 .. t1-1 matter; its probabilities are recomputed as P = exp(q k^T / sqrt(D) - lse), and
     the softmax's row-sum term uses sum_j dP_ij P_ij = sum_d dout_id out_id (P v = out), so
     it needs no second pass over the block.
-    record sees "softmax" (dL/dP, (B, H, T, T); allocated only when recording).
+    record sees "softmax": dL/dP = dout v^T, (B, H, T, T), computed only when recording.
     """
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D)
     delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
     dk[...] = 0.0
     dv[...] = 0.0
-    dprobs = None if record is _ignore else np.zeros((B, H, T, T), dtype=q.dtype)
+    if record is not _ignore:  # dL/dP for every (query, key), masked keys too, as autograd has it
+        record("softmax", dout @ np.swapaxes(v, -1, -2))
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
         qb = q[:, :, t0:t1] * scale
@@ -320,14 +321,10 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
         np.exp(p, out=p)                                             # P
         dv[:, :, :t1] += np.swapaxes(p, -1, -2) @ dout[:, :, t0:t1]  # dv = P^T dout
         dp = dout[:, :, t0:t1] @ np.swapaxes(v[:, :, :t1], -1, -2)   # dP = dout v^T
-        if dprobs is not None:
-            dprobs[:, :, t0:t1, :t1] = dp
         dp -= delta[:, :, t0:t1]
         dp *= p                                                      # dS (of the scaled scores)
         dq[:, :, t0:t1] = (dp @ k[:, :, :t1]) * scale
         dk[:, :, :t1] += np.swapaxes(dp, -1, -2) @ qb                # qb carries the scale
-    if dprobs is not None:
-        record("softmax", dprobs)
 
 
 def _heads(a, B, n_head):

@@ -60,8 +60,10 @@ def test_gelu_and_derivative_fast(seed, dtype, n, scale):
     x = (np.random.default_rng(seed).standard_normal(n) * scale).astype(dtype)
     derivative = x.copy()
     g = lb.gelu_and_derivative_fast(derivative)
-    close(g, layers.gelu(x), dtype)
-    close(derivative, lb.gelu_backward(np.ones_like(x), x), dtype)
+    # gelu(x) is about x or about 0: errors at the scale of |x| (a lone x << 0 has gelu ~1e-30);
+    # gelu'(x) lies in [-0.17, 1.13]
+    close(g, layers.gelu(x), dtype, scale=float(np.abs(x).max()))
+    close(derivative, lb.gelu_backward(np.ones_like(x), x), dtype, scale=1.0)
     assert np.isfinite(derivative).all()
 
 
@@ -100,7 +102,7 @@ def test_causal_attention_backward_fast(seed, dtype, B, T, H, D, block):
     scale = max(float(np.abs(e).max()) for e in expected)
     for got, want in zip((dq, dk, dv), expected):
         close(got, want, dtype, scale)
-    close(np.tril(seen["softmax"][0, 0]), np.tril(ref["softmax"][0, 0]), dtype)
+    close(seen["softmax"], ref["softmax"], dtype)
 
 
 @given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 80),
@@ -127,8 +129,6 @@ def test_transformer_block_backward_fast(seed, dtype, B, T, H, D, scale):
     close_tree(grads, grads_ref, dtype)
     assert list(fast_seen) == list(ref_seen)  # same names, same (backward) order
     for name in ref_seen:
-        if name.endswith("softmax"):  # fast leaves the masked (future) entries 0
-            fast_seen[name], ref_seen[name] = np.tril(fast_seen[name]), np.tril(ref_seen[name])
         close(fast_seen[name], ref_seen[name].reshape(fast_seen[name].shape), dtype)
 
 
