@@ -380,7 +380,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=_ign
                   "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
 
 
-HEAD_ROWS = 512  # positions per output-head chunk: a chunk's logits are 100 MB at V = 50257
+HEAD_ROWS = 1024  # positions per output-head chunk: a chunk's logits are 200 MB at V = 50257
 ROW_PIECE = 16   # rows per elementwise task: 3 MB of float32 logits at V = 50257, cache-sized
 
 
@@ -400,7 +400,9 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
     weight = keep / keep.sum()  # each row's share of the mean: 0 for ignored rows
     safe = np.where(keep, targets, 0)
     dh = np.empty_like(h)
-    dhead = np.zeros_like(head)
+    # dhead is accumulated transposed, (E, V) = h^T dlogits: BLAS runs that product ~25%
+    # faster here than dlogits^T h, whose output has only E columns.
+    dhead_t = None
     loss = 0.0
     for r0 in range(0, N, rows):
         r = slice(r0, min(r0 + rows, N))
@@ -412,8 +414,11 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
         loss += sum(thread_pool().map(lambda p: _cross_entropy_rows(z[p], safe[r][p], weight[r][p]), pieces))
         record_grad("logits", z)
         np.matmul(z, head, out=dh[r])
-        dhead += z.T @ h[r]
-    return loss, dh, dhead
+        if dhead_t is None:
+            dhead_t = h[r].T @ z
+        else:
+            dhead_t += h[r].T @ z
+    return loss, dh, np.ascontiguousarray(dhead_t.T)
 
 
 def _cross_entropy_rows(z, targets, weight):

@@ -8,7 +8,8 @@
 Each row times one optimizer step on a batch of random tokens: forward + backward + global
 norm clipping (1.0) + AdamW (betas (0.9, 0.99), weight decay 0.1 on matrices), float32:
   numpy_gpt2   loss_and_grads, clip_grad_norm, adamw_update (numpy_gpt2.train.train_step)
-  PyTorch      GPT2LMHeadModel (eager attention, dropout 0, train mode), cross_entropy,
+  PyTorch      GPT2LMHeadModel (its default sdpa attention: PyTorch's fused kernel, faster and
+               smaller than eager here; dropout 0, train mode), cross_entropy,
                backward, torch.nn.utils.clip_grad_norm_, torch.optim.AdamW (its default,
                foreach implementation), zero_grad(set_to_none=True)
 Rows: (a) the Tiny Shakespeare model (4 layers, 4 heads, 128 wide, B=12, T=64), (b) 124M-shaped
@@ -77,7 +78,7 @@ class TorchTrainer:
         config = transformers.GPT2Config(
             n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"], n_positions=cfg["T"],
             n_ctx=cfg["T"], vocab_size=cfg["vocab_size"], activation_function="gelu_new",
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
         self.torch, self.transformers = torch, transformers
         self.model = transformers.GPT2LMHeadModel(config).train()
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
@@ -98,7 +99,8 @@ class TorchTrainer:
 
     def info(self):
         return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
-                "torch_threads": self.torch.get_num_threads(), "attn_implementation": "eager"}
+                "torch_threads": self.torch.get_num_threads(),
+                "attn_implementation": self.model.config._attn_implementation}
 
 
 def worker(side_name, cfg, threads):

@@ -215,11 +215,14 @@ def test_fast_path_equals_reference_path(seed, n_layer, n_head, head_size, vocab
 
 
 def test_fast_path_output_head_in_chunks_of_rows():
-    """B*T = 3 * 250 = 750 rows: more than one 512-row chunk of the fused output head + loss,
-    and four query blocks of attention, against the oracle."""
+    """B*T = 3 * 400 = 1200 rows: more than one chunk of the fused output head + loss
+    (layers_backward.HEAD_ROWS), and seven query blocks of attention, against the oracle."""
+    from numpy_gpt2.layers_backward import HEAD_ROWS
+
+    assert 3 * 400 > HEAD_ROWS
     params, config, hf_config = random_model(np.float64, seed=5, n_layer=1, n_head=2, n_embd=16,
-                                             n_ctx=256, vocab_size=50)
-    tokens, targets = batch(config, (3, 250), seed=9, p_ignore=0.5)
+                                             n_ctx=512, vocab_size=50)
+    tokens, targets = batch(config, (3, 400), seed=9, p_ignore=0.5)
     targets[1] = -100  # a whole sequence ignored
     ref_loss, ref_grads, _ = torch_loss_and_grads(torch_model(params, hf_config, np.float64),
                                                   tokens, targets)
