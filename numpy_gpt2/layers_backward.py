@@ -408,10 +408,7 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
         r = slice(r0, min(r0 + rows, N))
         z = h[r] @ head.T                               # logits (n, V)
         record("logits", z)
-        # NumPy runs elementwise work on one core; pieces of rows in threads use them all
-        # (ufuncs release the GIL), and each piece's passes stay in the cache.
-        pieces = [slice(i, i + ROW_PIECE) for i in range(0, z.shape[0], ROW_PIECE)]
-        loss += sum(thread_pool().map(lambda p: _cross_entropy_rows(z[p], safe[r][p], weight[r][p]), pieces))
+        loss += _cross_entropy_in_pieces(z, safe[r], weight[r])
         record_grad("logits", z)
         np.matmul(z, head, out=dh[r])
         if dhead_t is None:
@@ -419,6 +416,21 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
         else:
             dhead_t += h[r].T @ z
     return loss, dh, np.ascontiguousarray(dhead_t.T)
+
+
+def cross_entropy_sum_fast(logits, targets):
+    """sum_t -log softmax(logits_t)[targets_t] (token_nll(logits, targets).sum()), computed
+    IN PLACE (logits are overwritten) over cache-sized pieces of rows on every core.
+    logits: (N, V) C-contiguous; targets: (N,) ints. For evaluation: no (N, V) temporaries."""
+    return _cross_entropy_in_pieces(logits, np.asarray(targets), np.ones(logits.shape[0]))
+
+
+def _cross_entropy_in_pieces(z, targets, weight):
+    """_cross_entropy_rows over pieces of ROW_PIECE rows in threads: NumPy runs elementwise
+    work on one core, pieces in threads use them all (ufuncs release the GIL), and each
+    piece's passes stay in the cache."""
+    pieces = [slice(i, i + ROW_PIECE) for i in range(0, z.shape[0], ROW_PIECE)]
+    return sum(thread_pool().map(lambda p: _cross_entropy_rows(z[p], targets[p], weight[p]), pieces))
 
 
 def _cross_entropy_rows(z, targets, weight):

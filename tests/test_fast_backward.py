@@ -151,3 +151,17 @@ def test_lm_head_cross_entropy_fast(seed, dtype, N, E, V, rows, scale):
     dh_ref, dhead_ref = lb.lm_head_backward(cross_entropy_backward(logits, targets), h, head)
     close(dh, dh_ref, dtype)
     close(dhead, dhead_ref, dtype)
+
+
+@given(seed=seeds, dtype=dtypes, N=st.integers(1, 60), V=st.integers(2, 300),
+       scale=st.sampled_from([0.1, 1.0, 30.0]))
+def test_cross_entropy_sum_fast(seed, dtype, N, V, scale):
+    """The evaluation loss in place over row pieces == token_nll(...).sum()."""
+    from numpy_gpt2.loss import token_nll
+
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((N, V)) * scale).astype(dtype)
+    targets = rng.integers(0, V, N)
+    expected = float(token_nll(logits, targets).sum(dtype=np.float64))
+    got = lb.cross_entropy_sum_fast(logits.copy(), targets)
+    assert abs(got - expected) <= TOL[dtype] * max(1.0, abs(expected))
