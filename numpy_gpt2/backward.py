@@ -72,16 +72,30 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     """
     given = np.asarray(tokens)  # as the caller gave them: error messages use this shape
     tokens, targets = check_targets(tokens, targets, config, ignore_index)
+    into = None if grads is None else _check_accumulator(grads, params)
     run = _loss_and_grads_reference if reference else _loss_and_grads_fast
     loss, new = run(params, config, tokens, targets, ignore_index,
                     record or _ignore, record_grad or _ignore)
     check_finite_logits(np.float64(loss), params, config, given, reference=reference, what="loss")
     check_finite_grads(new)
-    if grads is None:
+    if into is None:
         return loss, new
-    for acc, g in zip(_leaves(grads), _leaves(new)):
-        acc += g
+    for key, g in flatten_params(new).items():
+        into[key] += g
     return loss, grads
+
+
+def _check_accumulator(grads: dict, params: dict) -> dict:
+    """flatten_params(grads), after checking it mirrors params (keys, shapes, dtypes)."""
+    flat, expected = flatten_params(grads), flatten_params(params)
+    if flat.keys() != expected.keys():
+        raise ValueError(f"grads= must mirror params: missing {sorted(expected.keys() - flat.keys())[:3]}, "
+                         f"unexpected {sorted(flat.keys() - expected.keys())[:3]}")
+    for key, p in expected.items():
+        if flat[key].shape != p.shape or flat[key].dtype != p.dtype:
+            raise ValueError(f"grads={key!r} is {flat[key].dtype} {flat[key].shape}, expected "
+                             f"{p.dtype} {p.shape} (as params)")
+    return flat
 
 
 def check_finite_grads(grads: dict) -> None:
@@ -92,16 +106,6 @@ def check_finite_grads(grads: dict) -> None:
     if bad:
         raise NonFiniteError(f"non-finite gradients (the loss is finite) for {', '.join(bad[:5])}"
                              f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
-
-
-def _leaves(tree):
-    """The arrays of a nested params/grads dict, in a fixed order."""
-    items = tree if isinstance(tree, list) else [tree[k] for k in sorted(tree)]
-    for v in items:
-        if isinstance(v, (dict, list)):
-            yield from _leaves(v)
-        else:
-            yield v
 
 
 def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, record, record_grad):

@@ -348,6 +348,24 @@ def test_bad_input_raises_value_error_before_any_work(case, reference):
     assert all(not v.any() for v in acc.values())  # nothing accumulated
 
 
+@pytest.mark.parametrize("break_it", ["missing key", "wrong shape", "wrong dtype"])
+def test_grads_argument_must_mirror_params(break_it):
+    """A grads= dict that does not mirror params is refused before any work, naming the key."""
+    params, config, _ = random_model(np.float64, seed=2, n_layer=1, n_head=5, n_embd=40, n_ctx=64,
+                                     vocab_size=97)
+    acc = {k: np.zeros_like(v) for k, v in flatten_params(params).items()}
+    if break_it == "missing key":
+        del acc["h.0.mlp.c_fc.bias"]
+    elif break_it == "wrong shape":
+        acc["h.0.mlp.c_fc.bias"] = np.zeros(3)
+    else:
+        acc["h.0.mlp.c_fc.bias"] = acc["h.0.mlp.c_fc.bias"].astype(np.float32)
+    tokens, targets = batch(config, (2, 8), seed=3)
+    with pytest.raises(ValueError, match="h.0.mlp.c_fc.bias"):
+        numpy_gpt2.loss_and_grads(params, config, tokens, targets, record=never, record_grad=never,
+                                  grads=nest_params(acc))
+
+
 def test_ignore_index_other_than_default():
     """ignore_index=-1: targets -1 are not scored, and -100 is then an id out of range."""
     params, config, _ = random_model(np.float64, seed=2, n_layer=1, n_head=5, n_embd=40, n_ctx=64,
