@@ -413,8 +413,9 @@ def write_files_atomically(directory, writers: dict) -> None:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
             os.close(fd)
             temps[name] = tmp
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
             write(tmp)
+            # mkstemp makes 0600 (and a writer may recreate the file): the usual permissions
+            os.chmod(tmp, 0o666 & ~umask)
             with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
                 os.fsync(f.fileno())
         for name, tmp in temps.items():
