@@ -291,6 +291,11 @@ def test_run_writes_checkpoint_metrics_and_plot(twenty_steps):
     assert {"model.safetensors", "config.json", "vocab.json", "merges.txt", "optimizer.safetensors",
             "train_state.json", "metrics.jsonl", "loss_curve.png"} <= files
     assert not [f for f in files if f.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json", "optimizer.safetensors", "train_state.json"):
+        mode = (twenty_steps / name).stat().st_mode & 0o777  # the usual mode, not mkstemp's 0600
+        assert mode == 0o666 & ~umask, f"{name}: mode {oct(mode)}"
     metrics = [json.loads(line) for line in (twenty_steps / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
     evals = [m for m in metrics if m["kind"] == "eval"]
