@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from .layers import (QUERY_BLOCK, _future_mask, _ignore, attention, causal_mask, gelu, layer_norm,
-                     linear, merge_heads, prefixed, softmax, split_heads, thread_pool)
+from .layers import (GELU_CHUNK, QUERY_BLOCK, _future_mask, _ignore, attention, causal_mask, gelu,
+                     layer_norm, linear, merge_heads, prefixed, softmax, split_heads, thread_pool)
 
 GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -251,9 +251,6 @@ def layer_norm_backward_fast(dout, xhat, rstd, weight):
     return g, grads
 
 
-GELU_CHUNK = 1 << 16  # elements per pass, as layers.GELU_CHUNK: the temporaries stay in cache
-
-
 def gelu_and_derivative_fast(x):
     """(gelu(x), gelu'(x)) in one pass, for the MLP's backward: returns gelu(x) as a new array
     and OVERWRITES x with gelu'(x) (c_fc's output is not needed after that).
@@ -261,7 +258,7 @@ def gelu_and_derivative_fast(x):
     With s = 1 / (1 + exp(-2u)) = 0.5 (1 + tanh u), u = c (x + 0.044715 x^3), c = sqrt(2/pi):
         gelu(x) = x s,   gelu'(x) = s + 2 c x s (1 - s) (1 + 3 * 0.044715 x^2)
     (the forms of gelu() and gelu_backward() with tanh written through exp, as layers.gelu_fast).
-    x: C-contiguous float array.
+    x: C-contiguous float array, processed in cache-sized chunks (layers.GELU_CHUNK).
     """
     out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
