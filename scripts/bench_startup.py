@@ -30,6 +30,13 @@ import subprocess
 import sys
 import time
 
+if sys.argv[1:2] != ["torch"]:  # the PyTorch worker's timed start must not pay for numpy_gpt2
+    try:
+        import numpy_gpt2  # noqa: F401
+    except ImportError:  # not pip-installed: use the package next to this script
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import numpy_gpt2  # noqa: F401
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 XL = dict(n_layer=48, n_head=25, n_embd=1600, n_ctx=1024, vocab_size=50257)
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257)
@@ -161,5 +168,12 @@ def print_startup_table(result: dict) -> None:
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
 
 
-if __name__ == "__main__":  # the worker: bench_startup.py numpy|torch DIR THREADS
-    first_token(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+if __name__ == "__main__":  # a worker process (the parent is scripts/bench.py --xl-dir)
+    import argparse
+    ap = argparse.ArgumentParser(description="One start-up measurement (a worker of "
+                                 "scripts/bench.py --xl-dir, which runs the whole benchmark).")
+    ap.add_argument("side", choices=["numpy", "torch"])
+    ap.add_argument("directory", help="checkpoint directory")
+    ap.add_argument("threads", type=int)
+    a = ap.parse_args()
+    first_token(a.side, a.directory, a.threads)
