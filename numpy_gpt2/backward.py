@@ -34,7 +34,11 @@ def check_targets(tokens, targets, config: GPT2Config, ignore_index: int):
     and keep at least one target (a mean over no targets is undefined).
     """
     tokens = check_tokens(tokens, config)
-    targets = np.asarray(targets)
+    try:
+        targets = np.asarray(targets)
+    except ValueError:  # NumPy refuses ragged nesting
+        raise ValueError(f"targets must have the tokens' shape {tokens.shape}, got rows of "
+                         f"different lengths") from None
     if targets.shape != tokens.shape:
         raise ValueError(f"targets must have the tokens' shape {tokens.shape}, got {targets.shape}")
     if targets.dtype.kind not in "iu":

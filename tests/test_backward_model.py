@@ -322,6 +322,7 @@ BAD = {
     "targets of another shape": (np.zeros(8, int), np.zeros(7, int), "shape"),
     "targets batched, tokens not": (np.zeros(8, int), np.zeros((1, 8), int), "shape"),
     "float targets": (np.zeros(8, int), np.zeros(8), "integer"),
+    "ragged targets": (np.zeros((2, 2), int), [[1, 2], [3]], "shape"),
     "target = vocab_size": (np.zeros(8, int), np.full(8, 97), "97"),
     "negative target": (np.zeros(8, int), np.full(8, -1), "-1"),
     "every target ignored": (np.zeros(8, int), np.full(8, -100), "ignore"),
