@@ -18,9 +18,10 @@ from .checkpoint import flatten_params
 from .config import GPT2Config
 from .errors import NonFiniteError
 from .finite import all_finite, check_finite_logits
-from .layers import _ignore, layer_norm, prefixed, transformer_block, transformer_block_saving_fast
+from .layers import (_ignore, layer_norm, normalize, prefixed, transformer_block,
+                     transformer_block_saving_fast)
 from .layers_backward import (embedding_backward, layer_norm_backward, layer_norm_backward_fast,
-                              lm_head_backward, lm_head_cross_entropy_fast, normalize,
+                              lm_head_backward, lm_head_cross_entropy_fast,
                               position_embedding_backward, transformer_block_backward,
                               transformer_block_backward_fast)
 from .loss import cross_entropy_backward, masked_cross_entropy
@@ -180,13 +181,13 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
         saved.append(kept)
         record(f"h.{i}", x)
     x = x.reshape(B * T, E)
-    xhat, rstd = normalize(x, eps)
+    xhat, std = normalize(x, eps)
     h = xhat * params["ln_f"]["weight"] + params["ln_f"]["bias"]
     record("ln_f", h)
     loss, dh, dhead = lm_head_cross_entropy_fast(h, head, targets.reshape(-1), ignore_index,
                                                  record=record, record_grad=record_grad)
     record_grad("ln_f", dh)
-    dx, dln_f = layer_norm_backward_fast(dh, xhat, rstd, params["ln_f"]["weight"])
+    dx, dln_f = layer_norm_backward_fast(dh, xhat, std, params["ln_f"]["weight"])
     del x, xhat, h, dh
     dblocks = [None] * config.n_layer
     for i in reversed(range(config.n_layer)):

@@ -226,13 +226,21 @@ def _gelu_in_place(x):
     return x
 
 
+def normalize(x, eps):
+    """LayerNorm's normalization of x (..., E), in one new array: (xhat, std) with
+    xhat = (x - mean) / std and std = sqrt(var + eps) (..., 1). layer_norm(x) = xhat * weight
+    + bias; the backward pass (layers_backward.layer_norm_backward_fast) needs xhat and std."""
+    xhat = x - x.mean(axis=-1, keepdims=True)
+    std = np.mean(xhat * xhat, axis=-1, keepdims=True)
+    std += eps
+    np.sqrt(std, out=std)
+    xhat /= std
+    return xhat, std
+
+
 def layer_norm_fast(x, weight, bias, eps=1e-5):
-    """layer_norm() with one output array updated in place."""
-    out = x - x.mean(axis=-1, keepdims=True)
-    var = np.mean(out * out, axis=-1, keepdims=True)
-    var += eps
-    np.sqrt(var, out=var)
-    out /= var
+    """layer_norm() with one output array updated in place: normalize(), then the affine map."""
+    out, _ = normalize(x, eps)
     out *= weight
     out += bias
     return out

@@ -21,7 +21,8 @@ import math
 import numpy as np
 
 from .layers import (GELU_CHUNK, QUERY_BLOCK, _future_mask, _ignore, attention, causal_mask, gelu,
-                     layer_norm, linear, merge_heads, prefixed, softmax, split_heads, thread_pool)
+                     layer_norm, linear, merge_heads, normalize, prefixed, softmax, split_heads,
+                     thread_pool)
 
 GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -224,20 +225,9 @@ def lm_head_backward(dlogits, x, head):
 # probabilities are recomputed one query block at a time from the log-sum-exp, so no
 # (B, H, T, T) array is ever kept.
 
-def normalize(x, eps):
-    """LayerNorm's normalization of x (N, E): (xhat, rstd), xhat = (x - mean) * rstd,
-    rstd = 1 / sqrt(var + eps) (N, 1). layer_norm(x) = xhat * weight + bias."""
-    xhat = x - x.mean(axis=-1, keepdims=True)
-    rstd = np.mean(xhat * xhat, axis=-1, keepdims=True)
-    rstd += eps
-    np.sqrt(rstd, out=rstd)
-    np.reciprocal(rstd, out=rstd)
-    xhat *= rstd
-    return xhat, rstd
-
-
-def layer_norm_backward_fast(dout, xhat, rstd, weight):
-    """layer_norm_backward() from normalize()'s (xhat, rstd). dout, xhat: (N, E).
+def layer_norm_backward_fast(dout, xhat, std, weight):
+    """layer_norm_backward() from layers.normalize()'s (xhat, std): the forward's own
+    normalization, so nothing is recomputed differently. dout, xhat: (N, E).
 
     Returns (dx (N, E), {"weight", "bias"}); dx is a new array.
     """
@@ -247,7 +237,7 @@ def layer_norm_backward_fast(dout, xhat, rstd, weight):
     mean_gx = np.einsum("ne,ne->n", g, xhat)[:, None] / g.shape[-1]
     g -= g.mean(axis=-1, keepdims=True)
     g -= xhat * mean_gx
-    g *= rstd
+    g /= std
     return g, grads
 
 
@@ -345,7 +335,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=_ign
     ln_1, attn, ln_2, mlp = block["ln_1"], block["attn"], block["ln_2"], block["mlp"]
 
     record("mlp.c_proj", dout)
-    xhat2, rstd2 = normalize(x1, eps)
+    xhat2, std2 = normalize(x1, eps)
     g = gelu_and_derivative_fast(u)                        # u := gelu'(u)
     dc_proj = _linear_grads(dout, g)
     dg = np.matmul(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
@@ -355,7 +345,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=_ign
     dc_fc = _linear_grads(dg, xhat2 * ln_2["weight"] + ln_2["bias"])
     dh2 = dg @ mlp["c_fc"]["weight"].T
     record("ln_2", dh2)
-    dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, rstd2, ln_2["weight"])
+    dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, std2, ln_2["weight"])
     dout += dx1                                            # dout := dL/dx1
     record("attn", dout)
 
@@ -367,11 +357,11 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=_ign
         _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
         record=prefixed(record, "attn."))
     record("attn.c_attn", dqkv)
-    xhat1, rstd1 = normalize(x, eps)
+    xhat1, std1 = normalize(x, eps)
     dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
     dh1 = dqkv @ attn["c_attn"]["weight"].T
     record("ln_1", dh1)
-    dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, rstd1, ln_1["weight"])
+    dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, std1, ln_1["weight"])
     dout += dx
     return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
                   "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
