@@ -78,7 +78,9 @@ def test_layer_norm_backward_fast(seed, dtype, N, E, scale):
     close(xhat * weight, layers.layer_norm(x, weight, np.zeros_like(weight)), dtype)
     dx, grads = lb.layer_norm_backward_fast(dout, xhat, std, weight)
     dx_ref, grads_ref = lb.layer_norm_backward(dout, x, weight, 1e-5)
-    close(dx, dx_ref, dtype)
+    # dx is a difference of terms of size |dout w| / std that can cancel almost exactly (E = 2:
+    # xhat = +-1): its rounding errors have that size, not the size of dx
+    close(dx, dx_ref, dtype, scale=float(np.abs(dout * weight / std).max()))
     close_tree(grads, grads_ref, dtype)
 
 
