@@ -168,7 +168,7 @@ def check_prompt(tokens, config: GPT2Config) -> np.ndarray:
 
 def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temperature=1.0,
              top_k=None, top_p=None, seed=None, num_samples: int = 1, stop_at_eos: bool = True,
-             eos_token_id: int | None = None, compact: bool = True):
+             eos_token_id: int | None = None, compact: bool = True, suppress_tokens=None):
     """Generate tokens after a prompt; returns a generator yielding each new token as it is made.
 
         for token in generate(params, config, enc.encode("Hello"), 20, temperature=0):
@@ -186,6 +186,10 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         <|endoftext|>) is finished: the eos token is yielded, and from then on that row yields
         eos again at every step (as padding) while the other rows continue; the generator
         ends when every row has finished. stop_at_eos=False samples straight through eos.
+    suppress_tokens: token ids never to produce (transformers' SuppressTokensLogitsProcessor):
+        their logits are set to -inf at every step, before temperature, top-k and top-p, greedy
+        included; ids outside [0, vocab_size) are ignored. E.g. tokenizer.undecodable_ids(enc,
+        config.vocab_size) for a padded vocabulary (ids the tokenizer cannot decode).
     compact: finished rows leave the batch (and their rows of the kv cache), so the model
         only computes the rows still running; compact=False computes every row until all are
         done (the slower way, kept for comparison: the same tokens come out, see _generate).
@@ -205,10 +209,24 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
     prompt = check_prompt(tokens, config)
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
     rng = make_rng(seed)
+    suppress = suppressed_ids(suppress_tokens, config.vocab_size)
     single = prompt.ndim == 1 and num_samples == 1
     batch = np.repeat(np.atleast_2d(prompt), num_samples, axis=0)  # (B * num_samples, T)
     return _generate(params, config, batch, max_new_tokens, float(temperature), top_k, top_p,
-                     rng, stop_at_eos, eos, single, compact)
+                     rng, stop_at_eos, eos, single, compact, suppress)
+
+
+def suppressed_ids(suppress_tokens, vocab_size: int) -> np.ndarray:
+    """generate()'s suppress_tokens (None or an iterable of ints) as the sorted int64 array of
+    those in [0, vocab_size). ValueError if one is not an integer, or if every id is banned."""
+    ids = [] if suppress_tokens is None else list(suppress_tokens)
+    bad = next((t for t in ids if not _is_int(t)), None)
+    if bad is not None:
+        raise ValueError(f"suppress_tokens must hold token ids (integers), got {bad!r}")
+    ids = np.unique(np.array([t for t in ids if 0 <= t < vocab_size], dtype=np.int64))
+    if len(ids) == vocab_size:
+        raise ValueError(f"suppress_tokens bans every token id of the vocabulary [0, {vocab_size})")
+    return ids
 
 
 def keep_cache_rows(kv_cache: dict, rows) -> dict:
@@ -227,7 +245,7 @@ def keep_cache_rows(kv_cache: dict, rows) -> dict:
 
 
 def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p, rng,
-              stop_at_eos, eos, single, compact):
+              stop_at_eos, eos, single, compact, suppress=()):
     """The decoding loop. `running` holds the original indices of the rows still computed.
 
     The random numbers do not depend on compaction: each sampled step draws one uniform
@@ -247,6 +265,7 @@ def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p
     finished = np.zeros(B, dtype=bool)  # by original row; finished rows yield eos from then on
     for step in range(steps):
         u = rng.random(B)[running] if temperature else None  # one number per original row
+        logits[:, suppress] = -np.inf
         token = new = next_token(logits, temperature, top_k, top_p, u)  # (B',)
         if stop_at_eos:
             new = np.where(finished[running], eos, new)  # (rows kept when compact=False)
