@@ -54,21 +54,36 @@ def softmax(logits):
 
 def top_p_filter(logits, p):
     """Nucleus filter: keep the smallest set of most likely tokens whose probability mass
-    reaches p (0 < p <= 1), set the rest to -inf.
+    reaches p (0 < p <= 1), set the rest to -inf (transformers' TopPLogitsWarper; Holtzman et
+    al. 2019, "The Curious Case of Neural Text Degeneration").
 
     logits: (..., V) -> (..., V). Sort the probabilities in decreasing order; the set is the
-    first n of them, where n is the first position at which the running sum is >= p. Tokens
+    first n of them, where n is the first position at which the running sum reaches p. Tokens
     tied with the last one kept are kept too, so the result does not depend on sort order.
+
+    "Reaches" allows for rounding: a running sum within top_p_slack(V) of p counts. A float
+    sum of probabilities lands a few units in the last place either side of its exact value
+    (0.5 + 0.3 is 0.7999999999999999 < 0.8), so a set whose mass is exactly p must not depend
+    on which side it rounded to.
     """
     logits = np.asarray(logits)
     probs = softmax(logits)
     sorted_probs = -np.sort(-probs, axis=-1)  # (..., V), decreasing
     cumulative = np.cumsum(sorted_probs, axis=-1)
-    # n - 1 = number of sorted entries whose running sum is still below p; if rounding keeps
-    # the total just below p (p = 1), everything is kept.
-    last = np.minimum((cumulative < p).sum(axis=-1, keepdims=True), probs.shape[-1] - 1)
+    reached = cumulative >= p - top_p_slack(probs.shape[-1])
+    # n - 1 = the first sorted position that reaches p; if none does (rounding keeps the total
+    # just below p = 1), everything is kept.
+    last = np.where(reached.any(axis=-1), reached.argmax(axis=-1), probs.shape[-1] - 1)[..., None]
     threshold = np.take_along_axis(sorted_probs, last, axis=-1)  # (..., 1) smallest kept prob
     return np.where(probs >= threshold, logits, -np.inf)
+
+
+def top_p_slack(vocab_size: int) -> float:
+    """How far below p a running sum of vocab_size float64 probabilities may be and still count
+    as reaching p: 64 (V + 1) float64 epsilons (7e-10 for GPT-2's 50257). It bounds the
+    rounding of softmax and of the running sum (each at most ~V epsilons), and it is far below
+    any difference of probability mass that changes what is sampled."""
+    return 64 * (vocab_size + 1) * np.finfo(np.float64).eps
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
