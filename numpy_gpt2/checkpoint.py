@@ -467,6 +467,9 @@ def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata
     flat = {k: np.ascontiguousarray(v) for k, v in flatten_params(params).items()}
     dtype = flat["wte.weight"].dtype
     meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
+    if not isinstance(tokenizer_dir, (str, os.PathLike)):
+        raise ValueError(f"tokenizer_dir must be a directory holding GPT-2's vocab.json and "
+                         f"merges.txt (they are copied into the checkpoint), got {tokenizer_dir!r}")
     missing = [n for n in ("vocab.json", "merges.txt")
                if not os.path.isfile(os.path.join(os.fspath(tokenizer_dir), n))]
     if missing:
