@@ -163,6 +163,27 @@ def test_transformer_block_fast(B, T, n_head, D, dtype, seed):
     assert np.array_equal(work, x)  # last_only leaves x alone
 
 
+def test_user_record_callback_straight_into_the_readable_block():
+    """A user's record(name, array) returns None; the readable block, which uses what record
+    returns (numpy_gpt2.hooks), still computes the same bits and shows the same arrays as the
+    fast block, names in forward order."""
+    rng = np.random.default_rng(5)
+    block = block_weights(rng, 16, np.float64)
+    x = normal(rng, (2, 7, 16), np.float64)
+    slow, fast = {}, {}
+
+    def keep(name, array):  # returns None, as users' callbacks do
+        slow[name] = array.copy()
+
+    out = layers.transformer_block(x, block, 2, 1e-5, record=keep)
+    assert np.array_equal(out, layers.transformer_block(x, block, 2, 1e-5))
+    layers_fast.transformer_block_fast(x.copy(), block, 2, 1e-5, record=lambda n, a: fast.update({n: a.copy()}))
+    assert list(slow) == list(fast) == ["ln_1", "attn.c_attn", "attn.softmax", "attn", "ln_2", "mlp.c_fc",
+                                        "mlp.gelu", "mlp.c_proj"]
+    for name in slow:
+        assert_close(fast[name], slow[name], np.float64, name)
+
+
 def random_params(config, dtype, seed):
     rng = np.random.default_rng(seed)
     E, V = config.n_embd, config.vocab_size
