@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import layers
-from .checks import check_prompt, check_sampling_args, is_int
+from .checks import check_prompt, check_sampling_args, check_seed, check_suppress_tokens
 from .config import GPT2Config
 from .errors import NonFiniteError
 from .model import forward, new_kv_cache
@@ -133,16 +133,9 @@ def next_token(logits, temperature, top_k, top_p, u=None):
 
 def make_rng(seed) -> np.random.Generator:
     """seed -> the Generator the draws come from: a Generator is used as is; None (fresh
-    randomness), an integer >= 0 or a sequence of them go through numpy.random.default_rng."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    try:
-        if isinstance(seed, (bool, float, str, bytes)):
-            raise TypeError
-        return np.random.default_rng(seed)
-    except (TypeError, ValueError):
-        raise ValueError(f"seed must be None, an integer >= 0 (or a sequence of them) or a "
-                         f"numpy.random.Generator, got {seed!r}") from None
+    randomness), an integer >= 0 or a sequence of them go through numpy.random.default_rng.
+    Anything else: ValueError naming seed (checks.check_seed)."""
+    return np.random.default_rng(check_seed(seed))
 
 
 def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temperature=1.0,
@@ -188,24 +181,11 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
     prompt = check_prompt(tokens, config)
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
     rng = make_rng(seed)
-    suppress = suppressed_ids(suppress_tokens, config.vocab_size)
+    suppress = check_suppress_tokens(suppress_tokens, config.vocab_size)
     single = prompt.ndim == 1 and num_samples == 1
     batch = np.repeat(np.atleast_2d(prompt), num_samples, axis=0)  # (B * num_samples, T)
     return _generate(params, config, batch, max_new_tokens, float(temperature), top_k, top_p,
                      rng, stop_at_eos, eos, single, compact, suppress)
-
-
-def suppressed_ids(suppress_tokens, vocab_size: int) -> np.ndarray:
-    """generate()'s suppress_tokens (None or an iterable of ints) as the sorted int64 array of
-    those in [0, vocab_size). ValueError if one is not an integer, or if every id is banned."""
-    ids = [] if suppress_tokens is None else list(suppress_tokens)
-    bad = next((t for t in ids if not is_int(t)), None)
-    if bad is not None:
-        raise ValueError(f"suppress_tokens must hold token ids (integers), got {bad!r}")
-    ids = np.unique(np.array([t for t in ids if 0 <= t < vocab_size], dtype=np.int64))
-    if len(ids) == vocab_size:
-        raise ValueError(f"suppress_tokens bans every token id of the vocabulary [0, {vocab_size})")
-    return ids
 
 
 def keep_cache_rows(kv_cache: dict, rows) -> dict:

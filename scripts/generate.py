@@ -71,7 +71,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     try:  # the same checks as generate(), worded with the flags
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                            args.num_samples, cli=True)
+                            args.num_samples, seed=args.seed, cli=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return args
