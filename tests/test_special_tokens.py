@@ -240,3 +240,21 @@ def test_decoding_an_unknown_id_names_it(tokenizer_dir, bad):
                               special_tokens={})
     with pytest.raises(ValueError, match=r"token id 50256 cannot be decoded.*\[0, 50256\)"):
         list(numpy_gpt2.stream_decode(plain, [50256]))  # any tiktoken Encoding
+
+
+def test_tiktoken_fallback_decodes_with_the_same_check(tokenizer_dir, monkeypatch):
+    """Without local files, load_tokenizer uses tiktoken.get_encoding("gpt2") (here given the
+    local files, no download): the same encoding, and unknown ids still name themselves."""
+    local = numpy_gpt2.tokenizer.encoding_from_files(tokenizer_dir)
+    theirs = tiktoken.Encoding(name="gpt2", pat_str=local._pat_str,
+                               mergeable_ranks=local._mergeable_ranks,
+                               special_tokens=local._special_tokens)
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: theirs)
+    monkeypatch.delenv("NUMPY_GPT2_TOKENIZER", raising=False)
+    enc = numpy_gpt2.load_tokenizer()
+    assert enc.encode("Hello world") == theirs.encode("Hello world") == [15496, 995]
+    assert enc.n_vocab == 50257 and enc.decode([15496, 50256]) == "Hello<|endoftext|>"
+    with pytest.raises(ValueError, match=r"token id 50257 cannot be decoded"):
+        enc.decode([50257])
+    with pytest.raises(KeyError):  # tiktoken's own object is left as it was
+        theirs.decode([50257])
