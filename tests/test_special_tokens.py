@@ -177,14 +177,19 @@ def test_generate_script_never_samples_an_undecodable_id(padded_dir, padded_mode
     assert "cannot decode" in " ".join(out.split())
 
 
+@pytest.fixture(scope="module")
+def padded_tokenizer(padded_dir):
+    return numpy_gpt2.load_tokenizer(padded_dir)
+
+
 @settings(max_examples=10)
 @given(seed=st.integers(0, 2**32 - 1), temperature=st.floats(0.5, 3.0),
        top_k=st.sampled_from([None, 1, 60]), top_p=st.sampled_from([None, 0.5, 1.0]))
-def test_suppressed_ids_are_never_generated(padded_dir, padded_model, seed, temperature, top_k,
-                                            top_p):
+def test_suppressed_ids_are_never_generated(padded_tokenizer, padded_model, seed, temperature,
+                                            top_k, top_p):
     """The padding ids hold nearly all the probability mass, and are never drawn."""
     params, config = padded_model
-    banned = undecodable_ids(numpy_gpt2.load_tokenizer(padded_dir), config.vocab_size)
+    banned = undecodable_ids(padded_tokenizer, config.vocab_size)
     assert banned == range(50257, PADDED)
     steps = list(numpy_gpt2.generate(params, config, [464, 3290], 5, temperature, top_k, top_p,
                                      seed=seed, num_samples=4, suppress_tokens=banned))
