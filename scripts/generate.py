@@ -15,9 +15,9 @@ exit with status 2 and a one-line message on stderr.
 
 The prompt comes from the argument, else from stdin (one trailing newline removed); an empty
 prompt starts from bos_token_id (<|endoftext|> for GPT-2), i.e. unconditional samples. The
-text "<|endoftext|>" in a prompt is the special token. Ids the tokenizer cannot decode (a padded vocabulary) are never
-sampled; a model whose eos_token_id is outside its vocabulary cannot stop at <|endoftext|> (a
-note on stderr says so). The tokenizer: the checkpoint directory's vocab.json + merges.txt,
+text "<|endoftext|>" in a prompt is the special token. Ids the tokenizer cannot decode (a
+padded vocabulary) are never sampled; a model whose eos_token_id is outside its vocabulary
+cannot stop at <|endoftext|> (a note on stderr says so). The tokenizer: the checkpoint directory's vocab.json + merges.txt,
 else $NUMPY_GPT2_TOKENIZER, else tiktoken's "gpt2" encoding.
 """
 
