@@ -176,9 +176,11 @@ def start_file(path, hf_home, tmp):
 
 
 @pytest.fixture(scope="module")
-def running(hf_home, tmp_path_factory):
-    """{Markdown file: its process (or why it is skipped)}, all started at once."""
-    procs = {path: start_file(path, hf_home, tmp_path_factory.mktemp(path.stem)) for path in WITH_CODE}
+def running(hf_home, tmp_path_factory, request):
+    """{Markdown file: its process (or why it is skipped)}, the selected files all started at once."""
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if item.originalname == "test_every_code_block_runs"]
+    procs = {path: start_file(path, hf_home, tmp_path_factory.mktemp(path.stem)) for path in selected}
     yield procs
     for proc in procs.values():
         if isinstance(proc, subprocess.Popen) and proc.poll() is None:
