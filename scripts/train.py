@@ -6,7 +6,9 @@
     python scripts/train.py --resume out-shakespeare --max-iters 4000         # continue a run
 
 Data: the first 90% of the file's characters train, the last 10% validate; both are tokenized
-with GPT-2's BPE. Each optimizer step uses --grad-accum micro-batches of --batch-size random
+with GPT-2's BPE (the text "<|endoftext|>" is the separator token 50256). Or --data DIR: a
+directory of token files (DIR/train.bin, DIR/val.bin: uint16 ids in nanoGPT's format, as
+scripts/prepare.py writes them, or llm.c's), read through a memory map, so of any size. Each optimizer step uses --grad-accum micro-batches of --batch-size random
 windows of --block-size tokens (AdamW, global-norm clipping, linear warmup then cosine decay
 from --lr to --min-lr). Every --eval-interval steps (and at the end) the mean loss over fixed
 --eval-iters batches of each split is printed, and the run is saved in --out: a Hugging Face
@@ -40,6 +42,7 @@ from numpy_gpt2 import data as gpt2_data
 from numpy_gpt2.checkpoint import write_files_atomically
 from numpy_gpt2.init import init_params
 from numpy_gpt2.optim import get_lr
+from numpy_gpt2.token_files import max_token
 from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
 from numpy_gpt2.train import STATE_FILE, evaluate, load_training_state, save_training_state, train_step
 
@@ -71,7 +74,9 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DEFAULTS
-    p.add_argument("--data", help="UTF-8 text file (first 90%% of characters train, last 10%% validate)")
+    p.add_argument("--data", help="UTF-8 text file (first 90%% of characters train, last 10%% "
+                   "validate), or a directory holding train.bin and val.bin (uint16 tokens, "
+                   "nanoGPT's or llm.c's format, e.g. written by scripts/prepare.py)")
     p.add_argument("--out", help="output directory: checkpoint, metrics, loss curve "
                                  "(default with --resume: the resumed directory)")
     p.add_argument("--init", help="fine-tune from this checkpoint: a directory, .safetensors file "
@@ -168,9 +173,16 @@ def find_tokenizer_files(source) -> str:
                          f"fetching them from the hub)") from None
 
 
-def file_sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+def data_sha256(path) -> str:
+    """sha256 of the --data file, or of a token directory's train.bin then val.bin, read in
+    chunks (a token file can be larger than memory)."""
+    digest = hashlib.sha256()
+    files = [os.path.join(path, f"{n}.bin") for n in ("train", "val")] if os.path.isdir(path) else [path]
+    for name in files:
+        with open(name, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve_settings(args) -> tuple[dict, str | None]:
@@ -229,13 +241,14 @@ def prepare(args) -> dict:
                              f"context n_ctx={config.n_ctx}")
         tokenizer = numpy_gpt2.load_tokenizer(tok_dir)
         data_path = os.path.abspath(s["data"])
-        splits = gpt2_data.load_splits(data_path, tokenizer)
+        splits = gpt2_data.load_data(data_path, tokenizer)
         for name, tokens in splits.items():
             gpt2_data.check_split_length(tokens, s["block_size"], name)
-        if int(splits["train"].max(initial=0)) >= config.vocab_size:
-            raise UsageError(f"the tokenizer's ids reach {int(splits['train'].max())}, beyond the "
-                             f"model's vocab_size={config.vocab_size}")
-        digest = file_sha256(data_path)
+            top = max_token(tokens)
+            if top >= config.vocab_size:
+                raise UsageError(f"--data {data_path}: the {name} split's token ids reach {top}, "
+                                 f"beyond the model's vocab_size={config.vocab_size}")
+        digest = data_sha256(data_path)
         if resume_dir is not None:
             opt_state, info = load_training_state(resume_dir, params)
             if info.get("data_sha256") != digest:
