@@ -106,6 +106,15 @@ def get_batch(tokens: np.ndarray, block_size: int, batch_size: int,
     return windows_at(tokens, draw_starts(len(tokens), block_size, batch_size, rng), block_size)
 
 
+def micro_batches(tokens: np.ndarray, block_size: int, batch_size: int, count: int,
+                  rng: np.random.Generator, keep=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The next count micro-batches drawn from rng (the RNG moves as for count get_batch
+    calls), of which only those numbered keep (default: all) are read and returned:
+    data-parallel ranks each keep their share of one stream."""
+    starts = [draw_starts(len(tokens), block_size, batch_size, rng) for _ in range(count)]
+    return [windows_at(tokens, starts[i], block_size) for i in (range(count) if keep is None else keep)]
+
+
 def eval_batches(tokens: np.ndarray, block_size: int, batch_size: int, n_batches: int,
                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """A fixed list of n_batches batches (same seed, same batches), so evaluations at

@@ -50,14 +50,18 @@ def accumulate_grads(params: dict, config, micro_batches) -> tuple[float, dict]:
 
 
 def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, *,
-               betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, eps=1e-8) -> tuple[float, float]:
+               betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, eps=1e-8,
+               accumulate=accumulate_grads) -> tuple[float, float]:
     """One optimizer step, in place: accumulate gradients over micro_batches, clip them to
     global norm grad_clip (0 = no clipping), AdamW update. Returns (loss, grad norm before
     clipping), the loss being the mean over the micro-batches before the update.
 
+    accumulate(params, config, micro_batches) -> (loss, grads): accumulate_grads, or a
+    data-parallel one that also sums over ranks (distributed.MPIWorld.accumulate_grads).
+
     Raises FloatingPointError, before touching the weights, if the loss or the gradient
     norm is not finite (a diverged run must not silently write NaN weights)."""
-    loss, grads = accumulate_grads(params, config, micro_batches)
+    loss, grads = accumulate(params, config, micro_batches)
     norm = clip_grad_norm(grads, grad_clip) if grad_clip else grad_norm(grads)
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise FloatingPointError(f"loss {loss} / gradient norm {norm} is not finite "

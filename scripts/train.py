@@ -30,6 +30,21 @@ import signal
 import sys
 import time
 
+
+def _threads_from_argv(argv) -> None:
+    """--threads N (or the CPUs this process may use) into the BLAS and thread-pool variables,
+    before NumPy loads OpenBLAS (which reads them once)."""
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--threads=") else \
+            argv[i + 1] if a == "--threads" and i + 1 < len(argv) else None
+        if value is not None and value.isdigit() and int(value) >= 1:
+            for name in ("NUMPY_GPT2_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[name] = value
+
+
+if __name__ == "__main__":
+    _threads_from_argv(sys.argv[1:])
+
 try:
     import numpy_gpt2
 except ImportError:  # not pip-installed: use the package next to this script
@@ -39,6 +54,7 @@ except ImportError:  # not pip-installed: use the package next to this script
 import numpy as np
 
 from numpy_gpt2 import data as gpt2_data
+from numpy_gpt2 import distributed
 from numpy_gpt2.checkpoint import write_files_atomically
 from numpy_gpt2.init import init_params
 from numpy_gpt2.optim import get_lr
@@ -103,7 +119,12 @@ def parse_args(argv):
         p.add_argument(f"--{flag}", type=kind, default=None,
                        help=what if default is None else f"{what} (default: {default})")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float32")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, help="BLAS and worker threads per process (default: the "
+                   "CPUs the process may use, os.sched_getaffinity; not a setting of the run)")
+    args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads} is invalid: expected an integer >= 1")
+    return args
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,7 +209,7 @@ def data_sha256(path) -> str:
 def resolve_settings(args) -> tuple[dict, str | None]:
     """The run's settings (saved ones when resuming, overridden by the flags given) and the
     directory to resume from (or None)."""
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("out", "resume")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("out", "resume", "threads")}
     if args.resume is None:
         if args.data is None:
             raise UsageError("--data FILE is required (or --resume DIR to continue a run)")
@@ -215,13 +236,15 @@ def resolve_settings(args) -> tuple[dict, str | None]:
     return {**saved, **given}, args.resume
 
 
-def prepare(args) -> dict:
+def prepare(args, world=distributed.Solo()) -> dict:
     """Everything training needs, every input checked: the settings, data splits, tokenizer
-    directory, params, optimizer state, RNG, and the eval batches."""
+    directory, params, optimizer state, RNG, and the eval batches. With several ranks, only
+    rank 0 creates and probes --out."""
     s, resume_dir = resolve_settings(args)
     check_settings(s)
     out = args.out or resume_dir
-    check_out_dir(out, resuming=resume_dir is not None and os.path.abspath(out) == os.path.abspath(resume_dir))
+    if world.is_root:
+        check_out_dir(out, resuming=resume_dir is not None and os.path.abspath(out) == os.path.abspath(resume_dir))
     dtype = np.dtype(s["dtype"])
     try:
         if resume_dir is not None:
@@ -251,6 +274,7 @@ def prepare(args) -> dict:
         digest = data_sha256(data_path)
         if resume_dir is not None:
             opt_state, info = load_training_state(resume_dir, params)
+            s["grad_accum"] = resumed_grad_accum(info, s["grad_accum"], args.grad_accum, world.size)
             if info.get("data_sha256") != digest:
                 raise UsageError(f"--data {data_path}: not the file the run in {resume_dir} was "
                                  f"trained on (sha256 differs)")
@@ -270,8 +294,10 @@ def prepare(args) -> dict:
                                           seed=[s["seed"], 2 + i])
              for i, (name, tokens) in enumerate(splits.items())}
     s = {**s, "data": data_path}
+    world.broadcast_params(params)
     return dict(settings=s, out=out, config=config, params=params, opt_state=opt_state, rng=rng,
-                splits=splits, evals=evals, tok_dir=tok_dir, data_sha256=digest, metrics=metrics)
+                splits=splits, evals=evals, tok_dir=tok_dir, data_sha256=digest, metrics=metrics,
+                world=world)
 
 
 # ----------------------------------------------------------------------------------------
@@ -325,7 +351,7 @@ def plot_loss_curve(directory, metrics) -> bool:
 def save_run(run) -> None:
     s = run["settings"]
     info = {"settings": s, "rng": run["rng"].bit_generator.state, "data_sha256": run["data_sha256"],
-            "numpy_gpt2": "train.py"}
+            "numpy_gpt2": "train.py", "world_size": run["world"].size}
     save_training_state(run["out"], run["params"], run["config"], run["tok_dir"], run["opt_state"], info)
     write_text_atomically(run["out"], METRICS_FILE,
                           "".join(json.dumps(m) + "\n" for m in run["metrics"]))
@@ -364,7 +390,8 @@ def train(run) -> int:
     s, params, config, opt_state = run["settings"], run["params"], run["config"], run["opt_state"]
     decay_iters = s["lr_decay_iters"] if s["lr_decay_iters"] is not None else s["max_iters"]
     start_step = step = opt_state["step"]
-    tokens_per_step = s["batch_size"] * s["block_size"] * s["grad_accum"]
+    world = run["world"]
+    tokens_per_step = s["batch_size"] * s["block_size"] * s["grad_accum"] * world.size
     out = run["out"]
     print(f"train.py: {'resuming at step ' + str(step) + ', ' if step else ''}"
           f"{sum(p.size for p in numpy_gpt2.flatten_params(params).values()):,} parameters "
@@ -373,6 +400,7 @@ def train(run) -> int:
           f"{len(run['splits']['val']):,} val tokens; {tokens_per_step:,} tokens per step; "
           f"saving to {out}", file=sys.stderr, flush=True)
     interrupt = Interrupt()
+    stop_on_sigterm(interrupt)
     bar = tqdm(total=s["max_iters"], initial=step, desc="train", unit="step", file=sys.stderr,
                dynamic_ncols=True, smoothing=0.1)
     began = time.perf_counter()
@@ -380,30 +408,34 @@ def train(run) -> int:
         while True:
             evaluated = any(m["kind"] == "eval" and m["step"] == step for m in run["metrics"][-1:])
             if (step % s["eval_interval"] == 0 or step == s["max_iters"]) and not evaluated:
-                losses = {name: evaluate(params, config, batches) for name, batches in run["evals"].items()}
+                losses = {name: world.evaluate(params, config, batches) for name, batches in run["evals"].items()}
                 run["metrics"].append({"kind": "eval", "step": step, "train_loss": losses["train"],
                                        "val_loss": losses["val"]})
                 bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}",
                           file=sys.stdout)
                 sys.stdout.flush()
                 if step > start_step or step == s["max_iters"]:
-                    save_run(run)
+                    save_run_collectively(run)
             if step >= s["max_iters"]:
                 break
-            if interrupt.requested:
-                save_run(run)
+            if world.any(interrupt.requested):
+                save_run_collectively(run)
                 bar.close()
                 print(f"train.py: interrupted at step {step}; saved to {out}; continue with "
                       f"python scripts/train.py --resume {out}", file=sys.stderr)
                 return EXIT_INTERRUPTED
             lr = get_lr(step, s["lr"], s["min_lr"], s["warmup_iters"], decay_iters)
-            batches = [gpt2_data.get_batch(run["splits"]["train"], s["block_size"], s["batch_size"],
-                                           run["rng"]) for _ in range(s["grad_accum"])]
+            # Every rank draws the N*m micro-batches one process with --grad-accum N*m would,
+            # and reads its own share of them.
+            count = s["grad_accum"] * world.size
+            batches = gpt2_data.micro_batches(run["splits"]["train"], s["block_size"], s["batch_size"],
+                                              count, run["rng"], keep=world.share(range(count)))
             t0 = time.perf_counter()
             try:
                 loss, norm = train_step(params, config, opt_state, batches, lr,
                                         betas=(s["beta1"], s["beta2"]),
-                                        weight_decay=s["weight_decay"], grad_clip=s["grad_clip"])
+                                        weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
+                                        accumulate=world.accumulate_grads)
             except FloatingPointError as e:
                 bar.close()
                 print(f"train.py: error at step {step}: {e}; the last save in {out} is intact",
@@ -428,19 +460,68 @@ def train(run) -> int:
 
 def main(argv=None) -> int:
     try:
-        run = prepare(parse_args(argv))
-    except UsageError as e:
-        message = " ".join(str(e).split())  # one line, whatever the underlying error said
-        print(f"train.py: error: {message}", file=sys.stderr)
+        world = distributed.world()
+    except RuntimeError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not world.is_root:  # rank 0 speaks for all; tracebacks still reach the real stderr
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+    status = run_training(argv, world)  # an exception escaping it aborts every rank
+    world.finish()  # every rank returns the same status
+    return status
+
+
+def run_training(argv, world) -> int:
+    error, run = None, None
+    try:
+        run = prepare(parse_args(argv), world)
+    except UsageError as e:
+        error = " ".join(str(e).split())  # one line, whatever the underlying error said
     except KeyboardInterrupt:
         print("\ntrain.py: interrupted before training started; nothing saved", file=sys.stderr)
         return EXIT_INTERRUPTED
+    error = world.first_error(error)  # bad input on any rank stops every rank
+    if error is not None:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return train(run)
     except KeyboardInterrupt:  # a second Ctrl-C
         print("\ntrain.py: interrupted; the last save is intact", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+# ----------------------------------------------------------------------------------------
+# Several ranks (numpy_gpt2.distributed): saving, resuming with another world size, SIGTERM.
+
+def save_run_collectively(run) -> None:
+    """Every rank checks the weights are the same on all; rank 0 alone saves; all wait for
+    the save to finish (a rank never runs ahead of a save it may need to resume from)."""
+    world = run["world"]
+    world.check_same_params(run["params"])
+    if world.is_root:
+        save_run(run)
+    world.barrier()
+
+
+def resumed_grad_accum(info: dict, grad_accum: int, given, world_size: int) -> int:
+    """--grad-accum m' for a run resumed on world_size ranks: the saved N*m micro-batches per
+    step are kept (m' = N*m / N') unless --grad-accum was given. UsageError when N' does not
+    divide N*m."""
+    per_step = info.get("world_size", 1) * grad_accum
+    if given is not None or world_size * grad_accum == per_step:
+        return grad_accum
+    if per_step % world_size:
+        raise UsageError(f"the run was saved with {info.get('world_size', 1)} rank(s) x --grad-accum "
+                         f"{grad_accum} = {per_step} micro-batches per step, which {world_size} ranks "
+                         f"cannot share equally; give --grad-accum to change the batch")
+    return per_step // world_size
+
+
+def stop_on_sigterm(interrupt) -> None:
+    """SIGTERM (a scheduler ending the job, mpiexec forwarding a stop) saves and stops like
+    Ctrl-C."""
+    signal.signal(signal.SIGTERM, interrupt.handle)
 
 
 if __name__ == "__main__":
