@@ -274,7 +274,7 @@ def prepare(args, world=distributed.Solo()) -> dict:
         digest = data_sha256(data_path)
         if resume_dir is not None:
             opt_state, info = load_training_state(resume_dir, params)
-            s["grad_accum"] = resumed_grad_accum(info, s["grad_accum"], args.grad_accum, world.size)
+            s["grad_accum"] = resumed_grad_accum(info, args.grad_accum, world.size)
             if info.get("data_sha256") != digest:
                 raise UsageError(f"--data {data_path}: not the file the run in {resume_dir} was "
                                  f"trained on (sha256 differs)")
@@ -294,7 +294,6 @@ def prepare(args, world=distributed.Solo()) -> dict:
                                           seed=[s["seed"], 2 + i])
              for i, (name, tokens) in enumerate(splits.items())}
     s = {**s, "data": data_path}
-    world.broadcast_params(params)
     return dict(settings=s, out=out, config=config, params=params, opt_state=opt_state, rng=rng,
                 splits=splits, evals=evals, tok_dir=tok_dir, data_sha256=digest, metrics=metrics,
                 world=world)
@@ -484,6 +483,7 @@ def run_training(argv, world) -> int:
     if error is not None:
         print(f"train.py: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    world.broadcast_params(run["params"])  # after the check: every rank got here
     try:
         return train(run)
     except KeyboardInterrupt:  # a second Ctrl-C
@@ -504,18 +504,18 @@ def save_run_collectively(run) -> None:
     world.barrier()
 
 
-def resumed_grad_accum(info: dict, grad_accum: int, given, world_size: int) -> int:
-    """--grad-accum m' for a run resumed on world_size ranks: the saved N*m micro-batches per
-    step are kept (m' = N*m / N') unless --grad-accum was given. UsageError when N' does not
-    divide N*m."""
-    per_step = info.get("world_size", 1) * grad_accum
-    if given is not None or world_size * grad_accum == per_step:
-        return grad_accum
-    if per_step % world_size:
-        raise UsageError(f"the run was saved with {info.get('world_size', 1)} rank(s) x --grad-accum "
-                         f"{grad_accum} = {per_step} micro-batches per step, which {world_size} ranks "
+def resumed_grad_accum(info: dict, given, world_size: int) -> int:
+    """--grad-accum for a run (saved with train_state.json's info) resumed on world_size
+    ranks: the one given, else the saved N*m micro-batches per step shared by the new rank
+    count (m' = N*m / N'). UsageError when N' does not divide N*m."""
+    if given is not None:
+        return given
+    saved_world, saved = info.get("world_size", 1), info["settings"]["grad_accum"]
+    if (saved_world * saved) % world_size:
+        raise UsageError(f"the run was saved with {saved_world} rank(s) x --grad-accum {saved} = "
+                         f"{saved_world * saved} micro-batches per step, which {world_size} ranks "
                          f"cannot share equally; give --grad-accum to change the batch")
-    return per_step // world_size
+    return saved_world * saved // world_size
 
 
 def stop_on_sigterm(interrupt) -> None:
