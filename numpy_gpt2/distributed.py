@@ -215,6 +215,9 @@ class MPIWorld:
 
     def finish(self) -> None:
         """End MPI cleanly before exiting, so a collective non-zero exit status is not
-        turned into MPI_Abort by `python -m mpi4py` (every rank exits with the same status)."""
+        turned into MPI_Abort by `python -m mpi4py` (every rank exits with the same status).
+        Output is flushed first: the launcher stops forwarding it once MPI is finalized."""
+        sys.stdout.flush()
+        sys.stderr.flush()
         self.comm.Barrier()
         self.MPI.Finalize()

@@ -396,7 +396,8 @@ def train(run) -> int:
           f"{sum(p.size for p in numpy_gpt2.flatten_params(params).values()):,} parameters "
           f"(n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
           f"n_ctx={config.n_ctx}), {s['dtype']}; {len(run['splits']['train']):,} train / "
-          f"{len(run['splits']['val']):,} val tokens; {tokens_per_step:,} tokens per step; "
+          f"{len(run['splits']['val']):,} val tokens; {tokens_per_step:,} tokens per step"
+          f"{f' on {world.size} ranks' if world.size > 1 else ''}; "
           f"saving to {out}", file=sys.stderr, flush=True)
     interrupt = Interrupt()
     stop_on_sigterm(interrupt)
