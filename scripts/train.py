@@ -71,11 +71,16 @@ PLOT_FILE = "loss_curve.png"
 DEFAULTS = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, grad_accum=1,
                 max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=None,
                 weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250,
-                eval_iters=20, seed=1337, dtype="float32", init=None, data=None)
+                eval_iters=20, seed=1337, dtype="float32", init=None, data=None, sample_every=0,
+                sample_prompt="\n")
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd")
 # Settings a resumed run may change (the rest would make it a different run).
 RESUMABLE = ("max_iters", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1",
-             "beta2", "grad_clip", "eval_interval", "eval_iters", "batch_size", "grad_accum")
+             "beta2", "grad_clip", "eval_interval", "eval_iters", "batch_size", "grad_accum",
+             "sample_every", "sample_prompt")
+# Flags of one invocation, not settings of the run (never saved, free to change).
+INVOCATION = ("out", "resume", "threads", "eval_only", "peak_flops")
+SAMPLE_TOKENS = 48  # new tokens per --sample-every sample
 
 
 class UsageError(Exception):
@@ -121,7 +126,18 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float32")
     p.add_argument("--threads", type=int, help="BLAS and worker threads per process (default: the "
                    "CPUs the process may use, os.sched_getaffinity; not a setting of the run)")
+    p.add_argument("--sample-every", type=int, help="print and log a short sample every this many "
+                   "steps (default: 0, never); its randomness is its own, so training is unchanged")
+    p.add_argument("--sample-prompt", help="the samples' prompt (default: a newline)")
+    p.add_argument("--eval-only", action="store_true", default=None, help="print the train and val "
+                   "loss of the --init checkpoint (or the --resume run) on --data and exit; writes nothing")
+    p.add_argument("--peak-flops", type=float, help="peak FLOP/s of one process, for the MFU in eval "
+                   "lines and metrics (default: measured at start with a matrix multiply)")
     args = p.parse_args(argv)
+    if args.sample_every is not None and args.sample_every < 0:
+        raise UsageError(f"--sample-every {args.sample_every} is invalid: expected an integer >= 0")
+    if args.peak_flops is not None and not (math.isfinite(args.peak_flops) and args.peak_flops > 0):
+        raise UsageError(f"--peak-flops {args.peak_flops} is invalid: expected a number > 0")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads} is invalid: expected an integer >= 1")
     return args
@@ -209,11 +225,11 @@ def data_sha256(path) -> str:
 def resolve_settings(args) -> tuple[dict, str | None]:
     """The run's settings (saved ones when resuming, overridden by the flags given) and the
     directory to resume from (or None)."""
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("out", "resume", "threads")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in INVOCATION}
     if args.resume is None:
         if args.data is None:
             raise UsageError("--data FILE is required (or --resume DIR to continue a run)")
-        if args.out is None:
+        if args.out is None and not args.eval_only:
             raise UsageError("--out DIR is required")
         if args.init is not None:
             clash = [f"--{k.replace('_', '-')}" for k in MODEL_FLAGS if k in given]
@@ -243,7 +259,7 @@ def prepare(args, world=distributed.Solo()) -> dict:
     s, resume_dir = resolve_settings(args)
     check_settings(s)
     out = args.out or resume_dir
-    if world.is_root:
+    if world.is_root and not args.eval_only:
         check_out_dir(out, resuming=resume_dir is not None and os.path.abspath(out) == os.path.abspath(resume_dir))
     dtype = np.dtype(s["dtype"])
     try:
@@ -296,7 +312,8 @@ def prepare(args, world=distributed.Solo()) -> dict:
     s = {**s, "data": data_path}
     return dict(settings=s, out=out, config=config, params=params, opt_state=opt_state, rng=rng,
                 splits=splits, evals=evals, tok_dir=tok_dir, data_sha256=digest, metrics=metrics,
-                world=world)
+                world=world, tokenizer=tokenizer, peak_flops=args.peak_flops,
+                best=best_so_far(out) if out else math.inf)
 
 
 # ----------------------------------------------------------------------------------------
@@ -409,11 +426,11 @@ def train(run) -> int:
             evaluated = any(m["kind"] == "eval" and m["step"] == step for m in run["metrics"][-1:])
             if (step % s["eval_interval"] == 0 or step == s["max_iters"]) and not evaluated:
                 losses = {name: world.evaluate(params, config, batches) for name, batches in run["evals"].items()}
-                run["metrics"].append({"kind": "eval", "step": step, "train_loss": losses["train"],
-                                       "val_loss": losses["val"]})
-                bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}",
-                          file=sys.stdout)
+                record = eval_record(run, step, losses)
+                run["metrics"].append(record)
+                bar.write(eval_line(record), file=sys.stdout)
                 sys.stdout.flush()
+                keep_best(run, record)
                 if step > start_step or step == s["max_iters"]:
                     save_run_collectively(run)
             if step >= s["max_iters"]:
@@ -448,6 +465,10 @@ def train(run) -> int:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                             tok_s=f"{tokens_per_step / seconds:,.0f}", refresh=False)
             bar.update(1)
+            run["interval"] = [a + b for a, b in zip(run.get("interval", (0.0, 0)), (seconds, tokens_per_step))]
+            if s.get("sample_every") and step % s["sample_every"] == 0 and world.is_root:
+                bar.write(sample_line(run, step), file=sys.stdout)
+                sys.stdout.flush()
     finally:
         interrupt.restore()
         bar.close()
@@ -472,9 +493,10 @@ def main(argv=None) -> int:
 
 
 def run_training(argv, world) -> int:
-    error, run = None, None
+    error, run, args = None, None, None
     try:
-        run = prepare(parse_args(argv), world)
+        args = parse_args(argv)
+        run = prepare(args, world)
     except UsageError as e:
         error = " ".join(str(e).split())  # one line, whatever the underlying error said
     except KeyboardInterrupt:
@@ -485,6 +507,8 @@ def run_training(argv, world) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     world.broadcast_params(run["params"])  # after the check: every rank got here
+    if args.eval_only:
+        return eval_only(run)
     try:
         return train(run)
     except KeyboardInterrupt:  # a second Ctrl-C
@@ -494,6 +518,86 @@ def run_training(argv, world) -> int:
 
 # ----------------------------------------------------------------------------------------
 # Several ranks (numpy_gpt2.distributed): saving, resuming with another world size, SIGTERM.
+
+# ----------------------------------------------------------------------------------------
+# Trainer extras: throughput and MFU per evaluation, the best checkpoint, samples, --eval-only.
+
+BEST_DIR = "best"
+BEST_FILE = "best.json"
+
+
+def eval_record(run, step, losses) -> dict:
+    """The metrics record of an evaluation: the losses, and the training tokens/s since the
+    previous evaluation with its model FLOPs utilisation (numpy_gpt2.mfu; null before any
+    step of this process)."""
+    from numpy_gpt2.mfu import flops_per_token, measure_peak_flops, mfu
+
+    record = {"kind": "eval", "step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
+    seconds, tokens = run.pop("interval", (0.0, 0))
+    if seconds > 0:
+        if run["peak_flops"] is None:
+            run["peak_flops"] = measure_peak_flops(run["settings"]["dtype"])
+        rate = tokens / seconds
+        per_token = flops_per_token(run["params"], run["config"], run["settings"]["block_size"])
+        record.update(tokens_per_s=rate, mfu=mfu(per_token, rate, run["peak_flops"], run["world"].size))
+    return record
+
+
+def eval_line(record) -> str:
+    line = f"step {record['step']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}"
+    if "mfu" in record:
+        line += f", {record['tokens_per_s']:,.0f} tokens/s, MFU {100 * record['mfu']:.2f}%"
+    return line
+
+
+def best_so_far(out) -> float:
+    """The val loss of the checkpoint in out/best/ (inf when there is none)."""
+    try:
+        with open(os.path.join(out, BEST_DIR, BEST_FILE), encoding="utf-8") as f:
+            return float(json.load(f)["val_loss"])
+    except (OSError, ValueError, KeyError):
+        return math.inf
+
+
+def keep_best(run, record) -> None:
+    """A val loss lower than any before: rank 0 writes the weights to out/best/ as a Hugging
+    Face checkpoint (plus best.json: step and val loss), all files atomically together."""
+    from numpy_gpt2.checkpoint import checkpoint_writers
+
+    if not record["val_loss"] < run["best"]:
+        return
+    run["best"] = record["val_loss"]
+    if run["world"].is_root:
+        writers = checkpoint_writers(run["params"], run["config"], run["tok_dir"],
+                                     metadata={"step": str(record["step"])})
+        info = json.dumps({"step": record["step"], "val_loss": record["val_loss"]}) + "\n"
+        writers[BEST_FILE] = lambda path: open(path, "w", encoding="utf-8").write(info)
+        write_files_atomically(os.path.join(run["out"], BEST_DIR), writers)
+    run["world"].barrier()
+
+
+def sample_line(run, step) -> str:
+    """A short sample from --sample-prompt, logged in the metrics ({"kind": "sample"}). Its
+    randomness comes from its own generator (seeded by the run's seed and the step), and
+    generation only reads the weights, so training goes on exactly as without samples."""
+    s, tokenizer = run["settings"], run["tokenizer"]
+    prompt = gpt2_data.encode(tokenizer, s["sample_prompt"]).tolist() or [tokenizer.eot_token]
+    prompt = prompt[-(run["config"].n_ctx - 1):]
+    new = list(numpy_gpt2.generate(run["params"], run["config"], prompt, SAMPLE_TOKENS, top_k=200,
+                                   seed=[s["seed"], 3, step]))
+    text = tokenizer.decode(prompt + new)
+    run["metrics"].append({"kind": "sample", "step": step, "text": text})
+    return f"sample at step {step}: {text!r}"
+
+
+def eval_only(run) -> int:
+    """--eval-only: the losses of the loaded weights on the run's fixed evaluation batches;
+    nothing is written."""
+    losses = {name: run["world"].evaluate(run["params"], run["config"], batches)
+              for name, batches in run["evals"].items()}
+    print(f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    return 0
+
 
 def save_run_collectively(run) -> None:
     """Every rank checks the weights are the same on all; rank 0 alone saves; all wait for
