@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 
 import numpy_gpt2  # noqa: E402
 from numpy_gpt2 import distributed  # noqa: E402
-from numpy_gpt2.init import init_params  # noqa: E402
-from numpy_gpt2.train import train_step  # noqa: E402
+from numpy_gpt2.initialization import init_params  # noqa: E402
+from numpy_gpt2.train_step import train_step  # noqa: E402
 
 
 def main(argv=None) -> int:

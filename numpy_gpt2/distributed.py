@@ -36,8 +36,8 @@ import zlib
 
 import numpy as np
 
-from .checkpoint import flatten_params, nest_params
-from .train import accumulate_grads, evaluate
+from .params import flatten_params, nest_params
+from .train_step import accumulate_grads, evaluate
 
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 
@@ -51,15 +51,6 @@ def launched_size() -> int:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 1
-
-
-def allowed_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: mpiexec -bind-to core, taskset,
-    Slurm's cgroup), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def world():

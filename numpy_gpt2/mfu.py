@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .checkpoint import flatten_params
+from .params import flatten_params
 
 
 def flops_per_token(params: dict, config, block_size: int) -> float:

@@ -40,6 +40,7 @@ except ImportError:  # not pip-installed: use the package next to this script
 
 import numpy as np
 
+from numpy_gpt2.threads import thread_count
 from numpy_gpt2.token_files import write_tokens
 from numpy_gpt2.tokenizer import ENDOFTEXT
 
@@ -71,7 +72,7 @@ def parse_args(argv):
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="probability that a document goes to val.bin (default: 0.1)")
     p.add_argument("--seed", type=int, default=2357, help="seed of the document split (default: 2357)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    p.add_argument("--workers", type=int, default=thread_count(),
                    help="tokenizer threads (default: the CPUs this process may use)")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:

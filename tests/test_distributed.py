@@ -106,6 +106,22 @@ def test_solo_is_the_identity():
     assert solo.first_error("x") == "x" and solo.first_error(None) is None
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity masks (Linux)")
+def test_threads_follow_the_affinity_mask_or_the_variable():
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from numpy_gpt2.threads import thread_count, thread_pool; "
+            "print(thread_count(), thread_pool()._max_workers)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_GPT2_THREADS"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert run.stdout.split() == ["1", "1"], run.stderr  # pinned to one core: one worker
+    run = subprocess.run([sys.executable, "-c", code], env=dict(env, NUMPY_GPT2_THREADS="3"),
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.stdout.split() == ["3", "3"], run.stderr
+    run = subprocess.run([sys.executable, "-c", code], env=dict(env, NUMPY_GPT2_THREADS="x"),
+                         capture_output=True, text=True, cwd=ROOT)
+    assert "NUMPY_GPT2_THREADS='x': expected an integer >= 1" in run.stderr
+
+
 @needs_mpi
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_two_ranks_equal_one_process_with_grad_accum_2_bit_for_bit(env, token_dir, tmp_path, dtype):

@@ -12,7 +12,7 @@ import pytest
 
 import numpy_gpt2
 from numpy_gpt2 import mfu
-from numpy_gpt2.init import init_params
+from numpy_gpt2.initialization import init_params
 
 from run_scripts import run_script
 
