@@ -150,9 +150,9 @@ class MPIWorld:
         grads = self.grad_views(params)
         self.buffer[...] = 0
         local = 0.0
-        for x, y in micro_batches:
+        for x, y, *dropout in micro_batches:
             try:
-                loss, _ = loss_and_grads(params, config, x, y, grads=grads)
+                loss, _ = loss_and_grads(params, config, x, y, grads=grads, dropout=(dropout or [None])[0])
             except FloatingPointError:  # NonFiniteError: this rank's gradients overflowed
                 loss = float("nan")
             local += loss

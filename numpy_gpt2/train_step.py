@@ -38,10 +38,11 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 
 def accumulate_grads(params: dict, config, micro_batches) -> tuple[float, dict]:
     """Mean loss and mean gradient over micro-batches [(x, y), ...] of equal shape:
-    loss = 1/k sum_j L_j, grads = 1/k sum_j grad L_j (gradient accumulation)."""
+    loss = 1/k sum_j L_j, grads = 1/k sum_j grad L_j (gradient accumulation). A micro-batch
+    (x, y, dropout) trains with that dropout.Dropout (its masks)."""
     grads, total = None, 0.0
-    for x, y in micro_batches:
-        loss, grads = loss_and_grads(params, config, x, y, grads=grads)
+    for x, y, *dropout in micro_batches:
+        loss, grads = loss_and_grads(params, config, x, y, grads=grads, dropout=(dropout or [None])[0])
         total += loss
     k = len(micro_batches)
     if k > 1:

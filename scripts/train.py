@@ -56,6 +56,7 @@ import numpy as np
 from numpy_gpt2 import data as gpt2_data
 from numpy_gpt2 import distributed
 from numpy_gpt2.checkpoint import write_files_atomically
+from numpy_gpt2.dropout import Dropout
 from numpy_gpt2.initialization import init_params
 from numpy_gpt2.optim import get_lr
 from numpy_gpt2.token_files import max_token
@@ -72,12 +73,12 @@ DEFAULTS = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, g
                 max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=None,
                 weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250,
                 eval_iters=20, seed=1337, dtype="float32", init=None, data=None, sample_every=0,
-                sample_prompt="\n")
+                sample_prompt="\n", dropout=0.0)
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd")
 # Settings a resumed run may change (the rest would make it a different run).
 RESUMABLE = ("max_iters", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1",
              "beta2", "grad_clip", "eval_interval", "eval_iters", "batch_size", "grad_accum",
-             "sample_every", "sample_prompt")
+             "sample_every", "sample_prompt", "dropout")
 # Flags of one invocation, not settings of the run (never saved, free to change).
 INVOCATION = ("out", "resume", "threads", "eval_only", "peak_flops")
 SAMPLE_TOKENS = 48  # new tokens per --sample-every sample
@@ -119,7 +120,9 @@ def parse_args(argv):
             ("grad-clip", float, "clip gradients to this global L2 norm (0: no clipping)"),
             ("eval-interval", int, "evaluate and save every this many steps"),
             ("eval-iters", int, "batches per split in each evaluation (fixed batches)"),
-            ("seed", int, "seed of the initialisation and of the batch sampler")]:
+            ("seed", int, "seed of the initialisation and of the batch sampler"),
+            ("dropout", float, "dropout probability on the embeddings, attention probabilities and "
+                               "residual branches (GPT-2's and nanoGPT's places)")]:
         default = d[flag.replace("-", "_")]
         p.add_argument(f"--{flag}", type=kind, default=None,
                        help=what if default is None else f"{what} (default: {default})")
@@ -169,6 +172,7 @@ def check_settings(s: dict) -> None:
     need(0 <= s["beta1"] < 1, "beta1", "a number in [0, 1)")
     need(0 <= s["beta2"] < 1, "beta2", "a number in [0, 1)")
     need(s["grad_clip"] >= 0, "grad-clip", "a number >= 0 (0: no clipping)")
+    need(0 <= s.get("dropout", 0.0) < 1, "dropout", "a number in [0, 1)")
     if s["init"] is None and s["n_embd"] % s["n_head"]:
         raise UsageError(f"--n-embd {s['n_embd']} is not divisible by --n-head {s['n_head']} "
                          f"(each head gets n_embd / n_head dimensions)")
@@ -445,8 +449,12 @@ def train(run) -> int:
             # Every rank draws the N*m micro-batches one process with --grad-accum N*m would,
             # and reads its own share of them.
             count = s["grad_accum"] * world.size
+            keep = world.share(range(count))
             batches = gpt2_data.micro_batches(run["splits"]["train"], s["block_size"], s["batch_size"],
-                                              count, run["rng"], keep=world.share(range(count)))
+                                              count, run["rng"], keep=keep)
+            if s.get("dropout"):  # one mask seed per micro-batch, from the run's RNG (after the batches)
+                seeds = run["rng"].integers(0, 2**63, size=count)
+                batches = [(x, y, Dropout(s["dropout"], int(seeds[i]))) for (x, y), i in zip(batches, keep)]
             t0 = time.perf_counter()
             try:
                 loss, norm = train_step(params, config, opt_state, batches, lr,

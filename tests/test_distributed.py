@@ -123,11 +123,12 @@ def test_threads_follow_the_affinity_mask_or_the_variable():
 
 
 @needs_mpi
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_two_ranks_equal_one_process_with_grad_accum_2_bit_for_bit(env, token_dir, tmp_path, dtype):
+@pytest.mark.parametrize("dtype, dropout", [("float32", 0.1), ("float64", 0.0)])
+def test_two_ranks_equal_one_process_with_grad_accum_2_bit_for_bit(env, token_dir, tmp_path, dtype, dropout):
     """2 ranks x 1 micro-batch: the gradient sum g0 + g1 is the one process's own addition, so
-    weights, moments and sampler agree exactly. Rank 1 writes nothing (audited)."""
-    args = ["--data", token_dir, *TINY, "--dtype", dtype, "--max-iters", 4]
+    weights, moments and sampler agree exactly (with dropout too: each micro-batch's masks
+    come from its seed in the shared stream). Rank 1 writes nothing (audited)."""
+    args = ["--data", token_dir, *TINY, "--dtype", dtype, "--max-iters", 4, "--dropout", dropout]
     status, _, err = one_process(env, *args, "--out", tmp_path / "one", "--grad-accum", 2)
     assert status == 0, err
     audit = dict(env, AUDIT_DIR=str(tmp_path / "two"), AUDIT_LOG=str(tmp_path / "writes"))

@@ -127,3 +127,19 @@ def test_eval_lines_and_metrics_report_tokens_per_s_and_mfu(token_dir, tmp_path,
     assert f"MFU {100 * evals[1]['mfu']:.2f}%" in out and f"{evals[1]['tokens_per_s']:,.0f} tokens/s" in out
     status, _, err = run_script("train", ["--data", token_dir, *TINY, "--out", tmp_path / "x", "--peak-flops", -1], capsys)
     assert status == 2 and "--peak-flops -1.0 is invalid" in err
+
+
+def test_dropout_runs_resume_exactly_and_p_zero_changes_nothing(token_dir, tmp_path, capsys):
+    args = ["--data", token_dir, *TINY, "--eval-interval", 2]
+    for out, extra in [("plain", []), ("zero", ["--dropout", 0]), ("drop", ["--dropout", 0.2]),
+                       ("half", ["--dropout", 0.2, "--max-iters", 2])]:
+        status, _, err = run_script("train", [*args, "--max-iters", 4, *extra, "--out", tmp_path / out], capsys)
+        assert status == 0, err
+    status, _, err = run_script("train", ["--resume", tmp_path / "half", "--max-iters", 4], capsys)
+    assert status == 0, err
+    assert_same_weights(tmp_path / "plain", tmp_path / "zero")  # p = 0: every number as without
+    assert_same_weights(tmp_path / "drop", tmp_path / "half")  # masks from the saved RNG: exact resume
+    assert not np.array_equal(weights(tmp_path / "plain")["h.0.mlp.c_fc.weight"],
+                              weights(tmp_path / "drop")["h.0.mlp.c_fc.weight"])
+    status, _, err = run_script("train", [*args, "--dropout", 1, "--out", tmp_path / "bad"], capsys)
+    assert status == 2 and "--dropout 1.0 is invalid: expected a number in [0, 1)" in err
