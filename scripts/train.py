@@ -61,7 +61,7 @@ from numpy_gpt2.initialization import init_params
 from numpy_gpt2.optim import get_lr
 from numpy_gpt2.token_files import max_token
 from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
-from numpy_gpt2.train_step import STATE_FILE, evaluate, load_training_state, save_training_state, train_step
+from numpy_gpt2.train_step import STATE_FILE, load_training_state, save_training_state, train_step
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

@@ -40,20 +40,17 @@ def test_both_formats_read_back_the_same_tokens(tmp_path_factory, tokens):
 
 
 def test_token_file_errors(tmp_path):
-    with pytest.raises(ValueError, match="missing.bin: cannot read"):
-        token_files.open_tokens(tmp_path / "missing.bin")
     (tmp_path / "odd.bin").write_bytes(b"abc")
-    with pytest.raises(ValueError, match="odd.bin: 3 bytes, an odd count"):
-        token_files.open_tokens(tmp_path / "odd.bin")
     (tmp_path / "empty.bin").write_bytes(b"")
-    with pytest.raises(ValueError, match="holds no tokens"):
-        token_files.open_tokens(tmp_path / "empty.bin")
     llmc_shard(tmp_path / "v2.bin", [1, 2], version=2)
-    with pytest.raises(ValueError, match="version 2, expected 1"):
-        token_files.open_tokens(tmp_path / "v2.bin")
     llmc_shard(tmp_path / "short.bin", [1, 2, 3], count=5)
-    with pytest.raises(ValueError, match="header says 5 tokens .* but the file has 1030 bytes"):
-        token_files.open_tokens(tmp_path / "short.bin")
+    for name, message in [("missing.bin", "missing.bin: cannot read"),
+                          ("odd.bin", "odd.bin: 3 bytes, an odd count"),
+                          ("empty.bin", "holds no tokens"),
+                          ("v2.bin", "version 2, expected 1"),
+                          ("short.bin", "header says 5 tokens .* but the file has 1030 bytes")]:
+        with pytest.raises(ValueError, match=message):
+            token_files.open_tokens(tmp_path / name)
     with pytest.raises(ValueError, match="no train.bin"):
         token_files.open_token_dir(tmp_path)
 
