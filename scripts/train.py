@@ -287,15 +287,17 @@ def prepare(args, world=distributed.Solo()) -> dict:
         splits = gpt2_data.load_data(data_path, tokenizer)
         for name, tokens in splits.items():
             gpt2_data.check_split_length(tokens, s["block_size"], name)
-            top = max_token(tokens)
+            # One pass over the data (a token file may be huge): by rank 0 alone, whose
+            # verdict every rank gets (distributed.first_error).
+            top = max_token(tokens) if world.is_root else 0
             if top >= config.vocab_size:
                 raise UsageError(f"--data {data_path}: the {name} split's token ids reach {top}, "
                                  f"beyond the model's vocab_size={config.vocab_size}")
-        digest = data_sha256(data_path)
+        digest = data_sha256(data_path) if world.is_root else None
         if resume_dir is not None:
             opt_state, info = load_training_state(resume_dir, params)
             s["grad_accum"] = resumed_grad_accum(info, args.grad_accum, world.size)
-            if info.get("data_sha256") != digest:
+            if world.is_root and info.get("data_sha256") != digest:
                 raise UsageError(f"--data {data_path}: not the file the run in {resume_dir} was "
                                  f"trained on (sha256 differs)")
             rng = np.random.default_rng()
