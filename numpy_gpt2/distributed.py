@@ -36,6 +36,7 @@ import zlib
 
 import numpy as np
 
+from .errors import NonFiniteError
 from .params import flatten_params, nest_params
 from .train_step import accumulate_grads, evaluate
 
@@ -153,8 +154,8 @@ class MPIWorld:
         for x, y, *dropout in micro_batches:
             try:
                 loss, _ = loss_and_grads(params, config, x, y, grads=grads, dropout=(dropout or [None])[0])
-            except FloatingPointError:  # NonFiniteError: this rank's gradients overflowed
-                loss = float("nan")
+            except (FloatingPointError, NonFiniteError):  # this rank's loss or gradients
+                loss = float("nan")  # are not finite: every rank must learn it, in the reduction
             local += loss
         self.comm.Allreduce(self.MPI.IN_PLACE, self.buffer, op=self.MPI.SUM)
         total = np.array([local])

@@ -248,3 +248,12 @@ def test_sigterm_on_one_rank_saves_on_all_and_exits_130(env, token_dir, tmp_path
     assert p.returncode == 130, err
     assert "interrupted at step" in err and "--resume" in err
     resumes(env, tmp_path / "run")
+
+
+@needs_mpi
+def test_a_non_finite_loss_stops_every_rank_with_status_1(env, token_dir, tmp_path):
+    status, err, codes = ranks_exit_codes(env, tmp_path, [["--data", token_dir, *TINY, "--lr", 1e30,
+                                                           "--warmup-iters", 0, "--max-iters", 6,
+                                                           "--out", tmp_path / "o"]] * 2)
+    assert codes == [1, 1] and status == 1, err
+    assert "is not finite" in err and "the last save" in err
