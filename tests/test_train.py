@@ -337,7 +337,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tokenizer_env, twenty_step
     code = script.main([str(a) for a in ["--data", text_file, "--out", out, *TINY_ARGS, *CONSTANT_LR,
                                          "--max-iters", 20]])
     err = capsys.readouterr().err
-    assert code == 130 and "interrupted at step 7; saved" in err and "Traceback" not in err
+    assert code == 130 and "SIGINT: stopped at step 7; saved" in err and "Traceback" not in err
     assert json.loads((out / "train_state.json").read_text())["step"] == 7
     code, stdout, err = train_cli(capsys, "--resume", out)
     assert code == 0, err
@@ -382,7 +382,7 @@ def test_ctrl_c_in_a_subprocess_saves_and_exits_cleanly(text_file, tmp_path, tok
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     step = json.loads((out / "train_state.json").read_text())["step"]
-    assert 1 <= step < 100000 and f"interrupted at step {step}; saved to {out}" in err
+    assert 1 <= step < 100000 and f"SIGINT: stopped at step {step}; saved to {out}" in err
     params, config = numpy_gpt2.load(out)
     assert config.n_embd == 16
     assert len((out / "metrics.jsonl").read_text().splitlines()) == step + 1  # 1 eval + steps
@@ -417,10 +417,10 @@ BAD_INPUTS = [
     (["--eval-iters", "0"], "--eval-iters 0 is invalid"),
     (["--warmup-iters", "10", "--lr-decay-iters", "5"], "--lr-decay-iters 5 is invalid"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-    (["--out", "{tmp}/file.txt/sub"], "cannot write there"),
+    (["--out", "{tmp}/file.txt/sub"], "cannot create the directory (Not a directory)"),
     (["--out", "{tmp}/file.txt"], "exists and is not a directory"),
     (["--out", "{run}"], "already holds a training run"),
-    (["--resume", "{tmp}"], "no readable train_state.json"),
+    (["--resume", "{tmp}"], "no train_state.json; not a training run"),
     (["--resume", "{run}", "--n-embd", "32"], "--n-embd cannot change when resuming"),
     (["--resume", "{run}", "--data", "{tmp}/other.txt"], "not the file the run in"),
 ]
