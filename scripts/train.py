@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -130,6 +131,7 @@ def check_settings(s: dict) -> None:
         if s.get(flag.replace("-", "_")) is not None:
             need(s[flag.replace("-", "_")] >= 1, flag, "an integer >= 1")
     need(s["max_iters"] >= 0, "max-iters", "an integer >= 0")
+    need(s["seed"] >= 0, "seed", "an integer >= 0")
     need(s["lr"] > 0, "lr", "a number > 0")
     need(0 <= s["min_lr"] <= s["lr"], "min-lr", f"a number in [0, --lr={s['lr']}]")
     need(s["warmup_iters"] >= 0, "warmup-iters", "an integer >= 0")
@@ -313,8 +315,15 @@ def resolve_settings(args, dirs: RunDirs) -> tuple[dict, str | None, dict | None
         raise UsageError(f"--resume {args.resume}: {e}") from None
     state_path = os.path.join(args.resume, STATE_FILE)
     saved = check_saved_settings(info["settings"], state_path)
-    if not isinstance(info.get("data_sha256"), str):
-        raise UsageError(f"{state_path}: \"data_sha256\" is missing or not a string")
+    try:
+        check_settings(saved)
+    except UsageError as e:
+        raise UsageError(f"{state_path}: the saved settings are invalid: {e}") from None
+    digest = info.get("data_sha256")
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        shown = "missing" if "data_sha256" not in info else json.dumps(digest)[:40]
+        raise UsageError(f"{state_path}: \"data_sha256\" is {shown}, expected "
+                         f"the data file's sha256 (64 hexadecimal digits)")
     for k, v in given.items():
         if k == "data":
             continue  # checked against the saved file's hash once read
@@ -466,7 +475,7 @@ def loss_curve_writer(metrics):
             ax.grid(alpha=0.3)
             if train or evals:
                 ax.legend()
-            fig.tight_layout()
+            fig.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.97)  # tight_layout: 1.5x slower
             fig.savefig(path, format="png")
         finally:
             plt.close(fig)
