@@ -320,24 +320,27 @@ def test_without_matplotlib_training_goes_on_without_the_plot(tokenizer_env, tex
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupted_and_resumed_equals_uninterrupted(tokenizer_env, twenty_steps, text_file, tmp_path, capsys,
-                                                      monkeypatch):
-    """Ctrl-C (a real SIGINT to this process) after step 7: saved, exit 130; --resume then
-    ends at exactly the weights and optimizer state of the uninterrupted run."""
+                                                      monkeypatch, signum):
+    """Ctrl-C, SIGTERM or SIGHUP (a real signal to this process) after step 7: saved, exit
+    128 + signal; --resume then ends at exactly the weights and optimizer state of the
+    uninterrupted run, with one metrics record per step and evaluation."""
     script = load_script("train")
     real_step = script.train_step
 
     def step_then_ctrl_c(params, config, state, *args, **kwargs):
         result = real_step(params, config, state, *args, **kwargs)
         if state["step"] == 7:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return result
     monkeypatch.setattr(script, "train_step", step_then_ctrl_c)
     out = tmp_path / "run"
     code = script.main([str(a) for a in ["--data", text_file, "--out", out, *TINY_ARGS, *CONSTANT_LR,
                                          "--max-iters", 20]])
     err = capsys.readouterr().err
-    assert code == 130 and "SIGINT: stopped at step 7; saved" in err and "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert code == 128 + signum and f"{name}: stopped at step 7; saved" in err and "Traceback" not in err
     assert json.loads((out / "train_state.json").read_text())["step"] == 7
     code, stdout, err = train_cli(capsys, "--resume", out)
     assert code == 0, err
@@ -348,6 +351,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tokenizer_env, twenty_step
     ours = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     theirs = [json.loads(line) for line in (twenty_steps / "metrics.jsonl").read_text().splitlines()]
     assert [m.get("loss") for m in ours] == [m.get("loss") for m in theirs]
+    assert [(m["kind"], m["step"]) for m in ours] == [(m["kind"], m["step"]) for m in theirs]
 
 
 def test_resume_with_more_iterations_extends_the_run(tokenizer_env, twenty_steps, text_file, tmp_path, capsys):
@@ -420,6 +424,11 @@ BAD_INPUTS = [
     (["--out", "{tmp}/file.txt/sub"], "cannot create the directory (Not a directory)"),
     (["--out", "{tmp}/file.txt"], "exists and is not a directory"),
     (["--out", "{run}"], "already holds a training run"),
+    (["--out", ""], "--out is empty: expected a directory name"),
+    (["--data", ""], "--data is empty: expected a file name"),
+    (["--resume", ""], "--resume is empty: expected a directory name"),
+    (["--seed", "-1"], "--seed -1 is invalid: expected an integer >= 0"),
+    (["--resume", "{tmp}/nosuch"], "nosuch: no such directory"),
     (["--resume", "{tmp}"], "no train_state.json; not a training run"),
     (["--resume", "{run}", "--n-embd", "32"], "--n-embd cannot change when resuming"),
     (["--resume", "{run}", "--data", "{tmp}/other.txt"], "not the file the run in"),
@@ -449,7 +458,7 @@ def test_bad_input_exits_2_with_one_line_before_training(tokenizer_env, args, me
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error: "), err
     assert message in lines[0]
-    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # nothing trained
+    assert not (tmp_path / "out").exists()  # a failed start leaves no --out directory
     assert sorted(os.listdir(twenty_steps)) == before
 
 
