@@ -44,12 +44,13 @@ try:  # Ctrl-C while the imports load (the first ~0.3 s): one line, no traceback
 
     from numpy_gpt2 import data as gpt2_data
     from numpy_gpt2.atomic import DirectoryLocked, lock_directory, recover
+    from numpy_gpt2.checks import show
     from numpy_gpt2.errors import NonFiniteError
-    from numpy_gpt2.init import init_params
+    from numpy_gpt2.initialization import init_params
     from numpy_gpt2.optim import get_lr
     from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
-    from numpy_gpt2.train import (OPTIMIZER_FILE, STATE_FILE, evaluate, load_training_state,
-                                  read_train_state, save_training_state, train_step)
+    from numpy_gpt2.train_step import (OPTIMIZER_FILE, STATE_FILE, evaluate, load_training_state,
+                                       read_train_state, save_training_state, train_step)
 except KeyboardInterrupt:
     print("\ntrain.py: interrupted while starting; nothing was done", file=sys.stderr)
     sys.exit(130)
@@ -161,7 +162,7 @@ def check_saved_settings(saved: dict, path: str) -> dict:
         return isinstance(v, int) and not isinstance(v, bool)
 
     def bad(key, expected):
-        shown = "missing" if key not in saved else json.dumps(saved[key])[:40]
+        shown = "missing" if key not in saved else show(saved[key])
         return UsageError(f"{path}: \"settings\" \"{key}\" is {shown}, expected {expected}")
     for key in INT_SETTINGS:
         if not is_int(saved.get(key)):
@@ -321,7 +322,7 @@ def resolve_settings(args, dirs: RunDirs) -> tuple[dict, str | None, dict | None
         raise UsageError(f"{state_path}: the saved settings are invalid: {e}") from None
     digest = info.get("data_sha256")
     if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
-        shown = "missing" if "data_sha256" not in info else json.dumps(digest)[:40]
+        shown = "missing" if "data_sha256" not in info else show(digest)
         raise UsageError(f"{state_path}: \"data_sha256\" is {shown}, expected "
                          f"the data file's sha256 (64 hexadecimal digits)")
     for k, v in given.items():

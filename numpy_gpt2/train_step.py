@@ -30,11 +30,13 @@ import numpy as np
 
 from .backward import loss_and_grads
 from .atomic import write_files_atomically
-from .checkpoint import checkpoint_writers, flatten_params, nest_params, read_safetensors_header
+from .checkpoint import checkpoint_writers, read_safetensors_header
+from .checks import show
 from .finite import all_finite, non_finite_weights
-from .layers_backward import cross_entropy_sum_fast
+from .layers_backward_fast import cross_entropy_sum_fast
 from .model import forward
 from .optim import adamw_update, clip_grad_norm, grad_norm
+from .params import flatten_params, nest_params
 
 STATE_FILE = "train_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -161,14 +163,9 @@ def read_train_state(directory) -> dict:
         ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0 if key == "step"
               else isinstance(value, dict))
         if not ok:
-            got = "missing" if key not in info else f"{_show_json(value)}"
+            got = "missing" if key not in info else show(value)
             raise ValueError(f"{path}: \"{key}\" is {got}, expected {what}")
     return info
-
-
-def _show_json(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _read_moments(path) -> tuple[dict, str | None]:
