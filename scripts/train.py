@@ -308,7 +308,8 @@ def resolve_settings(args, dirs: RunDirs) -> tuple[dict, str | None, dict | None
                                  f"shape comes from the checkpoint")
         return {**DEFAULTS, **given}, None, None
     if not os.path.isdir(args.resume):
-        raise UsageError(f"--resume {args.resume}: no such directory; not a run saved by train.py")
+        what = "not a directory" if os.path.exists(args.resume) else "no such directory"
+        raise UsageError(f"--resume {args.resume}: {what}; not a run saved by train.py")
     dirs.lock(args.resume, "--resume")  # and finish a save a crash interrupted, before reading
     try:
         info = read_train_state(args.resume)
@@ -374,6 +375,7 @@ def prepare(args, dirs: RunDirs) -> dict:
         if s["block_size"] > config.n_ctx:
             raise UsageError(f"--block-size {s['block_size']} is larger than the checkpoint's "
                              f"context n_ctx={config.n_ctx}")
+        check_memory(config, s, dtype)
         tokenizer = numpy_gpt2.load_tokenizer(tok_dir)
         data_path = os.path.abspath(s["data"])
         splits = gpt2_data.load_splits(data_path, tokenizer)
@@ -412,6 +414,40 @@ def prepare(args, dirs: RunDirs) -> dict:
                 splits=splits, evals=evals, tok_dir=tok_dir, data_sha256=digest, metrics=metrics,
                 saved_step=opt_state["step"] if resume_dir is not None and same_directory(out, resume_dir)
                 else None)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(config, s, dtype) -> None:
+    """UsageError when the run cannot fit in this machine's RAM, before anything is allocated.
+
+    A lower bound (Python ints: exact for any flag value): the weights, their gradients and
+    AdamW's m and v (4 x parameters x bytes per number), one micro-batch's logits and per-layer
+    activations (batch x block x (4 n_embd n_layer + vocab) numbers), and the token ids of the
+    step's --grad-accum micro-batches and of the 2 x --eval-iters evaluation batches (int64
+    inputs and targets)."""
+    total = physical_memory()
+    if total is None:
+        return
+    E, L, V = config.n_embd, config.n_layer, config.vocab_size
+    n_params = V * E + config.n_ctx * E + L * (12 * E * E + 13 * E) + 2 * E
+    tokens = s["batch_size"] * s["block_size"]
+    parts = {"weights, gradients and AdamW state": 4 * n_params * dtype.itemsize,
+             "activations": tokens * (4 * E * L + V) * dtype.itemsize,
+             "batches": tokens * (s["grad_accum"] + 2 * s["eval_iters"]) * 16}
+    need = sum(parts.values())
+    if need > total:
+        gib = lambda n: f"{n / 2**30:,.1f} GiB"  # noqa: E731
+        raise UsageError(f"this run needs at least {gib(need)} of memory ("
+                         + ", ".join(f"{what} {gib(n)}" for what, n in parts.items())
+                         + f") and this machine has {gib(total)}: use smaller --n-layer, --n-embd, "
+                           f"--batch-size, --block-size, --grad-accum or --eval-iters")
 
 
 def restore_rng(info, directory) -> np.random.Generator:
@@ -651,6 +687,8 @@ def train(run, signals: StopSignals) -> int:
                                             weight_decay=s["weight_decay"], grad_clip=s["grad_clip"])
                 except (FloatingPointError, NonFiniteError) as e:
                     return failed(f"the run diverged: {e}")
+                except MemoryError as e:
+                    return failed(f"out of memory ({one_line(e) or 'MemoryError'})")
                 seconds = time.perf_counter() - t0
                 step += 1
                 run["metrics"].append({"kind": "train", "step": step, "loss": loss, "lr": lr,
@@ -679,6 +717,9 @@ def main(argv=None) -> int:
         except Finished as e:
             say(f"train.py: {one_line(e)}")
             return 0
+        except MemoryError as e:
+            say(f"train.py: error: out of memory while loading ({one_line(e) or 'MemoryError'})")
+            return EXIT_FAILED
         except Stopped as e:
             say(f"\ntrain.py: {signal.Signals(e.signum).name} before training started; nothing saved")
             return 128 + e.signum

@@ -219,6 +219,16 @@ def test_saved_checkpoint_loads_in_numpy_gpt2_and_transformers(tmp_path, tokeniz
     assert numpy_gpt2.load_tokenizer(tmp_path).encode("Hello world") == [15496, 995]
 
 
+def test_save_checkpoint_without_tokenizer_files_is_a_value_error(tmp_path):
+    config = numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_ctx=16)
+    for bad in (None, 3):
+        with pytest.raises(ValueError, match="tokenizer_dir must be a directory holding GPT-2's vocab.json"):
+            numpy_gpt2.save_checkpoint(tmp_path / "ckpt", init_params(config), config, bad)
+    with pytest.raises(ValueError, match="no vocab.json or merges.txt to copy"):
+        numpy_gpt2.save_checkpoint(tmp_path / "ckpt", init_params(config), config, tmp_path)
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, tokenizer_dir, monkeypatch):
     config = numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_ctx=16)
     numpy_gpt2.save_checkpoint(tmp_path, init_params(config, seed=1), config, tokenizer_dir)
@@ -429,6 +439,11 @@ BAD_INPUTS = [
     (["--resume", ""], "--resume is empty: expected a directory name"),
     (["--seed", "-1"], "--seed -1 is invalid: expected an integer >= 0"),
     (["--resume", "{tmp}/nosuch"], "nosuch: no such directory"),
+    (["--resume", "{tmp}/file.txt"], "file.txt: not a directory"),
+    (["--n-layer", "99999999999"], "this run needs at least 5,650,520.3 GiB of memory"),
+    (["--batch-size", "99999999999"], "GiB of memory (weights, gradients and AdamW state 0.0 GiB, activations 299,"),
+    (["--eval-iters", "99999999999"], "batches 95,367.4 GiB) and this machine has"),
+    (["--grad-accum", "99999999999"], "batches 47,683.7 GiB) and this machine has"),
     (["--resume", "{tmp}"], "no train_state.json; not a training run"),
     (["--resume", "{run}", "--n-embd", "32"], "--n-embd cannot change when resuming"),
     (["--resume", "{run}", "--data", "{tmp}/other.txt"], "not the file the run in"),
