@@ -17,6 +17,10 @@ that never committed (a crash in step 1). Every save calls it first, so crashes 
 debris for longer than until the next save; scripts/train.py also calls it at start, under
 the run directory's lock, before it reads the run.
 
+The pattern is the classic one of write-ahead logs (a record is durable once its commit is;
+recovery replays committed work and drops the rest): here the "log" is the staging
+directory, and a POSIX rename within one filesystem is the atomic commit.
+
 While a process stages or installs a save it holds an flock on its staging directory, so
 recover() in another process never touches a save that is still being written. flock locks
 belong to the open file: the kernel drops them when the process dies, even by kill -9, so a

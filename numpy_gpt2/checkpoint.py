@@ -425,9 +425,16 @@ def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata
 
 
 def save_checkpoint(directory, params: dict, config: GPT2Config, tokenizer_dir, metadata=None) -> None:
-    """Write params as a Hugging Face GPT-2 checkpoint into directory, atomically:
-    model.safetensors, config.json, vocab.json and merges.txt (copied from tokenizer_dir, a
-    directory holding GPT-2's tokenizer files). numpy_gpt2.load(directory),
-    scripts/generate.py --model directory and GPT2LMHeadModel.from_pretrained(directory) read
-    it. metadata: optional {str: str} stored in the safetensors header."""
+    """Write params as a Hugging Face GPT-2 checkpoint into directory: model.safetensors,
+    config.json, vocab.json and merges.txt (copied from tokenizer_dir, a directory holding
+    GPT-2's tokenizer files). numpy_gpt2.load(directory), scripts/generate.py --model
+    directory and GPT2LMHeadModel.from_pretrained(directory) read it. metadata: optional
+    {str: str} stored in the safetensors header.
+
+    The four files are one atomic commit (numpy_gpt2.atomic.write_files_atomically): after a
+    crash at any moment the directory holds the previous checkpoint or the new one, whole
+    (a save the crash interrupted after its commit is completed by the next save or by
+    numpy_gpt2.atomic.recover(directory)). Raises ValueError when tokenizer_dir is not a
+    directory holding vocab.json and merges.txt; OSError from the writes (e.g. a full disk),
+    the previous checkpoint then being untouched."""
     write_files_atomically(directory, checkpoint_writers(params, config, tokenizer_dir, metadata))
