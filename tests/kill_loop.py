@@ -97,7 +97,7 @@ def main(root, data, kills, seed, max_delay=1.0, steps=20) -> dict:
     if code != 0:
         raise SystemExit(f"the uninterrupted run ended with status {code}; see {log}")
     landed = {"staged": 0, "committed": 0, "none": 0}
-    runs, done, attempts, max_entries = [], 0, 0, 0
+    runs, done, attempts, max_pending = [], 0, 0, 0
     began = time.monotonic()
     while True:
         out = os.path.join(root, f"run{len(runs)}")
@@ -109,7 +109,8 @@ def main(root, data, kills, seed, max_delay=1.0, steps=20) -> dict:
         if code == 2 and argv is fresh:  # killed while installing its first save: resume it
             code = attempt(script, ["--resume", out], log, kill_after)
             attempts += 1
-        max_entries = max(max_entries, len(os.listdir(out)) if os.path.isdir(out) else 0)
+        if os.path.isdir(out):  # saves left by kills: recovered at each start, so at most one
+            max_pending = max(max_pending, len([n for n in os.listdir(out) if n.startswith(".save-")]))
         if code == -signal.SIGKILL:
             done += 1
             landed[pending(out)] += 1
@@ -120,7 +121,7 @@ def main(root, data, kills, seed, max_delay=1.0, steps=20) -> dict:
         if done >= kills:
             break
     return {"kills": done, "attempts": attempts, "runs": runs, "reference": reference,
-            "steps": steps, "landed": landed, "max_entries_in_run_dir": max_entries,
+            "steps": steps, "landed": landed, "max_pending_saves": max_pending,
             "seconds": round(time.monotonic() - began, 1)}
 
 
