@@ -657,6 +657,8 @@ def train(run, signals: StopSignals) -> int:
                                   for name, batches in run["evals"].items()}
                     except (FloatingPointError, NonFiniteError) as e:
                         return failed(f"evaluation: {e}")
+                    except MemoryError as e:
+                        return failed(f"out of memory while evaluating ({one_line(e) or 'MemoryError'})")
                     run["metrics"].append({"kind": "eval", "step": step, "train_loss": losses["train"],
                                            "val_loss": losses["val"]})
                     bar.clear()
@@ -666,9 +668,10 @@ def train(run, signals: StopSignals) -> int:
                 if run["saved_step"] != step and (due or step == s["max_iters"] or signals.received):
                     try:
                         save_run(run)
-                    except (OSError, FloatingPointError) as e:
+                    except (OSError, ValueError, FloatingPointError, MemoryError) as e:
+                        # e.g. a full disk, or the tokenizer files to copy gone
                         return failed(f"saving to {out} failed: "
-                                      f"{getattr(e, 'strerror', None) or e}")
+                                      f"{getattr(e, 'strerror', None) or e or type(e).__name__}")
                 if signals.received:
                     bar.close()
                     name = signal.Signals(signals.received).name
