@@ -81,7 +81,7 @@ def saved_step(out):
         return None
 
 
-def main(root, data, kills, seed, max_delay=1.0, steps=20) -> dict:
+def main(root, data, kills, seed, max_delay=1.0, steps=12) -> dict:
     import matplotlib.pyplot  # noqa: F401  (imported once here, not in every attempt)
 
     script = load_script("train")
