@@ -74,13 +74,16 @@ def _fsync_file(path) -> None:
 
 def _try_lock(path) -> int | None:
     """An open descriptor of path holding an exclusive flock on it, or None when another
-    open file (another process) holds one. Without fcntl: always a descriptor."""
+    open file (another process) holds one. Without fcntl, or on a filesystem that has no
+    flock: always a descriptor (nothing is locked there)."""
     fd = os.open(path, os.O_RDONLY)
     if fcntl is None:
         return fd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            return fd  # a filesystem without flock (some network ones): saving still works
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None

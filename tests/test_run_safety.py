@@ -323,6 +323,17 @@ def test_an_error_in_a_save_discards_it_and_a_locked_save_is_left_alone(two_stat
     assert files(directory) == before
 
 
+def test_saving_works_where_the_filesystem_has_no_flock(tmp_path, monkeypatch):
+    """Some network filesystems answer flock with ENOLCK: nothing is locked there, but
+    saves and lock_directory still work (docs/runs.md says to keep to one writer)."""
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(atomic.fcntl, "flock", no_locks)
+    os.close(atomic.lock_directory(str(tmp_path)))
+    atomic.write_files_atomically(str(tmp_path), {"a.txt": lambda path: open(path, "w").write("one")})
+    assert os.listdir(tmp_path) == ["a.txt"] and (tmp_path / "a.txt").read_text() == "one"
+
+
 # ----------------------------------------------------------------------------------------
 # kill -9, again and again
 
