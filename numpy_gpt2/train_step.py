@@ -31,7 +31,7 @@ import numpy as np
 from .backward import loss_and_grads
 from .atomic import write_files_atomically
 from .checkpoint import checkpoint_writers, read_safetensors_header
-from .checks import show
+from .checks import is_int, show
 from .finite import all_finite, non_finite_weights
 from .layers_backward_fast import cross_entropy_sum_fast
 from .model import forward
@@ -160,8 +160,7 @@ def read_train_state(directory) -> dict:
     expected = {"step": "an integer >= 0", "rng": "an object", "settings": "an object"}
     for key, what in expected.items():
         value = info.get(key)
-        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0 if key == "step"
-              else isinstance(value, dict))
+        ok = is_int(value) and value >= 0 if key == "step" else isinstance(value, dict)
         if not ok:
             got = "missing" if key not in info else show(value)
             raise ValueError(f"{path}: \"{key}\" is {got}, expected {what}")

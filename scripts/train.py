@@ -44,7 +44,7 @@ try:  # Ctrl-C while the imports load (the first ~0.3 s): one line, no traceback
 
     from numpy_gpt2 import data as gpt2_data
     from numpy_gpt2.atomic import DirectoryLocked, lock_directory, recover
-    from numpy_gpt2.checks import show
+    from numpy_gpt2.checks import is_int, show
     from numpy_gpt2.errors import NonFiniteError
     from numpy_gpt2.initialization import init_params
     from numpy_gpt2.optim import get_lr
@@ -158,9 +158,6 @@ FLOAT_SETTINGS = ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip")
 def check_saved_settings(saved: dict, path: str) -> dict:
     """The settings of a train_state.json, each of the type train.py saves; UsageError naming
     the file and key otherwise. Ints saved for float settings are accepted (JSON 1 == 1.0)."""
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
     def bad(key, expected):
         shown = "missing" if key not in saved else show(saved[key])
         return UsageError(f"{path}: \"settings\" \"{key}\" is {shown}, expected {expected}")
