@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .atomic import write_files_atomically
 from .checks import cut, is_int, show
 from .config import GPT2Config, infer_config, read_config_json
 from .errors import CheckpointError
@@ -378,39 +379,8 @@ def _infer_from_header(header, params_in_file, path, n_head=None) -> GPT2Config:
 # ----------------------------------------------------------------------------------------
 # Saving a checkpoint in the Hugging Face layout (model.safetensors, config.json, vocab.json,
 # merges.txt) that numpy_gpt2.load, the scripts and transformers' from_pretrained all read.
-# Every write is atomic: all files are first written to temporary names in the same
-# directory, then renamed over the old ones, so a crash (or an error) while writing leaves
-# the previous checkpoint whole.
-
-def write_files_atomically(directory, writers: dict) -> None:
-    """writers: {file name: write(path)}. Each writer writes its file to a temporary path in
-    `directory` (created if needed); once ALL have succeeded they are fsynced and renamed onto
-    their names (os.replace, atomic on POSIX) in the given order. If any writer fails, every
-    temporary file is removed, nothing is renamed, and the exception propagates."""
-    import contextlib
-    import tempfile
-
-    os.makedirs(directory, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    temps = {}
-    try:
-        for name, write in writers.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-            os.close(fd)
-            temps[name] = tmp
-            write(tmp)
-            # mkstemp makes 0600 (and a writer may recreate the file): the usual permissions
-            os.chmod(tmp, 0o666 & ~umask)
-            with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
-                os.fsync(f.fileno())
-        for name, tmp in temps.items():
-            os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        for tmp in temps.values():
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-        raise
+# The files are written as one atomic commit (numpy_gpt2.atomic): a crash or an error at any
+# moment leaves either the previous checkpoint or the new one, whole.
 
 
 def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
@@ -428,7 +398,9 @@ def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
 
 
 def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata=None) -> dict:
-    """{file name: writer} for the four checkpoint files (see write_files_atomically).
+    """{file name: writer} for the four checkpoint files (see atomic.write_files_atomically),
+    config.json first and model.safetensors last, so that after the very first save into a
+    directory model.safetensors never appears without its config.
 
     model.safetensors: every parameter under its checkpoint key, in the params' dtype (F32 or
     F64), no "transformer." prefix, no lm_head when tied (as the hub's gpt2 file), written by
@@ -458,15 +430,22 @@ def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata
     def copier(name):
         return lambda path: shutil.copyfile(os.path.join(tokenizer_dir, name), path)
 
-    return {"model.safetensors": lambda path: save_file(flat, path, metadata=meta),
-            "config.json": write_config,
-            "vocab.json": copier("vocab.json"), "merges.txt": copier("merges.txt")}
+    return {"config.json": write_config, "vocab.json": copier("vocab.json"),
+            "merges.txt": copier("merges.txt"),
+            "model.safetensors": lambda path: save_file(flat, path, metadata=meta)}
 
 
 def save_checkpoint(directory, params: dict, config: GPT2Config, tokenizer_dir, metadata=None) -> None:
-    """Write params as a Hugging Face GPT-2 checkpoint into directory, atomically:
-    model.safetensors, config.json, vocab.json and merges.txt (copied from tokenizer_dir, a
-    directory holding GPT-2's tokenizer files). numpy_gpt2.load(directory),
-    scripts/generate.py --model directory and GPT2LMHeadModel.from_pretrained(directory) read
-    it. metadata: optional {str: str} stored in the safetensors header."""
+    """Write params as a Hugging Face GPT-2 checkpoint into directory: model.safetensors,
+    config.json, vocab.json and merges.txt (copied from tokenizer_dir, a directory holding
+    GPT-2's tokenizer files). numpy_gpt2.load(directory), scripts/generate.py --model
+    directory and GPT2LMHeadModel.from_pretrained(directory) read it. metadata: optional
+    {str: str} stored in the safetensors header.
+
+    The four files are one atomic commit (numpy_gpt2.atomic.write_files_atomically): after a
+    crash at any moment the directory holds the previous checkpoint or the new one, whole
+    (a save the crash interrupted after its commit is completed by the next save or by
+    numpy_gpt2.atomic.recover(directory)). Raises ValueError when tokenizer_dir is not a
+    directory holding vocab.json and merges.txt; OSError from the writes (e.g. a full disk),
+    the previous checkpoint then being untouched."""
     write_files_atomically(directory, checkpoint_writers(params, config, tokenizer_dir, metadata))

@@ -84,6 +84,9 @@ class Solo:
     def any(self, flag: bool) -> bool:
         return bool(flag)
 
+    def max(self, value: int) -> int:
+        return int(value)
+
     def first_error(self, message):
         return message
 
@@ -177,6 +180,11 @@ class MPIWorld:
     def any(self, flag: bool) -> bool:
         """True on every rank when flag is True on any (Ctrl-C or SIGTERM on one rank)."""
         return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+
+    def max(self, value: int) -> int:
+        """The largest of the ranks' integers, on every rank (e.g. the number of a stop signal
+        one rank received, 0 on the others)."""
+        return int(self.comm.allreduce(int(value), op=self.MPI.MAX))
 
     def first_error(self, message):
         """Collective: None when no rank has an error message, else the lowest failing

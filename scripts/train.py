@@ -8,15 +8,19 @@
 Data: the first 90% of the file's characters train, the last 10% validate; both are tokenized
 with GPT-2's BPE (the text "<|endoftext|>" is the separator token 50256). Or --data DIR: a
 directory of token files (DIR/train.bin, DIR/val.bin: uint16 ids in nanoGPT's format, as
-scripts/prepare.py writes them, or llm.c's), read through a memory map, so of any size. Each optimizer step uses --grad-accum micro-batches of --batch-size random
-windows of --block-size tokens (AdamW, global-norm clipping, linear warmup then cosine decay
+scripts/prepare.py writes them, or llm.c's), read through a memory map, so of any size. Each
+optimizer step uses --grad-accum micro-batches of --batch-size random windows of --block-size tokens (AdamW, global-norm clipping, linear warmup then cosine decay
 from --lr to --min-lr). Every --eval-interval steps (and at the end) the mean loss over fixed
 --eval-iters batches of each split is printed, and the run is saved in --out: a Hugging Face
 GPT-2 checkpoint (model.safetensors, config.json, vocab.json, merges.txt) that
 generate.py --model, perplexity.py --model, numpy_gpt2.load and transformers read, plus the
 optimizer state and train_state.json (for --resume), metrics.jsonl and loss_curve.png.
-Saves are atomic. Ctrl-C saves the run at the end of the current step and exits (status 130).
-Bad input exits with status 2 and a one-line message before any training.
+Every save is one atomic commit (a crash at any moment leaves the previous save or the new one,
+whole), the run directory is locked against a second train.py, and Ctrl-C, SIGTERM and SIGHUP
+save the run at the end of the current step and exit with status 128 + the signal (130 for
+Ctrl-C). Bad input exits with status 2 and one line before any training; a run that diverges
+or cannot save exits with status 1 and one line (see docs/runs.md). Under mpiexec, N ranks
+train data-parallel (docs/distributed.md): every decision that ends the run is collective.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
+import warnings
 
 
 def _threads_from_argv(argv) -> None:
@@ -45,28 +51,38 @@ def _threads_from_argv(argv) -> None:
 if __name__ == "__main__":
     _threads_from_argv(sys.argv[1:])
 
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
+try:  # Ctrl-C while the imports load (the first ~0.3 s): one line, no traceback
+    try:
+        import numpy_gpt2
+    except ImportError:  # not pip-installed: use the package next to this script
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import numpy_gpt2
 
-import numpy as np
+    import numpy as np
 
-from numpy_gpt2 import data as gpt2_data
-from numpy_gpt2 import distributed
-from numpy_gpt2.checkpoint import write_files_atomically
-from numpy_gpt2.dropout import Dropout
-from numpy_gpt2.initialization import init_params
-from numpy_gpt2.optim import get_lr
-from numpy_gpt2.token_files import max_token
-from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
-from numpy_gpt2.train_step import STATE_FILE, load_training_state, save_training_state, train_step
+    from numpy_gpt2 import data as gpt2_data
+    from numpy_gpt2 import distributed
+    from numpy_gpt2.atomic import DirectoryLocked, lock_directory, recover, write_files_atomically
+    from numpy_gpt2.checks import is_int, show
+    from numpy_gpt2.dropout import Dropout
+    from numpy_gpt2.errors import NonFiniteError
+    from numpy_gpt2.initialization import init_params
+    from numpy_gpt2.optim import get_lr
+    from numpy_gpt2.token_files import max_token
+    from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
+    from numpy_gpt2.train_step import (OPTIMIZER_FILE, STATE_FILE, load_training_state,
+                                       read_train_state, save_training_state, train_step)
+except KeyboardInterrupt:
+    print("\ntrain.py: interrupted while starting; nothing was done", file=sys.stderr)
+    sys.exit(130)
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
+# Every file a save writes (recover() also deletes temporary files of earlier versions' saves).
+RUN_FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors", OPTIMIZER_FILE,
+             METRICS_FILE, PLOT_FILE, STATE_FILE)
 
 # Defaults: nanoGPT's CPU Shakespeare recipe with GPT-2's BPE (see the README).
 DEFAULTS = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, grad_accum=1,
@@ -162,6 +178,7 @@ def check_settings(s: dict) -> None:
         if s.get(flag.replace("-", "_")) is not None:
             need(s[flag.replace("-", "_")] >= 1, flag, "an integer >= 1")
     need(s["max_iters"] >= 0, "max-iters", "an integer >= 0")
+    need(s["seed"] >= 0, "seed", "an integer >= 0")
     need(s["lr"] > 0, "lr", "a number > 0")
     need(0 <= s["min_lr"] <= s["lr"], "min-lr", f"a number in [0, --lr={s['lr']}]")
     need(s["warmup_iters"] >= 0, "warmup-iters", "an integer >= 0")
@@ -178,27 +195,49 @@ def check_settings(s: dict) -> None:
                          f"(each head gets n_embd / n_head dimensions)")
 
 
-def check_out_dir(out: str, resuming: bool) -> None:
-    """UsageError unless out can be created and written (and holds no other run)."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    if not resuming and os.path.isfile(os.path.join(out, STATE_FILE)):
-        raise UsageError(f"--out {out}: already holds a training run ({STATE_FILE}); continue it "
-                         f"with --resume {out}, or choose another --out")
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot write there ({e.strerror})") from None
+# Types of the settings saved in train_state.json (checked when resuming: a hand-edited or
+# damaged file must give one line naming the key, not a traceback).
+INT_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
+                "max_iters", "warmup_iters", "eval_interval", "eval_iters", "seed")
+FLOAT_SETTINGS = ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip")
+
+
+def check_saved_settings(saved: dict, path: str) -> dict:
+    """The settings of a train_state.json, each of the type train.py saves; UsageError naming
+    the file and key otherwise. Ints saved for float settings are accepted (JSON 1 == 1.0)."""
+    def bad(key, expected):
+        shown = "missing" if key not in saved else show(saved[key])
+        return UsageError(f"{path}: \"settings\" \"{key}\" is {shown}, expected {expected}")
+    for key in INT_SETTINGS:
+        if not is_int(saved.get(key)):
+            raise bad(key, "an integer")
+    for key in FLOAT_SETTINGS:
+        if not (is_int(saved.get(key)) or isinstance(saved.get(key), float)):
+            raise bad(key, "a number")
+    if not (saved.get("lr_decay_iters", 0) is None or is_int(saved.get("lr_decay_iters"))):
+        raise bad("lr_decay_iters", "an integer or null")
+    if saved.get("dtype") not in ("float32", "float64"):
+        raise bad("dtype", '"float32" or "float64"')
+    if not isinstance(saved.get("data"), str) or not saved["data"]:
+        raise bad("data", "the data file's path")
+    if not (saved.get("init") is None or isinstance(saved.get("init"), str)):
+        raise bad("init", "a checkpoint path or null")
+    # Settings newer than some saved runs: checked when present, defaults otherwise.
+    if not is_int(saved.get("sample_every", 0)) or saved.get("sample_every", 0) < 0:
+        raise bad("sample_every", "an integer >= 0")
+    if not isinstance(saved.get("sample_prompt", ""), str):
+        raise bad("sample_prompt", "a string")
+    if not (is_int(saved.get("dropout", 0)) or isinstance(saved.get("dropout"), float)):
+        raise bad("dropout", "a number")
+    return {**DEFAULTS, **{k: saved[k] for k in DEFAULTS if k in saved},
+            **{k: float(saved[k]) for k in FLOAT_SETTINGS},
+            "dropout": float(saved.get("dropout", 0.0)), "lr_decay_iters": saved.get("lr_decay_iters")}
 
 
 def find_tokenizer_files(source) -> str:
-    """A directory holding GPT-2's vocab.json + merges.txt, to use and to copy into the
-    checkpoint: the --init checkpoint's own, else $NUMPY_GPT2_TOKENIZER's, else the two files
-    downloaded (once, then cached) from the hub's openai-community/gpt2."""
+    """A directory holding GPT-2's vocab.json + merges.txt, to use and to copy into every save:
+    the --init checkpoint's own (or the resumed run's), else $NUMPY_GPT2_TOKENIZER's, else the
+    two files downloaded (once, then cached) from the hub's openai-community/gpt2."""
     try:
         directory = tokenizer_dir(source)
     except FileNotFoundError as e:
@@ -208,27 +247,114 @@ def find_tokenizer_files(source) -> str:
     try:
         from huggingface_hub import snapshot_download
         return snapshot_download("openai-community/gpt2", allow_patterns=list(TOKENIZER_FILES))
-    except Exception as e:  # offline, no cache, hub down
-        raise UsageError(f"GPT-2 tokenizer files not found: set {TOKENIZER_ENV} to a directory "
-                         f"holding {' and '.join(TOKENIZER_FILES)} ({type(e).__name__} when "
-                         f"fetching them from the hub)") from None
+    except Exception:  # offline, no cache, hub down, huggingface_hub missing
+        raise UsageError(f"GPT-2's {' and '.join(TOKENIZER_FILES)} are needed (train.py copies "
+                         f"them into every save) and could not be fetched from the Hugging Face "
+                         f"hub (offline?): to work offline, set {TOKENIZER_ENV} to a directory "
+                         f"holding them, or --init from a checkpoint directory that has them") from None
 
 
-def data_sha256(path) -> str:
+def file_sha256(path) -> str:
     """sha256 of the --data file, or of a token directory's train.bin then val.bin, read in
     chunks (a token file can be larger than memory)."""
     digest = hashlib.sha256()
     files = [os.path.join(path, f"{n}.bin") for n in ("train", "val")] if os.path.isdir(path) else [path]
     for name in files:
         with open(name, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
-def resolve_settings(args) -> tuple[dict, str | None]:
-    """The run's settings (saved ones when resuming, overridden by the flags given) and the
-    directory to resume from (or None)."""
+def same_directory(a, b) -> bool:
+    """Whether two paths name the same directory (symlinks, '..' and hard links resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+class RunDirs:
+    """The directories this run reads and writes: each is locked (flock on the directory: a
+    second train.py gets UsageError; the kernel drops the lock when this process ends, even
+    by kill -9) and cleared of interrupted saves (numpy_gpt2.atomic.recover) before use. An
+    --out directory this run created is removed again if it ends without a save in it.
+    With several MPI ranks only rank 0 (owner=True) locks, recovers, creates and saves: the
+    other ranks' lock attempts would find rank 0's lock."""
+
+    def __init__(self, owner=True):
+        self.owner = owner
+        self.locks = {}  # realpath -> descriptor
+        self.created = []  # directories this run made, innermost first
+
+    def lock(self, path, flag) -> None:
+        key = os.path.realpath(path)
+        if key in self.locks or not self.owner:
+            return
+        try:
+            self.locks[key] = lock_directory(path)
+        except DirectoryLocked:
+            raise UsageError(f"{flag} {path}: another train.py is training in this directory right "
+                             f"now (it holds the directory's lock); wait for it to end or stop it") from None
+        except OSError as e:
+            raise UsageError(f"{flag} {path}: cannot open the directory ({e.strerror})") from None
+        try:
+            recover(path, names=RUN_FILES)
+        except OSError as e:
+            raise UsageError(f"{flag} {path}: cannot finish an interrupted save there "
+                             f"({e.strerror})") from None
+
+    def create(self, out) -> None:
+        """Make out (and missing parents), remembering which were new."""
+        if not self.owner:
+            return
+        missing, d = [], os.path.abspath(out)
+        while not os.path.exists(d):
+            missing.append(d)
+            d = os.path.dirname(d)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot create the directory ({e.strerror})") from None
+        self.created = missing
+
+    def release(self) -> None:
+        """Remove the directories this run created if they are still empty, then unlock."""
+        for d in self.created:
+            try:
+                os.rmdir(d)
+            except OSError:  # not empty: a save is in it
+                break
+        for fd in self.locks.values():
+            os.close(fd)
+        self.locks.clear()
+
+
+def check_out_dir(out: str, resuming: bool, dirs: RunDirs) -> None:
+    """Create out if needed, lock it, finish interrupted saves; UsageError unless it can be
+    written and holds no other run (unless resuming it)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    dirs.create(out)
+    dirs.lock(out, "--out")
+    if not resuming and os.path.isfile(os.path.join(out, STATE_FILE)):
+        raise UsageError(f"--out {out}: already holds a training run ({STATE_FILE}); continue it "
+                         f"with --resume {out}, or choose another --out")
+    import tempfile
+    try:  # an empty staging directory: if killed right here, recover() deletes it later
+        os.rmdir(tempfile.mkdtemp(prefix=".save-", suffix=".new", dir=out))
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror})") from None
+
+
+def resolve_settings(args, dirs: RunDirs) -> tuple[dict, str | None, dict | None]:
+    """The run's settings (saved ones when resuming, overridden by the flags given), the
+    directory to resume from (or None) and its train_state.json (or None)."""
+    for flag in ("data", "out", "init", "resume"):
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            raise UsageError(f"--{flag} is empty: expected a "
+                             f"{'file' if flag == 'data' else 'directory'} name")
     given = {k: v for k, v in vars(args).items() if v is not None and k not in INVOCATION}
     if args.resume is None:
         if args.data is None:
@@ -240,40 +366,72 @@ def resolve_settings(args) -> tuple[dict, str | None]:
             if clash:
                 raise UsageError(f"{', '.join(clash)} cannot be used with --init: the model's "
                                  f"shape comes from the checkpoint")
-        return {**DEFAULTS, **given}, None
+        return {**DEFAULTS, **given}, None, None
+    if not os.path.isdir(args.resume):
+        what = "not a directory" if os.path.exists(args.resume) else "no such directory"
+        raise UsageError(f"--resume {args.resume}: {what}; not a run saved by train.py")
+    dirs.lock(args.resume, "--resume")  # and finish a save a crash interrupted, before reading
     try:
-        with open(os.path.join(args.resume, STATE_FILE), encoding="utf-8") as f:
-            saved = json.load(f)["settings"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"--resume {args.resume}: no readable {STATE_FILE} "
-                         f"({getattr(e, 'strerror', None) or e}); not a run saved by train.py") from None
+        info = read_train_state(args.resume)
+    except ValueError as e:
+        raise UsageError(f"--resume {args.resume}: {e}") from None
+    state_path = os.path.join(args.resume, STATE_FILE)
+    saved = check_saved_settings(info["settings"], state_path)
+    try:
+        check_settings(saved)
+    except UsageError as e:
+        raise UsageError(f"{state_path}: the saved settings are invalid: {e}") from None
+    digest = info.get("data_sha256")
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        shown = "missing" if "data_sha256" not in info else show(digest)
+        raise UsageError(f"{state_path}: \"data_sha256\" is {shown}, expected "
+                         f"the data file's sha256 (64 hexadecimal digits)")
     for k, v in given.items():
         if k == "data":
             continue  # checked against the saved file's hash once read
         if k not in RESUMABLE and v != saved.get(k):
             raise UsageError(f"--{k.replace('_', '-')} cannot change when resuming (the run in "
                              f"{args.resume} has {saved.get(k)!r})")
-    return {**saved, **given}, args.resume
+    s = {**saved, **given}
+    if info["step"] > s["max_iters"]:
+        raise UsageError(f"--max-iters {s['max_iters']} is below the step the run in "
+                         f"{args.resume} has reached ({info['step']})")
+    return s, args.resume, info
 
 
-def prepare(args, world=distributed.Solo()) -> dict:
+class Finished(Exception):
+    """--resume of a run that has already done --max-iters steps."""
+
+
+def prepare(args, dirs: RunDirs, world=distributed.Solo()) -> dict:
     """Everything training needs, every input checked: the settings, data splits, tokenizer
-    directory, params, optimizer state, RNG, and the eval batches. With several ranks, only
-    rank 0 creates and probes --out."""
-    s, resume_dir = resolve_settings(args)
+    directory, params, optimizer state, RNG, and the eval batches. With several ranks, rank 0
+    alone locks and creates --out and reads the data's vocabulary and hash (its verdict
+    reaches every rank through distributed.first_error)."""
+    s, resume_dir, info = resolve_settings(args, dirs)
     check_settings(s)
+    if info is not None:  # the saved N ranks x m micro-batches, shared by this world's ranks
+        s["grad_accum"] = resumed_grad_accum(info, args.grad_accum, world.size)
     out = args.out or resume_dir
-    if world.is_root and not args.eval_only:
-        check_out_dir(out, resuming=resume_dir is not None and os.path.abspath(out) == os.path.abspath(resume_dir))
     dtype = np.dtype(s["dtype"])
     try:
+        init_path = None
+        if resume_dir is None and s["init"] is not None:
+            init_path = numpy_gpt2.resolve_model(s["init"])
+            init_dir = init_path if os.path.isdir(init_path) else os.path.dirname(init_path) or "."
+            if out is not None and same_directory(init_dir, out):
+                raise UsageError(f"--init {s['init']} and --out {out} are the same directory: "
+                                 f"training would overwrite the checkpoint it starts from; "
+                                 f"choose another --out")
+        if dirs.owner and not args.eval_only:
+            check_out_dir(out, resuming=resume_dir is not None and same_directory(out, resume_dir),
+                          dirs=dirs)
         if resume_dir is not None:
             params, config = numpy_gpt2.load(resume_dir, dtype=dtype)
             tok_dir = find_tokenizer_files(resume_dir)
-        elif s["init"] is not None:
-            path = numpy_gpt2.resolve_model(s["init"])
-            params, config = numpy_gpt2.load(path, dtype=dtype)
-            tok_dir = find_tokenizer_files(path)
+        elif init_path is not None:
+            params, config = numpy_gpt2.load(init_path, dtype=dtype)
+            tok_dir = find_tokenizer_files(init_path)
         else:
             config = numpy_gpt2.GPT2Config(n_layer=s["n_layer"], n_head=s["n_head"],
                                            n_embd=s["n_embd"], n_ctx=s["block_size"])
@@ -282,27 +440,30 @@ def prepare(args, world=distributed.Solo()) -> dict:
         if s["block_size"] > config.n_ctx:
             raise UsageError(f"--block-size {s['block_size']} is larger than the checkpoint's "
                              f"context n_ctx={config.n_ctx}")
+        check_memory(config, s, dtype)
         tokenizer = numpy_gpt2.load_tokenizer(tok_dir)
         data_path = os.path.abspath(s["data"])
         splits = gpt2_data.load_data(data_path, tokenizer)
         for name, tokens in splits.items():
             gpt2_data.check_split_length(tokens, s["block_size"], name)
-            # One pass over the data (a token file may be huge): by rank 0 alone, whose
-            # verdict every rank gets (distributed.first_error).
+            # One pass over the data (a token file may be huge): by rank 0 alone.
             top = max_token(tokens) if world.is_root else 0
             if top >= config.vocab_size:
                 raise UsageError(f"--data {data_path}: the {name} split's token ids reach {top}, "
                                  f"beyond the model's vocab_size={config.vocab_size}")
-        digest = data_sha256(data_path) if world.is_root else None
+        digest = file_sha256(data_path) if world.is_root else None
         if resume_dir is not None:
-            opt_state, info = load_training_state(resume_dir, params)
-            s["grad_accum"] = resumed_grad_accum(info, args.grad_accum, world.size)
-            if world.is_root and info.get("data_sha256") != digest:
+            if world.is_root and info["data_sha256"] != digest:
                 raise UsageError(f"--data {data_path}: not the file the run in {resume_dir} was "
                                  f"trained on (sha256 differs)")
-            rng = np.random.default_rng()
-            rng.bit_generator.state = info["rng"]
-            # Records after the save (a run killed without saving) are dropped.
+            opt_state, info = load_training_state(resume_dir, params)
+            if info["step"] == s["max_iters"] and not args.eval_only:
+                raise Finished(f"the run in {resume_dir} has finished: it is at step {info['step']} "
+                               f"of --max-iters {s['max_iters']}; to train it further, give a larger "
+                               f"--max-iters, e.g. train.py --resume {resume_dir} --max-iters "
+                               f"{2 * max(1, info['step'])}")
+            rng = restore_rng(info, resume_dir)
+            # The metrics were saved in the same commit as the state: exactly its steps.
             metrics = [m for m in read_metrics(resume_dir) if m["step"] <= opt_state["step"]]
         else:
             if params is None:
@@ -319,94 +480,214 @@ def prepare(args, world=distributed.Solo()) -> dict:
     return dict(settings=s, out=out, config=config, params=params, opt_state=opt_state, rng=rng,
                 splits=splits, evals=evals, tok_dir=tok_dir, data_sha256=digest, metrics=metrics,
                 world=world, tokenizer=tokenizer, peak_flops=args.peak_flops,
-                best=best_so_far(out) if out else math.inf)
+                best=best_so_far(out) if out else math.inf,
+                saved_step=opt_state["step"] if resume_dir is not None and same_directory(out, resume_dir)
+                else None)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(config, s, dtype) -> None:
+    """UsageError when the run cannot fit in this machine's RAM, before anything is allocated.
+
+    A lower bound (Python ints: exact for any flag value): the weights, their gradients and
+    AdamW's m and v (4 x parameters x bytes per number), one micro-batch's logits and per-layer
+    activations (batch x block x (4 n_embd n_layer + vocab) numbers), and the token ids of the
+    step's --grad-accum micro-batches and of the 2 x --eval-iters evaluation batches (int64
+    inputs and targets)."""
+    total = physical_memory()
+    if total is None:
+        return
+    E, L, V = config.n_embd, config.n_layer, config.vocab_size
+    n_params = V * E + config.n_ctx * E + L * (12 * E * E + 13 * E) + 2 * E
+    tokens = s["batch_size"] * s["block_size"]
+    parts = {"weights, gradients and AdamW state": 4 * n_params * dtype.itemsize,
+             "activations": tokens * (4 * E * L + V) * dtype.itemsize,
+             "batches": tokens * (s["grad_accum"] + 2 * s["eval_iters"]) * 16}
+    need = sum(parts.values())
+    if need > total:
+        gib = lambda n: f"{n / 2**30:,.1f} GiB"  # noqa: E731
+        raise UsageError(f"this run needs at least {gib(need)} of memory ("
+                         + ", ".join(f"{what} {gib(n)}" for what, n in parts.items())
+                         + f") and this machine has {gib(total)}: use smaller --n-layer, --n-embd, "
+                           f"--batch-size, --block-size, --grad-accum or --eval-iters")
+
+
+def restore_rng(info, directory) -> np.random.Generator:
+    """The batch sampler as saved: a PCG64 generator in the state train_state.json holds."""
+    rng = np.random.default_rng()
+    try:
+        rng.bit_generator.state = info["rng"]
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise UsageError(f"{os.path.join(directory, STATE_FILE)}: \"rng\" is not the state of a "
+                         f"NumPy PCG64 generator") from None
+    return rng
 
 
 # ----------------------------------------------------------------------------------------
 # Outputs: metrics, the loss curve, checkpoints.
 
 def read_metrics(directory) -> list[dict]:
+    path = os.path.join(directory, METRICS_FILE)
     try:
-        with open(os.path.join(directory, METRICS_FILE), encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
     except FileNotFoundError:
         return []
+    metrics = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int)
+                    and record.get("kind") in ("train", "eval", "sample")):
+                raise ValueError
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{path}: line {number} is not a train.py metrics record") from None
+        metrics.append(record)
+    return metrics
 
 
-def write_text_atomically(directory, name, text):
-    def write(path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    write_files_atomically(directory, {name: write})
-
-
-def plot_loss_curve(directory, metrics) -> bool:
-    """loss_curve.png: training loss per step and the evaluated train/val losses. False
-    (after saying how to get it, once) when matplotlib is not installed."""
+def loss_curve_writer(metrics):
+    """write(path) drawing loss_curve.png: training loss per step and the evaluated train/val
+    losses; None when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return None
     train = [(m["step"], m["loss"]) for m in metrics if m["kind"] == "train"]
     evals = [m for m in metrics if m["kind"] == "eval"]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    if train:
-        steps, losses = zip(*train)
-        ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (batch)")
-    if evals:
-        ax.plot([m["step"] for m in evals], [m["train_loss"] for m in evals], "o-",
-                color="tab:blue", markersize=3, label="train (eval)")
-        ax.plot([m["step"] for m in evals], [m["val_loss"] for m in evals], "o-",
-                color="tab:orange", markersize=3, label="val (eval)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    write_files_atomically(directory, {PLOT_FILE: lambda path: fig.savefig(path, format="png")})
-    plt.close(fig)
-    return True
+
+    def write(path):
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        try:
+            if train:
+                steps, losses = zip(*train)
+                ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (batch)")
+            if evals:
+                ax.plot([m["step"] for m in evals], [m["train_loss"] for m in evals], "o-",
+                        color="tab:blue", markersize=3, label="train (eval)")
+                ax.plot([m["step"] for m in evals], [m["val_loss"] for m in evals], "o-",
+                        color="tab:orange", markersize=3, label="val (eval)")
+            ax.set_xlabel("step")
+            ax.set_ylabel("cross-entropy (nats/token)")
+            ax.grid(alpha=0.3)
+            if train or evals:
+                ax.legend()
+            fig.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.97)  # tight_layout: 1.5x slower
+            fig.savefig(path, format="png")
+        finally:
+            plt.close(fig)
+    return write
 
 
 def save_run(run) -> None:
+    """One atomic commit of everything: model, optimizer, train_state.json, metrics.jsonl and
+    loss_curve.png, all at the same step."""
     s = run["settings"]
     info = {"settings": s, "rng": run["rng"].bit_generator.state, "data_sha256": run["data_sha256"],
-            "numpy_gpt2": "train.py", "world_size": run["world"].size}
-    save_training_state(run["out"], run["params"], run["config"], run["tok_dir"], run["opt_state"], info)
-    write_text_atomically(run["out"], METRICS_FILE,
-                          "".join(json.dumps(m) + "\n" for m in run["metrics"]))
-    if not plot_loss_curve(run["out"], run["metrics"]) and not run.get("said_no_plot"):
+            "numpy_gpt2": "train.py", "world_size": run["world"].size if "world" in run else 1}
+    text = "".join(json.dumps(m) + "\n" for m in run["metrics"])
+
+    def write_metrics(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    extra = {METRICS_FILE: write_metrics}
+    plot = loss_curve_writer(run["metrics"])
+    if plot is not None:
+        extra[PLOT_FILE] = plot
+    save_training_state(run["out"], run["params"], run["config"], run["tok_dir"], run["opt_state"],
+                        info, extra_files=extra)
+    run["saved_step"] = run["opt_state"]["step"]
+    if plot is None and not run.get("said_no_plot"):
         run["said_no_plot"] = True
-        print("train.py: matplotlib is not installed, so no loss_curve.png (install it with "
-              "pip install 'numpy_gpt2[plot]' or pip install matplotlib); training goes on",
-              file=sys.stderr)
+        say("train.py: matplotlib is not installed, so no loss_curve.png (install it with "
+            "pip install 'numpy_gpt2[plot]' or pip install matplotlib); training goes on")
+
+
+# ----------------------------------------------------------------------------------------
+# Signals and messages.
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class Stopped(BaseException):
+    """A stop signal that cannot wait for the end of the step (before training starts, or a
+    second one). A BaseException, like KeyboardInterrupt: `except Exception` lets it through
+    and an unfinished save is discarded on its way out."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP (what terminals and batch schedulers send). Before
+    training (defer=False) one stops train.py at once. During training the first sets
+    `received` and the loop saves at the end of the current step, then exits with 128 + its
+    number; a second stops at once (the last save is whole: saves are atomic)."""
+
+    def __init__(self):
+        self.received = None
+        self.defer = False
+        self.previous = {}
+        for signum in STOP_SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self.handle)
+            except (ValueError, OSError):  # not the main thread: leave the defaults
+                pass
+
+    def handle(self, signum, frame):
+        if self.defer and self.received is None:
+            self.received = signum
+            say(f"\ntrain.py: {signal.Signals(signum).name}: saving at the end of this step "
+                f"({'Ctrl-C' if signum == signal.SIGINT else 'the signal'} again to stop at once)")
+            return
+        raise Stopped(signum)
+
+    def restore(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def say(message) -> None:
+    """A line on stderr; a terminal that is gone (SIGHUP) must not stop the run."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def report(message) -> None:
+    """A line on stdout (evaluations, the summary); if stdout is a pipe whose reader has gone,
+    the run goes on and stdout goes to /dev/null."""
+    try:
+        print(message, flush=True)
+    except (BrokenPipeError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 # ----------------------------------------------------------------------------------------
 # The loop.
 
-class Interrupt:
-    """Ctrl-C (SIGINT) sets a flag; the loop saves at the end of the current step and stops,
-    so the saved run resumes exactly (a step is never saved half done)."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGINT, self.handle)
-
-    def handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop now (saves are atomic, the last one is whole)
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ntrain.py: Ctrl-C: saving at the end of this step (Ctrl-C again to quit now)",
-              file=sys.stderr, flush=True)
-
-    def restore(self):
-        signal.signal(signal.SIGINT, self.previous)
-
-
-def train(run) -> int:
+def train(run, signals: StopSignals) -> int:
     from tqdm import tqdm
 
     s, params, config, opt_state = run["settings"], run["params"], run["config"], run["opt_state"]
@@ -415,119 +696,226 @@ def train(run) -> int:
     world = run["world"]
     tokens_per_step = s["batch_size"] * s["block_size"] * s["grad_accum"] * world.size
     out = run["out"]
-    print(f"train.py: {'resuming at step ' + str(step) + ', ' if step else ''}"
-          f"{sum(p.size for p in numpy_gpt2.flatten_params(params).values()):,} parameters "
-          f"(n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
-          f"n_ctx={config.n_ctx}), {s['dtype']}; {len(run['splits']['train']):,} train / "
-          f"{len(run['splits']['val']):,} val tokens; {tokens_per_step:,} tokens per step"
-          f"{f' on {world.size} ranks' if world.size > 1 else ''}; "
-          f"saving to {out}", file=sys.stderr, flush=True)
-    interrupt = Interrupt()
-    stop_on_sigterm(interrupt)
+    say(f"train.py: {'resuming at step ' + str(step) + ', ' if step else ''}"
+        f"{sum(p.size for p in numpy_gpt2.flatten_params(params).values()):,} parameters "
+        f"(n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
+        f"n_ctx={config.n_ctx}), {s['dtype']}; {len(run['splits']['train']):,} train / "
+        f"{len(run['splits']['val']):,} val tokens; {tokens_per_step:,} tokens per step"
+        f"{f' on {world.size} ranks' if world.size > 1 else ''}; saving to {out}")
     bar = tqdm(total=s["max_iters"], initial=step, desc="train", unit="step", file=sys.stderr,
                dynamic_ncols=True, smoothing=0.1)
     began = time.perf_counter()
+
+    def failed(what):
+        bar.close()
+        last = run["saved_step"]
+        say(f"train.py: error at step {step}: {one_line(what)}; "
+            + (f"the last save in {out} (step {last}) is intact" if last is not None
+               else f"nothing was saved in {out}"))
+        return EXIT_FAILED
+
+    def alone():
+        # A failure this rank may meet alone (out of memory, inside a collective): the other
+        # ranks cannot learn it, so with several ranks it aborts them all (distributed's
+        # excepthook); one process reports it in one line.
+        if world.size > 1:
+            raise
+    signals.defer = True
     try:
-        while True:
-            evaluated = any(m["kind"] == "eval" and m["step"] == step for m in run["metrics"][-1:])
-            if (step % s["eval_interval"] == 0 or step == s["max_iters"]) and not evaluated:
-                losses = {name: world.evaluate(params, config, batches) for name, batches in run["evals"].items()}
-                record = eval_record(run, step, losses)
-                run["metrics"].append(record)
-                bar.write(eval_line(record), file=sys.stdout)
-                sys.stdout.flush()
-                keep_best(run, record)
-                if step > start_step or step == s["max_iters"]:
-                    save_run_collectively(run)
-            if step >= s["max_iters"]:
-                break
-            if world.any(interrupt.requested):
-                save_run_collectively(run)
-                bar.close()
-                print(f"train.py: interrupted at step {step}; saved to {out}; continue with "
-                      f"python scripts/train.py --resume {out}", file=sys.stderr)
-                return EXIT_INTERRUPTED
-            lr = get_lr(step, s["lr"], s["min_lr"], s["warmup_iters"], decay_iters)
-            # Every rank draws the N*m micro-batches one process with --grad-accum N*m would,
-            # and reads its own share of them.
-            count = s["grad_accum"] * world.size
-            keep = world.share(range(count))
-            batches = gpt2_data.micro_batches(run["splits"]["train"], s["block_size"], s["batch_size"],
-                                              count, run["rng"], keep=keep)
-            if s.get("dropout"):  # one mask seed per micro-batch, from the run's RNG (after the batches)
-                seeds = run["rng"].integers(0, 2**63, size=count)
-                batches = [(x, y, Dropout(s["dropout"], int(seeds[i]))) for (x, y), i in zip(batches, keep)]
-            t0 = time.perf_counter()
-            try:
-                loss, norm = train_step(params, config, opt_state, batches, lr,
-                                        betas=(s["beta1"], s["beta2"]),
-                                        weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
-                                        accumulate=world.accumulate_grads)
-            except FloatingPointError as e:
-                bar.close()
-                print(f"train.py: error at step {step}: {e}; the last save in {out} is intact",
-                      file=sys.stderr)
-                return 1
-            seconds = time.perf_counter() - t0
-            step += 1
-            run["metrics"].append({"kind": "train", "step": step, "loss": loss, "lr": lr,
-                                   "grad_norm": norm, "tokens_per_s": tokens_per_step / seconds})
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                            tok_s=f"{tokens_per_step / seconds:,.0f}", refresh=False)
-            bar.update(1)
-            run["interval"] = [a + b for a, b in zip(run.get("interval", (0.0, 0)), (seconds, tokens_per_step))]
-            if s.get("sample_every") and step % s["sample_every"] == 0 and world.is_root:
-                bar.write(sample_line(run, step), file=sys.stdout)
-                sys.stdout.flush()
+        with warnings.catch_warnings():  # overflow is detected and reported as one line
+            warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                    message="(overflow|invalid value|divide by zero) encountered")
+            while True:
+                evaluated = any(m["kind"] == "eval" and m["step"] == step for m in run["metrics"][-1:])
+                due = (step % s["eval_interval"] == 0 or step == s["max_iters"]) and not evaluated
+                if due:
+                    try:
+                        losses = {name: world.evaluate(params, config, batches)
+                                  for name, batches in run["evals"].items()}
+                    except (FloatingPointError, NonFiniteError) as e:
+                        alone()
+                        return failed(f"evaluation: {e}")
+                    except MemoryError as e:
+                        alone()
+                        return failed(f"out of memory while evaluating ({one_line(e) or 'MemoryError'})")
+                    record = eval_record(run, step, losses)
+                    run["metrics"].append(record)
+                    bar.clear()
+                    report(eval_line(record))
+                    bar.refresh()
+                    error = keep_best(run, record)
+                    if error is not None:
+                        return failed(f"saving the best checkpoint to {os.path.join(out, BEST_DIR)} "
+                                      f"failed: {error}")
+                # A signal on any rank stops every rank (the largest signal number wins).
+                stop = world.max(signals.received or 0)
+                # Save after every evaluation (step 0 included), at the end, and on a signal.
+                if run["saved_step"] != step and (due or step == s["max_iters"] or stop):
+                    error = save_run_collectively(run)
+                    if error is not None:  # e.g. a full disk, or the tokenizer files to copy gone
+                        return failed(f"saving to {out} failed: {error}")
+                if stop:
+                    bar.close()
+                    say(f"train.py: {signal.Signals(stop).name}: stopped at step {step}; saved to {out}; "
+                        f"continue with python scripts/train.py --resume {out}")
+                    return 128 + stop
+                if step >= s["max_iters"]:
+                    break
+                lr = get_lr(step, s["lr"], s["min_lr"], s["warmup_iters"], decay_iters)
+                # Every rank draws the N*m micro-batches one process with --grad-accum N*m
+                # would, and reads its own share of them.
+                count = s["grad_accum"] * world.size
+                keep = world.share(range(count))
+                batches = gpt2_data.micro_batches(run["splits"]["train"], s["block_size"], s["batch_size"],
+                                                  count, run["rng"], keep=keep)
+                if s.get("dropout"):  # one mask seed per micro-batch, from the run's RNG (after the batches)
+                    seeds = run["rng"].integers(0, 2**63, size=count)
+                    batches = [(x, y, Dropout(s["dropout"], int(seeds[i]))) for (x, y), i in zip(batches, keep)]
+                t0 = time.perf_counter()
+                try:
+                    # a non-finite loss or gradient on any rank is non-finite on all (reduced)
+                    loss, norm = train_step(params, config, opt_state, batches, lr,
+                                            betas=(s["beta1"], s["beta2"]),
+                                            weight_decay=s["weight_decay"], grad_clip=s["grad_clip"],
+                                            accumulate=world.accumulate_grads)
+                except (FloatingPointError, NonFiniteError) as e:
+                    return failed(f"the run diverged: {e}")
+                except MemoryError as e:
+                    alone()
+                    return failed(f"out of memory ({one_line(e) or 'MemoryError'})")
+                seconds = time.perf_counter() - t0
+                step += 1
+                run["metrics"].append({"kind": "train", "step": step, "loss": loss, "lr": lr,
+                                       "grad_norm": norm, "tokens_per_s": tokens_per_step / seconds})
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                tok_s=f"{tokens_per_step / seconds:,.0f}", refresh=False)
+                bar.update(1)
+                run["interval"] = [a + b for a, b in zip(run.get("interval", (0.0, 0)), (seconds, tokens_per_step))]
+                if s.get("sample_every") and step % s["sample_every"] == 0 and world.is_root:
+                    line = sample_line(run, step)
+                    bar.clear()
+                    report(line)
+                    bar.refresh()
     finally:
-        interrupt.restore()
         bar.close()
     wall = time.perf_counter() - began
     last = [m for m in run["metrics"] if m["kind"] == "eval"][-1]
-    print(f"done: step {step}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}, "
-          f"{wall:.0f} s for {step - start_step} steps; checkpoint in {out}")
+    report(f"done: step {step}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}, "
+           f"{wall:.0f} s for {step - start_step} steps; checkpoint in {out}")
     return 0
 
 
 def main(argv=None) -> int:
+    signals = StopSignals()
     try:
         world = distributed.world()
     except RuntimeError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        say(f"train.py: error: {one_line(e)}")
         return EXIT_BAD_INPUT
+    except Stopped as e:
+        say(f"\ntrain.py: {signal.Signals(e.signum).name} before training started; nothing saved")
+        signals.restore()
+        return 128 + e.signum
     if not world.is_root:  # rank 0 speaks for all; tracebacks still reach the real stderr
         sys.stdout = sys.stderr = open(os.devnull, "w")
-    status = run_training(argv, world)  # an exception escaping it aborts every rank
-    world.finish()  # every rank returns the same status
+    dirs = RunDirs(owner=world.is_root)  # rank 0 alone locks, recovers and saves
+    try:
+        status, together = run_training(argv, world, signals, dirs)
+    except Stopped as e:  # a signal during a collective start-up check: this rank stops at once
+        say(f"\ntrain.py: {signal.Signals(e.signum).name} before training started; nothing saved")
+        status, together = 128 + e.signum, False
+    finally:
+        dirs.release()
+        signals.restore()
+    if together:  # every rank returns the same status; a rank stopped at once does not wait
+        world.finish()  # for the others (the launcher ends the job when it exits)
     return status
 
 
-def run_training(argv, world) -> int:
-    error, run, args = None, None, None
+def run_training(argv, world, signals: StopSignals, dirs: RunDirs) -> tuple[int, bool]:
+    """(exit status, whether every rank ends with it: False when a signal stopped this rank
+    at once). Every start-up verdict (bad input, out of memory, a finished run) is agreed by
+    all ranks; rank 0 says it."""
+    error, finished, out_of_memory, run, args = None, None, False, None, None
     try:
         args = parse_args(argv)
-        run = prepare(args, world)
+        if world.size > 1 and args.resume and os.path.isdir(args.resume):
+            dirs.lock(args.resume, "--resume")  # rank 0 finishes an interrupted save before any rank reads
     except UsageError as e:
-        error = " ".join(str(e).split())  # one line, whatever the underlying error said
-    except KeyboardInterrupt:
-        print("\ntrain.py: interrupted before training started; nothing saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    error = world.first_error(error)  # bad input on any rank stops every rank
+        error = one_line(e)
+    if world.size > 1:
+        error = world.first_error(error)
+    if error is None:
+        try:
+            run = prepare(args, dirs, world)
+        except UsageError as e:
+            error = one_line(e)
+        except Finished as e:
+            finished = one_line(e)
+        except MemoryError as e:
+            error, out_of_memory = f"out of memory while loading ({one_line(e) or 'MemoryError'})", True
+        except Stopped as e:
+            say(f"\ntrain.py: {signal.Signals(e.signum).name} before training started; nothing saved")
+            return 128 + e.signum, False
+        error = world.first_error(error)  # bad input on any rank stops every rank
     if error is not None:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        say(f"train.py: error: {error}")
+        return (EXIT_FAILED if world.any(out_of_memory) else EXIT_BAD_INPUT), True
+    if finished is not None:  # every rank read the same train_state.json
+        say(f"train.py: {finished}")
+        return 0, True
     world.broadcast_params(run["params"])  # after the check: every rank got here
     if args.eval_only:
-        return eval_only(run)
+        return eval_only(run), True
     try:
-        return train(run)
-    except KeyboardInterrupt:  # a second Ctrl-C
-        print("\ntrain.py: interrupted; the last save is intact", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return train(run, signals), True
+    except Stopped as e:  # a second signal
+        last = run["saved_step"]
+        say(f"\ntrain.py: {signal.Signals(e.signum).name}: stopped at once; "
+            + (f"the last save in {run['out']} (step {last}) is intact" if last is not None
+               else f"nothing was saved in {run['out']}"))
+        return 128 + e.signum, False
 
 
 # ----------------------------------------------------------------------------------------
-# Several ranks (numpy_gpt2.distributed): saving, resuming with another world size, SIGTERM.
+# Several ranks (numpy_gpt2.distributed): saving, resuming with another world size.
+
+def save_run_collectively(run) -> str | None:
+    """Every rank checks the weights are the same on all; rank 0 alone saves (save_run); all
+    wait for the save to end (a rank never runs ahead of a save it may need to resume from).
+    Returns None, or on every rank the one-line reason the save failed (e.g. a full disk)."""
+    world = run["world"]
+    try:
+        world.check_same_params(run["params"])  # raises on every rank alike
+    except RuntimeError as e:
+        return str(e)
+    error = None
+    if world.is_root:
+        try:
+            save_run(run)
+        except (OSError, ValueError, FloatingPointError, MemoryError) as e:
+            error = one_line(getattr(e, "strerror", None) or e or type(e).__name__)
+    error = world.first_error(error)  # also the barrier after the save
+    if error is None:
+        run["saved_step"] = run["opt_state"]["step"]
+    return error
+
+
+def resumed_grad_accum(info: dict, given, world_size: int) -> int:
+    """--grad-accum for a run (saved with train_state.json's info) resumed on world_size
+    ranks: the one given, else the saved N*m micro-batches per step shared by the new rank
+    count (m' = N*m / N'). UsageError when N' does not divide N*m."""
+    if given is not None:
+        return given
+    saved_world, saved = info.get("world_size", 1), info["settings"]["grad_accum"]
+    if not is_int(saved_world) or saved_world < 1:
+        raise UsageError(f"{STATE_FILE}: \"world_size\" is {show(saved_world)}, expected an integer >= 1")
+    if (saved_world * saved) % world_size:
+        raise UsageError(f"the run was saved with {saved_world} rank(s) x --grad-accum {saved} = "
+                         f"{saved_world * saved} micro-batches per step, which {world_size} ranks "
+                         f"cannot share equally; give --grad-accum to change the batch")
+    return saved_world * saved // world_size
+
 
 # ----------------------------------------------------------------------------------------
 # Trainer extras: throughput and MFU per evaluation, the best checkpoint, samples, --eval-only.
@@ -565,25 +953,35 @@ def best_so_far(out) -> float:
     try:
         with open(os.path.join(out, BEST_DIR, BEST_FILE), encoding="utf-8") as f:
             return float(json.load(f)["val_loss"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return math.inf
 
 
-def keep_best(run, record) -> None:
+def keep_best(run, record) -> str | None:
     """A val loss lower than any before: rank 0 writes the weights to out/best/ as a Hugging
-    Face checkpoint (plus best.json: step and val loss), all files atomically together."""
+    Face checkpoint (plus best.json: step and val loss), all files one atomic commit of their
+    own (numpy_gpt2.atomic; outside the run's save). Returns None, or on every rank the
+    one-line reason writing failed."""
     from numpy_gpt2.checkpoint import checkpoint_writers
 
     if not record["val_loss"] < run["best"]:
-        return
+        return None
     run["best"] = record["val_loss"]
+    error = None
     if run["world"].is_root:
         writers = checkpoint_writers(run["params"], run["config"], run["tok_dir"],
                                      metadata={"step": str(record["step"])})
         info = json.dumps({"step": record["step"], "val_loss": record["val_loss"]}) + "\n"
-        writers[BEST_FILE] = lambda path: open(path, "w", encoding="utf-8").write(info)
-        write_files_atomically(os.path.join(run["out"], BEST_DIR), writers)
-    run["world"].barrier()
+
+        def write_info(path):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(info)
+        writers[BEST_FILE] = write_info
+        try:
+            write_files_atomically(os.path.join(run["out"], BEST_DIR), writers)
+        except (OSError, ValueError, MemoryError) as e:
+            error = one_line(getattr(e, "strerror", None) or e or type(e).__name__)
+    return run["world"].first_error(error)  # also the barrier after the write
 
 
 def sample_line(run, step) -> str:
@@ -605,38 +1003,8 @@ def eval_only(run) -> int:
     nothing is written."""
     losses = {name: run["world"].evaluate(run["params"], run["config"], batches)
               for name, batches in run["evals"].items()}
-    print(f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    report(f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     return 0
-
-
-def save_run_collectively(run) -> None:
-    """Every rank checks the weights are the same on all; rank 0 alone saves; all wait for
-    the save to finish (a rank never runs ahead of a save it may need to resume from)."""
-    world = run["world"]
-    world.check_same_params(run["params"])
-    if world.is_root:
-        save_run(run)
-    world.barrier()
-
-
-def resumed_grad_accum(info: dict, given, world_size: int) -> int:
-    """--grad-accum for a run (saved with train_state.json's info) resumed on world_size
-    ranks: the one given, else the saved N*m micro-batches per step shared by the new rank
-    count (m' = N*m / N'). UsageError when N' does not divide N*m."""
-    if given is not None:
-        return given
-    saved_world, saved = info.get("world_size", 1), info["settings"]["grad_accum"]
-    if (saved_world * saved) % world_size:
-        raise UsageError(f"the run was saved with {saved_world} rank(s) x --grad-accum {saved} = "
-                         f"{saved_world * saved} micro-batches per step, which {world_size} ranks "
-                         f"cannot share equally; give --grad-accum to change the batch")
-    return saved_world * saved // world_size
-
-
-def stop_on_sigterm(interrupt) -> None:
-    """SIGTERM (a scheduler ending the job, mpiexec forwarding a stop) saves and stops like
-    Ctrl-C."""
-    signal.signal(signal.SIGTERM, interrupt.handle)
 
 
 if __name__ == "__main__":

@@ -219,6 +219,16 @@ def test_saved_checkpoint_loads_in_numpy_gpt2_and_transformers(tmp_path, tokeniz
     assert numpy_gpt2.load_tokenizer(tmp_path).encode("Hello world") == [15496, 995]
 
 
+def test_save_checkpoint_without_tokenizer_files_is_a_value_error(tmp_path):
+    config = numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_ctx=16)
+    for bad in (None, 3):
+        with pytest.raises(ValueError, match="tokenizer_dir must be a directory holding GPT-2's vocab.json"):
+            numpy_gpt2.save_checkpoint(tmp_path / "ckpt", init_params(config), config, bad)
+    with pytest.raises(ValueError, match="no vocab.json or merges.txt to copy"):
+        numpy_gpt2.save_checkpoint(tmp_path / "ckpt", init_params(config), config, tmp_path)
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, tokenizer_dir, monkeypatch):
     config = numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_ctx=16)
     numpy_gpt2.save_checkpoint(tmp_path, init_params(config, seed=1), config, tokenizer_dir)
@@ -320,24 +330,27 @@ def test_without_matplotlib_training_goes_on_without_the_plot(tokenizer_env, tex
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupted_and_resumed_equals_uninterrupted(tokenizer_env, twenty_steps, text_file, tmp_path, capsys,
-                                                      monkeypatch):
-    """Ctrl-C (a real SIGINT to this process) after step 7: saved, exit 130; --resume then
-    ends at exactly the weights and optimizer state of the uninterrupted run."""
+                                                      monkeypatch, signum):
+    """Ctrl-C, SIGTERM or SIGHUP (a real signal to this process) after step 7: saved, exit
+    128 + signal; --resume then ends at exactly the weights and optimizer state of the
+    uninterrupted run, with one metrics record per step and evaluation."""
     script = load_script("train")
     real_step = script.train_step
 
     def step_then_ctrl_c(params, config, state, *args, **kwargs):
         result = real_step(params, config, state, *args, **kwargs)
         if state["step"] == 7:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return result
     monkeypatch.setattr(script, "train_step", step_then_ctrl_c)
     out = tmp_path / "run"
     code = script.main([str(a) for a in ["--data", text_file, "--out", out, *TINY_ARGS, *CONSTANT_LR,
                                          "--max-iters", 20]])
     err = capsys.readouterr().err
-    assert code == 130 and "interrupted at step 7; saved" in err and "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert code == 128 + signum and f"{name}: stopped at step 7; saved" in err and "Traceback" not in err
     assert json.loads((out / "train_state.json").read_text())["step"] == 7
     code, stdout, err = train_cli(capsys, "--resume", out)
     assert code == 0, err
@@ -348,6 +361,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tokenizer_env, twenty_step
     ours = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     theirs = [json.loads(line) for line in (twenty_steps / "metrics.jsonl").read_text().splitlines()]
     assert [m.get("loss") for m in ours] == [m.get("loss") for m in theirs]
+    assert [(m["kind"], m["step"]) for m in ours] == [(m["kind"], m["step"]) for m in theirs]
 
 
 def test_resume_with_more_iterations_extends_the_run(tokenizer_env, twenty_steps, text_file, tmp_path, capsys):
@@ -382,7 +396,7 @@ def test_ctrl_c_in_a_subprocess_saves_and_exits_cleanly(text_file, tmp_path, tok
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     step = json.loads((out / "train_state.json").read_text())["step"]
-    assert 1 <= step < 100000 and f"interrupted at step {step}; saved to {out}" in err
+    assert 1 <= step < 100000 and f"SIGINT: stopped at step {step}; saved to {out}" in err
     params, config = numpy_gpt2.load(out)
     assert config.n_embd == 16
     assert len((out / "metrics.jsonl").read_text().splitlines()) == step + 1  # 1 eval + steps
@@ -417,10 +431,20 @@ BAD_INPUTS = [
     (["--eval-iters", "0"], "--eval-iters 0 is invalid"),
     (["--warmup-iters", "10", "--lr-decay-iters", "5"], "--lr-decay-iters 5 is invalid"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-    (["--out", "{tmp}/file.txt/sub"], "cannot write there"),
+    (["--out", "{tmp}/file.txt/sub"], "cannot create the directory (Not a directory)"),
     (["--out", "{tmp}/file.txt"], "exists and is not a directory"),
     (["--out", "{run}"], "already holds a training run"),
-    (["--resume", "{tmp}"], "no readable train_state.json"),
+    (["--out", ""], "--out is empty: expected a directory name"),
+    (["--data", ""], "--data is empty: expected a file name"),
+    (["--resume", ""], "--resume is empty: expected a directory name"),
+    (["--seed", "-1"], "--seed -1 is invalid: expected an integer >= 0"),
+    (["--resume", "{tmp}/nosuch"], "nosuch: no such directory"),
+    (["--resume", "{tmp}/file.txt"], "file.txt: not a directory"),
+    (["--n-layer", "99999999999"], "this run needs at least 5,650,520.3 GiB of memory"),
+    (["--batch-size", "99999999999"], "GiB of memory (weights, gradients and AdamW state 0.0 GiB, activations 299,"),
+    (["--eval-iters", "99999999999"], "batches 95,367.4 GiB) and this machine has"),
+    (["--grad-accum", "99999999999"], "batches 47,683.7 GiB) and this machine has"),
+    (["--resume", "{tmp}"], "no train_state.json; not a training run"),
     (["--resume", "{run}", "--n-embd", "32"], "--n-embd cannot change when resuming"),
     (["--resume", "{run}", "--data", "{tmp}/other.txt"], "not the file the run in"),
 ]
@@ -449,7 +473,7 @@ def test_bad_input_exits_2_with_one_line_before_training(tokenizer_env, args, me
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error: "), err
     assert message in lines[0]
-    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # nothing trained
+    assert not (tmp_path / "out").exists()  # a failed start leaves no --out directory
     assert sorted(os.listdir(twenty_steps)) == before
 
 
