@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import sys
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+# The scripts import their shared helper scripts/_cli.py as `_cli`, as when run from scripts/.
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
+
+
+def script_names() -> list[str]:
+    """Every command-line tool in scripts/ (not the helper modules, whose names start with _)."""
+    return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(SCRIPTS, "*.py"))
+                  if not os.path.basename(p).startswith("_"))
 
 
 def load_script(name: str):
