@@ -110,10 +110,12 @@ class Parser(argparse.ArgumentParser):
         parsed = super().parse_args(args, namespace)
         for action in self._actions:
             values = getattr(parsed, action.dest, None)
+            name = "/".join(action.option_strings) or action.dest
+            if action.nargs is None and isinstance(values, list):  # argparse: "--flag=--" -> []
+                raise UsageError(f"argument {name}: expected one value (see --help)")
             for value in values if isinstance(values, list) else [values]:
                 where = not_utf8(value) if isinstance(value, str) else None
                 if where:
-                    name = "/".join(action.option_strings) or action.dest
                     raise UsageError(f"argument {name}: not UTF-8 ({where}); the scripts take "
                                      f"UTF-8 text and paths only")
         return parsed

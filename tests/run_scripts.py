@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
+import io
 import os
+import signal
 import sys
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 # The scripts import their shared helper scripts/_cli.py as `_cli`, as when run from scripts/.
@@ -36,3 +43,89 @@ def run_script(name: str, argv, capsys) -> tuple[int, str, str]:
         status = e.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. "
+        "First Citizen: You are all resolved rather to die than to famish? All: Resolved. ") * 6
+BUDGET_S = 3.0  # an in-process run still going after this gets SIGTERM (exit 143)
+
+
+class StrPath(str):
+    """A str path that joins with / (the scripts' argv are strings)."""
+
+    def __truediv__(self, other):
+        return StrPath(os.path.join(self, other))
+
+
+def make_world(d, tokenizer_dir):
+    """In directory d: a tiny checkpoint (GPT-2's vocabulary), a text file, two dumps, and
+    hostile places (an empty directory, a read-only one)."""
+    import numpy_gpt2
+
+    d = StrPath(d)
+    config = numpy_gpt2.GPT2Config(n_layer=1, n_head=1, n_embd=8, n_ctx=128)
+    numpy_gpt2.save_checkpoint(d / "ckpt", numpy_gpt2.init_params(config, seed=0), config,
+                               tokenizer_dir)
+    for name, text in (("text.txt", TEXT), ("long.txt", TEXT * 8)):
+        with open(d / name, "w", encoding="utf-8") as f:
+            f.write(text)
+    for name, extra in (("acts", []), ("grads", ["--grads"])):
+        assert in_process("dump", ["--model", d / "ckpt", "--tokens", "5,6,7,8", "--out",
+                                   d / f"{name}.safetensors", *extra], d).status == 0
+    os.mkdir(d / "empty_dir")
+    os.mkdir(d / "readonly_dir", mode=0o555)
+    import matplotlib  # noqa: F401  (train.py's plot: imported once, not inside a budget)
+    return SimpleNamespace(dir=d, ckpt=d / "ckpt", text=d / "text.txt", long=d / "long.txt",
+                           acts=d / "acts.safetensors", grads=d / "grads.safetensors")
+
+
+class _OverBudget(BaseException):
+    pass
+
+
+def _over_budget(signum, frame):
+    raise _OverBudget
+
+
+def in_process(name, argv, cwd):
+    """Run scripts/<name>.py's main in this process, in `cwd`; a run longer than BUDGET_S gets
+    SIGTERM (the script must handle it: _OverBudget escaping means it did not)."""
+    out, err = io.StringIO(), io.StringIO()
+    previous = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, _over_budget),
+                                                     (signal.SIGALRM, _send_sigterm))}
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            signal.setitimer(signal.ITIMER_REAL, BUDGET_S)
+            try:
+                status = load_script(name).main([str(a) for a in argv])
+            except SystemExit as e:  # --help
+                status = e.code
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return SimpleNamespace(status=status, out=out.getvalue(), err=err.getvalue())
+
+
+def _send_sigterm(signum, frame):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def cached_tokenizer():
+    """Building the tokenizer takes ~1 s: once per path for the module using this fixture
+    (the tokenizer's own tests are in test_tokenizer.py)."""
+    import numpy_gpt2
+
+    cache, load = {}, numpy_gpt2.load_tokenizer
+
+    def cached(source=None):
+        key = str(source)
+        if key not in cache:
+            cache[key] = load(source)
+        return cache[key]
+    with mock.patch.object(numpy_gpt2, "load_tokenizer", cached):
+        yield
+
+
