@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import importlib.util
@@ -87,9 +88,10 @@ def _over_budget(signum, frame):
     raise _OverBudget
 
 
-def in_process(name, argv, cwd):
-    """Run scripts/<name>.py's main in this process, in `cwd`; a run longer than BUDGET_S gets
-    SIGTERM (the script must handle it: _OverBudget escaping means it did not)."""
+def in_process(name, argv, cwd, module=None):
+    """Run scripts/<name>.py's main (or module's, a load_script(name) the caller patched) in
+    this process, in `cwd`; a run longer than BUDGET_S gets SIGTERM (the script must handle
+    it: _OverBudget escaping means it did not)."""
     out, err = io.StringIO(), io.StringIO()
     previous = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, _over_budget),
                                                      (signal.SIGALRM, _send_sigterm))}
@@ -97,7 +99,7 @@ def in_process(name, argv, cwd):
         with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             signal.setitimer(signal.ITIMER_REAL, BUDGET_S)
             try:
-                status = load_script(name).main([str(a) for a in argv])
+                status = (module or load_script(name)).main([str(a) for a in argv])
             except SystemExit as e:  # --help
                 status = e.code
             finally:
@@ -129,3 +131,52 @@ def cached_tokenizer():
         yield
 
 
+# A command that runs (status 0) for each script (w: make_world's; out: a fresh directory).
+BASE = {
+    "generate": lambda w, out: ["Hello", "--model", w.ckpt, "--max-new-tokens", "3", "--seed", "1"],
+    "perplexity": lambda w, out: ["--model", w.ckpt, w.text],
+    "dump": lambda w, out: ["--model", w.ckpt, "--tokens", "5,6,7,8", "--out", out / "d.safetensors"],
+    "compare": lambda w, out: [w.acts, w.acts],
+    "train": lambda w, out: ["--data", w.text, "--out", out / "run", "--n-layer", "1", "--n-head", "1",
+                             "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
+                             "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"],
+}
+
+
+class _ParserFound(BaseException):
+    pass
+
+
+def parser_of(name) -> argparse.ArgumentParser:
+    """The script's own parser, caught as it starts to parse."""
+    found = []
+
+    def catch(self, args=None, namespace=None):
+        found.append(self)
+        raise _ParserFound
+
+    import _cli  # scripts/_cli.py (SCRIPTS is on sys.path)
+
+    with mock.patch.object(_cli.Parser, "parse_args", catch), contextlib.suppress(_ParserFound):
+        load_script(name).main([])
+    assert found, f"{name}.py does not parse its arguments with _cli.Parser"
+    return found[0]
+
+
+def with_value(argv, action, value, parser):
+    """argv with action's value replaced: a flag appended as --flag=value (the last wins; flags
+    it excludes, in a mutually exclusive group, dropped), a positional put in its place."""
+    argv = [str(a) for a in argv]
+    if action.option_strings:
+        for group in parser._mutually_exclusive_groups:
+            if action in group._group_actions:
+                rivals = {f for a in group._group_actions if a is not action for f in a.option_strings}
+                while rivals & set(argv):
+                    i = argv.index(next(iter(rivals & set(argv))))
+                    del argv[i:i + 2]
+        return argv + [f"{action.option_strings[-1]}={value}"]
+    positionals = [a for a in parser._actions if not a.option_strings and a.nargs != 0]
+    slots = [i for i, a in enumerate(argv) if not a.startswith("-")
+             and (i == 0 or not argv[i - 1].startswith("--") or "=" in argv[i - 1])]
+    argv[slots[positionals.index(action)]] = value
+    return argv

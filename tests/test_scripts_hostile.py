@@ -18,7 +18,6 @@ no temporary or partial file is left behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import signal
@@ -26,17 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from unittest import mock
 
 import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from run_scripts import (SCRIPTS, StrPath, cached_tokenizer, in_process, load_script,  # noqa: F401
-                         make_world, script_names)
-
-import _cli  # noqa: E402  (scripts/_cli.py, on sys.path through run_scripts)
+from run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_process,  # noqa: F401
+                         make_world, parser_of, script_names, with_value)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = script_names()
@@ -57,17 +53,7 @@ def world(tmp_path_factory, tokenizer_dir):
     return make_world(tmp_path_factory.mktemp("hostile"), tokenizer_dir)
 
 
-# A command that runs (status 0) for each script, `out` a fresh directory for its outputs;
-# and a longer one for the signal tests.
-BASE = {
-    "generate": lambda w, out: ["Hello", "--model", w.ckpt, "--max-new-tokens", "3", "--seed", "1"],
-    "perplexity": lambda w, out: ["--model", w.ckpt, w.text],
-    "dump": lambda w, out: ["--model", w.ckpt, "--tokens", "5,6,7,8", "--out", out / "d.safetensors"],
-    "compare": lambda w, out: [w.acts, w.acts],
-    "train": lambda w, out: ["--data", w.text, "--out", out / "run", "--n-layer", "1", "--n-head", "1",
-                             "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
-                             "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"],
-}
+# A longer command for each script, for the signal tests.
 LONG = {
     "generate": lambda w, out: ["Hello", "--model", w.ckpt, "--max-new-tokens", "120"],
     "perplexity": lambda w, out: ["--model", w.ckpt, w.long, "--stride", "8"],
@@ -110,24 +96,6 @@ def check_run(name, status, err, out_dir, what):
 
 # ---- in-process runs ------------------------------------------------------------------------
 
-class _ParserFound(BaseException):
-    pass
-
-
-def parser_of(name) -> argparse.ArgumentParser:
-    """The script's own parser, caught as it starts to parse."""
-    found = []
-
-    def catch(self, args=None, namespace=None):
-        found.append(self)
-        raise _ParserFound
-
-    with mock.patch.object(_cli.Parser, "parse_args", catch), contextlib.suppress(_ParserFound):
-        load_script(name).main([])
-    assert found, f"{name}.py does not parse its arguments with _cli.Parser"
-    return found[0]
-
-
 def numeric_values(kind):
     """Hostile values for an int or float flag, as the strings a user types."""
     huge = st.one_of(st.integers(10**15, 10**30).map(str),
@@ -161,19 +129,6 @@ def hostile_arguments(parser, w):
             continue
         choices.append(st.tuples(st.just(action), values))
     return st.one_of(choices)
-
-
-def with_value(argv, action, value, parser):
-    """argv with action's value replaced by (flags: appended as --flag=value, the last wins)."""
-    argv = [str(a) for a in argv]
-    if action.option_strings:
-        return argv + [f"{action.option_strings[-1]}={value}"]
-    positionals = [a for a in parser._actions if not a.option_strings and a.nargs != 0]
-    index = positionals.index(action)
-    slots = [i for i, a in enumerate(argv) if not a.startswith("-")
-             and (i == 0 or not argv[i - 1].startswith("--") or "=" in argv[i - 1])]
-    argv[slots[index]] = value
-    return argv
 
 
 @pytest.mark.parametrize("name", NAMES)
