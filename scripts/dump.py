@@ -42,11 +42,11 @@ import numpy as np
 
 import numpy_gpt2
 from _cli import UsageError
-from numpy_gpt2.activations import (GRAD, IGNORE_INDEX, activation_names, activations,
-                                    config_metadata, gradient_names, gradients,
-                                    next_token_targets, package_version,
-                                    parameter_gradient_names, save_activations, select_names)
+from numpy_gpt2.activations import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
+                                    gradients, next_token_targets, parameter_gradient_names,
+                                    select_names)
 from numpy_gpt2.checkpoint import write_files_atomically
+from numpy_gpt2.dump_format import config_metadata, package_version, save_activations
 
 
 def parse_ids(text: str, option: str) -> list[int]:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import numpy_gpt2
 from _cli import UsageError
-from numpy_gpt2.sampling import check_sampling_args
+from numpy_gpt2.checks import check_sampling_args
 from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir
 
 
