@@ -30,8 +30,9 @@ TRACEBACK_ENV = "NUMPY_GPT2_TRACEBACK"  # =1: show the traceback of an unexpecte
 def _stop_now(signum, frame):
     """During the imports nothing is written yet: end at once (no KeyboardInterrupt
     traceback out of whichever module was being imported)."""
-    try:
-        os.write(2, f"\n{os.path.basename(sys.argv[0])}: interrupted\n".encode())
+    what = "\n{}: interrupted (Ctrl-C)" if signum == signal.SIGINT else "{}: terminated (SIGTERM)"
+    try:  # (after the terminal's ^C, a new line)
+        os.write(2, (what.format(os.path.basename(sys.argv[0])) + "\n").encode())
     finally:
         os._exit(128 + signum)
 
