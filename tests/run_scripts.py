@@ -88,16 +88,16 @@ def _over_budget(signum, frame):
     raise _OverBudget
 
 
-def in_process(name, argv, cwd, module=None):
+def in_process(name, argv, cwd, module=None, budget=BUDGET_S):
     """Run scripts/<name>.py's main (or module's, a load_script(name) the caller patched) in
-    this process, in `cwd`; a run longer than BUDGET_S gets SIGTERM (the script must handle
-    it: _OverBudget escaping means it did not)."""
+    this process, in `cwd`; a run longer than `budget` seconds gets SIGTERM (the script must
+    handle it: _OverBudget escaping means it did not)."""
     out, err = io.StringIO(), io.StringIO()
     previous = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, _over_budget),
                                                      (signal.SIGALRM, _send_sigterm))}
     try:
         with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            signal.setitimer(signal.ITIMER_REAL, BUDGET_S)
+            signal.setitimer(signal.ITIMER_REAL, budget)
             try:
                 status = (module or load_script(name)).main([str(a) for a in argv])
             except SystemExit as e:  # --help

@@ -148,7 +148,7 @@ def test_base_commands_run(world, cached_tokenizer, tmp_path):
     for name in NAMES:
         out = tmp_path / name
         out.mkdir()
-        run = in_process(name, BASE[name](world, out), out)
+        run = in_process(name, BASE[name](world, out), out, budget=120)
         assert run.status == 0, (name, run.err)
 
 
