@@ -89,15 +89,16 @@ def decode_utf8(raw: bytes, what: str) -> str:
                          f"offset {e.start}); the scripts read UTF-8 only") from None
 
 
-def read_text(path) -> str:
-    """A text file's contents; UsageError naming the file when it cannot be read or is not
-    UTF-8."""
+def read_text(path, flag: str | None = None) -> str:
+    """A text file's contents; UsageError naming the file (after its flag, e.g.
+    "--prompts-file") when it cannot be read or is not UTF-8."""
+    what = f"{flag} {path}" if flag else str(path or repr(path))
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise UsageError(f"{path or repr(path)}: cannot read ({e.strerror})") from None
-    return decode_utf8(raw, path)
+        raise UsageError(f"{what}: cannot read it ({e.strerror})") from None
+    return decode_utf8(raw, what)
 
 
 class Parser(argparse.ArgumentParser):
