@@ -109,12 +109,14 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
     def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        for arg in args:  # argparse drops the "--" of "--flag=--" and stores [] as its value
+            if arg.startswith("--") and arg.endswith("=--"):
+                raise UsageError(f"argument {arg[:-3]}: expected one value, got '--' (see --help)")
         parsed = super().parse_args(args, namespace)
         for action in self._actions:
             values = getattr(parsed, action.dest, None)
             name = "/".join(action.option_strings) or action.dest
-            if action.nargs is None and isinstance(values, list):  # argparse: "--flag=--" -> []
-                raise UsageError(f"argument {name}: expected one value (see --help)")
             for value in values if isinstance(values, list) else [values]:
                 where = not_utf8(value) if isinstance(value, str) else None
                 if where:
