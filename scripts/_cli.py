@@ -110,8 +110,9 @@ class Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
-        for arg in args:  # argparse drops the "--" of "--flag=--" and stores [] as its value
-            if arg.startswith("--") and arg.endswith("=--"):
+        for arg in args[:args.index("--")] if "--" in args else args:  # (after "--": text)
+            # argparse drops the "--" of "--flag=--" and stores [] as the flag's value
+            if isinstance(arg, str) and arg.startswith("--") and arg.endswith("=--"):
                 raise UsageError(f"argument {arg[:-3]}: expected one value, got '--' (see --help)")
         parsed = super().parse_args(args, namespace)
         for action in self._actions:
