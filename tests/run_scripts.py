@@ -27,6 +27,13 @@ def script_names() -> list[str]:
                   if not os.path.basename(p).startswith("_"))
 
 
+def uses_cli(name: str) -> bool:
+    """scripts/<name>.py runs on the shared helper scripts/_cli.py (imports it, wraps main)."""
+    with open(os.path.join(SCRIPTS, f"{name}.py"), encoding="utf-8") as f:
+        source = f.read()
+    return "\nimport _cli" in source and "@_cli.entry(" in source and "_cli.Parser(" in source
+
+
 def load_script(name: str):
     """scripts/<name>.py as a module (its main(argv) -> exit status)."""
     spec = importlib.util.spec_from_file_location(f"scripts_{name}", os.path.join(SCRIPTS, f"{name}.py"))

@@ -19,7 +19,8 @@ import pytest
 
 import numpy_gpt2
 from run_scripts import (BASE, StrPath, cached_tokenizer, in_process, load_script,  # noqa: F401
-                         make_world, parser_of, script_names, with_value)
+                         make_world, parser_of, script_names, uses_cli,
+                         with_value)
 
 import _cli  # noqa: E402  (scripts/_cli.py, on sys.path through run_scripts)
 
@@ -41,7 +42,7 @@ def one_error_line(run, name):
 NOT_UTF8 = "caf\udce9"  # what Python makes of the argument bytes b"caf\xe9" (surrogateescape)
 
 
-@pytest.mark.parametrize("name", script_names())
+@pytest.mark.parametrize("name", [n for n in script_names() if uses_cli(n)])
 def test_every_text_argument_of_every_script_must_be_utf8(name, world, tmp_path):
     """Each argument that takes text (flags and positionals, found in the script's parser) gets
     bytes that are not UTF-8: status 2, one line naming that argument and the byte."""
