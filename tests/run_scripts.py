@@ -144,6 +144,7 @@ BASE = {
     "perplexity": lambda w, out: ["--model", w.ckpt, w.text],
     "dump": lambda w, out: ["--model", w.ckpt, "--tokens", "5,6,7,8", "--out", out / "d.safetensors"],
     "compare": lambda w, out: [w.acts, w.acts],
+    "prepare": lambda w, out: [w.text, "--out", out / "tokens"],
     "train": lambda w, out: ["--data", w.text, "--out", out / "run", "--n-layer", "1", "--n-head", "1",
                              "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
                              "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"],
