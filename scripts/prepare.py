@@ -68,6 +68,8 @@ def parse_args(argv):
         raise UsageError(f"--val-fraction {args.val_fraction}: expected a number in (0, 1)")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: expected an integer >= 1")
+    if args.seed < 0:  # numpy's generators take seeds >= 0
+        raise UsageError(f"--seed {args.seed}: expected an integer >= 0")
     return args
 
 

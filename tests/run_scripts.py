@@ -74,7 +74,8 @@ def make_world(d, tokenizer_dir):
     config = numpy_gpt2.GPT2Config(n_layer=1, n_head=1, n_embd=8, n_ctx=128)
     numpy_gpt2.save_checkpoint(d / "ckpt", numpy_gpt2.init_params(config, seed=0), config,
                                tokenizer_dir)
-    for name, text in (("text.txt", TEXT), ("long.txt", TEXT * 8)):
+    documents = "<|endoftext|>".join(f"Document {i}. {TEXT[:200]}" for i in range(40))
+    for name, text in (("text.txt", TEXT), ("long.txt", TEXT * 8), ("documents.txt", documents)):
         with open(d / name, "w", encoding="utf-8") as f:
             f.write(text)
     for name, extra in (("acts", []), ("grads", ["--grads"])):
@@ -84,6 +85,7 @@ def make_world(d, tokenizer_dir):
     os.mkdir(d / "readonly_dir", mode=0o555)
     import matplotlib  # noqa: F401  (train.py's plot: imported once, not inside a budget)
     return SimpleNamespace(dir=d, ckpt=d / "ckpt", text=d / "text.txt", long=d / "long.txt",
+                           documents=d / "documents.txt",
                            acts=d / "acts.safetensors", grads=d / "grads.safetensors")
 
 
@@ -144,7 +146,7 @@ BASE = {
     "perplexity": lambda w, out: ["--model", w.ckpt, w.text],
     "dump": lambda w, out: ["--model", w.ckpt, "--tokens", "5,6,7,8", "--out", out / "d.safetensors"],
     "compare": lambda w, out: [w.acts, w.acts],
-    "prepare": lambda w, out: [w.text, "--out", out / "tokens"],
+    "prepare": lambda w, out: [w.documents, "--out", out / "tokens"],
     "train": lambda w, out: ["--data", w.text, "--out", out / "run", "--n-layer", "1", "--n-head", "1",
                              "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
                              "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"],

@@ -70,7 +70,7 @@ LONG = {
     "dump": lambda w, out: ["--model", w.ckpt, "--tokens", ",".join(["5"] * 100), "--grads",
                             "--out", out / "d.safetensors"],
     "compare": lambda w, out: [w.grads, "live", "--model", w.ckpt],
-    "prepare": lambda w, out: [w.long, w.text, "--out", out / "tokens", "--workers", "1"],
+    "prepare": lambda w, out: [w.documents, w.long, "--out", out / "tokens", "--workers", "1"],
     "train": lambda w, out: BASE["train"](w, out)[:-6] + ["--max-iters", "200", "--eval-interval",
                                                           "50", "--eval-iters", "1"],
 }
