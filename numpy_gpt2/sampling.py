@@ -12,14 +12,18 @@ each step feeds only the newest token (numpy_gpt2.model.forward with kv_cache=..
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+import sys
 
 import numpy as np
 
 from . import layers
 from .config import GPT2Config
 from .errors import NonFiniteError
+from .loss import log_softmax
 from .model import check_tokens, forward, new_kv_cache
+from .processors import apply_processors, apply_warpers, check_processor_args
 
 
 def apply_temperature(logits, temperature):
@@ -160,15 +164,32 @@ def make_rng(seed) -> np.random.Generator:
                          f"numpy.random.Generator, got {seed!r}") from None
 
 
-def check_prompt(tokens, config: GPT2Config) -> np.ndarray:
+def check_prompt(tokens, config: GPT2Config, context: str = "stop") -> np.ndarray:
     """The prompt as an int64 array (T,) or (B, T): model.check_tokens, worded for a prompt
-    (empty, ragged, not integers, ids outside the vocabulary, longer than n_ctx: ValueError)."""
-    return check_tokens(tokens, config, what="prompt tokens").astype(np.int64)
+    (empty, ragged, not integers, ids outside the vocabulary: ValueError; longer than n_ctx
+    too, unless context="slide", where the model sees only the last n_ctx tokens)."""
+    capacity = None if context == "stop" else sys.maxsize
+    return check_tokens(tokens, config, capacity=capacity, what="prompt tokens").astype(np.int64)
+
+
+def check_generation_args(config: GPT2Config, logprobs=None, context="stop", *, cli=False):
+    """ValueError naming logprobs (None, or an integer in 0..vocab_size) or context ("stop" or
+    "slide") when invalid; cli=True names the flags (--logprobs, --context)."""
+    flag = "--logprobs" if cli else "logprobs"
+    if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= config.vocab_size):
+        raise ValueError(f"{flag} must be an integer in 0..{config.vocab_size} (vocab_size)"
+                         f"{'' if cli else ' or None'}, got {logprobs!r}")
+    if context not in ("stop", "slide"):
+        raise ValueError(f"{'--context' if cli else 'context'} must be \"stop\" or \"slide\", "
+                         f"got {context!r}")
 
 
 def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temperature=1.0,
              top_k=None, top_p=None, seed=None, num_samples: int = 1, stop_at_eos: bool = True,
-             eos_token_id: int | None = None, compact: bool = True):
+             eos_token_id: int | None = None, compact: bool = True, *, repetition_penalty=None,
+             frequency_penalty=None, presence_penalty=None, no_repeat_ngram_size=None,
+             min_new_tokens=None, logit_bias=None, suppress_tokens=None, min_p=None,
+             typical_p=None, logprobs=None, context="stop"):
     """Generate tokens after a prompt; returns a generator yielding each new token as it is made.
 
         for token in generate(params, config, enc.encode("Hello"), 20, temperature=0):
@@ -176,7 +197,8 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
 
     tokens: the prompt, ints (T,) or a batch (B, T) of equally long prompts; 1 <= T <= n_ctx.
     max_new_tokens: at most this many steps (>= 0).
-    temperature: 0 = greedy (argmax; top_k, top_p and seed then do nothing), else > 0.
+    temperature: 0 = greedy (argmax; top_k, top_p, min_p, typical_p and seed then do
+        nothing, as in transformers), else > 0.
     top_k: keep only the k most likely tokens (None = all). top_p: nucleus, in (0, 1].
     seed: int, None (fresh randomness) or a numpy Generator; the same seed gives the same tokens
         (draws come from numpy.random.default_rng(seed)).
@@ -190,25 +212,54 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         only computes the rows still running; compact=False computes every row until all are
         done (the slower way, kept for comparison: the same tokens come out, see _generate).
 
-    Yields: an int per step for a single prompt (T,) with num_samples == 1, else an int64
-    array (B * num_samples,) per step.
+    Logits processors (numpy_gpt2.processors; transformers' names and semantics, applied in
+    its order, before the temperature; None or the neutral value = off):
+    repetition_penalty (> 0, CTRL, over prompt + generated tokens), frequency_penalty,
+    presence_penalty (additive, over the generated tokens), no_repeat_ngram_size (int),
+    min_new_tokens (eos banned until then), logit_bias ({token_id: bias}, -inf bans),
+    suppress_tokens (ids never generated); and when sampling, after top_k and top_p:
+    min_p ([0, 1]) and typical_p ((0, 1]).
 
-    The context: a sequence never grows past n_ctx positions. With a prompt of T tokens, at
-    most n_ctx - T + 1 tokens can be made (the last one is predicted from a full window and
-    cannot be fed back); the generator then ends normally, even if max_new_tokens was larger.
+    logprobs: None, or k (0..vocab_size): yield (tokens, info) instead of tokens, where info
+        is a dict of arrays with the same leading shape as tokens (see _logprob_info):
+        "logprob" (log softmax of the model's logits at the chosen token), "processed_logprob"
+        (the same for the distribution the token was chosen from: after the processors, and
+        when sampling the temperature and filters too), "top_ids" and "top_logprobs" (..., k)
+        (the k most likely tokens under the model, most likely first). Rows that finished at
+        an earlier step get NaN logprobs and top_ids -1.
+    context: "stop" (default): a sequence never grows past n_ctx positions. With a prompt of
+        T tokens, at most n_ctx - T + 1 tokens can be made (the last one is predicted from a
+        full window and cannot be fed back); the generator then ends normally, even if
+        max_new_tokens was larger.
+        "slide": continue past n_ctx, each new token predicted from the last n_ctx tokens
+        (nanoGPT's idx[:, -block_size:]); prompts may be longer than n_ctx. Until the window
+        is full, steps use the kv cache; after that every step runs the whole window again
+        (positions shift, so no cached key or value stays valid): about n_ctx times the work
+        of a cached step.
+
+    Yields: an int per step for a single prompt (T,) with num_samples == 1, else an int64
+    array (B * num_samples,) per step (with logprobs: a (token(s), info) pair).
 
     Every argument is checked here, before any computation: invalid ones raise ValueError.
     Non-finite logits (a NaN or inf weight, a float32 overflow) raise NonFiniteError from the
-    step that meets them, naming where they started; nothing is ever sampled from NaN.
+    step that meets them, naming where they started; nothing is ever sampled from NaN. A step
+    where the processors leave a row no token at all raises ValueError.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, num_samples)
-    prompt = check_prompt(tokens, config)
+    options = check_processor_args(
+        config.vocab_size, repetition_penalty=repetition_penalty,
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+        logit_bias=logit_bias, suppress_tokens=suppress_tokens, min_p=min_p, typical_p=typical_p)
+    check_generation_args(config, logprobs, context)
+    prompt = check_prompt(tokens, config, context)
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
     rng = make_rng(seed)
     single = prompt.ndim == 1 and num_samples == 1
     batch = np.repeat(np.atleast_2d(prompt), num_samples, axis=0)  # (B * num_samples, T)
-    return _generate(params, config, batch, max_new_tokens, float(temperature), top_k, top_p,
-                     rng, stop_at_eos, eos, single, compact)
+    choice = Choice(float(temperature), top_k, top_p, options, eos)
+    return _generate(params, config, batch, max_new_tokens, choice, rng, stop_at_eos, single,
+                     compact, logprobs, context == "slide")
 
 
 def keep_cache_rows(kv_cache: dict, rows) -> dict:
@@ -226,8 +277,64 @@ def keep_cache_rows(kv_cache: dict, rows) -> dict:
     return kv_cache
 
 
-def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p, rng,
-              stop_at_eos, eos, single, compact):
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """How a step picks its tokens: the (checked) sampling and processor options."""
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    options: dict  # from processors.check_processor_args
+    eos: int
+
+    def final_logits(self, logits, tokens, n_new):
+        """logits (B, V) of the next position -> the logits the token is chosen from: the
+        processors (given the rows so far, tokens (B, L) ending with n_new generated ones),
+        then when sampling the temperature, top_k, top_p, min_p and typical_p."""
+        if self.options:
+            logits = apply_processors(logits, tokens, None, n_new, self.eos, self.options)
+            banned = ~np.isfinite(logits).any(axis=-1) & ~np.isnan(logits).any(axis=-1)
+            if banned.any():
+                raise ValueError(f"the logits processors ({', '.join(self.options)}) leave no "
+                                 f"token to choose from after {n_new} new tokens "
+                                 f"(rows {np.flatnonzero(banned).tolist()} of the running batch)")
+        if self.temperature == 0:
+            return logits
+        return apply_warpers(filter_logits(logits, self.temperature, self.top_k, self.top_p),
+                             self.options)
+
+    def pick(self, final, u):
+        """argmax (greedy) or inverse_cdf at the uniform numbers u (B,) of final (B, V)."""
+        return np.asarray(final).argmax(axis=-1) if self.temperature == 0 else inverse_cdf(final, u)
+
+
+def _logprob_info(logits, final, token, k):
+    """The logprobs report of one step for the rows computed: logits (B', V) from the model,
+    final (B', V) the distribution the tokens (B',) were chosen from."""
+    rows = np.arange(len(token))
+    logp = log_softmax(np.asarray(logits, dtype=np.float64))
+    top = np.argpartition(-logp, k - 1, axis=-1)[:, :k] if 0 < k < logp.shape[-1] else \
+        np.broadcast_to(np.arange(logp.shape[-1]), logp.shape)[:, :k]
+    # most likely first; equal logprobs by token id (lexsort: last key is the primary one)
+    top_lp = np.take_along_axis(logp, top, axis=-1)
+    order = np.lexsort((top, -top_lp), axis=-1)
+    top = np.take_along_axis(top, order, axis=-1)
+    return {"logprob": logp[rows, token],
+            "processed_logprob": log_softmax(np.asarray(final, dtype=np.float64))[rows, token],
+            "top_ids": top, "top_logprobs": np.take_along_axis(logp, top, axis=-1)}
+
+
+def _full_info(info, running, B, k):
+    """Scatter the computed rows' info into arrays for all B original rows (NaN / -1 for rows
+    no longer computed)."""
+    full = {"logprob": np.full(B, np.nan), "processed_logprob": np.full(B, np.nan),
+            "top_ids": np.full((B, k), -1, np.int64), "top_logprobs": np.full((B, k), np.nan)}
+    for key, value in info.items():
+        full[key][running] = value
+    return full
+
+
+def _generate(params, config, prompts, max_new_tokens, choice, rng, stop_at_eos, single,
+              compact, logprobs, slide):
     """The decoding loop. `running` holds the original indices of the rows still computed.
 
     The random numbers do not depend on compaction: each sampled step draws one uniform
@@ -237,27 +344,48 @@ def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p
     for other matrix shapes; a token changes only where two choices are that close.)
     """
     B, T = prompts.shape
-    steps = min(max_new_tokens, config.n_ctx - T + 1)  # see "The context" in generate()
+    n_ctx, eos = config.n_ctx, choice.eos
+    steps = max_new_tokens if slide else min(max_new_tokens, n_ctx - T + 1)
     if steps <= 0:
         return
+    seqs = np.empty((B, T + steps), np.int64)  # every row so far: prompt, then its tokens
+    seqs[:, :T] = prompts
+    window = min(T, n_ctx)  # the model sees at most the last n_ctx tokens
     # Room for the prompt and every token that will be fed back (all but the last one made).
-    cache = new_kv_cache(config, B, params["wte"]["weight"].dtype, max_len=T + steps - 1)
-    logits = forward(params, config, prompts, kv_cache=cache, last_only=True)[:, -1]  # (B', V)
+    cache = new_kv_cache(config, B, params["wte"]["weight"].dtype, max_len=min(n_ctx, T + steps - 1))
+    logits = forward(params, config, prompts[:, T - window:], kv_cache=cache, last_only=True)[:, -1]
     running = np.arange(B)  # original row of each row still in the batch
     finished = np.zeros(B, dtype=bool)  # by original row; finished rows yield eos from then on
     for step in range(steps):
-        u = rng.random(B)[running] if temperature else None  # one number per original row
-        token = new = next_token(logits, temperature, top_k, top_p, u)  # (B',)
+        cur = T + step  # tokens so far in every row
+        u = rng.random(B)[running] if choice.temperature else None  # one per original row
+        final = choice.final_logits(logits, seqs[running, :cur], step)
+        token = new = choice.pick(final, u)  # (B',)
+        if logprobs is not None:
+            info = _full_info(_logprob_info(logits, final, new, logprobs), running, B, logprobs)
         if stop_at_eos:
+            if logprobs is not None:  # rows that finished at an earlier step
+                for value in info.values():
+                    value[finished] = -1 if value.dtype.kind == "i" else np.nan
             new = np.where(finished[running], eos, new)  # (rows kept when compact=False)
             finished[running] |= new == eos
             token = np.full(B, eos, dtype=np.int64)  # rows no longer computed yield eos
             token[running] = new
-        yield int(token[0]) if single else token
+        if single:
+            token = int(token[0])
+            info = {key: value[0] for key, value in info.items()} if logprobs is not None else None
+        yield token if logprobs is None else (token, info)
         if step == steps - 1 or finished.all():
             return
+        seqs[running, cur] = new
         if compact and finished[running].any():
             keep = np.flatnonzero(~finished[running])
             running, new = running[keep], new[keep]
-            cache = keep_cache_rows(cache, keep)
-        logits = forward(params, config, new[:, None], kv_cache=cache, last_only=True)[:, -1]
+            if cache is not None:
+                cache = keep_cache_rows(cache, keep)
+        if cur < n_ctx:  # position cur exists: feed the new token through the cache
+            logits = forward(params, config, new[:, None], kv_cache=cache, last_only=True)[:, -1]
+        else:  # sliding: the last n_ctx tokens again, from position 0
+            cache = None  # its keys and values belong to positions that have moved
+            logits = forward(params, config, seqs[running, cur + 1 - n_ctx:cur + 1],
+                             last_only=True)[:, -1]
