@@ -3,6 +3,7 @@
 from .activations import activation_names, activations, compare_activations, load_activations, save_activations
 from .activations import gradient_names, gradients, load_dump, next_token_targets
 from .backward import loss_and_grads
+from .beams import beam_search
 from .checkpoint import flatten_params, load
 from .config import GPT2Config
 from .errors import CheckpointError, NonFiniteError
@@ -15,7 +16,7 @@ from .init import init_params
 from .sampling import generate
 from .tokenizer import load_tokenizer, stream_decode
 
-__all__ = ["loss_and_grads", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
+__all__ = ["loss_and_grads", "beam_search", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
            "log_softmax", "perplexity", "save_activations", "sliding_windows", "token_nll",
            "CheckpointError", "NonFiniteError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
            "new_kv_cache", "resolve_model", "stream_decode",
