@@ -172,6 +172,28 @@ def check_prompt(tokens, config: GPT2Config, context: str = "stop") -> np.ndarra
     return check_tokens(tokens, config, capacity=capacity, what="prompt tokens").astype(np.int64)
 
 
+def check_prompts(tokens, config: GPT2Config, context: str = "stop") -> tuple[list, bool]:
+    """The prompts as a list of int64 arrays (T_b,), and whether one prompt (T,) was given.
+
+    tokens: one prompt (T,), a batch (B, T), or a list of B prompts of different lengths.
+    Each is checked as check_prompt checks one (a ragged batch's messages say "prompt b").
+    """
+    try:
+        array = np.asarray(tokens)
+    except ValueError:  # NumPy refuses ragged nesting: prompts of different lengths
+        array = None
+    if array is not None and array.dtype != object:
+        array = check_prompt(array, config, context)
+        return list(np.atleast_2d(array)), array.ndim == 1
+    rows, capacity = [], None if context == "stop" else sys.maxsize
+    for b, row in enumerate(tokens):
+        row = check_tokens(row, config, capacity=capacity, what=f"prompt {b}").astype(np.int64)
+        if row.ndim != 1:
+            raise ValueError(f"prompt {b} must be one sequence of token ids, got shape {row.shape}")
+        rows.append(row)
+    return rows, False
+
+
 def check_generation_args(config: GPT2Config, logprobs=None, context="stop", *, cli=False):
     """ValueError naming logprobs (None, or an integer in 0..vocab_size) or context ("stop" or
     "slide") when invalid; cli=True names the flags (--logprobs, --context)."""
@@ -252,11 +274,11 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
         logit_bias=logit_bias, suppress_tokens=suppress_tokens, min_p=min_p, typical_p=typical_p)
     check_generation_args(config, logprobs, context)
-    prompt = check_prompt(tokens, config, context)
+    prompts, single = check_prompts(tokens, config, context)
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
     rng = make_rng(seed)
-    single = prompt.ndim == 1 and num_samples == 1
-    batch = np.repeat(np.atleast_2d(prompt), num_samples, axis=0)  # (B * num_samples, T)
+    single = single and num_samples == 1
+    batch = [p for p in prompts for _ in range(num_samples)]  # row b * num_samples + s
     choice = Choice(float(temperature), top_k, top_p, options, eos)
     return _generate(params, config, batch, max_new_tokens, choice, rng, stop_at_eos, single,
                      compact, logprobs, context == "slide")
@@ -286,12 +308,13 @@ class Choice:
     options: dict  # from processors.check_processor_args
     eos: int
 
-    def final_logits(self, logits, tokens, n_new):
+    def final_logits(self, logits, tokens, mask, n_new):
         """logits (B, V) of the next position -> the logits the token is chosen from: the
-        processors (given the rows so far, tokens (B, L) ending with n_new generated ones),
-        then when sampling the temperature, top_k, top_p, min_p and typical_p."""
+        processors (given the rows so far, tokens (B, L) ending with n_new generated ones,
+        mask (B, L) 0 at padding), then when sampling the temperature, top_k, top_p, min_p
+        and typical_p."""
         if self.options:
-            logits = apply_processors(logits, tokens, None, n_new, self.eos, self.options)
+            logits = apply_processors(logits, tokens, mask, n_new, self.eos, self.options)
             banned = ~np.isfinite(logits).any(axis=-1) & ~np.isnan(logits).any(axis=-1)
             if banned.any():
                 raise ValueError(f"the logits processors ({', '.join(self.options)}) leave no "
@@ -333,59 +356,104 @@ def _full_info(info, running, B, k):
     return full
 
 
+def _left_pad(prompts, width, steps, pad):
+    """prompts (list of (T_b,)) -> seqs (B, width + steps) with each prompt right-aligned at
+    column width, and real (B, width + steps) bool: False at the padding on the left."""
+    seqs = np.full((len(prompts), width + steps), pad, np.int64)
+    real = np.ones(seqs.shape, bool)
+    for b, p in enumerate(prompts):
+        seqs[b, width - len(p):width] = p
+        real[b, :width - len(p)] = False
+    return seqs, real
+
+
+def _next_logits(params, config, tokens, real, **kw):
+    """forward's logits (B, V) for the last position; the attention mask `real` is passed
+    only where there is padding (without one, forward takes its plain path)."""
+    if not real.all():
+        kw["attention_mask"] = real
+    return forward(params, config, tokens, last_only=True, **kw)[:, -1]
+
+
+def _drop_columns(cache, n):
+    """Remove the first n positions of every row of the cache (padding no running row needs)."""
+    if n > 0:
+        length = cache["length"]
+        for arrays in (cache["keys"], cache["values"]):
+            for a in arrays:
+                a[:, :, :length - n] = a[:, :, n:length]
+        cache["length"] = length - n
+
+
 def _generate(params, config, prompts, max_new_tokens, choice, rng, stop_at_eos, single,
               compact, logprobs, slide):
-    """The decoding loop. `running` holds the original indices of the rows still computed.
+    """The decoding loop over prompts, a list of B int arrays (T_b,).
 
-    The random numbers do not depend on compaction: each sampled step draws one uniform
-    number per ORIGINAL row, rng.random(B), finished or not, and a running row uses the one
-    at its own index; so row b's tokens are the same whichever rows have stopped. (The logits
-    of a row can differ in the last bits with the batch size, as BLAS sums in another order
-    for other matrix shapes; a token changes only where two choices are that close.)
+    Prompts of different lengths are left-padded to T = max T_b (seqs, real: see _left_pad)
+    and run with an attention mask, so each row computes what it computes alone; the kv
+    cache holds columns off .. of that layout. `active` holds the original indices of the
+    rows still computed: a row leaves when it has made its last token (its own context
+    limit, n_ctx - T_b + 1 tokens with context="stop"), and when compact, once it finished
+    at eos. When the longest rows have left, the padding columns no remaining row needs are
+    dropped from the cache, so the cache never holds more than n_ctx positions.
+
+    The random numbers do not depend on compaction or on the other rows: each sampled step
+    draws one uniform number per ORIGINAL row, rng.random(B), and a computed row uses the one
+    at its own index. (The logits of a row can differ in the last bits with the batch size,
+    as BLAS sums in another order for other matrix shapes; a token changes only where two
+    choices are that close.)
     """
-    B, T = prompts.shape
-    n_ctx, eos = config.n_ctx, choice.eos
-    steps = max_new_tokens if slide else min(max_new_tokens, n_ctx - T + 1)
+    B, n_ctx, eos = len(prompts), config.n_ctx, choice.eos
+    lengths = np.array([len(p) for p in prompts])
+    T = int(lengths.max())
+    room = np.full(B, max_new_tokens) if slide else np.minimum(max_new_tokens, n_ctx - lengths + 1)
+    steps = int(room.max())
     if steps <= 0:
         return
-    seqs = np.empty((B, T + steps), np.int64)  # every row so far: prompt, then its tokens
-    seqs[:, :T] = prompts
-    window = min(T, n_ctx)  # the model sees at most the last n_ctx tokens
-    # Room for the prompt and every token that will be fed back (all but the last one made).
-    cache = new_kv_cache(config, B, params["wte"]["weight"].dtype, max_len=min(n_ctx, T + steps - 1))
-    logits = forward(params, config, prompts[:, T - window:], kv_cache=cache, last_only=True)[:, -1]
-    running = np.arange(B)  # original row of each row still in the batch
+    seqs, real = _left_pad(prompts, T, steps, eos)
+    off = T - min(T, n_ctx)  # the first column the model sees (slide: prompts past n_ctx)
+    # Room for the prompts and every token that will be fed back (all but the last one made).
+    cache = new_kv_cache(config, B, params["wte"]["weight"].dtype, max_len=min(n_ctx, T - off + steps - 1))
+    logits = _next_logits(params, config, seqs[:, off:T], real[:, off:T], kv_cache=cache)
+    active = np.arange(B)  # original row of each row still in the batch
     finished = np.zeros(B, dtype=bool)  # by original row; finished rows yield eos from then on
     for step in range(steps):
-        cur = T + step  # tokens so far in every row
-        u = rng.random(B)[running] if choice.temperature else None  # one per original row
-        final = choice.final_logits(logits, seqs[running, :cur], step)
-        token = new = choice.pick(final, u)  # (B',)
+        cur = T + step  # columns so far
+        u = rng.random(B)[active] if choice.temperature else None  # one per original row
+        final = choice.final_logits(logits, seqs[active, :cur], real[active, :cur], step)
+        new = choice.pick(final, u)  # (B',)
         if logprobs is not None:
-            info = _full_info(_logprob_info(logits, final, new, logprobs), running, B, logprobs)
+            info = _full_info(_logprob_info(logits, final, new, logprobs), active, B, logprobs)
         if stop_at_eos:
             if logprobs is not None:  # rows that finished at an earlier step
                 for value in info.values():
                     value[finished] = -1 if value.dtype.kind == "i" else np.nan
-            new = np.where(finished[running], eos, new)  # (rows kept when compact=False)
-            finished[running] |= new == eos
-            token = np.full(B, eos, dtype=np.int64)  # rows no longer computed yield eos
-            token[running] = new
+            new = np.where(finished[active], eos, new)  # (rows kept when compact=False)
+            finished[active] |= new == eos
+        token = np.full(B, eos, dtype=np.int64)  # rows no longer computed yield eos
+        token[active] = new
         if single:
             token = int(token[0])
             info = {key: value[0] for key, value in info.items()} if logprobs is not None else None
         yield token if logprobs is None else (token, info)
-        if step == steps - 1 or finished.all():
+        done = room <= step + 1  # rows that made their last token
+        if step == steps - 1 or (done | finished).all():
             return
-        seqs[running, cur] = new
-        if compact and finished[running].any():
-            keep = np.flatnonzero(~finished[running])
-            running, new = running[keep], new[keep]
+        seqs[active, cur] = new
+        leave = done[active] | (finished[active] if compact else False)
+        if leave.any():
+            keep = np.flatnonzero(~leave)
+            active, new = active[keep], new[keep]
             if cache is not None:
                 cache = keep_cache_rows(cache, keep)
-        if cur < n_ctx:  # position cur exists: feed the new token through the cache
-            logits = forward(params, config, new[:, None], kv_cache=cache, last_only=True)[:, -1]
-        else:  # sliding: the last n_ctx tokens again, from position 0
+                new_off = max(off, T - int(lengths[active].max()))
+                _drop_columns(cache, new_off - off)
+                off = new_off
+        longest = int(lengths[active].max()) + step + 1  # tokens of the longest row now
+        if cache is not None and longest <= n_ctx:  # feed the new tokens through the cache
+            logits = _next_logits(params, config, new[:, None], real[active, off:cur + 1], kv_cache=cache)
+        else:  # sliding: each row's last n_ctx tokens again, from position 0
             cache = None  # its keys and values belong to positions that have moved
-            logits = forward(params, config, seqs[running, cur + 1 - n_ctx:cur + 1],
-                             last_only=True)[:, -1]
+            window = min(n_ctx, longest)
+            columns = slice(cur + 1 - window, cur + 1)
+            logits = _next_logits(params, config, seqs[active, columns], real[active, columns])
