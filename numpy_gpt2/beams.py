@@ -16,51 +16,16 @@ continue (a beam's keys and values are those of the beam it extends), never reco
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
+from .checks import check_beam_args, check_prompt
 from .config import GPT2Config
 from .loss import log_softmax
-from .model import check_tokens, forward, new_kv_cache
+from .model import forward, new_kv_cache
 from .processors import no_repeat_ngram
 
 # transformers marks impossible candidates by adding this (not -inf: scores stay comparable).
 UNREACHABLE = -1.0e9
-
-
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def check_beam_args(config: GPT2Config, max_new_tokens, num_beams, length_penalty, early_stopping,
-                    num_return_sequences, no_repeat_ngram_size, eos_token_id, *, cli=False):
-    """ValueError naming the first invalid beam search argument (cli=True: the flag's name)."""
-    def name(arg):
-        return "--" + arg.replace("_", "-") if cli else arg
-
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 1 for beam search, "
-                         f"got {max_new_tokens!r}")
-    if not _is_int(num_beams) or num_beams < 1:
-        raise ValueError(f"{name('num_beams')} must be an integer >= 1, got {num_beams!r}")
-    if (not isinstance(length_penalty, numbers.Real) or isinstance(length_penalty, bool)
-            or not math.isfinite(length_penalty)):
-        raise ValueError(f"{name('length_penalty')} must be a finite number, got {length_penalty!r}")
-    if not any(early_stopping is v for v in (True, False)) and early_stopping != "never":
-        raise ValueError(f"{name('early_stopping')} must be True, False or \"never\", "
-                         f"got {early_stopping!r}")
-    if not _is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
-        raise ValueError(f"{name('num_return_sequences')} must be an integer in 1..num_beams="
-                         f"{num_beams}, got {num_return_sequences!r}")
-    if not _is_int(no_repeat_ngram_size) or no_repeat_ngram_size < 0:
-        raise ValueError(f"{name('no_repeat_ngram_size')} must be an integer >= 0 (0 = off), "
-                         f"got {no_repeat_ngram_size!r}")
-    if eos_token_id is not None and (not _is_int(eos_token_id)
-                                     or not 0 <= eos_token_id < config.vocab_size):
-        raise ValueError(f"{name('eos_token_id')} must be a token id in [0, {config.vocab_size}) "
-                         f"or None (config.eos_token_id), got {eos_token_id!r}")
 
 
 def _top(scores, k):
@@ -129,7 +94,7 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
     """
     check_beam_args(config, max_new_tokens, num_beams, length_penalty, early_stopping,
                     num_return_sequences, no_repeat_ngram_size, eos_token_id)
-    prompt = check_tokens(prompt, config, what="prompt tokens").astype(np.int64)
+    prompt = check_prompt(prompt, config)
     if prompt.ndim != 1:
         raise ValueError(f"prompt tokens must be one sequence (T,) for beam search, got shape "
                          f"{prompt.shape}")

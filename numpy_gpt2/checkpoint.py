@@ -26,8 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .config import GPT2Config, _cut, _is_int, _show, infer_config, read_config_json
+from .checks import cut, is_int, show
+from .config import GPT2Config, infer_config, read_config_json
 from .errors import CheckpointError
+from .params import flatten_params, nest_params
 
 # safetensors dtype name -> little-endian NumPy dtype of the stored bytes.
 # BF16 is read as raw uint16 and widened by hand (see _convert).
@@ -95,12 +97,12 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     spans = []
     for name, e in header.items():
         if not name.isprintable() or len(name) > 1000:  # messages below print it
-            raise CheckpointError(f"{path}: corrupted header: tensor name {_show(name)}")
+            raise CheckpointError(f"{path}: corrupted header: tensor name {show(name)}")
         ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"].isprintable()
               and _naturals(e.get("shape")) and _naturals(e.get("data_offsets"))
               and len(e["data_offsets"]) == 2)
         if not ok:
-            raise CheckpointError(f"{path}: corrupted header entry for {_show(name)}: {_show(e)} "
+            raise CheckpointError(f"{path}: corrupted header entry for {show(name)}: {show(e)} "
                                   f"(expected {{\"dtype\": str, \"shape\": [int >= 0, ...], "
                                   f"\"data_offsets\": [begin, end]}})")
         begin, end = e["data_offsets"]
@@ -110,7 +112,7 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
             nbytes = math.prod(e["shape"]) * FILE_DTYPES[e["dtype"]].itemsize  # exact, any size
             if end - begin != nbytes:
                 raise CheckpointError(
-                    f"{path}: {name}: header says {e['dtype']} {_cut(str(e['shape']))} "
+                    f"{path}: {name}: header says {e['dtype']} {cut(str(e['shape']))} "
                     f"({nbytes} bytes) but data_offsets span {end - begin} bytes")
         if end > data_size:
             raise CheckpointError(
@@ -126,7 +128,7 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
 
 def _naturals(value) -> bool:
     """A JSON list of integers >= 0 (no floats, no bools, nothing nested)."""
-    return isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
+    return isinstance(value, list) and all(is_int(v) and v >= 0 for v in value)
 
 
 def _convert(stored: np.ndarray, file_dtype: str, out: np.ndarray) -> None:
@@ -227,33 +229,6 @@ def _non_finite_error(path, name, entry, flat_index, array, data, data_start, dt
         f"(flat index {flat_index}, the first in this tensor){why}; every weight must be finite")
 
 
-def nest_params(flat: dict[str, np.ndarray]) -> dict:
-    """{"h.0.ln_1.weight": a, "wte.weight": b} -> {"h": [{"ln_1": {"weight": a}}], "wte": {"weight": b}}."""
-    params: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    if "h" in params:  # the layers {"0": ..., "1": ...} become a list, so params["h"][i] works
-        params["h"] = [params["h"][str(i)] for i in range(len(params["h"]))]
-    return params
-
-
-def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """Inverse of nest_params: the nested weight dict -> {checkpoint key: array}."""
-    flat = {}
-    items = enumerate(params) if isinstance(params, list) else params.items()
-    for k, v in items:
-        key = f"{prefix}{k}"
-        if isinstance(v, (dict, list)):
-            flat.update(flatten_params(v, key + "."))
-        else:
-            flat[key] = v
-    return flat
-
-
 def _find_files(source) -> tuple[str, str | None]:
     """A directory or a .safetensors path -> (weights path, config.json path or None)."""
     source = os.fspath(source)
@@ -301,7 +276,7 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     threads = _default_threads() if threads is None else threads
-    if not _is_int(threads) or threads < 1:
+    if not is_int(threads) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     weights, config_path = _find_files(source)
     header, data_start = read_safetensors_header(weights)
@@ -311,7 +286,7 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     for key, name in params_in_file.items():
         if header[name]["dtype"] not in FILE_DTYPES:
             raise CheckpointError(
-                f"{weights}: {name} has dtype {_cut(header[name]['dtype'])}; expected one of "
+                f"{weights}: {name} has dtype {cut(header[name]['dtype'])}; expected one of "
                 f"{', '.join(FILE_DTYPES)}")
     if config_path:
         config, config_from = read_config_json(config_path), config_path
@@ -343,7 +318,7 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
         got = tuple(header[params_in_file[key]]["shape"])
         if got != shape:
             raise CheckpointError(
-                f"{weights}: {params_in_file[key]} has shape {_cut(str(list(got)))}, expected "
+                f"{weights}: {params_in_file[key]} has shape {cut(str(list(got)))}, expected "
                 f"{list(shape)} (n_embd={config.n_embd}, vocab_size={config.vocab_size}, "
                 f"n_ctx={config.n_ctx})")
 

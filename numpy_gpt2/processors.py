@@ -20,21 +20,10 @@ apply_processors applies them in transformers' order (GenerationMixin._get_logit
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
 from .layers import softmax
 from .loss import log_softmax
-
-
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def token_counts(tokens, vocab_size: int, mask=None) -> np.ndarray:
@@ -195,88 +184,14 @@ def typical_p_filter(logits, mass: float):
     return np.where(distance > threshold, -np.inf, logits)
 
 
-# --- options: checked once, then applied in transformers' order at every step ------------
+# --- applied in transformers' order (options from checks.check_processor_args) ------------
 
-# (name, "off" values): an option equal to one of these is not applied.
-PROCESSORS = (("logit_bias", (None,)), ("repetition_penalty", (None, 1.0)),
-              ("frequency_penalty", (None, 0.0)), ("presence_penalty", (None, 0.0)),
-              ("no_repeat_ngram_size", (None, 0)), ("min_new_tokens", (None, 0)),
-              ("suppress_tokens", (None,)))
-WARPERS = (("min_p", (None,)), ("typical_p", (None, 1.0)))
-
-
-def _flag(name, cli):
-    return "--" + name.replace("_", "-") if cli else name
-
-
-def _check_token_id(name, token, vocab_size):
-    if not _is_int(token) or not 0 <= token < vocab_size:
-        raise ValueError(f"{name}: token id {token!r} is not an integer in [0, {vocab_size}) "
-                         f"(vocab_size)")
-    return int(token)
-
-
-def _check_logit_bias(bias, vocab_size, name):
-    if not isinstance(bias, dict):
-        raise ValueError(f"{name} must be a dict {{token_id: bias}}, got {type(bias).__name__}")
-    checked = {}
-    for token, value in bias.items():
-        token = _check_token_id(name, token, vocab_size)
-        if not _is_real(value) or math.isnan(value) or value == math.inf:
-            raise ValueError(f"{name}[{token}] must be a finite number or -inf (a ban), got {value!r}")
-        checked[token] = float(value)
-    return checked
-
-
-def _check_token_list(tokens, vocab_size, name):
-    if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
-        raise ValueError(f"{name} must be a list of token ids, got {tokens!r}")
-    return tuple(_check_token_id(name, t, vocab_size) for t in tokens)
-
-
-def check_processor_args(vocab_size: int, *, cli=False, **options) -> dict:
-    """Validate the processor options; returns the active ones, normalized, in application order.
-
-    options: any of logit_bias ({id: float or -inf}), repetition_penalty (> 0; 1 = off),
-    frequency_penalty, presence_penalty (finite; 0 = off), no_repeat_ngram_size (int >= 0;
-    0 = off), min_new_tokens (int >= 0), suppress_tokens (ids), min_p ([0, 1]),
-    typical_p ((0, 1]; 1 = off); None is always off. Raises ValueError naming the first bad
-    one (its command-line flag when cli=True). Unknown names are a TypeError, as for a call.
-    """
-    known = dict(PROCESSORS + WARPERS)
-    unknown = set(options) - set(known)
-    if unknown:
-        raise TypeError(f"unknown processor option(s): {sorted(unknown)}")
-    active = {}
-    for name, off in PROCESSORS + WARPERS:
-        value = options.get(name)
-        flag = _flag(name, cli)
-        if name == "logit_bias" and value is not None:
-            value = _check_logit_bias(value, vocab_size, flag)
-        elif name == "suppress_tokens" and value is not None:
-            value = _check_token_list(value, vocab_size, flag)
-        elif name == "repetition_penalty" and value is not None:
-            if not _is_real(value) or not (0 < value < math.inf):
-                raise ValueError(f"{flag} must be a finite number > 0 (1 = off), got {value!r}")
-        elif name in ("frequency_penalty", "presence_penalty") and value is not None:
-            if not _is_real(value) or not math.isfinite(value):
-                raise ValueError(f"{flag} must be a finite number (0 = off), got {value!r}")
-        elif name in ("no_repeat_ngram_size", "min_new_tokens") and value is not None:
-            if not _is_int(value) or value < 0:
-                raise ValueError(f"{flag} must be an integer >= 0 (0 = off), got {value!r}")
-        elif name == "min_p" and value is not None:
-            if not _is_real(value) or not 0 <= value <= 1:
-                raise ValueError(f"{flag} must be in [0, 1], got {value!r}")
-        elif name == "typical_p" and value is not None:
-            if not _is_real(value) or not 0 < value <= 1:
-                raise ValueError(f"{flag} must be in (0, 1] (1 = off), got {value!r}")
-        if value is not None and value not in off:
-            active[name] = value
-    return active
+PROCESSORS = ("logit_bias", "repetition_penalty", "frequency_penalty", "presence_penalty",
+              "no_repeat_ngram_size", "min_new_tokens", "suppress_tokens")
 
 
 def apply_processors(logits, tokens, mask, n_new: int, eos_token_id: int, options: dict):
-    """The processors in `options` (from check_processor_args) in transformers' order.
+    """The processors in `options` (from checks.check_processor_args) in transformers' order.
 
     logits (B, V); tokens (B, L): each row so far, prompt then its n_new generated tokens
     (the last n_new columns); mask (B, L) 0/1 or None. Returns (B, V); the warpers (min_p,
@@ -292,7 +207,7 @@ def apply_processors(logits, tokens, mask, n_new: int, eos_token_id: int, option
         "min_new_tokens": lambda z, v: min_new_tokens(z, n_new, v, eos_token_id),
         "suppress_tokens": lambda z, v: suppress_tokens(z, v),
     }
-    for name, _ in PROCESSORS:
+    for name in PROCESSORS:
         if name in options:
             logits = steps[name](logits, options[name])
     return logits

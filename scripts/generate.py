@@ -49,9 +49,8 @@ except ImportError:  # not pip-installed: use the package next to this script
 import numpy as np
 from tqdm import tqdm
 
-from numpy_gpt2.beams import check_beam_args
-from numpy_gpt2.processors import check_processor_args
-from numpy_gpt2.sampling import check_generation_args, check_sampling_args
+from numpy_gpt2.checks import (check_beam_args, check_generation_args, check_processor_args,
+                              check_sampling_args)
 from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir
 
 EXIT_BAD_INPUT = 2

@@ -184,23 +184,29 @@ class RowDraws:
 
 
 @contextlib.contextmanager
-def draws(monkeypatch, rng):
-    monkeypatch.setattr(numpy_gpt2.sampling, "make_rng", lambda seed: rng)
-    yield
-    monkeypatch.undo()
+def draws(rng):
+    """generate() draws its uniform numbers from rng (a RowDraws) inside the block."""
+    real = numpy_gpt2.sampling.make_rng
+    numpy_gpt2.sampling.make_rng = lambda seed: rng
+    try:
+        yield
+    finally:
+        numpy_gpt2.sampling.make_rng = real
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.8, top_k=20, top_p=0.9,
                                                              repetition_penalty=1.3, min_p=0.05)])
-def test_sampled_ragged_rows_equal_each_prompt_alone_given_its_draws(models, monkeypatch, kw):
+def test_sampled_ragged_rows_equal_each_prompt_alone_given_its_draws(models, kw):
     params, config = models[np.float64]
     U = np.random.default_rng(0).random((25, len(PROMPTS)))
-    with draws(monkeypatch, RowDraws(U)):
+    with draws(RowDraws(U)):
         batch = run(params, config, PROMPTS, 25, stop_at_eos=False, **kw)
     for b, p in enumerate(PROMPTS):
-        with draws(monkeypatch, RowDraws(U, row=b)):
+        with draws(RowDraws(U, row=b)):
             alone = run(params, config, p, 25, stop_at_eos=False, **kw)
-        np.testing.assert_array_equal(batch[b], alone)
+        assert len(alone) == min(25, N_CTX - len(p) + 1)  # then the row's context is full
+        np.testing.assert_array_equal(batch[b, :len(alone)], alone)
+        assert (batch[b, len(alone):] == config.eos_token_id).all()
     assert len({tuple(r) for r in batch.tolist()}) == 4
 
 
@@ -259,16 +265,16 @@ def test_ragged_greedy_equals_transformers_left_padded_batch(ckpt, models):
 @settings(max_examples=8)
 @given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=3), seed=st.integers(0, 100),
        temperature=st.sampled_from([0.0, 1.0]))
-def test_ragged_slide_equals_each_row_alone(models, monkeypatch, lengths, seed, temperature):
+def test_ragged_slide_equals_each_row_alone(models, lengths, seed, temperature):
     params, config = models[np.float64]
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, 96, size=n).tolist() for n in lengths]
     U = rng.random((20, len(prompts)))
-    with draws(monkeypatch, RowDraws(U)):
+    with draws(RowDraws(U)):
         batch = run(params, config, prompts, 20, temperature=temperature, stop_at_eos=False, context="slide",
                     repetition_penalty=1.2)
     for b, p in enumerate(prompts):
-        with draws(monkeypatch, RowDraws(U, row=b)):
+        with draws(RowDraws(U, row=b)):
             alone = run(params, config, p, 20, temperature=temperature, stop_at_eos=False, context="slide",
                         repetition_penalty=1.2)
         np.testing.assert_array_equal(batch[b], alone)
