@@ -149,19 +149,25 @@ def check_prompts(tokens, config, context: str = "stop") -> tuple[list, bool]:
     return rows, False
 
 
+def _per_row(value, name, batch: int, length: int, single: bool, what: str):
+    """value as an array of shape (batch, length), accepting (length,) for one sequence;
+    ValueError naming `name` for any other shape."""
+    value = np.asarray(value)
+    expected = (length,) if single else (batch, length)
+    if value.shape != expected and not (single and value.shape == (1, length)):
+        raise ValueError(f"{name} must have shape {expected} ({what}), got {value.shape}")
+    return value.reshape(-1, length)
+
+
 def check_attention_mask(mask, batch: int, length: int, single: bool):
     """forward()'s attention_mask as a (B, S) bool array: 0/1 (or bools) of shape (S,) for one
     sequence or (B, S), S = cached + new positions, no row all padding. None stays None."""
     if mask is None:
         return None
-    mask = np.asarray(mask)
-    expected = (length,) if single else (batch, length)
-    if mask.shape != expected and not (single and mask.shape == (1, length)):
-        raise ValueError(f"attention_mask must have shape {expected} (cached + new positions), "
-                         f"got {mask.shape}")
+    mask = _per_row(mask, "attention_mask", batch, length, single, "cached + new positions")
     if mask.dtype != bool and not (mask.dtype.kind in "iuf" and np.isin(mask, (0, 1)).all()):
         raise ValueError("attention_mask must hold only 0 and 1 (1 = a real token, 0 = padding)")
-    mask = mask.reshape(-1, length).astype(bool)
+    mask = mask.astype(bool)
     empty = np.flatnonzero(~mask.any(axis=1))
     if len(empty):
         raise ValueError(f"attention_mask: row {int(empty[0])} is all padding (every row needs "
@@ -173,17 +179,13 @@ def check_position_ids(position_ids, batch: int, length: int, single: bool, conf
     """forward()'s position_ids as a (B, T) int array in [0, n_ctx). None stays None."""
     if position_ids is None:
         return None
-    position_ids = np.asarray(position_ids)
-    expected = (length,) if single else (batch, length)
-    if position_ids.shape != expected and not (single and position_ids.shape == (1, length)):
-        raise ValueError(f"position_ids must have shape {expected} (the new tokens'), got "
-                         f"{position_ids.shape}")
+    position_ids = _per_row(position_ids, "position_ids", batch, length, single, "the new tokens'")
     if position_ids.dtype.kind not in "iu":
         raise ValueError(f"position_ids must be integers, got dtype {position_ids.dtype}")
     if position_ids.min() < 0 or position_ids.max() >= config.n_ctx:
         raise ValueError(f"position_ids must be in [0, {config.n_ctx}) (n_ctx), got values "
                          f"from {position_ids.min()} to {position_ids.max()}")
-    return position_ids.reshape(-1, length)
+    return position_ids
 
 
 # ---- generation arguments ---------------------------------------------------------------

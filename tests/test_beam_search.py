@@ -11,29 +11,11 @@ import pytest
 import torch
 
 import numpy_gpt2
-from checkpoints import reference_model
-from generation_checkpoint import write_generation_checkpoint
 from numpy_gpt2.beams import beam_search
+from test_generate_controls import ckpt, hf64, model64  # noqa: F401 (fixtures: the same checkpoint)
 
-N_CTX = 64
+N_CTX = 64  # test_generate_controls' checkpoint
 PROMPT = np.array([5, 17, 3, 40, 8])
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("beam")
-    write_generation_checkpoint(directory, n_ctx=N_CTX)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def model64(ckpt):
-    return numpy_gpt2.load(ckpt, np.float64)
-
-
-@pytest.fixture(scope="module")
-def hf64(ckpt):
-    return reference_model(ckpt, torch.float64)
 
 
 def hf_beams(ref, prompt, max_new_tokens, num_beams, eos, **kw):

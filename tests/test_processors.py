@@ -108,20 +108,15 @@ def test_suppress_tokens_equals_transformers(data, seed):
     np.testing.assert_array_equal(ours, theirs)
 
 
-@given(data=batches(), min_p=st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 1.0])))
-def test_min_p_equals_transformers(data, min_p):
+@given(data=batches(), which=st.sampled_from(["min_p", "typical_p"]), value=st.floats(0.0, 1.0))
+def test_min_p_and_typical_p_equal_transformers(data, which, value):
     logits, rows, tokens, mask = data
-    ours = min_p_filter(logits, min_p)
-    theirs = lp.MinPLogitsWarper(min_p)(torch.tensor(tokens), torch.tensor(logits)).numpy()
-    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
-    np.testing.assert_array_equal(ours[np.isfinite(ours)], logits[np.isfinite(ours)])
-
-
-@given(data=batches(), mass=st.floats(0.01, 0.99))
-def test_typical_p_equals_transformers(data, mass):
-    logits, rows, tokens, mask = data
-    ours = typical_p_filter(logits, mass)
-    theirs = lp.TypicalLogitsWarper(mass)(torch.tensor(tokens), torch.tensor(logits)).numpy()
+    if which == "min_p":
+        ours, theirs = min_p_filter(logits, value), lp.MinPLogitsWarper(value)
+    else:
+        value = min(max(value, 0.01), 0.99)  # transformers' TypicalLogitsWarper needs 0 < mass < 1
+        ours, theirs = typical_p_filter(logits, value), lp.TypicalLogitsWarper(value)
+    theirs = theirs(torch.tensor(tokens), torch.tensor(logits)).numpy()
     np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
     np.testing.assert_array_equal(ours[np.isfinite(ours)], logits[np.isfinite(ours)])
 
