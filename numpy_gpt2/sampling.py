@@ -146,7 +146,11 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         for token in generate(params, config, enc.encode("Hello"), 20, temperature=0):
             print(enc.decode([token]), end="", flush=True)
 
-    tokens: the prompt, ints (T,) or a batch (B, T) of equally long prompts; 1 <= T <= n_ctx.
+    tokens: the prompt, ints (T,); a batch (B, T) of equally long prompts; or a list of B
+        prompts of different lengths, left-padded inside and run with an attention mask, so
+        that every row yields what its prompt yields alone (greedy: the same tokens; sampling:
+        the same tokens for the same uniform numbers). 1 <= T <= n_ctx (see context). Each
+        row runs to its own context limit, then yields eos as padding (and leaves the batch).
     max_new_tokens: at most this many steps (>= 0).
     temperature: 0 = greedy (argmax; top_k, top_p, min_p, typical_p and seed then do
         nothing, as in transformers), else > 0.
@@ -185,8 +189,9 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         "slide": continue past n_ctx, each new token predicted from the last n_ctx tokens
         (nanoGPT's idx[:, -block_size:]); prompts may be longer than n_ctx. Until the window
         is full, steps use the kv cache; after that every step runs the whole window again
-        (positions shift, so no cached key or value stays valid): about n_ctx times the work
-        of a cached step.
+        (positions shift, so no cached key or value stays valid): the work of an n_ctx-token
+        prompt per token (GPT-2 124M at n_ctx 1024: ~55 cached steps). In a batch, once one
+        row's window is full, every row is re-run from its own last n_ctx tokens.
 
     Yields: an int per step for a single prompt (T,) with num_samples == 1, else an int64
     array (B * num_samples,) per step (with logprobs: a (token(s), info) pair).
@@ -234,7 +239,7 @@ class Choice:
     temperature: float
     top_k: int | None
     top_p: float | None
-    options: dict  # from processors.check_processor_args
+    options: dict  # from checks.check_processor_args
     eos: int
 
     def final_logits(self, logits, tokens, mask, n_new):
