@@ -12,13 +12,16 @@ back through the model, one layer at a time (numpy_gpt2/layers_backward.py):
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .checks import check_mirrors_params, check_targets
 from .config import GPT2Config
+from .dropout import apply as apply_dropout
 from .errors import NonFiniteError
 from .finite import all_finite, check_finite_logits
-from .hooks import no_record, prefixed
+from .hooks import is_weight_name, no_record, prefixed, record_weights
 from .layers import layer_norm, transformer_block
 from .layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
                               position_embedding_backward, transformer_block_backward)
@@ -31,7 +34,8 @@ from .params import flatten_params
 
 
 def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
-                   reference: bool = False, record=None, record_grad=None, grads: dict | None = None):
+                   reference: bool = False, record=None, record_grad=None, grads: dict | None = None,
+                   dropout=None):
     """The mean cross-entropy of the targets and its gradient for every parameter.
 
     tokens: int (T,) or (B, T); targets: ints of the same shape, targets[..., t] the token
@@ -44,14 +48,25 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     record(name, array): sees the forward activations (names as numpy_gpt2.activations).
     record_grad(name, array): sees dloss/d(activation) for every activation name, in
         backward order (logits, ln_f, h.{L-1}, h.{L-1}.mlp.c_proj, ..., h.0.ln_1, wpe, wte),
-        every array with a batch axis. Arrays may be reused after the call: copy what you keep.
+        every array with a batch axis; and dloss/d(weight) under the weight's checkpoint key
+        (h.3.mlp.c_fc.weight; lm_head.weight only when untied) where the backward pass
+        computes it, between the gradients of that module's output and input (wpe.weight,
+        wte.weight last, after the whole pass: wte's sums the tied head's part). Arrays may
+        be reused after the call: copy what you keep.
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
+    dropout: a numpy_gpt2.dropout.Dropout(p, seed) for training with dropout (embeddings,
+        attention probabilities, residual branches; the backward applies the same masks);
+        None or p = 0: none, every number as without it. Fast path only.
     Raises ValueError for bad tokens or targets, before any work.
     """
     given = np.asarray(tokens)  # as the caller gave them: error messages use this shape
     tokens, targets = check_targets(tokens, targets, config, ignore_index)
     into = None if grads is None else check_mirrors_params(grads, params, "grads= (the accumulator)")
-    run = _loss_and_grads_reference if reference else _loss_and_grads_fast
+    if dropout is not None and dropout.p == 0:
+        dropout = None  # exactly the path without dropout
+    if reference and dropout is not None:
+        raise ValueError("dropout= runs on the fast path only (reference=False)")
+    run = _loss_and_grads_reference if reference else partial(_loss_and_grads_fast, dropout=dropout)
     loss, new = run(params, config, tokens, targets, ignore_index,
                     record or no_record, record_grad or no_record)
     check_finite_logits(np.float64(loss), params, config, given, forward=forward, reference=reference,
@@ -98,8 +113,11 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     dlogits = cross_entropy_backward(logits, targets, ignore_index)
     record_grad("logits", dlogits)
     dh, dhead = lm_head_backward(dlogits, h, head)
+    if head is not wte:
+        record_grad("lm_head.weight", dhead)
     record_grad("ln_f", dh)
     dx, dln_f = layer_norm_backward(dh, x, params["ln_f"]["weight"], eps)
+    record_weights(record_grad, "ln_f", dln_f)
     dblocks = [None] * config.n_layer
     for i in reversed(range(config.n_layer)):
         record_grad(f"h.{i}", dx)
@@ -107,22 +125,23 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
                                                     record=prefixed(record_grad, f"h.{i}."))
     record_grad("wpe", dx)
     record_grad("wte", dx)
-    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks)
+    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks, record_grad)
 
 
-def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks):
-    """The gradient dict, shaped like params, from the pieces of the backward pass."""
+def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks, record_grad):
+    """The gradient dict, shaped like params, from the pieces of the backward pass (the
+    embeddings' gradients are computed here: wpe's, then wte's, both passed to record_grad)."""
     tied = "lm_head" not in params  # then wte is the embedding AND the output head
-    grads = {"wte": {"weight": embedding_backward(dx0, tokens, config.vocab_size,
-                                                  dwte=dhead if tied else None)},
-             "wpe": {"weight": position_embedding_backward(dx0, config.n_ctx)},
-             "h": dblocks, "ln_f": dln_f}
+    dwpe = record_weights(record_grad, "wpe", {"weight": position_embedding_backward(dx0, config.n_ctx)})
+    dwte = record_weights(record_grad, "wte", {"weight": embedding_backward(
+        dx0, tokens, config.vocab_size, dwte=dhead if tied else None)})
+    grads = {"wte": dwte, "wpe": dwpe, "h": dblocks, "ln_f": dln_f}
     if not tied:
         grads["lm_head"] = {"weight": dhead}
     return {key: grads[key] for key in params}  # the params' key order too
 
 
-def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad):
+def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad, dropout=None):
     """The fast path: each block keeps what its backward needs (10 E numbers per position,
     see layers_backward_fast.transformer_block_saving_fast); the output head and the loss run fused, in
     chunks of rows. Everything is 2-D (N = B*T rows) inside."""
@@ -136,9 +155,11 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     x = wte[tokens] + wpe[:T]  # (B, T, E)
     record("wte", wte[tokens])
     record("wpe", wpe[:T])
+    m_embd = apply_dropout(dropout, (0,), x)
     saved = []
     for i, block in enumerate(params["h"]):
-        x, kept = transformer_block_saving_fast(x, block, n_head, eps, record=prefixed(record, f"h.{i}."))
+        x, kept = transformer_block_saving_fast(x, block, n_head, eps, record=prefixed(record, f"h.{i}."),
+                                                dropout=dropout, layer=i)
         saved.append(kept)
         record(f"h.{i}", x)
     x = x.reshape(B * T, E)
@@ -147,8 +168,11 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     record("ln_f", h)
     loss, dh, dhead = lm_head_cross_entropy_fast(h, head, targets.reshape(-1), ignore_index,
                                                  record=record, record_grad=record_grad)
+    if head is not wte:
+        record_grad("lm_head.weight", dhead)
     record_grad("ln_f", dh)
     dx, dln_f = layer_norm_backward_fast(dh, xhat, std, params["ln_f"]["weight"])
+    record_weights(record_grad, "ln_f", dln_f)
     del x, xhat, h, dh
     dblocks = [None] * config.n_layer
     for i in reversed(range(config.n_layer)):
@@ -156,9 +180,11 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
         dx, dblocks[i] = transformer_block_backward_fast(dx, saved.pop(), params["h"][i], n_head, eps,
                                                          record=prefixed(record_grad, f"h.{i}."))
     dx = dx.reshape(B, T, E)
+    if m_embd is not None:
+        dx *= m_embd
     record_grad("wpe", dx)
     record_grad("wte", dx)
-    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks)
+    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks, record_grad)
 
 
 def _batched(record, B, T):
@@ -168,6 +194,7 @@ def _batched(record, B, T):
         return no_record
 
     def see(name, a):
-        a = a.reshape(B, T, *a.shape[1:]) if a.ndim == 2 and a.shape[0] == B * T else a
+        rows = a.ndim == 2 and a.shape[0] == B * T and not is_weight_name(name)
+        a = a.reshape(B, T, *a.shape[1:]) if rows else a
         record(name, np.array(a))
     return see

@@ -62,8 +62,9 @@ def check_tokens(tokens, config, past: int = 0, capacity: int | None = None,
     if tokens.ndim not in (1, 2):
         raise ValueError(f"{what} must have shape (T,) or (B, T), got shape {tokens.shape}")
     if tokens.shape[-1] == 0 or tokens.size == 0:  # before the dtype: [] is a float array
-        raise ValueError(f"{what} must hold at least one position, got shape {tokens.shape} "
-                         f"(to start a text from nothing: [{config.eos_token_id}], <|endoftext|>)")
+        start = (f" (to start a text from nothing: [{config.bos_token_id}], <|endoftext|>)"
+                 if 0 <= config.bos_token_id < config.vocab_size else "")
+        raise ValueError(f"{what} must hold at least one position, got shape {tokens.shape}{start}")
     if tokens.dtype.kind not in "iu":
         raise ValueError(f"{what} must be integers, got dtype {tokens.dtype}")
     bad = (tokens < 0) | (tokens >= config.vocab_size)
@@ -191,7 +192,7 @@ def check_position_ids(position_ids, batch: int, length: int, single: bool, conf
 # ---- generation arguments ---------------------------------------------------------------
 
 def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None, num_samples=1,
-                        *, cli=False):
+                        *, seed=None, cli=False):
     """Raise ValueError naming the first invalid generation parameter (nothing else happens).
 
     cli=True: the messages name the command-line flags (--max-new-tokens, --top-k, ...).
@@ -213,6 +214,40 @@ def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None,
         raise ValueError(f"{name('top_p')} must be in (0, 1] ({no_limit}), got {top_p!r}")
     if not is_int(num_samples) or num_samples < 1:
         raise ValueError(f"{name('num_samples')} must be an integer >= 1, got {num_samples!r}")
+    check_seed(seed, name("seed"))
+
+
+def check_seed(seed, name: str = "seed"):
+    """seed, if numpy.random.default_rng accepts it: None (fresh randomness), an integer >= 0,
+    a sequence of them, or a numpy.random.Generator; else ValueError naming `name` (NumPy's
+    own errors for -1 or 1.5 do not say which argument was wrong)."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    try:
+        if isinstance(seed, (bool, float, str, bytes)):  # default_rng would hash or truncate some
+            raise TypeError
+        np.random.SeedSequence(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be None, an integer >= 0 (or a sequence of them) or a "
+                         f"numpy.random.Generator, got {seed!r}") from None
+    return seed
+
+
+def check_suppress_tokens(suppress_tokens, vocab_size: int) -> np.ndarray:
+    """generate()'s suppress_tokens (None or an iterable of ints) as the sorted int64 array of
+    those in [0, vocab_size) (others are ignored, as by transformers). ValueError if one is not
+    an integer, or if every id of the vocabulary is banned (nothing would be left to pick)."""
+    if isinstance(suppress_tokens, (str, bytes)) or not (suppress_tokens is None
+                                                         or hasattr(suppress_tokens, "__iter__")):
+        raise ValueError(f"suppress_tokens must be a list of token ids, got {suppress_tokens!r}")
+    ids = [] if suppress_tokens is None else list(suppress_tokens)
+    bad = next((t for t in ids if not is_int(t)), None)
+    if bad is not None:
+        raise ValueError(f"suppress_tokens must hold token ids (integers), got {bad!r}")
+    ids = np.unique(np.array([t for t in ids if 0 <= t < vocab_size], dtype=np.int64))
+    if len(ids) == vocab_size:
+        raise ValueError(f"suppress_tokens bans every token id of the vocabulary [0, {vocab_size})")
+    return ids
 
 
 def check_generation_args(config, logprobs=None, context="stop", *, cli=False):
@@ -230,7 +265,7 @@ def check_generation_args(config, logprobs=None, context="stop", *, cli=False):
 # The logits processors' options and the values that mean "off" (None is always off).
 PROCESSOR_OFF = {"logit_bias": (), "repetition_penalty": (1.0,), "frequency_penalty": (0.0,),
                  "presence_penalty": (0.0,), "no_repeat_ngram_size": (0,), "min_new_tokens": (0,),
-                 "suppress_tokens": (), "min_p": (), "typical_p": (1.0,)}
+                 "suppress_tokens": ((),), "min_p": (), "typical_p": (1.0,)}
 
 
 def _check_token_id(name, token, vocab_size):
@@ -256,10 +291,11 @@ def _check_processor_value(name, value, vocab_size, flag):
     """One processor option, checked and normalized (see check_processor_args)."""
     if name == "logit_bias":
         return _check_logit_bias(value, vocab_size, flag)
-    if name == "suppress_tokens":
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise ValueError(f"{flag} must be a list of token ids, got {value!r}")
-        return tuple(_check_token_id(flag, t, vocab_size) for t in value)
+    if name == "suppress_tokens":  # ids outside the vocabulary are ignored, as by transformers
+        try:
+            return tuple(check_suppress_tokens(value, vocab_size).tolist())
+        except ValueError as e:
+            raise ValueError(str(e).replace("suppress_tokens", flag, 1)) from None
     if name == "repetition_penalty" and (not is_number(value) or not 0 < value < math.inf):
         raise ValueError(f"{flag} must be a finite number > 0 (1 = off), got {value!r}")
     if name in ("frequency_penalty", "presence_penalty") and (not is_number(value) or not math.isfinite(value)):
@@ -279,7 +315,8 @@ def check_processor_args(vocab_size: int, *, cli=False, **options) -> dict:
 
     options: any of logit_bias ({id: float or -inf}), repetition_penalty (> 0; 1 = off),
     frequency_penalty, presence_penalty (finite; 0 = off), no_repeat_ngram_size (int >= 0;
-    0 = off), min_new_tokens (int >= 0), suppress_tokens (ids), min_p ([0, 1]),
+    0 = off), min_new_tokens (int >= 0), suppress_tokens (ids; those outside the vocabulary
+    ignored, as check_suppress_tokens), min_p ([0, 1]),
     typical_p ((0, 1]; 1 = off); None is always off. Raises ValueError naming the first bad
     one (its command-line flag when cli=True); an unknown name is a TypeError, as for a call.
     """

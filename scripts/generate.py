@@ -27,8 +27,10 @@ printed, best first, with their scores); only --no-repeat-ngram-size, --length-p
 --early-stopping apply to it.
 
 The prompt comes from the argument, else from stdin (one trailing newline removed); an empty
-prompt starts from <|endoftext|>, i.e. unconditional samples. The text "<|endoftext|>" in a
-prompt is the special token. The tokenizer: the checkpoint directory's vocab.json + merges.txt,
+prompt starts from bos_token_id (<|endoftext|> for GPT-2), i.e. unconditional samples. The
+text "<|endoftext|>" in a prompt is the special token. Ids the tokenizer cannot decode (a
+padded vocabulary) are never sampled; a model whose eos_token_id is outside its vocabulary
+cannot stop at <|endoftext|> (a note on stderr says so). The tokenizer: the checkpoint directory's vocab.json + merges.txt,
 else $NUMPY_GPT2_TOKENIZER, else tiktoken's "gpt2" encoding.
 """
 
@@ -51,7 +53,7 @@ from tqdm import tqdm
 
 from numpy_gpt2.checks import (check_beam_args, check_generation_args, check_processor_args,
                               check_sampling_args)
-from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir
+from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir, undecodable_ids
 
 EXIT_BAD_INPUT = 2
 
@@ -66,7 +68,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = _Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout).")
+    p = _Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout). Token ids "
+                "the tokenizer cannot decode (a vocabulary padded past the tokenizer's, e.g. "
+                "nanoGPT's 50304) are never sampled: their logits are set to -inf.")
     p.add_argument("prompt", nargs="?", help="prompt text (default: read from stdin)")
     p.add_argument("--model", default="gpt2",
                    help="checkpoint directory, .safetensors file, or hub name: gpt2, gpt2-medium, "
@@ -83,7 +87,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     try:  # the same checks as generate(), worded with the flags
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                            args.num_samples, cli=True)
+                            args.num_samples, seed=args.seed, cli=True)
         check_processor_args(sys.maxsize, cli=True, **processor_options(args))  # ids: after loading
         check_flag_combinations(args)
     except ValueError as e:
@@ -139,13 +143,17 @@ def add_generation_flags(p):
                    help="at n_ctx tokens: stop (default) or slide the window on (slower)")
 
 
-def processor_options(args) -> dict:
-    """The processor flags as numpy_gpt2.generate keyword arguments."""
+def processor_options(args, tokenizer=None, config=None) -> dict:
+    """The processor flags as numpy_gpt2.generate keyword arguments; given the tokenizer and
+    config, suppress_tokens adds the ids the tokenizer cannot decode (a padded vocabulary)."""
+    suppress = list(args.suppress_tokens or [])
+    if tokenizer is not None:
+        suppress += list(undecodable_ids(tokenizer, config.vocab_size))
     return dict(repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
                 presence_penalty=args.presence_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
                 min_new_tokens=args.min_new_tokens, min_p=args.min_p, typical_p=args.typical_p,
                 logit_bias=None if args.logit_bias is None else dict(args.logit_bias),
-                suppress_tokens=args.suppress_tokens)
+                suppress_tokens=suppress or None)
 
 
 def check_flag_combinations(args):
@@ -228,17 +236,19 @@ def run(args):
     params, config, tokenizer, what = load_everything(args.model, args.dtype)
     load_time = time.perf_counter() - t0
 
-    ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) or [config.eos_token_id]
+    ids = prompt_ids(tokenizer, config, prompt)
     try:
         check_after_loading(args, config)
         tokens = numpy_gpt2.generate(params, config, ids, args.max_new_tokens, args.temperature,
                                      args.top_k, args.top_p, seed=args.seed,
                                      num_samples=args.num_samples, stop_at_eos=True,
-                                     context=args.context, **processor_options(args))
+                                     context=args.context, **processor_options(args, tokenizer, config))
     except ValueError as e:  # the prompt: too long for the context, or ids outside the vocabulary
         raise UsageError(str(e)) from None
     print(f"loaded {what} in {load_time:.2f} s", file=sys.stderr)
-    eos, log, start = config.eos_token_id, [], time.perf_counter()
+    eos = config.eos_token_id
+    eos_note(config, tokenizer)
+    log, start = [], time.perf_counter()
     if args.num_samples == 1:
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -277,6 +287,25 @@ def run(args):
     if 0 < finished < args.num_samples:
         why += f"; {finished} of {args.num_samples} samples stopped at {ENDOFTEXT}"
     report(len(ids), start, log, why)
+
+
+def prompt_ids(tokenizer, config, prompt):
+    """The prompt's token ids; an empty prompt starts from bos_token_id."""
+    ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT})
+    if not ids and not config.has_token(config.bos_token_id):  # no start token to begin from
+        raise UsageError(f"an empty prompt starts from bos_token_id={config.bos_token_id}, which "
+                         f"is not in this model's vocabulary (vocab_size={config.vocab_size}): "
+                         f"give a prompt")
+    return ids or [config.bos_token_id]
+
+
+def eos_note(config, tokenizer):
+    """A note on stderr when the model cannot produce its eos token (it never stops at it)."""
+    eos = config.eos_token_id
+    if not config.has_token(eos) or eos >= tokenizer.n_vocab:
+        print(f"note: eos_token_id={eos} is not a token this model can produce (vocab_size="
+              f"{config.vocab_size}, tokenizer {tokenizer.n_vocab}): generation cannot stop at "
+              f"{ENDOFTEXT}, only at --max-new-tokens or a full context", file=sys.stderr)
 
 
 def check_after_loading(args, config):
@@ -346,7 +375,8 @@ def sampled_completions(args, params, config, tokenizer, ids):
     """Every prompt x --num-samples as one batch -> completion dicts, prompt-major."""
     steps = numpy_gpt2.generate(params, config, ids, args.max_new_tokens, args.temperature, args.top_k,
                                 args.top_p, seed=args.seed, num_samples=args.num_samples,
-                                logprobs=args.logprobs, context=args.context, **processor_options(args))
+                                logprobs=args.logprobs, context=args.context,
+                                **processor_options(args, tokenizer, config))
     total = max(room(args, config, len(p)) for p in ids)
     with tqdm(steps, total=total, unit="step", file=sys.stderr, leave=False,
               desc=f"{len(ids) * args.num_samples} rows") as bar:
@@ -356,8 +386,8 @@ def sampled_completions(args, params, config, tokenizer, ids):
     rows = np.stack([t for t, _ in pairs], axis=1) if pairs else np.zeros((width, 0), np.int64)
     eos = config.eos_token_id
     for r, row in enumerate(rows):
-        prompt_ids = ids[r // args.num_samples]
-        limit = min(len(row), room(args, config, len(prompt_ids)))  # later steps are padding
+        n_prompt = len(ids[r // args.num_samples])
+        limit = min(len(row), room(args, config, n_prompt))  # later steps are padding
         n = next((i for i, t in enumerate(row[:limit]) if t == eos), limit)
         item = {"prompt_index": r // args.num_samples, "sample": r % args.num_samples,
                 "tokens": row[:n].tolist(), "finish_reason": finish_reason(n, n < limit, args.max_new_tokens)}
@@ -371,8 +401,8 @@ def sampled_completions(args, params, config, tokenizer, ids):
 def beam_completions(args, params, config, ids):
     """Beam search, one prompt after the other -> completion dicts, best beam first."""
     eos = config.eos_token_id
-    for p, prompt_ids in enumerate(ids):
-        beams = numpy_gpt2.beam_search(params, config, prompt_ids, args.max_new_tokens, args.num_beams,
+    for p, prompt in enumerate(ids):
+        beams = numpy_gpt2.beam_search(params, config, prompt, args.max_new_tokens, args.num_beams,
                                        length_penalty=args.length_penalty, early_stopping=args.early_stopping,
                                        num_return_sequences=args.num_samples,
                                        no_repeat_ngram_size=args.no_repeat_ngram_size or 0)
@@ -399,12 +429,13 @@ def run_batch(args):
     t0 = time.perf_counter()
     params, config, tokenizer, what = load_everything(args.model, args.dtype)
     check_after_loading(args, config)
-    ids = [tokenizer.encode(p, allowed_special={ENDOFTEXT}) or [config.eos_token_id] for p in prompts]
+    ids = [prompt_ids(tokenizer, config, p) for p in prompts]
     too_long = [i + 1 for i, p in enumerate(ids) if args.context == "stop" and len(p) > config.n_ctx]
     if too_long:
         raise UsageError(f"prompt {too_long[0]}: {len(ids[too_long[0] - 1])} tokens is longer than the "
                          f"context (n_ctx={config.n_ctx}; --context slide keeps its last n_ctx tokens)")
     print(f"loaded {what} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    eos_note(config, tokenizer)
     start = time.perf_counter()
     try:
         items = list(beam_completions(args, params, config, ids) if args.num_beams > 1

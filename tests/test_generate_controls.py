@@ -177,10 +177,16 @@ def test_frequency_and_presence_penalties_follow_the_formula_in_generation(model
 
 def test_processors_that_ban_everything_are_an_error_not_token_0(model64):
     params, config = model64
-    steps = numpy_gpt2.generate(params, config, [1, 2], 10, temperature=0,
-                                suppress_tokens=list(range(config.vocab_size)))
-    with pytest.raises(ValueError, match=r"processors \(suppress_tokens\) leave no token.*after 0 new"):
+    # Everything but token 5 suppressed, and no token may repeat (n-grams of size 1): token 5
+    # first, then nothing is left.
+    steps = numpy_gpt2.generate(params, config, [1, 2], 10, temperature=0, no_repeat_ngram_size=1,
+                                suppress_tokens=[t for t in range(config.vocab_size) if t != 5])
+    assert next(steps) == 5
+    with pytest.raises(ValueError, match=r"processors \(no_repeat_ngram_size, suppress_tokens\) leave no "
+                                         r"token to choose from after 1 new tokens"):
         next(steps)
+    with pytest.raises(ValueError, match="suppress_tokens bans every token id"):  # found up front
+        numpy_gpt2.generate(params, config, [1, 2], 10, suppress_tokens=range(config.vocab_size))
 
 
 # --- logprobs ----------------------------------------------------------------------------------
@@ -274,7 +280,7 @@ def test_slide_uses_the_cache_until_the_window_is_full_then_one_window_per_token
     (dict(no_repeat_ngram_size=1.5), "no_repeat_ngram_size must be an integer >= 0"),
     (dict(min_new_tokens=-1), "min_new_tokens must be an integer >= 0"),
     (dict(logit_bias={97: 1.0}), r"logit_bias: token id 97 is not an integer in \[0, 97\)"),
-    (dict(suppress_tokens=["a"]), "suppress_tokens: token id 'a'"),
+    (dict(suppress_tokens=["a"]), r"suppress_tokens must hold token ids \(integers\), got 'a'"),
     (dict(min_p=-0.1), r"min_p must be in \[0, 1\]"),
     (dict(typical_p=2), r"typical_p must be in \(0, 1\]"),
     (dict(logprobs=-1), r"logprobs must be an integer in 0\.\.97"),

@@ -196,8 +196,9 @@ def test_apply_processors_runs_them_in_transformers_order(data, n_new, penalty, 
     (dict(logit_bias={"1": 1.0}), "logit_bias: token id '1'"),
     (dict(logit_bias={1: float("inf")}), r"logit_bias\[1\] must be a finite number or -inf"),
     (dict(logit_bias={1: float("nan")}), r"logit_bias\[1\]"),
-    (dict(suppress_tokens=[3, -1]), r"suppress_tokens: token id -1"),
+    (dict(suppress_tokens=[3, "a"]), r"suppress_tokens must hold token ids \(integers\), got 'a'"),
     (dict(suppress_tokens=5), "suppress_tokens must be a list of token ids"),
+    (dict(suppress_tokens=range(10)), r"suppress_tokens bans every token id of the vocabulary \[0, 10\)"),
 ])
 def test_bad_options_are_value_errors_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -211,3 +212,6 @@ def test_cli_messages_name_the_flags_and_off_values_are_dropped():
                                 min_new_tokens=0, typical_p=1.0, min_p=None) == {}
     assert check_processor_args(10, typical_p=0.5, repetition_penalty=2) == {"repetition_penalty": 2,
                                                                            "typical_p": 0.5}
+    # ids outside the vocabulary are ignored (as by transformers and generate's suppress_tokens)
+    assert check_processor_args(10, suppress_tokens=[12, 3, -1, 3]) == {"suppress_tokens": (3,)}
+    assert check_processor_args(10, suppress_tokens=[12]) == {}
