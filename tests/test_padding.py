@@ -3,7 +3,9 @@
 Oracles: each row run ALONE (no padding at all), and transformers' GPT2LMHeadModel given the
 same attention_mask and position_ids. Tolerances (absolute, logits of size ~20): float64 1e-11,
 float32 2e-4 (the padded batch multiplies matrices of other shapes, so float32 rounding
-differs; measured ~2e-5); the readable path and the fast path both.
+differs); the readable path and the fast path both. Measured over 20 random batches of 4
+rows: against each row alone 1.3e-5 (float32) and 2e-14 (float64); against transformers
+3.2e-5 and 8.1e-14.
 """
 
 import contextlib
