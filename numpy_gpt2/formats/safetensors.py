@@ -1,0 +1,84 @@
+"""The safetensors format: an 8-byte little-endian header length, a JSON header, then raw
+little-endian data. Parsed here rather than through ``safetensors.safe_open`` because we need
+BF16 (NumPy has no bfloat16), errors that name the file and key, and a check of every header
+field before anything is allocated."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from ..config import _cut, _is_int, _show
+from ..errors import CheckpointError
+from .tensor_copy import FILE_DTYPES
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+
+
+def read_safetensors_header(path: str) -> tuple[dict, int]:
+    """Parse and check a safetensors header.
+
+    Returns ``(entries, data_start)`` where entries maps each tensor name to
+    ``{"dtype", "shape", "data_offsets"}`` (offsets relative to data_start). Every field is
+    checked against the file before anything is allocated: a header that claims a
+    [2**40, 2**40] tensor is rejected here, by arithmetic on Python ints (no overflow).
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, too short)")
+            n = int.from_bytes(head, "little")
+            if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(
+                    f"{path}: not a safetensors file (header length {n} does not fit a {size}-byte file)")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if len(raw) != n:
+        raise CheckpointError(f"{path}: truncated while reading the header")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, a 5000-digit number, [[[[...
+        raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+    header.pop("__metadata__", None)
+    data_start, data_size = 8 + n, size - 8 - n
+    spans = []
+    for name, e in header.items():
+        if not name.isprintable() or len(name) > 1000:  # messages below print it
+            raise CheckpointError(f"{path}: corrupted header: tensor name {_show(name)}")
+        ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"].isprintable()
+              and _naturals(e.get("shape")) and _naturals(e.get("data_offsets"))
+              and len(e["data_offsets"]) == 2)
+        if not ok:
+            raise CheckpointError(f"{path}: corrupted header entry for {_show(name)}: {_show(e)} "
+                                  f"(expected {{\"dtype\": str, \"shape\": [int >= 0, ...], "
+                                  f"\"data_offsets\": [begin, end]}})")
+        begin, end = e["data_offsets"]
+        if end < begin:
+            raise CheckpointError(f"{path}: {name}: data_offsets {e['data_offsets']} are reversed")
+        if e["dtype"] in FILE_DTYPES:
+            nbytes = math.prod(e["shape"]) * FILE_DTYPES[e["dtype"]].itemsize  # exact, any size
+            if end - begin != nbytes:
+                raise CheckpointError(
+                    f"{path}: {name}: header says {e['dtype']} {_cut(str(e['shape']))} "
+                    f"({nbytes} bytes) but data_offsets span {end - begin} bytes")
+        if end > data_size:
+            raise CheckpointError(
+                f"{path}: truncated: {name} needs data bytes {begin}..{end} but the file has only "
+                f"{data_size} data bytes")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise CheckpointError(f"{path}: corrupted: data of {a} and {b} overlap")
+    return header, data_start
+
+
+def _naturals(value) -> bool:
+    """A JSON list of integers >= 0 (no floats, no bools, nothing nested)."""
+    return isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
