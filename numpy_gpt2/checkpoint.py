@@ -23,8 +23,9 @@ import numpy as np
 from .config import GPT2Config, _cut, _is_int, _show, infer_config, read_config_json
 from .errors import CheckpointError
 from .formats.safetensors import MAX_HEADER_BYTES, _naturals, read_safetensors_header  # noqa: F401
-from .formats.tensor_copy import (CHUNK_ELEMENTS, FILE_DTYPES, _convert, _copy_tensors,  # noqa: F401
-                                  _default_threads, _non_finite_error, _sum_is_finite)
+from .formats.detect import find_checkpoint
+from .formats.tensor_copy import (CHUNK_ELEMENTS, FILE_DTYPES, _convert, _default_threads,  # noqa: F401
+                                  _sum_is_finite, copy_tensors)
 
 # Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
 # They are not parameters; we recompute the mask and never keep them in memory.
@@ -77,22 +78,6 @@ def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return flat
 
 
-def _find_files(source) -> tuple[str, str | None]:
-    """A directory or a .safetensors path -> (weights path, config.json path or None)."""
-    source = os.fspath(source)
-    if os.path.isdir(source):
-        weights = os.path.join(source, "model.safetensors")
-        if not os.path.isfile(weights):
-            raise CheckpointError(f"{source}: directory has no model.safetensors")
-        config = os.path.join(source, "config.json")
-    elif os.path.isfile(source):
-        weights = source
-        config = os.path.join(os.path.dirname(source) or ".", "config.json")
-    else:
-        raise CheckpointError(f"{source}: no such file or directory")
-    return weights, (config if os.path.isfile(config) else None)
-
-
 def _strip_prefix(names, path) -> dict[str, str]:
     """Checkpoint key -> our key: drop "transformer." (save_pretrained adds it)."""
     mapping = {}
@@ -109,7 +94,10 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     """Load a GPT-2 checkpoint: ``params, config = load(source, dtype)``.
 
     source: a directory holding ``model.safetensors`` (and usually ``config.json``), or a
-    path to a ``.safetensors`` file (a ``config.json`` beside it is used when present).
+    path to a ``.safetensors`` file (a ``config.json`` beside it is used when present); also
+    a sharded checkpoint (a directory or its ``*.index.json``), ``pytorch_model.bin`` (read
+    without torch, never running code from the pickle), nanoGPT's ``ckpt.pt`` and llm.c's
+    ``.bin`` files: see numpy_gpt2.formats.detect and docs/formats.md.
     dtype: float32 (default) or float64; F16/BF16/F32/F64 files are converted to it.
     threads: threads that copy the weights out of the file (default: the CPUs this process
     may use, at most 8); the result does not depend on it.
@@ -126,8 +114,9 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     threads = _default_threads() if threads is None else threads
     if not _is_int(threads) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    weights, config_path = _find_files(source)
-    header, data_start = read_safetensors_header(weights)
+    found = find_checkpoint(source)
+    weights, config_path = found.weights, found.config_path
+    header = {n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in found.tensors.items()}
     keys = _strip_prefix(header, weights)
     params_in_file = {k: n for n, k in keys.items() if not _BUFFER.fullmatch(k)}
 
@@ -136,7 +125,9 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
             raise CheckpointError(
                 f"{weights}: {name} has dtype {_cut(header[name]['dtype'])}; expected one of "
                 f"{', '.join(FILE_DTYPES)}")
-    if config_path:
+    if found.config:  # nanoGPT's model_args, llm.c's header
+        config, config_from = found.config, f"its {found.format} header"
+    elif config_path:
         config, config_from = read_config_json(config_path), config_path
     else:
         config, config_from = _infer_from_header(header, params_in_file, weights), "the inferred config"
@@ -171,8 +162,8 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
                 f"n_ctx={config.n_ctx})")
 
     # Every shape is now the config's, so the arrays below are exactly the weights' size.
-    arrays = _copy_tensors(weights, data_start, {params_in_file[k]: header[params_in_file[k]]
-                                                 for k in shapes}, dtype, threads)
+    arrays = copy_tensors({params_in_file[k]: found.tensors[params_in_file[k]] for k in shapes},
+                          dtype, threads)
     flat = {key: arrays[params_in_file[key]] for key in shapes}
     if has_head:
         head = flat.pop("lm_head.weight")

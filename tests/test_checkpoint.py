@@ -611,8 +611,14 @@ def test_missing_path(tmp_path):
 
 
 def test_directory_without_model_safetensors(tmp_path):
+    (tmp_path / "weights.npz").write_bytes(b"\0" * 16)
+    with raises([tmp_path, "has no model.safetensors", "pytorch_model.bin", "ckpt.pt"]):
+        numpy_gpt2.load(tmp_path)
+
+
+def test_a_bin_file_of_no_known_format_is_named_as_such(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 16)
-    with raises([tmp_path, "has no model.safetensors"]):
+    with raises([tmp_path / "pytorch_model.bin", "not a torch.save file", "llm.c"]):
         numpy_gpt2.load(tmp_path)
 
 

@@ -11,7 +11,7 @@ import os
 
 from ..config import _cut, _is_int, _show
 from ..errors import CheckpointError
-from .tensor_copy import FILE_DTYPES
+from .tensor_copy import FILE_DTYPES, Stored
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 
@@ -82,3 +82,10 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
 def _naturals(value) -> bool:
     """A JSON list of integers >= 0 (no floats, no bools, nothing nested)."""
     return isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
+
+
+def safetensors_tensors(path: str) -> dict:
+    """{name: Stored} of a safetensors file (header checked by read_safetensors_header)."""
+    header, data_start = read_safetensors_header(path)
+    return {name: Stored(path, e["dtype"], tuple(e["shape"]), data_start + e["data_offsets"][0])
+            for name, e in header.items()}
