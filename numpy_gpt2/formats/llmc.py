@@ -109,27 +109,35 @@ def padded_vocab(V: int) -> int:
     return -(-V // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-def llmc_header(config: GPT2Config) -> np.ndarray:
+def llmc_header(config: GPT2Config, vocab_size: int) -> np.ndarray:
     """The 256-int32 header of a version 3 (float32) file for config."""
     h = np.zeros(256, "<i4")
-    h[:8] = [MAGIC, 3, config.n_ctx, config.vocab_size, config.n_layer, config.n_head,
+    h[:8] = [MAGIC, 3, config.n_ctx, vocab_size, config.n_layer, config.n_head,
              config.n_embd, padded_vocab(config.vocab_size)]
     return h
 
 
-def write_llmc(path: str, params: dict, config: GPT2Config, progress=None) -> None:
+def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | None = None,
+               progress=None) -> None:
     """Write params as an llm.c version 3 (float32) model file that train_gpt2.c loads.
 
-    wte is padded with zero rows to padded_vocab(vocab_size); matrices are written (out, in).
-    A model with an untied lm_head cannot be written (llm.c ties it): ValueError.
+    vocab_size: the real vocabulary written in the header, when the model's rows are padded
+    (50257 for a GPT-2 model read from a 50304-row file); default config.vocab_size.
+    wte is padded with zero rows to padded_vocab(config.vocab_size); matrices are written
+    (out, in). ValueError for a model with an untied lm_head (llm.c ties it) or a
+    vocab_size outside 1..config.vocab_size.
     progress: optional callable(bytes written so far) after each tensor.
     """
+    vocab_size = config.vocab_size if vocab_size is None else vocab_size
     if "lm_head" in params:
         raise ValueError("llm.c ties the output head to wte; this model has its own lm_head")
+    if not 1 <= vocab_size <= config.vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} must be in 1..{config.vocab_size} (the "
+                         f"model's rows)")
     L, C = config.n_layer, config.n_embd
     Vp = padded_vocab(config.vocab_size)
     with open(path, "wb") as f:
-        f.write(llmc_header(config).tobytes())
+        f.write(llmc_header(config, vocab_size).tobytes())
         for pattern, shape, per_layer in layout(L, C, Vp, config.n_ctx):
             for i in range(L if per_layer else 1):
                 *parents, leaf = pattern.format(i=i).split(".")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 
-from ..config import _show
+from ..config import _cut, _show
 from ..errors import CheckpointError
 
 MAX_LINE = 1000  # text opcodes (GLOBAL, INT, PUT, ...): one line, at most this many bytes
@@ -120,7 +120,7 @@ class _Machine:
 
     def push_global(self, module: str, name: str) -> None:
         if (module, name) not in self.allowed:
-            raise PickleRefused(f"global {_show(f'{module}.{name}')} is not allowed (a "
+            raise PickleRefused(f"global {_cut(repr(f'{module}.{name}'))} is not allowed (a "
                                 f"checkpoint needs only {', '.join(sorted(f'{m}.{n}' for m, n in self.allowed))})")
         self.stack.append(self.allowed[(module, name)])
 
