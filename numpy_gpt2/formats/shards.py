@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..config import _show
+from ..config import _cut, _show
 from ..errors import CheckpointError
 
 
@@ -30,9 +30,11 @@ def read_index(path: str) -> dict[str, str]:
         raise CheckpointError(f"{path}: expected a JSON object with a non-empty \"weight_map\" "
                               f"{{tensor name: shard file}}")
     for name, shard in weight_map.items():
+        if not name.isprintable() or len(name) > 1000:  # messages print it
+            raise CheckpointError(f"{path}: weight_map has a corrupted tensor name {_show(name)}")
         if not isinstance(shard, str) or not shard.isprintable() or os.path.basename(shard) != shard \
                 or shard in ("", ".", ".."):
-            raise CheckpointError(f"{path}: weight_map[{_show(name)}] is {_show(shard)}, expected "
+            raise CheckpointError(f"{path}: weight_map[{_cut(repr(name))}] is {_show(shard)}, expected "
                                   f"a file name in the index's directory")
     return weight_map
 

@@ -340,7 +340,8 @@ def state_dict_tensors(obj, path: str, what: str = "the file") -> dict[str, Stor
                               f"(names -> tensors)")
     out, places = {}, {}
     for name, value in obj.items():
-        if not isinstance(name, str) or not isinstance(value, TensorRef):
+        if not isinstance(name, str) or not name.isprintable() or len(name) > 1000 \
+                or not isinstance(value, TensorRef):
             raise CheckpointError(f"{path}: {what} maps {_show(name)} to {_show(value)}, "
                                   f"expected tensor names -> tensors")
         out[name] = places.setdefault(value.place(), value.stored(path))
