@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import GPT2Config
 from ..errors import CheckpointError
+from .safetensors import encode
 from .tensor_copy import Stored
 
 MAGIC = 20240326
@@ -109,17 +110,18 @@ def padded_vocab(V: int) -> int:
     return -(-V // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-def llmc_header(config: GPT2Config, vocab_size: int) -> np.ndarray:
-    """The 256-int32 header of a version 3 (float32) file for config."""
+def llmc_header(config: GPT2Config, vocab_size: int, version: int = 3) -> np.ndarray:
+    """The 256-int32 header of a version 3 (float32) or 5 (bfloat16) file for config."""
     h = np.zeros(256, "<i4")
-    h[:8] = [MAGIC, 3, config.n_ctx, vocab_size, config.n_layer, config.n_head,
+    h[:8] = [MAGIC, version, config.n_ctx, vocab_size, config.n_layer, config.n_head,
              config.n_embd, padded_vocab(config.vocab_size)]
     return h
 
 
 def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | None = None,
-               progress=None) -> None:
-    """Write params as an llm.c version 3 (float32) model file that train_gpt2.c loads.
+               dtype: str = "F32", progress=None) -> None:
+    """Write params as an llm.c model file: version 3 (dtype "F32", what train_gpt2.c
+    loads) or 5 ("BF16", what train_gpt2.cu loads; rounded to nearest even).
 
     vocab_size: the real vocabulary written in the header, when the model's rows are padded
     (50257 for a GPT-2 model read from a 50304-row file); default config.vocab_size.
@@ -134,10 +136,13 @@ def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | No
     if not 1 <= vocab_size <= config.vocab_size:
         raise ValueError(f"vocab_size {vocab_size} must be in 1..{config.vocab_size} (the "
                          f"model's rows)")
+    version = {v: k for k, v in VERSIONS.items()}.get(dtype)
+    if version is None:
+        raise ValueError(f"llm.c files hold F32 (version 3) or BF16 (version 5), not {dtype!r}")
     L, C = config.n_layer, config.n_embd
     Vp = padded_vocab(config.vocab_size)
     with open(path, "wb") as f:
-        f.write(llmc_header(config, vocab_size).tobytes())
+        f.write(llmc_header(config, vocab_size, version).tobytes())
         for pattern, shape, per_layer in layout(L, C, Vp, config.n_ctx):
             for i in range(L if per_layer else 1):
                 *parents, leaf = pattern.format(i=i).split(".")
@@ -149,6 +154,9 @@ def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | No
                     a = a.T
                 if pattern == "wte.weight" and Vp > a.shape[0]:
                     a = np.concatenate([a, np.zeros((Vp - a.shape[0], C), "<f4")])
-                f.write(np.ascontiguousarray(a).tobytes())
+                try:
+                    f.write(encode(np.ascontiguousarray(a), dtype).tobytes())
+                except ValueError as e:
+                    raise ValueError(f"{pattern.format(i=i)}: {e}") from None
                 if progress:
                     progress(f.tell())

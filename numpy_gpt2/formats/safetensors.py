@@ -9,9 +9,11 @@ import json
 import math
 import os
 
+import numpy as np
+
 from ..config import _cut, _is_int, _show
 from ..errors import CheckpointError
-from .tensor_copy import FILE_DTYPES, Stored
+from .tensor_copy import CHUNK_ELEMENTS, FILE_DTYPES, Stored
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 
@@ -89,3 +91,59 @@ def safetensors_tensors(path: str) -> dict:
     header, data_start = read_safetensors_header(path)
     return {name: Stored(path, e["dtype"], tuple(e["shape"]), data_start + e["data_offsets"][0])
             for name, e in header.items()}
+
+
+WRITE_DTYPES = ("F32", "F16", "BF16")
+
+
+def encode(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Float values -> the little-endian array whose bytes store them as dtype (F32, F16 or
+    BF16; BF16 rounds float32 to nearest, ties to even, as torch's .to(torch.bfloat16)).
+    Raises ValueError when a finite value becomes infinite (too large for dtype)."""
+    if dtype == "BF16":
+        bits = values.astype("<f4").view("<u4")
+        out = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+               >> np.uint32(16)).astype("<u2")
+        finite_after = (out & np.uint16(0x7F80)) != np.uint16(0x7F80)
+    else:
+        with np.errstate(over="ignore"):
+            out = values.astype("<f4" if dtype == "F32" else "<f2")
+        finite_after = np.isfinite(out)
+    if not finite_after.all():
+        value = float(values.reshape(-1)[int(np.flatnonzero(~finite_after.reshape(-1))[0])])
+        why = "too large" if np.isfinite(value) else "only finite values are written"
+        raise ValueError(f"value {value!r} cannot be stored as {dtype} ({why})")
+    return out
+
+
+def write_safetensors(path: str, tensors: dict, dtype: str = "F32", metadata=None,
+                      progress=None) -> None:
+    """Write {name: float array} to a safetensors file, every tensor stored as dtype, one
+    chunk of CHUNK_ELEMENTS at a time (no second copy of the weights in memory).
+    progress: optional callable(bytes of tensor data written so far).
+    Raises ValueError (naming the tensor) for a value too large for dtype."""
+    if dtype not in WRITE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(WRITE_DTYPES)}, got {dtype!r}")
+    itemsize = FILE_DTYPES[dtype].itemsize
+    header, offset = {}, 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, a in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.size * itemsize]}
+        offset += a.size * itemsize
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data aligned to 8 bytes, as the safetensors library does
+    written = 0
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for name, a in tensors.items():
+            flat = np.ascontiguousarray(a).reshape(-1)
+            for lo in range(0, flat.size, CHUNK_ELEMENTS):
+                try:
+                    f.write(encode(flat[lo:lo + CHUNK_ELEMENTS], dtype).tobytes())
+                except ValueError as e:
+                    raise ValueError(f"{name}: {e}") from None
+                written += min(CHUNK_ELEMENTS, flat.size - lo) * itemsize
+                if progress:
+                    progress(written)
