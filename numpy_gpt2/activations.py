@@ -1,7 +1,8 @@
-"""Named intermediate activations: capture them, save/load them, compare two sets.
+"""Named intermediate activations and their gradients: the names, and capturing them.
 
 For people porting GPT-2 to another language: run the same tokens through numpy_gpt2 and
-through the port, and the first tensor that differs says where the port goes wrong.
+through the port, and the first tensor that differs says where the port goes wrong. The
+file both sides write is numpy_gpt2.dump_format; numpy_gpt2.comparison compares two sets.
 
 Names follow the checkpoint's module names, in forward order (T tokens, E = n_embd,
 H = n_head, V = vocab_size; shapes for one sequence of token ids of shape (T,)):
@@ -31,28 +32,23 @@ dloss/d(that activation), same shape, listed in BACKWARD order (grad.logits, gra
 grad.h.{L-1}, grad.h.{L-1}.mlp.c_proj, ..., grad.h.0.ln_1, grad.wpe, grad.wte), and
 "grad.<checkpoint key>" is dloss/d(that weight) (grad.h.3.attn.c_attn.weight, grad.wte.weight),
 also in backward order. The loss is the mean cross-entropy of `targets` (numpy_gpt2.loss_and_grads).
-A dump file holds activations in forward order, then "loss", then the gradients.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
-import json
 import re
 
 import numpy as np
 
 from .backward import loss_and_grads
-from .checkpoint import flatten_params
 from .config import GPT2Config
 from .model import forward
+from .params import flatten_params
 
 # The named points inside block i, in forward order ("h.{i}." + name; "" is the block output).
 BLOCK_NAMES = ("ln_1", "attn.c_attn", "attn.softmax", "attn", "ln_2", "mlp.c_fc", "mlp.gelu",
                "mlp.c_proj", "")
-
-DUMP_FORMAT = "numpy_gpt2.activations"  # metadata "format" of files written by save_activations
 
 
 def activation_names(config: GPT2Config, softmax: bool = True) -> list[str]:
@@ -113,6 +109,19 @@ def activations(params: dict, config: GPT2Config, tokens, names="*") -> dict[str
 
     forward(params, config, tokens, record=record)
     return {name: captured[name] for name in wanted}
+
+
+def forward_order_key(name: str) -> tuple:
+    """Sort key putting activation names in forward order for any n_layer; unknown names last."""
+    if name in ("wte", "wpe"):
+        return (0, 0, name == "wpe")
+    m = re.fullmatch(r"h\.(\d+)(?:\.(.+))?", name)
+    if m and (m.group(2) or "") in BLOCK_NAMES:
+        return (1, int(m.group(1)), BLOCK_NAMES.index(m.group(2) or ""))
+    if name in ("ln_f", "logits"):
+        return (2, 0, name == "logits")
+    return (3, 0, name)
+
 
 
 # ---- gradients ----------------------------------------------------------------------------
@@ -210,213 +219,3 @@ def gradients(params: dict, config: GPT2Config, tokens, targets, names="*",
     act_grads = {n: captured[n] for n in wanted if n in wanted_acts}
     param_grads = {n: flat[n[len(GRAD):]] for n in wanted if n not in wanted_acts}
     return loss, act_grads, param_grads
-
-
-# ---- dump files ---------------------------------------------------------------------------
-
-def forward_order_key(name: str) -> tuple:
-    """Sort key putting activation names in forward order for any n_layer; unknown names last."""
-    if name in ("wte", "wpe"):
-        return (0, 0, name == "wpe")
-    m = re.fullmatch(r"h\.(\d+)(?:\.(.+))?", name)
-    if m and (m.group(2) or "") in BLOCK_NAMES:
-        return (1, int(m.group(1)), BLOCK_NAMES.index(m.group(2) or ""))
-    if name in ("ln_f", "logits"):
-        return (2, 0, name == "logits")
-    return (3, 0, name)
-
-
-def dump_order_key(name: str) -> tuple:
-    """Sort key for every tensor name of a dump: the activations in forward order, then
-    "loss", then the gradients in backward order (gradient_order_key); unknown names last."""
-    if forward_order_key(name)[0] < 3:
-        return (0, forward_order_key(name))
-    if name == "loss":
-        return (1,)
-    if gradient_order_key(name)[0] < 2:
-        return (2, gradient_order_key(name))
-    return (3,)
-
-
-RESERVED = ("tokens", "targets")  # integer tensors of a dump, never compared as values
-
-
-def save_activations(path, tokens, acts: dict, metadata: dict | None = None, *,
-                     targets=None, loss: float | None = None) -> None:
-    """Write tokens (int64 tensor "tokens") and the activations to a safetensors file.
-
-    acts may hold gradients too ("grad.*" names); then pass the step's `targets` (written
-    as int64 "targets", same shape as tokens) and `loss` (float64 scalar "loss", also in
-    metadata "loss"). Metadata (all strings): format = "numpy_gpt2.activations", names =
-    the tensor names comma-separated in their order in `acts` (forward order, then the
-    gradients in backward order), plus `metadata` (e.g. model, dtype, numpy_gpt2_version).
-    Raises OSError with a one-line message when the file cannot be written.
-    """
-    from safetensors.numpy import save_file
-
-    for name in RESERVED + ("loss",):
-        if name in acts:
-            raise ValueError(f"{name!r} is reserved; it cannot be an activation name")
-    tensors = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)}
-    meta = {"format": DUMP_FORMAT, "names": ",".join(acts)}
-    if targets is not None:
-        tensors["targets"] = np.ascontiguousarray(targets, dtype=np.int64)
-    if loss is not None:
-        tensors["loss"] = np.array(loss, dtype=np.float64)
-        meta["loss"] = repr(float(loss))
-    tensors.update({name: np.ascontiguousarray(a) for name, a in acts.items()})
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    try:  # safetensors writes a temporary file and renames it: no half-written dump
-        save_file(tensors, str(path), metadata=meta)
-    except Exception as e:  # its own error type, with a multi-part message
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise OSError(f"{path}: cannot write ({reason})") from None
-
-
-def load_dump(path) -> dict:
-    """Read a dump: {"tokens": int array or None, "targets": int array or None,
-    "tensors": {name: array}, "metadata": {str: str}}.
-
-    tensors holds every other tensor, "loss" included, ordered by dump_order_key: the
-    activations in forward order, then "loss", then the gradients in backward order, then
-    unknown names (in the order of metadata "names", then alphabetical). Any safetensors
-    file works (e.g. one written by a port in C or Rust). Raises ValueError with a one-line
-    message for unreadable files.
-    """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except Exception as e:  # safetensors raises its own error types; keep one line
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path}: cannot read as safetensors ({reason}); "
-                         f"activations must be stored as F32 or F64, tokens as I64") from None
-    ints = {name: tensors.pop(name, None) for name in RESERVED}
-    for name, a in ints.items():
-        if a is not None and a.dtype.kind not in "iu":
-            raise ValueError(f"{path}: {name!r} must hold integers (I64 or I32), got {a.dtype}")
-    if "loss" in tensors and tensors["loss"].size != 1:
-        raise ValueError(f"{path}: 'loss' must hold one number, got shape {tensors['loss'].shape}")
-    listed = [n for n in metadata.get("names", "").split(",") if n in tensors]
-    names = listed + sorted(n for n in tensors if n not in listed)
-    names.sort(key=dump_order_key)  # stable: unknown names keep the order above
-    return {"tokens": ints["tokens"], "targets": ints["targets"],
-            "tensors": {n: tensors[n] for n in names}, "metadata": metadata}
-
-
-def load_activations(path) -> tuple[np.ndarray | None, dict[str, np.ndarray], dict[str, str]]:
-    """Read a dump: (tokens or None, {name: array}, metadata dict), the tensors ordered as
-    load_dump orders them (forward order; a gradient dump's "loss" and "grad.*" follow).
-    Use load_dump for a gradient dump's targets."""
-    dump = load_dump(path)
-    return dump["tokens"], dump["tensors"], dump["metadata"]
-
-
-# ---- comparison ---------------------------------------------------------------------------
-
-def _errors(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> dict:
-    """Element-wise errors of cand against ref (same shape). Pass iff every element has
-    |cand - ref| <= atol + rtol * |ref| (numpy.isclose's rule); NaN never passes."""
-    r, c = np.atleast_1d(ref.astype(np.float64)), np.atleast_1d(cand.astype(np.float64))  # 0-d: loss
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        diff = np.abs(c - r)
-        diff[c == r] = 0.0  # equal infinities
-        diff[np.isnan(diff)] = np.inf
-        ratio = diff / (atol + rtol * np.abs(r))  # > 1: outside tolerance
-        rel = np.where(r != 0, diff / np.abs(r), 0.0)  # elements where ref is 0: see max abs
-    if diff.size == 0:
-        return {"max_abs": 0.0, "max_rel": 0.0, "index": (), "ref": None, "cand": None, "ok": True}
-    worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-    return {"max_abs": float(diff.max()), "max_rel": float(rel.max()),
-            "index": tuple(int(i) for i in worst)[:ref.ndim], "ref": float(r[worst]), "cand": float(c[worst]),
-            "ok": bool(ratio[worst] <= 1.0)}
-
-
-def _swap_last(shape):
-    return tuple(shape[:-2]) + (shape[-1], shape[-2])
-
-
-def compare_tensor(name: str, ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> dict:
-    """One row of a comparison: {"name", "status", "ref_shape", "cand_shape", errors..., "note"}.
-
-    status: "ok", "FAIL" (values out of tolerance), "SHAPE" (shape mismatch; the note says
-    whether it is the reference transposed, or a reshape) — both FAIL and SHAPE are failures.
-    """
-    row = {"name": name, "ref_shape": tuple(ref.shape), "cand_shape": tuple(cand.shape), "note": ""}
-    if cand.shape != ref.shape and cand.shape in ((1,) + ref.shape, ref.shape[1:]) \
-            and cand.size == ref.size:  # an extra/missing batch axis of 1: compare anyway
-        row["note"] = "batch axis of size 1 ignored; "
-        cand = cand.reshape(ref.shape)
-    if cand.shape == ref.shape:
-        row.update(_errors(ref, cand, atol, rtol))
-        row["status"] = "ok" if row["ok"] else "FAIL"
-        if not row["ok"] and ref.ndim >= 2 and ref.shape[-1] == ref.shape[-2] \
-                and _errors(ref, np.swapaxes(cand, -1, -2), atol, rtol)["ok"]:
-            row["note"] += "values match the reference TRANSPOSED (last two axes swapped)"
-        row["note"] = row["note"].rstrip("; ")
-        return row
-    row.update(status="SHAPE", ok=False, max_abs=None, max_rel=None, index=None, ref=None, cand=None)
-    if ref.ndim >= 2 and cand.shape == _swap_last(ref.shape):
-        e = _errors(ref, np.swapaxes(cand, -1, -2), atol, rtol)
-        row["note"] = ("TRANSPOSED: shape is the reference's with the last two axes swapped; "
-                       + ("transposed back it matches" if e["ok"] else
-                          f"transposed back it still differs (max abs err {e['max_abs']:.3g})"))
-    elif cand.size == ref.size:
-        e = _errors(ref, cand.reshape(ref.shape), atol, rtol)
-        row["note"] = (f"shape mismatch, same number of elements; reshaped to the reference's "
-                       f"shape it {'matches' if e['ok'] else 'differs'}")
-    else:
-        row["note"] = f"shape mismatch: {cand.size} elements vs {ref.size}"
-    return row
-
-
-def gradient_atol(ref: np.ndarray, atol: float) -> float:
-    """The absolute tolerance for a gradient tensor: atol times the reference tensor's
-    largest |value| (atol itself when the reference is all zeros).
-
-    Gradients have no natural unit: they shrink with the number of scored targets (the loss
-    is a mean) and differ by orders of magnitude between tensors, so one absolute tolerance
-    would pass every element of a small, wrong gradient. Rounding errors are relative to the
-    tensor's scale (a sum of terms as large as its largest elements), and so is this."""
-    scale = float(np.abs(ref).max(initial=0.0)) if ref.size else 0.0
-    return atol * scale if np.isfinite(scale) and scale > 0 else atol
-
-
-def compare_activations(reference: dict, candidate: dict, atol: float, rtol: float) -> list[dict]:
-    """Compare two {name: array} dicts. Returns rows in the reference's order (see
-    compare_tensor), then a row with status "missing" for each reference name the candidate
-    lacks (in place), and "extra" rows for candidate names the reference lacks (at the end).
-    Missing/extra names are reported, not failures: a port may dump only some tensors.
-    Gradients ("grad.*") pass when |cand - ref| <= gradient_atol(ref, atol) + rtol * |ref|."""
-    rows = []
-    for name, ref in reference.items():
-        if name in candidate:
-            tol = gradient_atol(ref, atol) if name.startswith(GRAD) else atol
-            rows.append(compare_tensor(name, ref, candidate[name], tol, rtol))
-        else:
-            rows.append({"name": name, "status": "missing", "ok": True, "ref_shape": tuple(ref.shape),
-                         "cand_shape": None, "note": "not in the candidate"})
-    for name, cand in candidate.items():
-        if name not in reference:
-            rows.append({"name": name, "status": "extra", "ok": True, "ref_shape": None,
-                         "cand_shape": tuple(cand.shape), "note": "not in the reference"})
-    return rows
-
-
-def config_metadata(config: GPT2Config) -> str:
-    """The config as a JSON string, for dump metadata."""
-    return json.dumps(dataclasses.asdict(config))
-
-
-def package_version() -> str:
-    """numpy_gpt2's version (from the installed package metadata; "unknown" when not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("numpy_gpt2")
-    except PackageNotFoundError:
-        return "unknown"

@@ -14,47 +14,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint import flatten_params
+from .checks import check_mirrors_params, check_targets
 from .config import GPT2Config
 from .errors import NonFiniteError
 from .finite import all_finite, check_finite_logits
-from .layers import (_ignore, layer_norm, normalize, prefixed, transformer_block,
-                     transformer_block_saving_fast)
-from .layers_backward import (embedding_backward, layer_norm_backward, layer_norm_backward_fast,
-                              lm_head_backward, lm_head_cross_entropy_fast,
-                              position_embedding_backward, transformer_block_backward,
-                              transformer_block_backward_fast)
+from .hooks import no_record, prefixed
+from .layers import layer_norm, transformer_block
+from .layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
+                              position_embedding_backward, transformer_block_backward)
+from .layers_backward_fast import (layer_norm_backward_fast, lm_head_cross_entropy_fast,
+                                   transformer_block_backward_fast, transformer_block_saving_fast)
+from .layers_fast import normalize
 from .loss import cross_entropy_backward, masked_cross_entropy
-from .model import check_tokens
-
-
-def check_targets(tokens, targets, config: GPT2Config, ignore_index: int):
-    """Validate a training batch; returns (tokens, targets) as (B, T) int arrays.
-
-    targets must have the tokens' shape, be integers in [0, vocab_size) or ignore_index,
-    and keep at least one target (a mean over no targets is undefined).
-    """
-    tokens = check_tokens(tokens, config)
-    try:
-        targets = np.asarray(targets)
-    except ValueError:  # NumPy refuses ragged nesting
-        raise ValueError(f"targets must have the tokens' shape {tokens.shape}, got rows of "
-                         f"different lengths") from None
-    if targets.shape != tokens.shape:
-        raise ValueError(f"targets must have the tokens' shape {tokens.shape}, got {targets.shape}")
-    if targets.dtype.kind not in "iu":
-        raise ValueError(f"targets must be integers, got dtype {targets.dtype}")
-    kept = targets != ignore_index
-    bad = kept & ((targets < 0) | (targets >= config.vocab_size))
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"target id {int(targets[where])} at index {where} is outside "
-                         f"[0, {config.vocab_size}) (vocab_size) and is not ignore_index={ignore_index}")
-    if not kept.any():
-        raise ValueError(f"every target is ignore_index={ignore_index}: there is nothing to score")
-    if tokens.ndim == 1:
-        tokens, targets = tokens[None], targets[None]
-    return tokens, targets
+from .model import forward
+from .params import flatten_params
 
 
 def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
@@ -77,30 +50,18 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     """
     given = np.asarray(tokens)  # as the caller gave them: error messages use this shape
     tokens, targets = check_targets(tokens, targets, config, ignore_index)
-    into = None if grads is None else _check_accumulator(grads, params)
+    into = None if grads is None else check_mirrors_params(grads, params, "grads= (the accumulator)")
     run = _loss_and_grads_reference if reference else _loss_and_grads_fast
     loss, new = run(params, config, tokens, targets, ignore_index,
-                    record or _ignore, record_grad or _ignore)
-    check_finite_logits(np.float64(loss), params, config, given, reference=reference, what="loss")
+                    record or no_record, record_grad or no_record)
+    check_finite_logits(np.float64(loss), params, config, given, forward=forward, reference=reference,
+                        what="loss")
     check_finite_grads(new)
     if into is None:
         return loss, new
     for key, g in flatten_params(new).items():
         into[key] += g
     return loss, grads
-
-
-def _check_accumulator(grads: dict, params: dict) -> dict:
-    """flatten_params(grads), after checking it mirrors params (keys, shapes, dtypes)."""
-    flat, expected = flatten_params(grads), flatten_params(params)
-    if flat.keys() != expected.keys():
-        raise ValueError(f"grads= must mirror params: missing {sorted(expected.keys() - flat.keys())[:3]}, "
-                         f"unexpected {sorted(flat.keys() - expected.keys())[:3]}")
-    for key, p in expected.items():
-        if flat[key].shape != p.shape or flat[key].dtype != p.dtype:
-            raise ValueError(f"grads={key!r} is {flat[key].dtype} {flat[key].shape}, expected "
-                             f"{p.dtype} {p.shape} (as params)")
-    return flat
 
 
 def check_finite_grads(grads: dict) -> None:
@@ -163,7 +124,7 @@ def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks):
 
 def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad):
     """The fast path: each block keeps what its backward needs (10 E numbers per position,
-    see layers.transformer_block_saving_fast); the output head and the loss run fused, in
+    see layers_backward_fast.transformer_block_saving_fast); the output head and the loss run fused, in
     chunks of rows. Everything is 2-D (N = B*T rows) inside."""
     eps, n_head = config.layer_norm_epsilon, config.n_head
     wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
@@ -203,8 +164,8 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
 def _batched(record, B, T):
     """record, seeing (B, T, ...) copies of the fast path's (B*T, ...) row arrays (the fast
     path updates some of them in place right after recording)."""
-    if record is _ignore:
-        return _ignore
+    if record is no_record:
+        return no_record
 
     def see(name, a):
         a = a.reshape(B, T, *a.shape[1:]) if a.ndim == 2 and a.shape[0] == B * T else a

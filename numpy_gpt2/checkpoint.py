@@ -14,18 +14,19 @@ tensor straight into its final array so the weights are never held twice (gpt2-x
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 
 import numpy as np
 
-from .config import GPT2Config, _cut, _is_int, _show, infer_config, read_config_json
+from .checks import cut, is_int
+from .config import GPT2Config, infer_config, read_config_json
 from .errors import CheckpointError
 from .formats.safetensors import MAX_HEADER_BYTES, _naturals, read_safetensors_header  # noqa: F401
 from .formats.detect import find_checkpoint
 from .formats.tensor_copy import (CHUNK_ELEMENTS, FILE_DTYPES, _convert, _default_threads,  # noqa: F401
                                   _sum_is_finite, copy_tensors)
+from .params import flatten_params, nest_params
 
 # Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
 # They are not parameters; we recompute the mask and never keep them in memory.
@@ -49,33 +50,6 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     shapes["ln_f.weight"] = (E,)
     shapes["ln_f.bias"] = (E,)
     return shapes
-
-
-def nest_params(flat: dict[str, np.ndarray]) -> dict:
-    """{"h.0.ln_1.weight": a, "wte.weight": b} -> {"h": [{"ln_1": {"weight": a}}], "wte": {"weight": b}}."""
-    params: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    if "h" in params:  # the layers {"0": ..., "1": ...} become a list, so params["h"][i] works
-        params["h"] = [params["h"][str(i)] for i in range(len(params["h"]))]
-    return params
-
-
-def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """Inverse of nest_params: the nested weight dict -> {checkpoint key: array}."""
-    flat = {}
-    items = enumerate(params) if isinstance(params, list) else params.items()
-    for k, v in items:
-        key = f"{prefix}{k}"
-        if isinstance(v, (dict, list)):
-            flat.update(flatten_params(v, key + "."))
-        else:
-            flat[key] = v
-    return flat
 
 
 def _strip_prefix(names, path) -> dict[str, str]:
@@ -112,7 +86,7 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     threads = _default_threads() if threads is None else threads
-    if not _is_int(threads) or threads < 1:
+    if not is_int(threads) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     found = find_checkpoint(source)
     weights, config_path = found.weights, found.config_path
@@ -123,7 +97,7 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     for key, name in params_in_file.items():
         if header[name]["dtype"] not in FILE_DTYPES:
             raise CheckpointError(
-                f"{weights}: {name} has dtype {_cut(header[name]['dtype'])}; expected one of "
+                f"{weights}: {name} has dtype {cut(header[name]['dtype'])}; expected one of "
                 f"{', '.join(FILE_DTYPES)}")
     if found.config:  # nanoGPT's model_args, llm.c's header
         config, config_from = found.config, f"its {found.format} header"
@@ -157,7 +131,7 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
         got = tuple(header[params_in_file[key]]["shape"])
         if got != shape:
             raise CheckpointError(
-                f"{weights}: {params_in_file[key]} has shape {_cut(str(list(got)))}, expected "
+                f"{weights}: {params_in_file[key]} has shape {cut(str(list(got)))}, expected "
                 f"{list(shape)} (n_embd={config.n_embd}, vocab_size={config.vocab_size}, "
                 f"n_ctx={config.n_ctx})")
 

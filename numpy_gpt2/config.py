@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 import warnings
 
+from .checks import is_int, is_number, show
 from .errors import CheckpointError
 
 HEAD_SIZE = 64  # every published GPT-2 size uses 64-wide heads
@@ -45,59 +45,34 @@ class GPT2Config:
         # Type checks first: a comparison of a str or None with an int would raise TypeError.
         for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise CheckpointError(f"config: {name} must be a positive integer, got {_show(value)}")
+            if not is_int(value) or value < 1:
+                raise CheckpointError(f"config: {name} must be a positive integer, got {show(value)}")
         if self.n_embd % self.n_head:
             raise CheckpointError(
                 f"config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         eps = self.layer_norm_epsilon
-        if not _is_number(eps) or not (0 < eps < math.inf):
+        if not is_number(eps) or not (0 < eps < math.inf):
             raise CheckpointError(
-                f"config: layer_norm_epsilon must be a positive finite number (> 0), got {_show(eps)}")
+                f"config: layer_norm_epsilon must be a positive finite number (> 0), got {show(eps)}")
         if not isinstance(self.activation_function, str):
             raise CheckpointError(f"config: activation_function must be a string such as "
-                                  f"'gelu_new', got {_show(self.activation_function)}")
+                                  f"'gelu_new', got {show(self.activation_function)}")
         if self.activation_function not in TANH_GELU_NAMES:
             raise CheckpointError(
                 f"config: activation_function {self.activation_function!r} is not implemented; "
                 f"numpy_gpt2 implements the tanh GELU ({' or '.join(TANH_GELU_NAMES)})")
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise CheckpointError(f"config: {name} must be a token id (an integer >= 0), "
-                                      f"got {_show(value)}")
+                                      f"got {show(value)}")
         if not isinstance(self.tie_word_embeddings, bool):
             raise CheckpointError(f"config: tie_word_embeddings must be true or false, "
-                                  f"got {_show(self.tie_word_embeddings)}")
+                                  f"got {show(self.tie_word_embeddings)}")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
-
-
-def _is_int(value) -> bool:
-    """An integer (a JSON integer, or a NumPy one) but not a bool (True == 1 in Python, not in JSON)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """A real number (JSON int or float, or a NumPy one), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _show(value) -> str:
-    """repr(value) cut short, and its JSON type: error messages stay one readable line."""
-    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
-    try:
-        text = "null" if value is None else repr(value)
-    except RecursionError:  # [[[[...]]]] nested deeper than repr goes
-        text = "(deeply nested)"
-    return f"{_cut(text)} ({kind})"
-
-
-def _cut(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # config.json options whose non-default values change the math; we refuse rather than ignore them.
@@ -114,9 +89,9 @@ _IGNORED_BOOLS = ("reorder_and_upcast_attn", "use_cache")
 def _int_field(d: dict, key: str, where: str, default=None, minimum: int = 1):
     """d[key] (or default when absent) as an int >= minimum; anything else is an error."""
     value = d.get(key, default)
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise CheckpointError(f"{where}: {key} must be {what}, got {_show(value)}")
+        raise CheckpointError(f"{where}: {key} must be {what}, got {show(value)}")
     return value
 
 
@@ -129,15 +104,15 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
     number, flags true/false, token ids integers in [0, vocab_size).
     """
     if "model_type" in d and d["model_type"] != "gpt2":
-        raise CheckpointError(f"{where}: model_type must be \"gpt2\", got {_show(d['model_type'])}")
+        raise CheckpointError(f"{where}: model_type must be \"gpt2\", got {show(d['model_type'])}")
     for key, expected in _UNSUPPORTED.items():
         if key in d and not isinstance(d[key], bool):
-            raise CheckpointError(f"{where}: {key} must be true or false, got {_show(d[key])}")
+            raise CheckpointError(f"{where}: {key} must be true or false, got {show(d[key])}")
         if key in d and d[key] != expected:
             raise CheckpointError(f"{where}: {key}={d[key]!r} is not supported (expected {expected!r})")
     for key in _IGNORED_BOOLS:
         if key in d and not isinstance(d[key], bool):
-            raise CheckpointError(f"{where}: {key} must be true or false, got {_show(d[key])}")
+            raise CheckpointError(f"{where}: {key} must be true or false, got {show(d[key])}")
     missing = [k for k in ("n_layer", "n_head", "n_embd") if k not in d]
     if missing:
         raise CheckpointError(f"{where}: missing {', '.join(missing)}")
@@ -150,8 +125,8 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
             f"{where}: n_ctx={d['n_ctx']} and n_positions={d['n_positions']} disagree")
     n_ctx = next(iter(sizes.values()), 1024)
     n_inner = d.get("n_inner")  # the MLP's hidden width; null means 4 * n_embd
-    if n_inner is not None and not _is_int(n_inner):
-        raise CheckpointError(f"{where}: n_inner must be null or an integer, got {_show(n_inner)}")
+    if n_inner is not None and not is_int(n_inner):
+        raise CheckpointError(f"{where}: n_inner must be null or an integer, got {show(n_inner)}")
     if n_inner is not None and n_inner != 4 * n_embd:
         raise CheckpointError(f"{where}: n_inner={n_inner} is not supported (expected 4 * n_embd "
                               f"= {4 * n_embd}, or null)")
@@ -161,10 +136,10 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
         value = d.get(key)
         given = value is not None
         value = value if given else (ids.get("eos_token_id") if default is None else default)
-        if not _is_int(value) or not 0 <= value < vocab_size:
+        if not is_int(value) or not 0 <= value < vocab_size:
             source = "" if given else " (the default: config.json does not set it)"
             raise CheckpointError(f"{where}: {key} must be a token id, an integer in "
-                                  f"[0, vocab_size={vocab_size}), got {_show(value)}{source}")
+                                  f"[0, vocab_size={vocab_size}), got {show(value)}{source}")
         ids[key] = value
     try:
         return GPT2Config(

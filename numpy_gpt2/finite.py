@@ -8,7 +8,9 @@ is the forward pass run a second time with record= (see numpy_gpt2.activations),
 the first named activation, in forward order, that holds a non-finite value: that is where to
 look (everything computed before it was finite).
 
-    check_finite_logits(logits, params, config, tokens)   # after logits = forward(...)
+    check_finite_logits(logits, params, config, tokens, forward=forward)   # after logits = forward(...)
+
+This module sits below model.py: model.forward passes itself in (forward=) for the second run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NonFiniteError
+from .params import flatten_params
 
 
 def all_finite(x) -> bool:
@@ -54,9 +57,11 @@ def _where(name: str, index: tuple, single: bool, past: int) -> str:
     return f"{seq}position {past + index[1]}, feature {index[2]}"
 
 
-def first_non_finite(params: dict, config, tokens, *, kv_cache=None, past: int = 0,
+def first_non_finite(params: dict, config, tokens, *, forward, kv_cache=None, past: int = 0,
                      reference: bool = False):
     """Run the forward pass recording activations and stop at the first non-finite one.
+
+    forward: numpy_gpt2.model.forward (passed in: model.py imports this module).
 
     tokens: (T,) or (B, T) ids. kv_cache: a cache whose first `past` positions hold the keys
     and values of earlier tokens (it is used from that state: positions past.. past+T-1 are
@@ -65,8 +70,6 @@ def first_non_finite(params: dict, config, tokens, *, kv_cache=None, past: int =
     index (into the recorded array, batch axis included), shape, value (the first non-finite
     number there, in C order).
     """
-    from .model import forward  # imported here: model.forward itself calls this module
-
     found = {}
 
     class Found(Exception):
@@ -89,19 +92,18 @@ def first_non_finite(params: dict, config, tokens, *, kv_cache=None, past: int =
 
 def non_finite_weights(params: dict) -> list[str]:
     """Checkpoint keys of the weights holding NaN or inf, each with how many: ["h.1.mlp.c_fc.weight (1 of 8192 values)", ...]."""
-    from .checkpoint import flatten_params  # imported here: keeps this module's imports minimal
-
     return [f"{key} ({int((~np.isfinite(a)).sum())} of {a.size} values)"
             for key, a in flatten_params(params).items() if not all_finite(a)]
 
 
-def check_finite_logits(logits, params: dict, config, tokens, *, kv_cache=None,
+def check_finite_logits(logits, params: dict, config, tokens, *, forward, kv_cache=None,
                         reference: bool = False, what: str = "logits") -> None:
     """Raise NonFiniteError when `logits` holds NaN or inf, naming where that started.
 
     logits: the output of forward(params, config, tokens, kv_cache=kv_cache,
         reference=reference), any shape; or any value computed from it (a loss: what="loss").
     tokens: the token ids given to that call, (T,) or (B, T).
+    forward: numpy_gpt2.model.forward, run again to find where the values stopped being finite.
     kv_cache: the cache that call used, as it is AFTER the call ("length" already counts
         tokens), or None.
     reference: whether that call ran the readable layers.
@@ -124,7 +126,8 @@ def check_finite_logits(logits, params: dict, config, tokens, *, kv_cache=None,
     tokens = np.asarray(tokens)
     T = tokens.shape[-1]
     past = 0 if kv_cache is None else kv_cache["length"] - T
-    found = first_non_finite(params, config, tokens, kv_cache=kv_cache, past=past, reference=reference)
+    found = first_non_finite(params, config, tokens, forward=forward, kv_cache=kv_cache, past=past,
+                             reference=reference)
     if found is None:
         parts = [f"{head}, although every activation of the forward pass, logits included, "
                  f"is finite when computed again"]

@@ -27,8 +27,9 @@ import os
 
 import numpy as np
 
-from .checkpoint import flatten_params, nest_params
-from .layers import thread_pool
+from .checks import check_mirrors_params
+from .params import flatten_params, nest_params
+from .threads import thread_pool
 
 # Elements per chunk when summing squares: small enough that the float32 partial sums stay
 # accurate and no gradient-sized temporary is made, large enough for BLAS to be fast.
@@ -95,16 +96,8 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
     if not eps >= 0 or not weight_decay >= 0:
         raise ValueError(f"eps and weight_decay must be >= 0, got eps={eps!r}, "
                          f"weight_decay={weight_decay!r}")
-    flat_p, flat_g = flatten_params(params), flatten_params(grads)
+    flat_p, flat_g = flatten_params(params), check_mirrors_params(grads, params)
     flat_m, flat_v = flatten_params(state["m"]), flatten_params(state["v"])
-    if flat_g.keys() != flat_p.keys():
-        missing = sorted(flat_p.keys() - flat_g.keys())
-        extra = sorted(flat_g.keys() - flat_p.keys())
-        raise ValueError(f"grads do not mirror params: missing {missing[:3]}, unexpected {extra[:3]}")
-    for key, p in flat_p.items():
-        if flat_g[key].shape != p.shape or flat_g[key].dtype != p.dtype:
-            raise ValueError(f"grads[{key!r}] is {flat_g[key].dtype} {flat_g[key].shape}, "
-                             f"expected {p.dtype} {p.shape}")
     state["step"] += 1
     # The update is elementwise, so it runs on chunks of _UPDATE_CHUNK elements: the ~14
     # passes over p, g, m, v and the scratch then hit the CPU cache instead of memory (3-5x

@@ -12,14 +12,13 @@ each step feeds only the newest token (numpy_gpt2.model.forward with kv_cache=..
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from . import layers
+from .checks import check_prompt, check_sampling_args
 from .config import GPT2Config
 from .errors import NonFiniteError
-from .model import check_tokens, forward, new_kv_cache
+from .model import forward, new_kv_cache
 
 
 def apply_temperature(logits, temperature):
@@ -117,35 +116,6 @@ def next_token(logits, temperature, top_k, top_p, u=None):
     return inverse_cdf(filter_logits(logits, temperature, top_k, top_p), u)
 
 
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None, num_samples=1,
-                        *, cli=False):
-    """Raise ValueError naming the first invalid generation parameter (nothing else happens).
-
-    cli=True: the messages name the command-line flags (--max-new-tokens, --top-k, ...).
-    """
-    def name(arg):
-        return "--" + arg.replace("_", "-") if cli else arg
-
-    no_limit = "leave it out for no limit" if cli else "or None for no limit"
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 0, got {max_new_tokens!r}")
-    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
-            or not np.isfinite(temperature) or temperature < 0):
-        raise ValueError(f"{name('temperature')} must be a finite number >= 0 (0 = greedy), "
-                         f"got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise ValueError(f"{name('top_k')} must be an integer >= 1 ({no_limit}), got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, numbers.Real) or isinstance(top_p, bool)
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"{name('top_p')} must be in (0, 1] ({no_limit}), got {top_p!r}")
-    if not _is_int(num_samples) or num_samples < 1:
-        raise ValueError(f"{name('num_samples')} must be an integer >= 1, got {num_samples!r}")
-
-
 def make_rng(seed) -> np.random.Generator:
     """seed -> the Generator the draws come from: a Generator is used as is; None (fresh
     randomness), an integer >= 0 or a sequence of them go through numpy.random.default_rng."""
@@ -158,12 +128,6 @@ def make_rng(seed) -> np.random.Generator:
     except (TypeError, ValueError):
         raise ValueError(f"seed must be None, an integer >= 0 (or a sequence of them) or a "
                          f"numpy.random.Generator, got {seed!r}") from None
-
-
-def check_prompt(tokens, config: GPT2Config) -> np.ndarray:
-    """The prompt as an int64 array (T,) or (B, T): model.check_tokens, worded for a prompt
-    (empty, ragged, not integers, ids outside the vocabulary, longer than n_ctx: ValueError)."""
-    return check_tokens(tokens, config, what="prompt tokens").astype(np.int64)
 
 
 def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temperature=1.0,

@@ -38,9 +38,10 @@ try:
 except ImportError:  # not pip-installed: use the package next to this script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import numpy_gpt2
-from numpy_gpt2.activations import (GRAD, activation_names, activations, compare_activations,
-                                    dump_order_key, gradient_names, gradients, load_dump,
+from numpy_gpt2.activations import (GRAD, activation_names, activations, gradient_names, gradients,
                                     parameter_gradient_names)
+from numpy_gpt2.comparison import compare_activations
+from numpy_gpt2.dump_format import dump_order_key, load_dump
 
 DEFAULT_ATOL = 1e-4  # float32 vs float32: both round at ~6e-8 per op, in different orders
 DEFAULT_RTOL = 1e-4

@@ -32,9 +32,10 @@ except ImportError:  # not pip-installed: use the package next to this script
 
 from tqdm import tqdm
 
-from numpy_gpt2.checkpoint import flatten_params, hf_config_dict, write_files_atomically
+from numpy_gpt2.checkpoint import hf_config_dict, write_files_atomically
 from numpy_gpt2.formats.llmc import padded_vocab, write_llmc
 from numpy_gpt2.formats.safetensors import write_safetensors
+from numpy_gpt2.params import flatten_params
 
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")

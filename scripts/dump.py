@@ -44,10 +44,10 @@ try:
 except ImportError:  # not pip-installed: use the package next to this script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import numpy_gpt2
-from numpy_gpt2.activations import (GRAD, IGNORE_INDEX, activation_names, activations,
-                                    config_metadata, gradient_names, gradients,
-                                    next_token_targets, package_version,
-                                    parameter_gradient_names, save_activations, select_names)
+from numpy_gpt2.activations import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
+                                    gradients, next_token_targets, parameter_gradient_names,
+                                    select_names)
+from numpy_gpt2.dump_format import config_metadata, package_version, save_activations
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,7 +35,7 @@ except ImportError:  # not pip-installed: use the package next to this script
 import numpy as np
 from tqdm import tqdm
 
-from numpy_gpt2.sampling import check_sampling_args
+from numpy_gpt2.checks import check_sampling_args
 from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir
 
 EXIT_BAD_INPUT = 2

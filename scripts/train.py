@@ -38,10 +38,10 @@ import numpy as np
 
 from numpy_gpt2 import data as gpt2_data
 from numpy_gpt2.checkpoint import write_files_atomically
-from numpy_gpt2.init import init_params
+from numpy_gpt2.initialization import init_params
 from numpy_gpt2.optim import get_lr
 from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
-from numpy_gpt2.train import STATE_FILE, evaluate, load_training_state, save_training_state, train_step
+from numpy_gpt2.train_step import STATE_FILE, evaluate, load_training_state, save_training_state, train_step
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from numpy_gpt2.activations import (GRAD, activation_names, gradient_names,
-                                    gradient_order_key, save_activations, select_names)
+from numpy_gpt2.activations import GRAD, activation_names, gradient_names, gradient_order_key, select_names
+from numpy_gpt2.dump_format import save_activations
 from oracle_activations import run_with_named_outputs
 
 

@@ -37,7 +37,7 @@ from checkpoints import make_config, reference_model, write_checkpoint
 from grad_oracle import (TORCH, assert_grad_close, grad_error, random_model, torch_loss_and_grads,
                          torch_model)
 from numpy_gpt2 import flatten_params
-from numpy_gpt2.checkpoint import nest_params
+from numpy_gpt2.params import nest_params
 from oracle_activations import one_torch_thread  # noqa: F401  (fixture: one torch thread)
 
 # Tolerance per gradient tensor: max |ours - oracle| <= RTOL * max |oracle| (see
@@ -216,8 +216,8 @@ def test_fast_path_equals_reference_path(seed, n_layer, n_head, head_size, vocab
 
 def test_fast_path_output_head_in_chunks_of_rows():
     """B*T = 3 * 400 = 1200 rows: more than one chunk of the fused output head + loss
-    (layers_backward.HEAD_ROWS), and seven query blocks of attention, against the oracle."""
-    from numpy_gpt2.layers_backward import HEAD_ROWS
+    (layers_backward_fast.HEAD_ROWS), and seven query blocks of attention, against the oracle."""
+    from numpy_gpt2.layers_backward_fast import HEAD_ROWS
 
     assert 3 * 400 > HEAD_ROWS
     params, config, hf_config = random_model(np.float64, seed=5, n_layer=1, n_head=2, n_embd=16,

@@ -14,7 +14,7 @@ import transformers
 
 import numpy_gpt2
 from format_files import bf16_rounded, hf_model, llmc_bytes, logits, nanogpt_checkpoint, save_torch, small
-from numpy_gpt2.checkpoint import flatten_params
+from numpy_gpt2.params import flatten_params
 from run_scripts import run_script
 
 TOKENS = np.array([[3, 17, 42, 5, 0, 60, 11, 8]])

@@ -19,9 +19,11 @@ import torch
 
 import numpy_gpt2
 import numpy_gpt2.layers as layers
+import numpy_gpt2.layers_fast as layers_fast
 from checkpoints import (checkpoint_tensors, make_config, random_state_dict, reference_model,
                          write_checkpoint, write_safetensors)
-from numpy_gpt2.activations import activation_names, activations, load_activations, save_activations
+from numpy_gpt2.activations import activation_names, activations
+from numpy_gpt2.dump_format import load_activations, save_activations
 from oracle_activations import one_torch_thread, write_oracle_dump  # noqa: F401  (autouse fixture)
 from run_scripts import SCRIPTS, load_script, run_script
 
@@ -153,7 +155,7 @@ def erf_gelu(x):
 def test_erf_gelu_is_caught_at_h0_mlp_gelu(ckpt, reference_dump, tmp_path, capsys, monkeypatch):
     params, config = numpy_gpt2.load(ckpt)
     monkeypatch.setattr(layers, "gelu", erf_gelu)
-    monkeypatch.setattr(layers, "gelu_fast", erf_gelu, raising=False)  # if forward has a fast path
+    monkeypatch.setattr(layers_fast, "gelu_fast", erf_gelu)  # the fast path forward runs
     cand = save_candidate(tmp_path / "cand.safetensors", params, config)
     status, out, _ = run_script("compare", [reference_dump, cand], capsys)
     assert status == 1 and first_failure(out) == "h.0.mlp.gelu", out
@@ -213,8 +215,8 @@ def test_missing_causal_mask_is_caught_at_h0_attention(ckpt, reference_dump, tmp
                                                        monkeypatch, names, first):
     params, config = numpy_gpt2.load(ckpt)
     monkeypatch.setattr(layers, "causal_mask", lambda T, S: np.ones((T, S), dtype=bool))
-    # the same bug in a fast path with an additive (0 / -inf) mask, if forward has one
-    monkeypatch.setattr(layers, "_future_mask", lambda n, dtype: np.zeros((n, n), dtype), raising=False)
+    # the same bug in the fast path, whose mask is additive (0 / -inf)
+    monkeypatch.setattr(layers_fast, "_future_mask", lambda n, dtype: np.zeros((n, n), dtype))
     cand = save_candidate(tmp_path / "cand.safetensors", params, config, names=names)
     status, out, _ = run_script("compare", [reference_dump, cand], capsys)
     assert status == 1 and first_failure(out) == first, out

@@ -1,4 +1,4 @@
-"""The fast backward twins (layers_backward.py's fast section) equal their readable twins.
+"""The fast backward twins (numpy_gpt2/layers_backward_fast.py) equal their readable twins.
 
 No oracle needed here: the readable functions are themselves checked against PyTorch
 autograd (tests/test_layers_backward.py) and finite differences. Tolerances: float64 to
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, strategies as st
 
-from numpy_gpt2 import layers, layers_backward as lb
+from numpy_gpt2 import layers, layers_fast, layers_backward as lb, layers_backward_fast as lbf
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -59,7 +59,7 @@ def test_gelu_and_derivative_fast(seed, dtype, n, scale):
     (x large and negative: exp overflows, the limits 0 and 0 must come out, not NaN)."""
     x = (np.random.default_rng(seed).standard_normal(n) * scale).astype(dtype)
     derivative = x.copy()
-    g = lb.gelu_and_derivative_fast(derivative)
+    g = lbf.gelu_and_derivative_fast(derivative)
     # gelu(x) is about x or about 0: errors at the scale of |x| (a lone x << 0 has gelu ~1e-30);
     # gelu'(x) lies in [-0.17, 1.13]
     close(g, layers.gelu(x), dtype, scale=float(np.abs(x).max()))
@@ -74,9 +74,9 @@ def test_layer_norm_backward_fast(seed, dtype, N, E, scale):
     x = ((rng.standard_normal((N, E)) + rng.standard_normal((N, 1))) * scale).astype(dtype)
     weight = rng.standard_normal(E).astype(dtype)
     dout = rng.standard_normal((N, E)).astype(dtype)
-    xhat, std = layers.normalize(x, 1e-5)
+    xhat, std = layers_fast.normalize(x, 1e-5)
     close(xhat * weight, layers.layer_norm(x, weight, np.zeros_like(weight)), dtype)
-    dx, grads = lb.layer_norm_backward_fast(dout, xhat, std, weight)
+    dx, grads = lbf.layer_norm_backward_fast(dout, xhat, std, weight)
     dx_ref, grads_ref = lb.layer_norm_backward(dout, x, weight, 1e-5)
     # dx is a difference of terms of size |dout w| / std that can cancel almost exactly (E = 2:
     # xhat = +-1): its rounding errors have that size, not the size of dx
@@ -92,10 +92,10 @@ def test_causal_attention_backward_fast(seed, dtype, B, T, H, D, block):
     rng = np.random.default_rng(seed)
     q, k, v, dout = (rng.standard_normal((B, H, T, D)).astype(dtype) for _ in range(4))
     lse = np.empty((B, H, T), dtype)
-    out = np.swapaxes(layers.causal_attention_fast(q, k, v, block=block, lse=lse), 1, 2)
+    out = np.swapaxes(layers_fast.causal_attention_fast(q, k, v, block=block, lse=lse), 1, 2)
     dq, dk, dv = (np.full_like(q, np.nan) for _ in range(3))  # every element must be written
     seen = {}
-    lb.causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=block,
+    lbf.causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=block,
                                       record=lambda name, a: seen.update({name: a.copy()}))
     ref = {}
     expected = lb.attention_backward(dout, q, k, v, layers.causal_mask(T, T),
@@ -119,10 +119,10 @@ def test_transformer_block_backward_fast(seed, dtype, B, T, H, D, scale):
     block = block_params(rng, E, dtype, scale)
     x = rng.standard_normal((B, T, E)).astype(dtype)
     dout = rng.standard_normal((B, T, E)).astype(dtype)
-    out, saved = layers.transformer_block_saving_fast(x, block, H, 1e-5)
+    out, saved = lbf.transformer_block_saving_fast(x, block, H, 1e-5)
     close(out, layers.transformer_block(x, block, H, 1e-5), dtype)
     fast_seen, ref_seen = {}, {}
-    dx, grads = lb.transformer_block_backward_fast(
+    dx, grads = lbf.transformer_block_backward_fast(
         dout.reshape(B * T, E).copy(), saved, block, H, 1e-5,
         record=lambda n, a: fast_seen.update({n: np.array(a).reshape(B, T, -1) if a.ndim == 2 else a.copy()}))
     dx_ref, grads_ref = lb.transformer_block_backward(
@@ -147,7 +147,7 @@ def test_lm_head_cross_entropy_fast(seed, dtype, N, E, V, rows, scale):
     targets = rng.integers(0, V, N)
     targets[rng.random(N) < 0.3] = -100
     targets[rng.integers(N)] = rng.integers(V)  # at least one kept
-    loss, dh, dhead = lb.lm_head_cross_entropy_fast(h, head, targets, rows=rows)
+    loss, dh, dhead = lbf.lm_head_cross_entropy_fast(h, head, targets, rows=rows)
     logits = h @ head.T
     assert abs(loss - masked_cross_entropy(logits, targets)) <= TOL[dtype] * max(1.0, abs(loss))
     dh_ref, dhead_ref = lb.lm_head_backward(cross_entropy_backward(logits, targets), h, head)
@@ -165,5 +165,5 @@ def test_cross_entropy_sum_fast(seed, dtype, N, V, scale):
     logits = (rng.standard_normal((N, V)) * scale).astype(dtype)
     targets = rng.integers(0, V, N)
     expected = float(token_nll(logits, targets).sum(dtype=np.float64))
-    got = lb.cross_entropy_sum_fast(logits.copy(), targets)
+    got = lbf.cross_entropy_sum_fast(logits.copy(), targets)
     assert abs(got - expected) <= TOL[dtype] * max(1.0, abs(expected))

@@ -1,4 +1,4 @@
-"""The fast path (numpy_gpt2.layers.*_fast, what model.forward runs) equals the readable
+"""The fast path (numpy_gpt2.layers_fast, what model.forward runs) equals the readable
 reference path (the functions without _fast; forward(..., reference=True)), function by
 function and for the whole model, recorded activations included.
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2 import layers
+from numpy_gpt2 import layers, layers_backward_fast, layers_fast
 from numpy_gpt2.config import GPT2Config
 
 # max |fast - readable| <= RTOL * max |readable| + ATOL. Same budget as the forward-pass
@@ -66,7 +66,7 @@ def test_gelu_fast(shape, scale, dtype, seed):
     x = normal(np.random.default_rng(seed), shape, dtype, scale)
     ref = layers.gelu(x.astype(np.float64))
     work = x.copy()
-    out = layers.gelu_fast(work)
+    out = layers_fast.gelu_fast(work)
     assert out is work  # computed in the input's memory, as documented
     assert_close(out, layers.gelu(x).astype(np.float64), dtype, "gelu_fast vs gelu")
     assert_close(out, ref, dtype, "gelu_fast vs float64 gelu")
@@ -76,13 +76,13 @@ def test_gelu_fast_in_chunks_and_on_strided_views():
     """Arrays bigger than GELU_CHUNK go in chunks (last one partial); strided views in one go.
     Either way the result lands in the input's own memory."""
     rng = np.random.default_rng(0)
-    x = normal(rng, (3, layers.GELU_CHUNK // 2 + 5), np.float32, 4.0)  # 1.5 chunks + 15
+    x = normal(rng, (3, layers_fast.GELU_CHUNK // 2 + 5), np.float32, 4.0)  # 1.5 chunks + 15
     work = x.copy()
-    assert layers.gelu_fast(work) is work
+    assert layers_fast.gelu_fast(work) is work
     assert_close(work, layers.gelu(x.astype(np.float64)), np.float32, "chunked")
     big = normal(rng, (40, 30), np.float64, 4.0)
     view = big.copy()[::2, 1:]
-    assert layers.gelu_fast(view) is view
+    assert layers_fast.gelu_fast(view) is view
     assert_close(view, layers.gelu(big[::2, 1:]), np.float64, "strided view")
 
 
@@ -92,7 +92,7 @@ def test_layer_norm_fast(lead, E, dtype, seed):
     rng = np.random.default_rng(seed)
     x, w, b = normal(rng, (*lead, E), dtype, 3.0, 1.0), normal(rng, E, dtype, 0.5, 1.0), normal(rng, E, dtype)
     ref = layers.layer_norm(x, w, b)
-    assert_close(layers.layer_norm_fast(x, w, b), ref.astype(np.float64), dtype, "layer_norm_fast")
+    assert_close(layers_fast.layer_norm_fast(x, w, b), ref.astype(np.float64), dtype, "layer_norm_fast")
 
 
 @given(lead=st.lists(st.integers(1, 5), max_size=3).map(tuple), n_in=st.integers(1, 40),
@@ -100,7 +100,7 @@ def test_layer_norm_fast(lead, E, dtype, seed):
 def test_linear_fast(lead, n_in, n_out, dtype, seed):
     rng = np.random.default_rng(seed)
     x, w, b = normal(rng, (*lead, n_in), dtype), normal(rng, (n_in, n_out), dtype), normal(rng, n_out, dtype)
-    assert_close(layers.linear_fast(x, w, b), layers.linear(x, w, b).astype(np.float64), dtype, "linear_fast")
+    assert_close(layers_fast.linear_fast(x, w, b), layers.linear(x, w, b).astype(np.float64), dtype, "linear_fast")
 
 
 @given(B=st.integers(1, 3), H=st.integers(1, 3), T=st.integers(1, 40), past=st.integers(0, 20),
@@ -113,7 +113,7 @@ def test_causal_attention_fast(B, H, T, past, D, block, scale, dtype, seed):
     q = normal(rng, (B, H, T, D), dtype, scale)
     k, v = normal(rng, (B, H, past + T, D), dtype, scale), normal(rng, (B, H, past + T, D), dtype)
     ref = layers.attention(q, k, v, layers.causal_mask(T, past + T))  # (B, H, T, D)
-    fast = layers.causal_attention_fast(q, k, v, past, block=block)  # (B, T, H, D)
+    fast = layers_fast.causal_attention_fast(q, k, v, past, block=block)  # (B, T, H, D)
     assert_close(np.swapaxes(fast, 1, 2), ref.astype(np.float64), dtype, f"block {block}")
 
 
@@ -122,7 +122,7 @@ def test_causal_attention_fast_default_blocks_at_length_300():
     rng = np.random.default_rng(0)
     q, k, v = (normal(rng, (1, 2, 300, 64), np.float32, 2.0) for _ in range(3))
     ref = layers.attention(q, k, v, layers.causal_mask(300, 300))
-    assert_close(np.swapaxes(layers.causal_attention_fast(q, k, v), 1, 2), ref.astype(np.float64),
+    assert_close(np.swapaxes(layers_fast.causal_attention_fast(q, k, v), 1, 2), ref.astype(np.float64),
                  np.float32, "T=300")
 
 
@@ -135,11 +135,11 @@ def test_causal_self_attention_fast_with_cache(B, T, past, n_head, D, dtype, see
     x = normal(rng, (B, T, E), dtype)
     cache = normal(rng, (2, B, n_head, past + T + 3, D), dtype)  # earlier positions already there
     ref_cache = cache.copy()
-    fast = layers.causal_self_attention_fast(x, **attn, n_head=n_head, kv=(cache[0], cache[1], past))
+    fast = layers_fast.causal_self_attention_fast(x, **attn, n_head=n_head, kv=(cache[0], cache[1], past))
     ref = layers.causal_self_attention(x, **attn, n_head=n_head, kv=(ref_cache[0], ref_cache[1], past))
     assert_close(fast, ref.astype(np.float64), dtype, "attention output")
     assert_close(cache, ref_cache.astype(np.float64), dtype, "keys/values written to the cache")
-    no_cache = layers.causal_self_attention_fast(x, **attn, n_head=n_head)
+    no_cache = layers_fast.causal_self_attention_fast(x, **attn, n_head=n_head)
     assert_close(no_cache, layers.causal_self_attention(x, **attn, n_head=n_head).astype(np.float64),
                  dtype, "without a cache")
 
@@ -153,14 +153,35 @@ def test_transformer_block_fast(B, T, n_head, D, dtype, seed):
     x = normal(rng, (B, T, E), dtype)
     ref = layers.transformer_block(x, block, n_head, 1e-5)
     work = x.copy()
-    out = layers.transformer_block_fast(work, block, n_head, 1e-5)
+    out = layers_fast.transformer_block_fast(work, block, n_head, 1e-5)
     assert out is work  # the residual stream is updated in place
     assert_close(out, ref.astype(np.float64), dtype, "transformer_block_fast")
 
     work = x.copy()
-    last = layers.transformer_block_fast(work, block, n_head, 1e-5, last_only=True)
+    last = layers_fast.transformer_block_fast(work, block, n_head, 1e-5, last_only=True)
     assert_close(last, ref[:, -1:].astype(np.float64), dtype, "last_only")
     assert np.array_equal(work, x)  # last_only leaves x alone
+
+
+def test_user_record_callback_straight_into_the_readable_block():
+    """A user's record(name, array) returns None; the readable block, which uses what record
+    returns (numpy_gpt2.hooks), still computes the same bits and shows the same arrays as the
+    fast block, names in forward order."""
+    rng = np.random.default_rng(5)
+    block = block_weights(rng, 16, np.float64)
+    x = normal(rng, (2, 7, 16), np.float64)
+    slow, fast = {}, {}
+
+    def keep(name, array):  # returns None, as users' callbacks do
+        slow[name] = array.copy()
+
+    out = layers.transformer_block(x, block, 2, 1e-5, record=keep)
+    assert np.array_equal(out, layers.transformer_block(x, block, 2, 1e-5))
+    layers_fast.transformer_block_fast(x.copy(), block, 2, 1e-5, record=lambda n, a: fast.update({n: a.copy()}))
+    assert list(slow) == list(fast) == ["ln_1", "attn.c_attn", "attn.softmax", "attn", "ln_2", "mlp.c_fc",
+                                        "mlp.gelu", "mlp.c_proj"]
+    for name in slow:
+        assert_close(fast[name], slow[name], np.float64, name)
 
 
 def random_params(config, dtype, seed):

@@ -34,7 +34,8 @@ from hypothesis.control import currently_in_test_context
 import numpy_gpt2
 from format_files import hf_model, llmc_bytes, nanogpt_checkpoint, save_torch, small
 from numpy_gpt2 import CheckpointError
-from numpy_gpt2.checkpoint import expected_shapes, flatten_params
+from numpy_gpt2.checkpoint import expected_shapes
+from numpy_gpt2.params import flatten_params
 
 SCALE = float(os.environ.get("NUMPY_GPT2_FUZZ_SCALE", "1"))
 FILES = ["zip.bin", "legacy.bin", "ckpt.pt", "legacy-ckpt.pt", "llmc.bin", "shard.safetensors"]

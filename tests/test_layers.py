@@ -22,7 +22,7 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2B
 from transformers.pytorch_utils import Conv1D
 
 from numpy_gpt2.layers import (attention, causal_mask, causal_self_attention,
-                               causal_self_attention_reference, gelu, layer_norm, linear, mlp,
+                               causal_self_attention_per_head, gelu, layer_norm, linear, mlp,
                                merge_heads, softmax, split_heads, transformer_block)
 
 # Tolerances: max |ours - oracle| <= RTOL[dtype] * max(|oracle|) + ATOL[dtype].
@@ -230,7 +230,7 @@ def test_reference_attention_equals_vectorized(dtype, seed, shape, H, D, scales)
     x, w = attention_case(seed, B, T, H, D, scales, dtype)
     fast = causal_self_attention(x, **w["attn"], n_head=H)
     for b in range(B):  # the reference handles one sequence, head by head
-        assert_close(causal_self_attention_reference(x[b], **w["attn"], n_head=H), fast[b], dtype,
+        assert_close(causal_self_attention_per_head(x[b], **w["attn"], n_head=H), fast[b], dtype,
                      "reference vs vectorized attention")
 
 

@@ -306,11 +306,13 @@ def test_check_finite_logits_on_a_loss_value(checkpoint_dir):
     """The form loss_and_grads uses: a scalar loss, what="loss"; finite activations are said so."""
     from numpy_gpt2.finite import check_finite_logits
     params, config = numpy_gpt2.load(checkpoint_dir("odd-40x5", "hub", "F32"), dtype=np.float64)
-    check_finite_logits(np.float64(2.5), params, config, [1, 2, 3], what="loss")  # no error
+    check_finite_logits(np.float64(2.5), params, config, [1, 2, 3], what="loss", forward=numpy_gpt2.forward)  # no error
     with pytest.raises(numpy_gpt2.NonFiniteError, match=r"^non-finite loss \(inf\), although every activation "
                                                         r"of the forward pass, logits included, is finite"):
-        check_finite_logits(np.float64(np.inf), params, config, [1, 2, 3], what="loss")
+        check_finite_logits(np.float64(np.inf), params, config, [1, 2, 3], what="loss",
+                            forward=numpy_gpt2.forward)
     params["ln_f"]["bias"][2] = np.nan
     with pytest.raises(numpy_gpt2.NonFiniteError, match=r"^non-finite loss \(nan\): .* is ln_f \(nan at sequence 0, "
                                                         r"position 0, feature 2; .*non-finite weights: ln_f\.bias"):
-        check_finite_logits(np.float64(np.nan), params, config, [[1, 2, 3], [4, 5, 6]], what="loss")
+        check_finite_logits(np.float64(np.nan), params, config, [[1, 2, 3], [4, 5, 6]], what="loss",
+                            forward=numpy_gpt2.forward)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2.init import init_params
+from numpy_gpt2.initialization import init_params
 from numpy_gpt2.optim import get_lr, grad_norm
 from oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -36,7 +36,7 @@ def random_grads(params, rng, scale):
     flat = numpy_gpt2.flatten_params(params)
     out = {k: (rng.standard_normal(p.shape) * 10.0 ** rng.uniform(-3, 1) * scale).astype(p.dtype)
            for k, p in flat.items()}
-    return numpy_gpt2.checkpoint.nest_params(out)
+    return numpy_gpt2.params.nest_params(out)
 
 
 def torch_twins(params, dtype, lr, betas, eps, weight_decay):
@@ -112,7 +112,7 @@ def test_weight_decay_only_on_matrices():
     LayerNorm parameters do not change at all."""
     params = init_params(TINY, seed=1, dtype=np.float64)
     before = {k: p.copy() for k, p in numpy_gpt2.flatten_params(params).items()}
-    zeros = numpy_gpt2.checkpoint.nest_params({k: np.zeros_like(p) for k, p in before.items()})
+    zeros = numpy_gpt2.params.nest_params({k: np.zeros_like(p) for k, p in before.items()})
     numpy_gpt2.adamw_update(params, zeros, numpy_gpt2.adamw_init(params), lr=0.5, weight_decay=0.2)
     for key, p in numpy_gpt2.flatten_params(params).items():
         expected = before[key] * (1 - 0.5 * 0.2) if p.ndim >= 2 else before[key]
@@ -132,7 +132,7 @@ def test_adamw_init_mirrors_params():
 
 def test_adamw_rejects_mismatched_grads():
     params = init_params(TINY, seed=0)
-    grads = numpy_gpt2.checkpoint.nest_params(
+    grads = numpy_gpt2.params.nest_params(
         {k: np.zeros_like(p) for k, p in numpy_gpt2.flatten_params(params).items() if k != "ln_f.bias"})
     with pytest.raises(ValueError, match="ln_f.bias"):
         numpy_gpt2.adamw_update(params, grads, numpy_gpt2.adamw_init(params), lr=1e-3)

@@ -16,7 +16,8 @@ Differences from GPT-2's own checkpoints (nanoGPT model.py), undone here:
 
 from __future__ import annotations
 
-from ..config import GPT2Config, _is_int, _show
+from ..checks import is_int, show
+from ..config import GPT2Config
 from ..errors import CheckpointError
 from .tensor_copy import Stored
 
@@ -65,14 +66,14 @@ def nanogpt_tensors(state: dict, model_args, path: str) -> tuple[dict, GPT2Confi
 def nanogpt_config(model_args, path: str) -> tuple[GPT2Config, bool]:
     """GPT2Config (exact-erf GELU) and the bias flag from nanoGPT's model_args."""
     if not isinstance(model_args, dict):
-        raise CheckpointError(f"{path}: model_args is {_show(model_args)}, expected a dict")
+        raise CheckpointError(f"{path}: model_args is {show(model_args)}, expected a dict")
     for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-        if not _is_int(model_args.get(key)):
+        if not is_int(model_args.get(key)):
             raise CheckpointError(f"{path}: model_args[{key!r}] is "
-                                  f"{_show(model_args.get(key))}, expected an integer")
+                                  f"{show(model_args.get(key))}, expected an integer")
     bias = model_args.get("bias", True)
     if not isinstance(bias, bool):
-        raise CheckpointError(f"{path}: model_args['bias'] is {_show(bias)}, expected true/false")
+        raise CheckpointError(f"{path}: model_args['bias'] is {show(bias)}, expected true/false")
     vocab = model_args["vocab_size"]
     # GPT-2's <|endoftext|> when the vocabulary is GPT-2's (padded or not); a character-level
     # vocabulary has no such token: token 0 (nanoGPT's sample.py starts from "\n", its first).

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 
-from ..config import _cut, _show
+from ..checks import cut, show
 from ..errors import CheckpointError
 
 MAX_LINE = 1000  # text opcodes (GLOBAL, INT, PUT, ...): one line, at most this many bytes
@@ -73,7 +73,7 @@ def unpickle(data, start: int, where: str, allowed: dict, persistent_load=None) 
     except (IndexError, KeyError, TypeError, ValueError, AttributeError, OverflowError,
             RecursionError, MemoryError, struct.error, UnicodeDecodeError) as e:
         raise CheckpointError(f"{where}: corrupted pickle at byte {vm.op_pos}: "
-                              f"{type(e).__name__}: {_show(str(e))}") from None
+                              f"{type(e).__name__}: {show(str(e))}") from None
 
 
 class _Machine:
@@ -120,7 +120,7 @@ class _Machine:
 
     def push_global(self, module: str, name: str) -> None:
         if (module, name) not in self.allowed:
-            raise PickleRefused(f"global {_cut(repr(f'{module}.{name}'))} is not allowed (a "
+            raise PickleRefused(f"global {cut(repr(f'{module}.{name}'))} is not allowed (a "
                                 f"checkpoint needs only {', '.join(sorted(f'{m}.{n}' for m, n in self.allowed))})")
         self.stack.append(self.allowed[(module, name)])
 
@@ -165,14 +165,14 @@ class _Machine:
     def reduce(self):
         args, func = self.pop(), self.pop()
         if not callable(func) or not isinstance(args, tuple):
-            raise PickleRefused(f"REDUCE of {_show(func)} with {_show(args)} (only the allowed "
+            raise PickleRefused(f"REDUCE of {show(func)} with {show(args)} (only the allowed "
                                 f"functions can be called, with a tuple of arguments)")
         self.stack.append(func(*args))
 
     def build(self):
         state, target = self.pop(), self.stack[-1]
         if not isinstance(target, dict):
-            raise PickleRefused(f"BUILD (setting the state of an object) of {_show(target)}")
+            raise PickleRefused(f"BUILD (setting the state of an object) of {show(target)}")
         # An OrderedDict's attributes (torch's state dict's `_metadata`): not needed, dropped.
 
     def persid(self):

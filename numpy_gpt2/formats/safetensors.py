@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..config import _cut, _is_int, _show
+from ..checks import cut, is_int, show
 from ..errors import CheckpointError
 from .tensor_copy import CHUNK_ELEMENTS, FILE_DTYPES, Stored
 
@@ -52,12 +52,12 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     spans = []
     for name, e in header.items():
         if not name.isprintable() or len(name) > 1000:  # messages below print it
-            raise CheckpointError(f"{path}: corrupted header: tensor name {_show(name)}")
+            raise CheckpointError(f"{path}: corrupted header: tensor name {show(name)}")
         ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"].isprintable()
               and _naturals(e.get("shape")) and _naturals(e.get("data_offsets"))
               and len(e["data_offsets"]) == 2)
         if not ok:
-            raise CheckpointError(f"{path}: corrupted header entry for {_show(name)}: {_show(e)} "
+            raise CheckpointError(f"{path}: corrupted header entry for {show(name)}: {show(e)} "
                                   f"(expected {{\"dtype\": str, \"shape\": [int >= 0, ...], "
                                   f"\"data_offsets\": [begin, end]}})")
         begin, end = e["data_offsets"]
@@ -67,7 +67,7 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
             nbytes = math.prod(e["shape"]) * FILE_DTYPES[e["dtype"]].itemsize  # exact, any size
             if end - begin != nbytes:
                 raise CheckpointError(
-                    f"{path}: {name}: header says {e['dtype']} {_cut(str(e['shape']))} "
+                    f"{path}: {name}: header says {e['dtype']} {cut(str(e['shape']))} "
                     f"({nbytes} bytes) but data_offsets span {end - begin} bytes")
         if end > data_size:
             raise CheckpointError(
@@ -83,7 +83,7 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
 
 def _naturals(value) -> bool:
     """A JSON list of integers >= 0 (no floats, no bools, nothing nested)."""
-    return isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
+    return isinstance(value, list) and all(is_int(v) and v >= 0 for v in value)
 
 
 def safetensors_tensors(path: str) -> dict:

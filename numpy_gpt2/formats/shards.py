@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..config import _cut, _show
+from ..checks import cut, show
 from ..errors import CheckpointError
 
 
@@ -31,10 +31,10 @@ def read_index(path: str) -> dict[str, str]:
                               f"{{tensor name: shard file}}")
     for name, shard in weight_map.items():
         if not name.isprintable() or len(name) > 1000:  # messages print it
-            raise CheckpointError(f"{path}: weight_map has a corrupted tensor name {_show(name)}")
+            raise CheckpointError(f"{path}: weight_map has a corrupted tensor name {show(name)}")
         if not isinstance(shard, str) or not shard.isprintable() or os.path.basename(shard) != shard \
                 or shard in ("", ".", ".."):
-            raise CheckpointError(f"{path}: weight_map[{_cut(repr(name))}] is {_show(shard)}, expected "
+            raise CheckpointError(f"{path}: weight_map[{cut(repr(name))}] is {show(shard)}, expected "
                                   f"a file name in the index's directory")
     return weight_map
 

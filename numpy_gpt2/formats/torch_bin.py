@@ -24,7 +24,7 @@ import re
 import zipfile
 import zlib
 
-from ..config import _show
+from ..checks import show
 from ..errors import CheckpointError
 from .safe_pickle import PickleRefused, unpickle
 from .tensor_copy import ITEMSIZE, Stored
@@ -82,16 +82,16 @@ class TensorRef:
 def _naturals(value, what) -> tuple:
     if not isinstance(value, tuple) or len(value) > 8 or not all(
             type(v) is int and v >= 0 for v in value):
-        raise PickleRefused(f"tensor {what} {_show(value)}, expected a tuple of integers >= 0")
+        raise PickleRefused(f"tensor {what} {show(value)}, expected a tuple of integers >= 0")
     return value
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_):
     """torch._utils._rebuild_tensor(_v2): a TensorRef, checked to lie inside its storage."""
     if not isinstance(storage, StorageRef):
-        raise PickleRefused(f"tensor over {_show(storage)}, expected a storage")
+        raise PickleRefused(f"tensor over {show(storage)}, expected a storage")
     if type(storage_offset) is not int or storage_offset < 0:
-        raise PickleRefused(f"tensor storage offset {_show(storage_offset)}")
+        raise PickleRefused(f"tensor storage offset {show(storage_offset)}")
     size, stride = _naturals(size, "size"), _naturals(stride, "stride")
     if len(size) != len(stride):
         raise PickleRefused(f"tensor size {size} and stride {stride} differ in length")
@@ -114,7 +114,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, bac
 def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
     """torch._utils._rebuild_parameter(_with_state): an nn.Parameter is its tensor."""
     if not isinstance(data, TensorRef):
-        raise PickleRefused(f"parameter of {_show(data)}, expected a tensor")
+        raise PickleRefused(f"parameter of {show(data)}, expected a tensor")
     return data
 
 
@@ -168,14 +168,14 @@ def _read_zip(path: str, size: int):
             infos = z.infolist()
     except Exception as e:  # zipfile raises many types on a damaged archive; all mean "corrupt"
         raise CheckpointError(f"{path}: not a readable zip archive ({type(e).__name__}: "
-                              f"{_show(str(e))})") from None
+                              f"{show(str(e))})") from None
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
         raise CheckpointError(f"{path}: zip archive lists a file twice")
     pickles = [n for n in names if n.endswith("data.pkl")]
     if len(pickles) != 1 or not re.fullmatch(r"[^/]+/data\.pkl", pickles[0]):
         raise CheckpointError(f"{path}: expected one <name>/data.pkl in the archive (torch.save's "
-                              f"layout), found {_show(pickles[:5])}")
+                              f"layout), found {show(pickles[:5])}")
     root = pickles[0][:-len("/data.pkl")]
     entries = {i.filename: i for i in infos}
     if entries.get(f"{root}/byteorder") is not None:
@@ -187,7 +187,7 @@ def _read_zip(path: str, size: int):
 
     def persistent_load(pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise PickleRefused(f"persistent id {_show(pid)}, expected ('storage', type, key, "
+            raise PickleRefused(f"persistent id {show(pid)}, expected ('storage', type, key, "
                                 f"location, size)")
         _, kind, key, _location, numel = pid
         ref = _storage(kind, key, numel, storages)
@@ -211,12 +211,12 @@ def _read_zip(path: str, size: int):
 def _storage(kind, key, numel, storages) -> StorageRef:
     """The StorageRef for a persistent id's (type, key, numel), the same object each time."""
     if not isinstance(kind, StorageType):
-        raise PickleRefused(f"storage type {_show(kind)}")
+        raise PickleRefused(f"storage type {show(kind)}")
     if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise PickleRefused(f"storage key {_show(key)} (expected a short name of letters and "
+        raise PickleRefused(f"storage key {show(key)} (expected a short name of letters and "
                             f"digits, never a path)")
     if type(numel) is not int or numel < 0:
-        raise PickleRefused(f"storage size {_show(numel)}")
+        raise PickleRefused(f"storage size {show(numel)}")
     ref = storages.setdefault(key, StorageRef(key, kind.dtype, numel))
     if (ref.dtype, ref.numel) != (kind.dtype, numel):
         raise PickleRefused(f"storage {key!r} is used as {kind.dtype} x {numel} and as "
@@ -278,12 +278,12 @@ def _parse_legacy(path, size, data):
         raise CheckpointError(f"{path}: not a torch.save file (no magic number)")
     version, pos = unpickle(data, pos, path, {})
     if version != PROTOCOL_VERSION:
-        raise CheckpointError(f"{path}: torch legacy protocol version {_show(version)}, "
+        raise CheckpointError(f"{path}: torch legacy protocol version {show(version)}, "
                               f"expected {PROTOCOL_VERSION}")
     info, pos = unpickle(data, pos, path, {})
     if not isinstance(info, dict) or info.get("little_endian") is not True:
         raise CheckpointError(f"{path}: not written on a little-endian machine (sys_info "
-                              f"{_show(info)})")
+                              f"{show(info)})")
     roots: dict[str, StorageRef] = {}
     views: dict[str, StorageRef] = {}
 
@@ -292,7 +292,7 @@ def _parse_legacy(path, size, data):
             raise PickleRefused("a pickled torch module (torch.save(model)); save "
                                 "model.state_dict() instead")
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise PickleRefused(f"persistent id {_show(pid)}, expected ('storage', type, key, "
+            raise PickleRefused(f"persistent id {show(pid)}, expected ('storage', type, key, "
                                 f"location, size, view)")
         _, kind, key, _location, numel, view = pid
         root = _storage(kind, key, numel, roots)
@@ -301,7 +301,7 @@ def _parse_legacy(path, size, data):
         if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
                 and _KEY.fullmatch(view[0]) and all(type(v) is int and v >= 0 for v in view[1:])
                 and view[1] + view[2] <= numel):
-            raise PickleRefused(f"storage view {_show(view)} of a {numel}-element storage")
+            raise PickleRefused(f"storage view {show(view)} of a {numel}-element storage")
         ref = views.setdefault(view[0], StorageRef(view[0], root.dtype, view[2], root=root,
                                                    start=view[1]))
         if (ref.root, ref.start, ref.numel) != (root, view[1], view[2]):
@@ -311,7 +311,7 @@ def _parse_legacy(path, size, data):
     obj, pos = unpickle(data, pos, path, ALLOWED, persistent_load)
     keys, pos = unpickle(data, pos, path, {})
     if not isinstance(keys, list) or set(keys) != set(roots) or len(keys) != len(roots):
-        raise CheckpointError(f"{path}: the list of storages {_show(keys)} does not match the "
+        raise CheckpointError(f"{path}: the list of storages {show(keys)} does not match the "
                               f"{len(roots)} storages the object uses")
     for key in keys:
         ref = roots[key]
@@ -336,13 +336,13 @@ def state_dict_tensors(obj, path: str, what: str = "the file") -> dict[str, Stor
     """A pickled state dict ({name: tensor}) -> {name: Stored}; tied copies (a name whose
     tensor is the same elements as an earlier name's) map to the same Stored."""
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: {what} holds {_show(obj)}, expected a state dict "
+        raise CheckpointError(f"{path}: {what} holds {show(obj)}, expected a state dict "
                               f"(names -> tensors)")
     out, places = {}, {}
     for name, value in obj.items():
         if not isinstance(name, str) or not name.isprintable() or len(name) > 1000 \
                 or not isinstance(value, TensorRef):
-            raise CheckpointError(f"{path}: {what} maps {_show(name)} to {_show(value)}, "
+            raise CheckpointError(f"{path}: {what} maps {show(name)} to {show(value)}, "
                                   f"expected tensor names -> tensors")
         out[name] = places.setdefault(value.place(), value.stored(path))
     return out

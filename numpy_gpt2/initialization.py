@@ -20,8 +20,9 @@ import math
 
 import numpy as np
 
-from .checkpoint import expected_shapes, nest_params
+from .checkpoint import expected_shapes
 from .config import GPT2Config
+from .params import nest_params
 
 INIT_STD = 0.02  # GPT-2's initializer_range
 

@@ -26,10 +26,11 @@ import os
 import numpy as np
 
 from .backward import loss_and_grads
-from .checkpoint import checkpoint_writers, flatten_params, nest_params, write_files_atomically
-from .layers_backward import cross_entropy_sum_fast
+from .checkpoint import checkpoint_writers, write_files_atomically
+from .layers_backward_fast import cross_entropy_sum_fast
 from .model import forward
 from .optim import adamw_update, clip_grad_norm, grad_norm
+from .params import flatten_params, nest_params
 
 STATE_FILE = "train_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"

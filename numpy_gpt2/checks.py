@@ -1,0 +1,169 @@
+"""Checks of what comes in: token ids, training targets, generation arguments, gradient dicts.
+
+Each check raises ValueError (or returns the checked value) with a message that names the
+argument, what is wrong and what was expected, before any computation starts; the math
+modules call these and contain no validation of their own. `is_int`, `show` and `cut` are
+the small helpers the messages use everywhere (config.json and checkpoint errors too).
+Functions take the model's GPT2Config as `config` (only its fields are read).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .params import flatten_params
+
+
+def is_int(value) -> bool:
+    """An integer (a JSON integer, or a NumPy one) but not a bool (True == 1 in Python, not in JSON)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number (JSON int or float, or a NumPy one), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def show(value) -> str:
+    """repr(value) cut short, and its JSON type: error messages stay one readable line."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    try:
+        text = "null" if value is None else repr(value)
+    except RecursionError:  # [[[[...]]]] nested deeper than repr goes
+        text = "(deeply nested)"
+    return f"{cut(text)} ({kind})"
+
+
+def cut(text: str, limit: int = 60) -> str:
+    """text, cut to at most limit characters (ending in "...") for one-line messages."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ---- token ids and targets --------------------------------------------------------------
+
+def check_tokens(tokens, config, past: int = 0, capacity: int | None = None,
+                 what: str = "tokens") -> np.ndarray:
+    """Validate token ids: integers in [0, vocab_size), shape (T,) or (B, T), T >= 1, past + T <= n_ctx.
+
+    Returns them as an array; raises ValueError naming what is wrong. what: how messages name
+    the argument (generate passes "prompt tokens").
+    """
+    try:
+        tokens = np.asarray(tokens)
+    except ValueError:  # NumPy refuses ragged nesting, e.g. [[1, 2], [3]]
+        lengths = [len(row) if hasattr(row, "__len__") else "a number" for row in tokens]
+        raise ValueError(f"{what} must be one sequence (T,) or a batch (B, T) of equally long "
+                         f"sequences, got rows of lengths {lengths}") from None
+    if tokens.ndim not in (1, 2):
+        raise ValueError(f"{what} must have shape (T,) or (B, T), got shape {tokens.shape}")
+    if tokens.shape[-1] == 0 or tokens.size == 0:  # before the dtype: [] is a float array
+        raise ValueError(f"{what} must hold at least one position, got shape {tokens.shape} "
+                         f"(to start a text from nothing: [{config.eos_token_id}], <|endoftext|>)")
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got dtype {tokens.dtype}")
+    bad = (tokens < 0) | (tokens >= config.vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{what}: token id {int(tokens[where])} at index {where} is outside "
+                         f"[0, {config.vocab_size}) (vocab_size)")
+    limit = config.n_ctx if capacity is None else capacity
+    if past + tokens.shape[-1] > limit:
+        length = f"{past} cached + {tokens.shape[-1]} new" if past else f"{tokens.shape[-1]}"
+        raise ValueError(f"{what}: sequence of {length} positions is longer than the context "
+                         f"(n_ctx={config.n_ctx}{'' if capacity is None else f', cache holds {capacity}'})")
+    return tokens
+
+
+def check_forward_tokens(tokens, config, kv_cache: dict | None = None) -> np.ndarray:
+    """forward()'s tokens as an array: check_tokens, counting the positions a kv_cache already
+    holds and its capacity, and (with a cache) the batch size the cache was made for."""
+    past = 0 if kv_cache is None else kv_cache["length"]
+    capacity = None if kv_cache is None else kv_cache["keys"][0].shape[2]
+    tokens = check_tokens(tokens, config, past, capacity)
+    batch = 1 if tokens.ndim == 1 else tokens.shape[0]
+    if kv_cache is not None and kv_cache["keys"][0].shape[0] != batch:
+        raise ValueError(f"batch of {batch} sequences but the kv_cache was made for "
+                         f"{kv_cache['keys'][0].shape[0]}")
+    return tokens
+
+
+def check_targets(tokens, targets, config, ignore_index: int):
+    """Validate a training batch; returns (tokens, targets) as (B, T) int arrays.
+
+    targets must have the tokens' shape, be integers in [0, vocab_size) or ignore_index,
+    and keep at least one target (a mean over no targets is undefined).
+    """
+    tokens = check_tokens(tokens, config)
+    try:
+        targets = np.asarray(targets)
+    except ValueError:  # NumPy refuses ragged nesting
+        raise ValueError(f"targets must have the tokens' shape {tokens.shape}, got rows of "
+                         f"different lengths") from None
+    if targets.shape != tokens.shape:
+        raise ValueError(f"targets must have the tokens' shape {tokens.shape}, got {targets.shape}")
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integers, got dtype {targets.dtype}")
+    kept = targets != ignore_index
+    bad = kept & ((targets < 0) | (targets >= config.vocab_size))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"target id {int(targets[where])} at index {where} is outside "
+                         f"[0, {config.vocab_size}) (vocab_size) and is not ignore_index={ignore_index}")
+    if not kept.any():
+        raise ValueError(f"every target is ignore_index={ignore_index}: there is nothing to score")
+    if tokens.ndim == 1:
+        tokens, targets = tokens[None], targets[None]
+    return tokens, targets
+
+
+def check_prompt(tokens, config) -> np.ndarray:
+    """The prompt as an int64 array (T,) or (B, T): check_tokens, worded for a prompt
+    (empty, ragged, not integers, ids outside the vocabulary, longer than n_ctx: ValueError)."""
+    return check_tokens(tokens, config, what="prompt tokens").astype(np.int64)
+
+
+# ---- generation arguments ---------------------------------------------------------------
+
+def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None, num_samples=1,
+                        *, cli=False):
+    """Raise ValueError naming the first invalid generation parameter (nothing else happens).
+
+    cli=True: the messages name the command-line flags (--max-new-tokens, --top-k, ...).
+    """
+    def name(arg):
+        return "--" + arg.replace("_", "-") if cli else arg
+
+    no_limit = "leave it out for no limit" if cli else "or None for no limit"
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 0, got {max_new_tokens!r}")
+    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
+            or not np.isfinite(temperature) or temperature < 0):
+        raise ValueError(f"{name('temperature')} must be a finite number >= 0 (0 = greedy), "
+                         f"got {temperature!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
+        raise ValueError(f"{name('top_k')} must be an integer >= 1 ({no_limit}), got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, numbers.Real) or isinstance(top_p, bool)
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"{name('top_p')} must be in (0, 1] ({no_limit}), got {top_p!r}")
+    if not is_int(num_samples) or num_samples < 1:
+        raise ValueError(f"{name('num_samples')} must be an integer >= 1, got {num_samples!r}")
+
+
+# ---- gradient dicts ------------------------------------------------------------------------
+
+def check_mirrors_params(grads: dict, params: dict, what: str = "grads") -> dict:
+    """flatten_params(grads), after checking that it mirrors params: the same checkpoint keys,
+    and for each the parameter's shape and dtype. Raises ValueError naming the first key that
+    differs; what: how the message names grads."""
+    flat, expected = flatten_params(grads), flatten_params(params)
+    if flat.keys() != expected.keys():
+        raise ValueError(f"{what} must mirror params: missing {sorted(expected.keys() - flat.keys())[:3]}, "
+                         f"unexpected {sorted(flat.keys() - expected.keys())[:3]}")
+    for key, p in expected.items():
+        if flat[key].shape != p.shape or flat[key].dtype != p.dtype:
+            raise ValueError(f"{what}: {key!r} is {flat[key].dtype} {flat[key].shape}, expected "
+                             f"{p.dtype} {p.shape} (as params)")
+    return flat

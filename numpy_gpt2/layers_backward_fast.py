@@ -1,0 +1,271 @@
+"""The fast path of the backward pass: the gradients of numpy_gpt2/layers_backward.py arranged
+for speed, as layers_fast.py arranges the forward (2-D matmuls over the N = B*T rows,
+in-place updates, attention in query blocks), each tested equal to its readable twin
+(tests/test_fast_backward.py).
+
+The training forward, transformer_block_saving_fast (first below), keeps per block only
+what the backward needs: the block's input x, c_attn's output [q | k | v], each query's
+log-sum-exp, the merged heads y, x1 = x + attn, and c_fc's output u: 10 E numbers per
+position. The LayerNorm outputs and the GELU are recomputed (elementwise, cheap next to the
+matmuls), and the attention probabilities are recomputed one query block at a time from the
+log-sum-exp, so no (B, H, T, T) array is ever kept. The output head and the cross-entropy
+run fused, a chunk of rows at a time (lm_head_cross_entropy_fast).
+
+Shapes: B batch, T positions, N = B*T rows, E = n_embd, H = n_head, D = E // H, V = vocab size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .hooks import no_record, prefixed
+from .layers import split_heads
+from .layers_backward import GELU_C
+from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attention_fast, gelu_fast,
+                          layer_norm_fast, linear_fast, normalize)
+from .threads import thread_pool
+
+
+def transformer_block_saving_fast(x, block, n_head, eps, record=no_record):
+    """transformer_block() for training: returns (out, saved), where saved holds what
+    transformer_block_backward_fast (below) needs and nothing more.
+
+    x: (B, T, E), left as it is (it is saved: the block's input). out: a new (B, T, E) array.
+    saved: {"x": input (N, E), "qkv": c_attn's output (N, 3E), "lse": each query's attention
+    log-sum-exp (B, H, T), "y": the merged heads before c_proj (N, E), "x1": the residual
+    after attention (N, E), "u": c_fc's output before the GELU (N, 4E)}, N = B * T.
+    """
+    B, T, E = x.shape
+    x2d = x.reshape(B * T, E)
+    h = layer_norm_fast(x2d, **block["ln_1"], eps=eps)
+    record("ln_1", h)
+    qkv = linear_fast(h, **block["attn"]["c_attn"])
+    record("attn.c_attn", qkv)
+    q, k, v = (split_heads(a.reshape(B, T, E), n_head) for a in np.split(qkv, 3, axis=-1))
+    lse = np.empty((B, n_head, T), dtype=x.dtype)
+    y = causal_attention_fast(q, k, v, lse=lse, record=prefixed(record, "attn.")).reshape(B * T, E)
+    x1 = linear_fast(y, **block["attn"]["c_proj"])
+    record("attn", x1)
+    x1 += x2d
+    h = layer_norm_fast(x1, **block["ln_2"], eps=eps)
+    record("ln_2", h)
+    u = linear_fast(h, **block["mlp"]["c_fc"])
+    record("mlp.c_fc", u)
+    h = gelu_fast(u.copy())
+    record("mlp.gelu", h)
+    out = linear_fast(h, **block["mlp"]["c_proj"])
+    record("mlp.c_proj", out)
+    out += x1
+    return out.reshape(B, T, E), {"x": x2d, "qkv": qkv, "lse": lse, "y": y, "x1": x1, "u": u}
+
+
+def layer_norm_backward_fast(dout, xhat, std, weight):
+    """layer_norm_backward() from layers_fast.normalize()'s (xhat, std): the forward's own
+    normalization, so nothing is recomputed differently. dout, xhat: (N, E).
+
+    Returns (dx (N, E), {"weight", "bias"}); dx is a new array.
+    """
+    g = dout * xhat
+    grads = {"weight": g.sum(axis=0), "bias": dout.sum(axis=0)}
+    np.multiply(dout, weight, out=g)  # g = dL/dxhat
+    mean_gx = np.einsum("ne,ne->n", g, xhat)[:, None] / g.shape[-1]
+    g -= g.mean(axis=-1, keepdims=True)
+    g -= xhat * mean_gx
+    g /= std
+    return g, grads
+
+
+def gelu_and_derivative_fast(x):
+    """OVERWRITES x with gelu'(x) and returns gelu(x) as a new array: both in one pass, for
+    the MLP's backward (c_fc's output is not needed after that).
+
+    With s = 1 / (1 + exp(-2u)) = 0.5 (1 + tanh u), u = c (x + 0.044715 x^3), c = sqrt(2/pi):
+        gelu(x) = x s,   gelu'(x) = s + 2 c x s (1 - s) (1 + 3 * 0.044715 x^2)
+    (the forms of gelu() and gelu_backward() with tanh written through exp, as layers_fast.gelu_fast).
+    x: C-contiguous float array, processed in cache-sized chunks (layers_fast.GELU_CHUNK).
+    """
+    out = np.empty_like(x)
+    flat, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, flat.size, GELU_CHUNK):
+        part = slice(start, start + GELU_CHUNK)
+        _gelu_and_derivative_inplace(flat[part], flat_out[part])
+    return out
+
+
+def _gelu_and_derivative_inplace(x, out):
+    x2 = x * x
+    s = x2 * 0.044715
+    s += 1.0
+    s *= x
+    s *= -2.0 * GELU_C                  # s = -2u
+    with np.errstate(over="ignore"):    # x << 0: exp -> inf, s -> 0: gelu's and gelu''s limits
+        np.exp(s, out=s)
+    s += 1.0
+    np.reciprocal(s, out=s)             # s = 0.5 (1 + tanh u)
+    np.multiply(x, s, out=out)          # gelu(x)
+    x2 *= 3 * 0.044715
+    x2 += 1.0
+    x2 *= x
+    x2 *= 2.0 * GELU_C                  # 2 c x (1 + 3 * 0.044715 x^2)
+    x2 *= s
+    x2 *= 1.0 - s
+    x2 += s
+    x[...] = x2
+
+
+def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QUERY_BLOCK,
+                                   record=no_record):
+    """attention_backward() with the causal mask, one block of queries at a time.
+
+    dout, out: (B, H, T, D), the gradient of the attention output and the output itself;
+    q, k, v: (B, H, T, D); lse: (B, H, T) from causal_attention_fast(lse=...).
+    Writes dq, dk, dv (B, H, T, D) (views are fine). For query block [t0, t1) only keys
+    0 .. t1-1 matter; its probabilities are recomputed as P = exp(q k^T / sqrt(D) - lse), and
+    the softmax's row-sum term uses sum_j dP_ij P_ij = sum_d dout_id out_id (P v = out), so
+    it needs no second pass over the block.
+    record sees "softmax": dL/dP = dout v^T, (B, H, T, T), computed only when recording.
+    """
+    B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D)
+    delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
+    dk[...] = 0.0
+    dv[...] = 0.0
+    if record is not no_record:  # dL/dP for every (query, key), masked keys too, as autograd has it
+        record("softmax", dout @ np.swapaxes(v, -1, -2))
+    for t0 in range(0, T, block):
+        t1 = min(t0 + block, T)
+        qb = q[:, :, t0:t1] * scale
+        p = qb @ np.swapaxes(k[:, :, :t1], -1, -2)  # scores (B, H, n, t1)
+        if t1 - t0 > 1:
+            p[..., t0:] += _future_mask(t1 - t0, p.dtype)
+        p -= lse[:, :, t0:t1, None]
+        np.exp(p, out=p)                                             # P
+        dv[:, :, :t1] += np.swapaxes(p, -1, -2) @ dout[:, :, t0:t1]  # dv = P^T dout
+        dp = dout[:, :, t0:t1] @ np.swapaxes(v[:, :, :t1], -1, -2)   # dP = dout v^T
+        dp -= delta[:, :, t0:t1]
+        dp *= p                                                      # dS (of the scaled scores)
+        dq[:, :, t0:t1] = (dp @ k[:, :, :t1]) * scale
+        dk[:, :, :t1] += np.swapaxes(dp, -1, -2) @ qb                # qb carries the scale
+
+
+def _heads(a, B, n_head):
+    """(N, E) rows of B sequences -> (B, H, T, D) view."""
+    return split_heads(a.reshape(B, -1, a.shape[-1]), n_head)
+
+
+def _linear_grads(dout, x):
+    """linear_backward()'s weight gradients for 2-D dout (N, n_out), x (N, n_in)."""
+    return {"weight": x.T @ dout, "bias": dout.sum(axis=0)}
+
+
+def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record):
+    """transformer_block_backward() from what transformer_block_saving_fast kept, OVERWRITING
+    dout (and saved["u"]): returns (dx in dout's memory, grads).
+
+    dout: (N, E) with N = B*T rows.
+    saved: {"x", "qkv", "lse", "y", "x1", "u"}; "u" is overwritten too.
+    """
+    x, qkv, lse, y, x1, u = (saved[k] for k in ("x", "qkv", "lse", "y", "x1", "u"))
+    B = lse.shape[0]
+    ln_1, attn, ln_2, mlp = block["ln_1"], block["attn"], block["ln_2"], block["mlp"]
+
+    record("mlp.c_proj", dout)
+    xhat2, std2 = normalize(x1, eps)
+    g = gelu_and_derivative_fast(u)                        # u := gelu'(u)
+    dc_proj = _linear_grads(dout, g)
+    dg = np.matmul(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
+    record("mlp.gelu", dg)
+    dg *= u                                                # dL/du
+    record("mlp.c_fc", dg)
+    dc_fc = _linear_grads(dg, xhat2 * ln_2["weight"] + ln_2["bias"])
+    dh2 = dg @ mlp["c_fc"]["weight"].T
+    record("ln_2", dh2)
+    dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, std2, ln_2["weight"])
+    dout += dx1                                            # dout := dL/dx1
+    record("attn", dout)
+
+    dattn_proj = _linear_grads(dout, y)
+    dy = dout @ attn["c_proj"]["weight"].T
+    dqkv = np.empty_like(qkv)
+    causal_attention_backward_fast(
+        _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
+        _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
+        record=prefixed(record, "attn."))
+    record("attn.c_attn", dqkv)
+    xhat1, std1 = normalize(x, eps)
+    dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
+    dh1 = dqkv @ attn["c_attn"]["weight"].T
+    record("ln_1", dh1)
+    dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, std1, ln_1["weight"])
+    dout += dx
+    return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
+                  "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
+
+
+HEAD_ROWS = 1024  # positions per output-head chunk: a chunk's logits are 200 MB at V = 50257
+ROW_PIECE = 16   # rows per elementwise task: 3 MB of float32 logits at V = 50257, cache-sized
+
+
+def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_ROWS,
+                               record=no_record, record_grad=no_record):
+    """Output head, cross-entropy and their backward, fused, a chunk of rows at a time:
+    logits = h head^T, loss = masked_cross_entropy, dlogits = cross_entropy_backward,
+    dh = dlogits head, dhead = dlogits^T h; each chunk's logits turn into its gradient in
+    place, so the (N, V) logits never exist whole (unless someone records them).
+
+    h: (N, E); head: (V, E); targets: (N,) ints. Returns (loss, dh (N, E), dhead (V, E)).
+    """
+    N = h.shape[0]
+    if record is not no_record or record_grad is not no_record:
+        rows = N  # the recorded logits and their gradient are whole arrays
+    keep = targets != ignore_index
+    weight = keep / keep.sum()  # each row's share of the mean: 0 for ignored rows
+    safe = np.where(keep, targets, 0)
+    dh = np.empty_like(h)
+    # dhead is accumulated transposed, (E, V) = h^T dlogits: BLAS runs that product ~25%
+    # faster here than dlogits^T h, whose output has only E columns.
+    dhead_t = None
+    loss = 0.0
+    for r0 in range(0, N, rows):
+        r = slice(r0, min(r0 + rows, N))
+        z = h[r] @ head.T                               # logits (n, V)
+        record("logits", z)
+        loss += _cross_entropy_in_pieces(z, safe[r], weight[r])
+        record_grad("logits", z)
+        np.matmul(z, head, out=dh[r])
+        if dhead_t is None:
+            dhead_t = h[r].T @ z
+        else:
+            dhead_t += h[r].T @ z
+    return loss, dh, np.ascontiguousarray(dhead_t.T)
+
+
+def cross_entropy_sum_fast(logits, targets):
+    """sum_t -log softmax(logits_t)[targets_t] (token_nll(logits, targets).sum()), computed
+    IN PLACE (logits are overwritten) over cache-sized pieces of rows on every core.
+    logits: (N, V) C-contiguous; targets: (N,) ints. For evaluation: no (N, V) temporaries."""
+    return _cross_entropy_in_pieces(logits, np.asarray(targets), np.ones(logits.shape[0]))
+
+
+def _cross_entropy_in_pieces(z, targets, weight):
+    """_cross_entropy_rows (z OVERWRITTEN) over pieces of ROW_PIECE rows in threads: NumPy runs elementwise
+    work on one core, pieces in threads use them all (ufuncs release the GIL), and each
+    piece's passes stay in the cache."""
+    pieces = [slice(i, i + ROW_PIECE) for i in range(0, z.shape[0], ROW_PIECE)]
+    return sum(thread_pool().map(lambda p: _cross_entropy_rows(z[p], targets[p], weight[p]), pieces))
+
+
+def _cross_entropy_rows(z, targets, weight):
+    """Turn logits z (n, V) IN PLACE into w (softmax(z) - onehot(target)) per row, and return
+    sum_rows w (-log softmax(z)[target]): cross_entropy_backward and the loss, for rows
+    weighted by w (1/N for kept rows, 0 for ignored ones)."""
+    picked = np.arange(z.shape[0]), targets
+    z -= z.max(axis=-1, keepdims=True)
+    target_z = z[picked]
+    np.exp(z, out=z)
+    sums = z.sum(axis=-1, dtype=np.float64)
+    z *= (weight / sums)[:, None].astype(z.dtype)      # softmax, times the row's weight
+    z[picked] -= weight.astype(z.dtype)                # minus the one-hot, times the weight
+    return float(((np.log(sums) - target_z) * weight).sum())

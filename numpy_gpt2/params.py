@@ -1,0 +1,40 @@
+"""The parameter dict: GPT-2's weights as nested dicts and lists of NumPy arrays.
+
+    params["h"][3]["attn"]["c_attn"]["weight"]   is the checkpoint's "h.3.attn.c_attn.weight"
+
+The nesting mirrors the checkpoint's key names, so the layers take a module's weights with
+`**block["attn"]`; gradient dicts and the optimizer's moments have the same structure
+("grads mirror params"). flatten_params / nest_params convert to and from the flat
+{checkpoint key: array} dict that files store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def nest_params(flat: dict[str, np.ndarray]) -> dict:
+    """{"h.0.ln_1.weight": a, "wte.weight": b} -> {"h": [{"ln_1": {"weight": a}}], "wte": {"weight": b}}."""
+    params: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    if "h" in params:  # the layers {"0": ..., "1": ...} become a list, so params["h"][i] works
+        params["h"] = [params["h"][str(i)] for i in range(len(params["h"]))]
+    return params
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Inverse of nest_params: the nested weight dict -> {checkpoint key: array}."""
+    flat = {}
+    items = enumerate(params) if isinstance(params, list) else params.items()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)):
+            flat.update(flatten_params(v, key + "."))
+        else:
+            flat[key] = v
+    return flat

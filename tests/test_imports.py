@@ -1,0 +1,127 @@
+"""Imports point one way: no module of the package (or of the scripts) imports itself back
+through others. Imports are read from the source with ast, wherever they stand: an import
+inside a function counts as much as one at the top (it is the same dependency, only later).
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = "numpy_gpt2"
+
+
+def module_names(directory: pathlib.Path, package: str | None) -> dict[str, pathlib.Path]:
+    """{importable name: file} for the .py files of directory: "numpy_gpt2.layers" and
+    "numpy_gpt2" (its __init__) for the package, bare names ("bench") for a script folder."""
+    names = {}
+    for path in sorted(directory.glob("*.py")):
+        if package is None:
+            names[path.stem] = path
+        else:
+            names[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return names
+
+
+def imported(path: pathlib.Path, package: str | None, known) -> set[str]:
+    """The names in `known` that the file imports anywhere (relative imports resolved)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x, from .x import y: inside the package
+                base = ".".join(filter(None, [package, node.module]))
+            else:
+                base = node.module
+            # "from numpy_gpt2 import layers" imports the module numpy_gpt2.layers
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                       for alias in node.names]
+        else:
+            continue
+        for name in targets:
+            while name and name not in known:  # numpy_gpt2.x.y -> numpy_gpt2.x -> ...
+                name = name.rpartition(".")[0]
+            if name and name != path_name(path, package):
+                found.add(name)
+    return found
+
+
+def path_name(path: pathlib.Path, package: str | None) -> str:
+    if package is None:
+        return path.stem
+    return package if path.stem == "__init__" else f"{package}.{path.stem}"
+
+
+def import_graph(directory: pathlib.Path, package: str | None) -> dict[str, set[str]]:
+    names = module_names(directory, package)
+    return {name: imported(path, package, names) for name, path in names.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, in sorted order)."""
+    state, stack = {}, []  # state: 1 = on the current path, 2 = finished
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_package_has_no_import_cycle():
+    graph = import_graph(ROOT / PACKAGE, PACKAGE)
+    assert f"{PACKAGE}.model" in graph and f"{PACKAGE}.layers" in graph[f"{PACKAGE}.model"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+SCRIPT_FOLDERS = [d for d in ("scripts", "benchmarks", "examples") if (ROOT / d).is_dir()]
+
+
+@pytest.mark.parametrize("folder", SCRIPT_FOLDERS)
+def test_scripts_have_no_import_cycle(folder):
+    graph = import_graph(ROOT / folder, None)
+    if folder == "scripts":  # the benchmarks' known circle, while they still live in scripts/
+        known = {"bench", "bench_startup", "bench_train"}
+        if find_cycle(graph) and set(find_cycle(graph)) <= known:
+            graph = {name: set() if name in known else targets for name, targets in graph.items()}
+            assert find_cycle(graph) is None, "import cycle in scripts/: " + " -> ".join(find_cycle(graph))
+            pytest.xfail("scripts/bench.py, bench_startup.py and bench_train.py import each other "
+                         "until the benchmarks have a folder of their own")
+    cycle = find_cycle(graph)
+    assert cycle is None, f"import cycle in {folder}/: " + " -> ".join(cycle)
+
+
+def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
+    """The check itself: a cycle closed by an import inside a function, a relative import
+    and an absolute one are all seen."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("from . import b\n\ndef f():\n    return b.g()\n")
+    (pkg / "b.py").write_text("def g():\n    from pkg.c import h\n    return h()\n")
+    (pkg / "c.py").write_text("import numpy\n")
+    graph = import_graph(pkg, "pkg")
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": set()}
+    assert find_cycle(graph) is None
+    (pkg / "c.py").write_text("def h():\n    from .a import f\n    return f\n")
+    assert find_cycle(import_graph(pkg, "pkg")) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
