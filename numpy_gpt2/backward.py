@@ -87,7 +87,8 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     inputs = []  # the input of each block: all its backward needs
     for i, block in enumerate(params["h"]):
         inputs.append(x)
-        x = transformer_block(x, block, n_head, eps, record=prefixed(record, f"h.{i}."))
+        x = transformer_block(x, block, n_head, eps, record=prefixed(record, f"h.{i}."),
+                              **config.block_options(i))
         record(f"h.{i}", x)
     h = layer_norm(x, **params["ln_f"], eps=eps)
     record("ln_f", h)
@@ -104,7 +105,8 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     for i in reversed(range(config.n_layer)):
         record_grad(f"h.{i}", dx)
         dx, dblocks[i] = transformer_block_backward(dx, inputs[i], params["h"][i], n_head, eps,
-                                                    record=prefixed(record_grad, f"h.{i}."))
+                                                    record=prefixed(record_grad, f"h.{i}."),
+                                                    **config.block_options(i))
     record_grad("wpe", dx)
     record_grad("wte", dx)
     return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks)
@@ -138,7 +140,8 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     record("wpe", wpe[:T])
     saved = []
     for i, block in enumerate(params["h"]):
-        x, kept = transformer_block_saving_fast(x, block, n_head, eps, record=prefixed(record, f"h.{i}."))
+        x, kept = transformer_block_saving_fast(x, block, n_head, eps, record=prefixed(record, f"h.{i}."),
+                                                **config.block_options(i))
         saved.append(kept)
         record(f"h.{i}", x)
     x = x.reshape(B * T, E)
@@ -154,7 +157,8 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     for i in reversed(range(config.n_layer)):
         record_grad(f"h.{i}", dx)
         dx, dblocks[i] = transformer_block_backward_fast(dx, saved.pop(), params["h"][i], n_head, eps,
-                                                         record=prefixed(record_grad, f"h.{i}."))
+                                                         record=prefixed(record_grad, f"h.{i}."),
+                                                         **config.block_options(i))
     dx = dx.reshape(B, T, E)
     record_grad("wpe", dx)
     record_grad("wte", dx)

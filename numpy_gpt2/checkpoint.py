@@ -35,7 +35,7 @@ _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """Every parameter key of a GPT-2 checkpoint (without ``transformer.``) -> its shape."""
-    E, V, P = config.n_embd, config.vocab_size, config.n_ctx
+    E, V, P, M = config.n_embd, config.vocab_size, config.n_ctx, config.mlp_width
     shapes = {"wte.weight": (V, E), "wpe.weight": (P, E)}
     for i in range(config.n_layer):
         for name, shape in [
@@ -43,8 +43,8 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
             ("attn.c_attn.weight", (E, 3 * E)), ("attn.c_attn.bias", (3 * E,)),
             ("attn.c_proj.weight", (E, E)), ("attn.c_proj.bias", (E,)),
             ("ln_2.weight", (E,)), ("ln_2.bias", (E,)),
-            ("mlp.c_fc.weight", (E, 4 * E)), ("mlp.c_fc.bias", (4 * E,)),
-            ("mlp.c_proj.weight", (4 * E, E)), ("mlp.c_proj.bias", (E,)),
+            ("mlp.c_fc.weight", (E, M)), ("mlp.c_fc.bias", (M,)),
+            ("mlp.c_proj.weight", (M, E)), ("mlp.c_proj.bias", (E,)),
         ]:
             shapes[f"h.{i}.{name}"] = shape
     shapes["ln_f.weight"] = (E,)
@@ -220,11 +220,13 @@ def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
             "n_ctx": config.n_ctx, "n_positions": config.n_ctx, "vocab_size": config.vocab_size,
-            "n_inner": None, "activation_function": config.activation_function,
+            "n_inner": config.n_inner, "activation_function": config.activation_function,
             "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02,
             "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
-            "scale_attn_weights": True, "use_cache": True,
+            "scale_attn_weights": config.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
+            "reorder_and_upcast_attn": config.reorder_and_upcast_attn, "use_cache": True,
             "tie_word_embeddings": config.tie_word_embeddings,
             "torch_dtype": np.dtype(dtype).name}
 

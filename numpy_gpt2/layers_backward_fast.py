@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from .activation_functions import TANH_GELU_NAMES, activation_fast
 from .hooks import no_record, prefixed
 from .layers import split_heads
 from .layers_backward import GELU_C
@@ -28,7 +29,8 @@ from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attentio
 from .threads import thread_pool
 
 
-def transformer_block_saving_fast(x, block, n_head, eps, record=no_record):
+def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, *, act="gelu_new",
+                                  scale=None):
     """transformer_block() for training: returns (out, saved), where saved holds what
     transformer_block_backward_fast (below) needs and nothing more.
 
@@ -36,6 +38,8 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record):
     saved: {"x": input (N, E), "qkv": c_attn's output (N, 3E), "lse": each query's attention
     log-sum-exp (B, H, T), "y": the merged heads before c_proj (N, E), "x1": the residual
     after attention (N, E), "u": c_fc's output before the GELU (N, 4E)}, N = B * T.
+    act, scale: the MLP's activation function and the attention scores' factor (as in
+    layers.transformer_block).
     """
     B, T, E = x.shape
     x2d = x.reshape(B * T, E)
@@ -45,7 +49,8 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record):
     record("attn.c_attn", qkv)
     q, k, v = (split_heads(a.reshape(B, T, E), n_head) for a in np.split(qkv, 3, axis=-1))
     lse = np.empty((B, n_head, T), dtype=x.dtype)
-    y = causal_attention_fast(q, k, v, lse=lse, record=prefixed(record, "attn.")).reshape(B * T, E)
+    y = causal_attention_fast(q, k, v, lse=lse, record=prefixed(record, "attn."),
+                              scale=scale).reshape(B * T, E)
     x1 = linear_fast(y, **block["attn"]["c_proj"])
     record("attn", x1)
     x1 += x2d
@@ -53,7 +58,7 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record):
     record("ln_2", h)
     u = linear_fast(h, **block["mlp"]["c_fc"])
     record("mlp.c_fc", u)
-    h = gelu_fast(u.copy())
+    h = gelu_fast(u.copy()) if act in TANH_GELU_NAMES else activation_fast(act)[0](u)
     record("mlp.gelu", h)
     out = linear_fast(h, **block["mlp"]["c_proj"])
     record("mlp.c_proj", out)
@@ -116,7 +121,7 @@ def _gelu_and_derivative_inplace(x, out):
 
 
 def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QUERY_BLOCK,
-                                   record=no_record):
+                                   record=no_record, scale=None):
     """attention_backward() with the causal mask, one block of queries at a time.
 
     dout, out: (B, H, T, D), the gradient of the attention output and the output itself;
@@ -126,9 +131,10 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     the softmax's row-sum term uses sum_j dP_ij P_ij = sum_d dout_id out_id (P v = out), so
     it needs no second pass over the block.
     record sees "softmax": dL/dP = dout v^T, (B, H, T, T), computed only when recording.
+    scale: the scores' factor, 1 / sqrt(D) unless the config changes it.
     """
     B, H, T, D = q.shape
-    scale = 1.0 / math.sqrt(D)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
     delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
     dk[...] = 0.0
     dv[...] = 0.0
@@ -160,12 +166,14 @@ def _linear_grads(dout, x):
     return {"weight": x.T @ dout, "bias": dout.sum(axis=0)}
 
 
-def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record):
+def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record, *,
+                                    act="gelu_new", scale=None):
     """transformer_block_backward() from what transformer_block_saving_fast kept, OVERWRITING
     dout (and saved["u"]): returns (dx in dout's memory, grads).
 
     dout: (N, E) with N = B*T rows.
-    saved: {"x", "qkv", "lse", "y", "x1", "u"}; "u" is overwritten too.
+    saved: {"x", "qkv", "lse", "y", "x1", "u"}; "u" is overwritten too. act, scale: as in
+    transformer_block_saving_fast.
     """
     x, qkv, lse, y, x1, u = (saved[k] for k in ("x", "qkv", "lse", "y", "x1", "u"))
     B = lse.shape[0]
@@ -173,7 +181,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
 
     record("mlp.c_proj", dout)
     xhat2, std2 = normalize(x1, eps)
-    g = gelu_and_derivative_fast(u)                        # u := gelu'(u)
+    g = _activation_and_derivative(u, act)                 # u := gelu'(u)
     dc_proj = _linear_grads(dout, g)
     dg = np.matmul(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
     record("mlp.gelu", dg)
@@ -192,7 +200,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     causal_attention_backward_fast(
         _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
         _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
-        record=prefixed(record, "attn."))
+        record=prefixed(record, "attn."), scale=scale)
     record("attn.c_attn", dqkv)
     xhat1, std1 = normalize(x, eps)
     dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
@@ -202,6 +210,17 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     dout += dx
     return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
                   "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
+
+
+def _activation_and_derivative(u, act):
+    """(f(u) as a new array, u overwritten with f'(u)): the tanh GELU in one fused pass,
+    other activation functions from activation_functions.activation_fast."""
+    if act in TANH_GELU_NAMES:
+        return gelu_and_derivative_fast(u)
+    f, derivative = activation_fast(act)
+    g = f(u)
+    u[...] = derivative(u)
+    return g
 
 
 HEAD_ROWS = 1024  # positions per output-head chunk: a chunk's logits are 200 MB at V = 50257
