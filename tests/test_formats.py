@@ -234,6 +234,53 @@ def test_nanogpt_checkpoint_weights_and_config(tmp_path, zip_layout, variant):
         assert np.array_equal(got, want), key
 
 
+@pytest.mark.parametrize("variant", ["plain", "bias=False+compiled", "padded-50304"])
+def test_nanogpt_logits_match_transformers_with_exact_gelu(tmp_path, variant):
+    """The oracle: transformers' GPT-2 with activation_function "gelu" (nn.GELU's exact erf
+    form, nanoGPT's MLP) holding the same weights (zero biases for bias=False, the padded
+    vocabulary's zero rows)."""
+    vocab = 50257 if variant.startswith("padded") else 97
+    config, sd = small(vocab_size=vocab, n_embd=16 if vocab > 1000 else 32)
+    bias = not variant.startswith("bias=False")
+    pad = 50304 if variant.startswith("padded") else None
+    save_torch(tmp_path / "ckpt.pt", nanogpt_checkpoint(sd, config.n_head, config.n_positions, vocab,
+                                                        bias=bias, compiled="compiled" in variant,
+                                                        pad_to=pad))
+    params, cfg = numpy_gpt2.load(tmp_path / "ckpt.pt", dtype=np.float64)
+    config.activation_function = "gelu"
+    config.vocab_size = pad or vocab
+    weights = {k: (torch.zeros_like(v) if not bias and k.endswith(".bias") else v) for k, v in sd.items()}
+    if pad:
+        weights["wte.weight"] = torch.cat([sd["wte.weight"], torch.zeros(pad - vocab, config.n_embd)])
+    model = hf_model(config, weights).double()
+    diff = float(np.abs(numpy_gpt2.forward(params, cfg, TOKENS) - logits(model, TOKENS)).max())
+    report(f"nanoGPT ckpt.pt {variant} (float64)", diff)
+    assert diff < 1e-9
+
+
+def test_nanogpt_checkpoint_as_train_init(tmp_path, tokenizer_dir, monkeypatch, capsys):
+    """scripts/train.py --init ckpt.pt fine-tunes a nanoGPT model (GPT-2 vocabulary padded to
+    50304, bias=False, exact GELU) and saves it as a Hugging Face checkpoint that keeps
+    activation_function "gelu"."""
+    from run_scripts import run_script
+    config, sd = small(vocab_size=50257, n_embd=16, n_ctx=32)
+    save_torch(tmp_path / "ckpt.pt", nanogpt_checkpoint(sd, config.n_head, 32, 50257, bias=False,
+                                                        pad_to=50304))
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question. " * 40)
+    monkeypatch.setenv("NUMPY_GPT2_TOKENIZER", tokenizer_dir)
+    status, _, err = run_script("train", ["--init", tmp_path / "ckpt.pt", "--data", tmp_path / "text.txt",
+                                          "--out", tmp_path / "out", "--block-size", 16,
+                                          "--batch-size", 2, "--max-iters", 2, "--eval-iters", 1,
+                                          "--lr", 1e-3, "--warmup-iters", 0], capsys)
+    assert status == 0, err
+    tuned, cfg = numpy_gpt2.load(tmp_path / "out")
+    assert cfg.activation_function == "gelu" and cfg.vocab_size == 50304
+    with open(tmp_path / "out" / "config.json") as f:
+        assert json.load(f)["activation_function"] == "gelu"
+    start, _ = numpy_gpt2.load(tmp_path / "ckpt.pt")
+    assert 0 < np.abs(tuned["h"][0]["mlp"]["c_fc"]["weight"] - start["h"][0]["mlp"]["c_fc"]["weight"]).max() < 3e-3
+
+
 def test_nanogpt_bias_false_rejects_a_bias(tmp_path):
     config, sd = small()
     ckpt = nanogpt_checkpoint(sd, config.n_head, config.n_positions, 97, bias=False)
