@@ -230,10 +230,13 @@ def _entry_start(path, info: zipfile.ZipInfo, size: int) -> int:
             or info.compress_size != info.file_size:
         raise CheckpointError(f"{path}: {info.filename} is compressed or encrypted (torch.save "
                               f"stores entries uncompressed)")
+    if not 0 <= info.header_offset <= size - 30:
+        raise CheckpointError(f"{path}: {info.filename}: its local zip header would be at byte "
+                              f"{info.header_offset} of a {size}-byte file")
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)
-        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        if local[:4] != b"PK\x03\x04":
             raise CheckpointError(f"{path}: {info.filename}: no local zip header at byte "
                                   f"{info.header_offset}")
         start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
