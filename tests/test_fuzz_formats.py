@@ -14,13 +14,11 @@ cores; NUMPY_GPT2_FUZZ_SCALE=10 runs ten times as many.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
 import os
 import shutil
-import signal
 import tempfile
 import tracemalloc
 import zipfile
@@ -36,6 +34,7 @@ from format_files import hf_model, llmc_bytes, nanogpt_checkpoint, save_torch, s
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.checkpoint import expected_shapes
 from numpy_gpt2.params import flatten_params
+from test_fuzz_checkpoint import alarm
 
 SCALE = float(os.environ.get("NUMPY_GPT2_FUZZ_SCALE", "1"))
 FILES = ["zip.bin", "legacy.bin", "ckpt.pt", "legacy-ckpt.pt", "llmc.bin", "shard.safetensors"]
@@ -83,19 +82,6 @@ def pristine() -> dict:
 def workdir():
     with tempfile.TemporaryDirectory(prefix="numpy_gpt2_fuzz_formats_") as d:
         yield d
-
-
-@contextlib.contextmanager
-def alarm(seconds):
-    def ring(signum, frame):
-        raise TimeoutError(f"load() took more than {seconds} s")
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def fresh(workdir, name):
