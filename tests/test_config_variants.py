@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
@@ -112,6 +112,7 @@ def test_reorder_and_upcast_attn_float32():
     check_against_transformers(params, config, model, np.float32, "reorder_and_upcast_attn")
 
 
+@settings(max_examples=8)  # each example builds and runs a transformers model (~2 s)
 @given(act=st.sampled_from(sorted(ACTIVATIONS)), n_inner=st.sampled_from([None, 8, 48]),
        scaled=st.booleans(), by_layer=st.booleans(), seed=st.integers(0, 2**16))
 def test_variant_combinations(act, n_inner, scaled, by_layer, seed):
@@ -119,6 +120,17 @@ def test_variant_combinations(act, n_inner, scaled, by_layer, seed):
                                           scale_attn_weights=scaled,
                                           scale_attn_by_inverse_layer_idx=by_layer)
     check_against_transformers(params, config, model, np.float64, "combination")
+
+
+def test_kv_cache_decoding_with_variants():
+    """Token by token with the cache = all at once, with the per-layer attention scale."""
+    params, config, _ = variant_model(activation_function="gelu", scale_attn_weights=False,
+                                      scale_attn_by_inverse_layer_idx=True, n_inner=24)
+    full = numpy_gpt2.forward(params, config, TOKENS)
+    cache = numpy_gpt2.new_kv_cache(config, batch_size=2, dtype=np.float64)
+    steps = [numpy_gpt2.forward(params, config, TOKENS[:, t:t + 1], kv_cache=cache)
+             for t in range(TOKENS.shape[1])]
+    assert np.abs(np.concatenate(steps, axis=1) - full).max() < 1e-12
 
 
 def test_variants_round_trip_through_config_json(tmp_path, tokenizer_dir):
