@@ -28,21 +28,26 @@ The forward pass itself only calls `record(name, array)` at each of these points
 default `record` does nothing, so nothing is copied or kept unless you ask.
 
 Gradients, for ports of training code (see `gradients`): "grad.<activation name>" is
-dloss/d(that activation), same shape, listed in BACKWARD order (grad.logits, grad.ln_f,
-grad.h.{L-1}, grad.h.{L-1}.mlp.c_proj, ..., grad.h.0.ln_1, grad.wpe, grad.wte), and
-"grad.<checkpoint key>" is dloss/d(that weight) (grad.h.3.attn.c_attn.weight, grad.wte.weight),
-also in backward order. The loss is the mean cross-entropy of `targets` (numpy_gpt2.loss_and_grads).
+dloss/d(that activation), same shape, and "grad.<checkpoint key>" is dloss/d(that weight)
+(grad.h.3.attn.c_attn.weight, grad.wte.weight). Their BACKWARD order is the order in which
+the backward pass computes them, read off the pass itself (backward_pass_order,
+gradient_order_key): grad.logits, grad.ln_f, grad.ln_f.weight, ..., grad.h.{L-1},
+grad.h.{L-1}.mlp.c_proj, grad.h.{L-1}.mlp.c_proj.weight, ..., grad.h.0.ln_1.bias, grad.wpe,
+grad.wte, grad.wpe.weight, grad.wte.weight. The loss is the mean cross-entropy of `targets`
+(numpy_gpt2.loss_and_grads).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 
 import numpy as np
 
 from .backward import loss_and_grads
 from .config import GPT2Config
+from .initialization import init_params
 from .model import forward
 from .params import flatten_params
 
@@ -123,15 +128,10 @@ def forward_order_key(name: str) -> tuple:
     return (3, 0, name)
 
 
-
 # ---- gradients ----------------------------------------------------------------------------
 
 GRAD = "grad."  # prefix of gradient names: "grad.h.0.ln_1", "grad.h.0.attn.c_attn.weight"
 IGNORE_INDEX = -100  # a target that is not scored (torch's cross_entropy default)
-
-# The weights of block i in the order the backward pass finishes their gradients: it walks
-# the block from its output back to its input (weight before bias inside a module).
-BLOCK_PARAMS_BACKWARD = ("mlp.c_proj", "mlp.c_fc", "ln_2", "attn.c_proj", "attn.c_attn", "ln_1")
 
 
 def gradient_names(config: GPT2Config, softmax: bool = True) -> list[str]:
@@ -142,35 +142,55 @@ def gradient_names(config: GPT2Config, softmax: bool = True) -> list[str]:
 
 
 def parameter_gradient_names(params: dict) -> list[str]:
-    """"grad.<checkpoint key>" for every weight in `params`, in backward order (see
-    gradient_order_key): lm_head (untied only), ln_f, blocks L-1 .. 0, wpe, wte last."""
+    """"grad.<checkpoint key>" for every weight in `params`, in the order the backward pass
+    computes them (see gradient_order_key): lm_head (untied only), ln_f, blocks L-1 .. 0,
+    wpe, wte last."""
     return sorted((GRAD + key for key in flatten_params(params)), key=gradient_order_key)
 
 
+@functools.lru_cache(maxsize=1)
+def backward_pass_order() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The order in which the backward pass produces every gradient, read off the pass itself:
+    loss_and_grads' record_grad sees each activation's and each weight's gradient as it is
+    computed. Run once, on a tiny 2-layer model with an untied head (every name occurs), and
+    split into (before the blocks, one block with "h.{i}." removed, after the blocks); the
+    two blocks must agree, so the order holds for any n_layer."""
+    config = GPT2Config(n_layer=2, n_head=1, n_embd=4, n_ctx=2, vocab_size=3,
+                        tie_word_embeddings=False)
+    params = init_params(config)
+    seen = []
+    loss_and_grads(params, config, [[0, 1]], [[1, 2]], record_grad=lambda name, _: seen.append(name))
+    blocks = [i for i, name in enumerate(seen) if name.startswith("h.")]
+    before, after = tuple(seen[:blocks[0]]), tuple(seen[blocks[-1] + 1:])
+    block = [[re.sub(r"^h\.\d+\.?", "", n) for n in seen if n.startswith(f"h.{i}.") or n == f"h.{i}"]
+             for i in (1, 0)]
+    if block[0] != block[1] or seen[blocks[0]:blocks[-1] + 1] != [
+            f"h.{i}.{n}".rstrip(".") for i in (1, 0) for n in block[0]]:
+        raise AssertionError(f"the backward pass's blocks do not repeat one order: {seen}")
+    return before, tuple(block[0]), after
+
+
 def gradient_order_key(name: str) -> tuple:
-    """Sort key putting "grad.*" names in backward order for any n_layer: first the
-    activation gradients (grad.logits, grad.ln_f, grad.h.{L-1}, ..., grad.h.0.ln_1,
-    grad.wpe, grad.wte), then the parameter gradients in the order the backward pass
-    finishes them: grad.lm_head.weight (untied head), grad.ln_f.*, then blocks L-1 .. 0
-    (each: mlp.c_proj, mlp.c_fc, ln_2, attn.c_proj, attn.c_attn, ln_1; weight, bias),
-    grad.wpe.weight, and grad.wte.weight LAST: with a tied head it sums the output head's
-    part (computed first) and the embedding's (computed last). Unknown names sort last."""
-    if not name.startswith(GRAD):
-        return (2,)
-    key = name[len(GRAD):]
-    forward = forward_order_key(key)
-    if forward[0] < 3:  # an activation: the forward order reversed
-        return (0,) + tuple(-int(k) for k in forward)
-    output_end, input_end = ["lm_head.weight", "ln_f.weight", "ln_f.bias"], ["wpe.weight", "wte.weight"]
-    if key in output_end:
-        return (1, 0, output_end.index(key))
-    m = re.fullmatch(r"h\.(\d+)\.(.+)\.(weight|bias)", key)
-    if m and m.group(2) in BLOCK_PARAMS_BACKWARD:
-        return (1, 1, -int(m.group(1)), BLOCK_PARAMS_BACKWARD.index(m.group(2)),
-                m.group(3) == "bias")
-    if key in input_end:
-        return (1, 2, input_end.index(key))
-    return (2,)
+    """Sort key putting "grad.*" names, activations' and weights' mixed, in the order the
+    backward pass produces them, for any n_layer (backward_pass_order): grad.logits,
+    grad.lm_head.weight (untied head), grad.ln_f, grad.ln_f.weight, grad.ln_f.bias, then
+    blocks L-1 .. 0, each from its output back to its input with every module's weight
+    gradients between the gradients of its output and of its input (grad.h.{i},
+    grad.h.{i}.mlp.c_proj, grad.h.{i}.mlp.c_proj.weight, .bias, grad.h.{i}.mlp.gelu, ...,
+    grad.h.{i}.ln_1, grad.h.{i}.ln_1.weight, .bias), then grad.wpe, grad.wte,
+    grad.wpe.weight and grad.wte.weight LAST (with a tied head it sums the output head's
+    part, computed first, and the embedding's). So the first wrong gradient in this order
+    is the earliest wrong number a port computed. Unknown names sort last."""
+    before, block, after = backward_pass_order()
+    key = name[len(GRAD):] if name.startswith(GRAD) else None
+    m = re.fullmatch(r"h\.(\d+)(?:\.(.+))?", key or "")
+    if key in before:
+        return (0, before.index(key))
+    if m and (m.group(2) or "") in block:
+        return (1, -int(m.group(1)), block.index(m.group(2) or ""))
+    if key in after:
+        return (2, after.index(key))
+    return (3,)
 
 
 def next_token_targets(tokens, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -208,11 +228,12 @@ def gradients(params: dict, config: GPT2Config, tokens, targets, names="*",
     single = tokens.ndim == 1
     captured = {}
 
-    def record_grad(name, value):  # value: (B, T, ...) always
-        if GRAD + name in keep:
+    wanted_acts = keep.intersection(act_names)
+
+    def record_grad(name, value):  # value: (B, T, ...) always (weights' come from grads below)
+        if GRAD + name in wanted_acts:
             captured[GRAD + name] = np.array(value[0] if single else value)  # may be reused
 
-    wanted_acts = keep.intersection(act_names)
     loss, grads = loss_and_grads(params, config, tokens, targets, ignore_index,
                                  reference=reference, record_grad=record_grad if wanted_acts else None)
     flat = flatten_params(grads)

@@ -18,7 +18,7 @@ from .checks import check_mirrors_params, check_targets
 from .config import GPT2Config
 from .errors import NonFiniteError
 from .finite import all_finite, check_finite_logits
-from .hooks import no_record, prefixed
+from .hooks import is_weight_name, no_record, prefixed, record_weights
 from .layers import layer_norm, transformer_block
 from .layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
                               position_embedding_backward, transformer_block_backward)
@@ -44,7 +44,11 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     record(name, array): sees the forward activations (names as numpy_gpt2.activations).
     record_grad(name, array): sees dloss/d(activation) for every activation name, in
         backward order (logits, ln_f, h.{L-1}, h.{L-1}.mlp.c_proj, ..., h.0.ln_1, wpe, wte),
-        every array with a batch axis. Arrays may be reused after the call: copy what you keep.
+        every array with a batch axis; and dloss/d(weight) under the weight's checkpoint key
+        (h.3.mlp.c_fc.weight; lm_head.weight only when untied) where the backward pass
+        computes it, between the gradients of that module's output and input (wpe.weight,
+        wte.weight last, after the whole pass: wte's sums the tied head's part). Arrays may
+        be reused after the call: copy what you keep.
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
     Raises ValueError for bad tokens or targets, before any work.
     """
@@ -99,8 +103,11 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     dlogits = cross_entropy_backward(logits, targets, ignore_index)
     record_grad("logits", dlogits)
     dh, dhead = lm_head_backward(dlogits, h, head)
+    if head is not wte:
+        record_grad("lm_head.weight", dhead)
     record_grad("ln_f", dh)
     dx, dln_f = layer_norm_backward(dh, x, params["ln_f"]["weight"], eps)
+    record_weights(record_grad, "ln_f", dln_f)
     dblocks = [None] * config.n_layer
     for i in reversed(range(config.n_layer)):
         record_grad(f"h.{i}", dx)
@@ -109,16 +116,17 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
                                                     **config.block_options(i))
     record_grad("wpe", dx)
     record_grad("wte", dx)
-    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks)
+    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks, record_grad)
 
 
-def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks):
-    """The gradient dict, shaped like params, from the pieces of the backward pass."""
+def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks, record_grad):
+    """The gradient dict, shaped like params, from the pieces of the backward pass (the
+    embeddings' gradients are computed here: wpe's, then wte's, both passed to record_grad)."""
     tied = "lm_head" not in params  # then wte is the embedding AND the output head
-    grads = {"wte": {"weight": embedding_backward(dx0, tokens, config.vocab_size,
-                                                  dwte=dhead if tied else None)},
-             "wpe": {"weight": position_embedding_backward(dx0, config.n_ctx)},
-             "h": dblocks, "ln_f": dln_f}
+    dwpe = record_weights(record_grad, "wpe", {"weight": position_embedding_backward(dx0, config.n_ctx)})
+    dwte = record_weights(record_grad, "wte", {"weight": embedding_backward(
+        dx0, tokens, config.vocab_size, dwte=dhead if tied else None)})
+    grads = {"wte": dwte, "wpe": dwpe, "h": dblocks, "ln_f": dln_f}
     if not tied:
         grads["lm_head"] = {"weight": dhead}
     return {key: grads[key] for key in params}  # the params' key order too
@@ -150,8 +158,11 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     record("ln_f", h)
     loss, dh, dhead = lm_head_cross_entropy_fast(h, head, targets.reshape(-1), ignore_index,
                                                  record=record, record_grad=record_grad)
+    if head is not wte:
+        record_grad("lm_head.weight", dhead)
     record_grad("ln_f", dh)
     dx, dln_f = layer_norm_backward_fast(dh, xhat, std, params["ln_f"]["weight"])
+    record_weights(record_grad, "ln_f", dln_f)
     del x, xhat, h, dh
     dblocks = [None] * config.n_layer
     for i in reversed(range(config.n_layer)):
@@ -162,7 +173,7 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     dx = dx.reshape(B, T, E)
     record_grad("wpe", dx)
     record_grad("wte", dx)
-    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks)
+    return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks, record_grad)
 
 
 def _batched(record, B, T):
@@ -172,6 +183,7 @@ def _batched(record, B, T):
         return no_record
 
     def see(name, a):
-        a = a.reshape(B, T, *a.shape[1:]) if a.ndim == 2 and a.shape[0] == B * T else a
+        rows = a.ndim == 2 and a.shape[0] == B * T and not is_weight_name(name)
+        a = a.reshape(B, T, *a.shape[1:]) if rows else a
         record(name, np.array(a))
     return see

@@ -64,7 +64,8 @@ def _strip_prefix(names, path) -> dict[str, str]:
     return mapping
 
 
-def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict, GPT2Config]:
+def load(source, dtype=np.float32, *, threads: int | None = None,
+         n_head: int | None = None) -> tuple[dict, GPT2Config]:
     """Load a GPT-2 checkpoint: ``params, config = load(source, dtype)``.
 
     source: a directory holding ``model.safetensors`` (and usually ``config.json``), or a
@@ -75,6 +76,10 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     dtype: float32 (default) or float64; F16/BF16/F32/F64 files are converted to it.
     threads: threads that copy the weights out of the file (default: the CPUs this process
     may use, at most 8); the result does not depend on it.
+    n_head: the number of attention heads, for a checkpoint without config.json whose shapes
+    are not a published GPT-2 model's (the weights do not show the head count; without
+    config.json and without n_head such a checkpoint raises CheckpointError). With a
+    config.json it must agree with the file's n_head.
     Returns the nested weight dict (checkpoint names, buffers dropped) and the config.
     Raises CheckpointError naming the file and the key/shape/dtype that is wrong, or the key
     and index of the first NaN or inf in a weight.
@@ -88,6 +93,8 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
     threads = _default_threads() if threads is None else threads
     if not is_int(threads) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if n_head is not None and (not is_int(n_head) or n_head < 1):
+        raise ValueError(f"n_head must be a positive integer (or None), got {n_head!r}")
     found = find_checkpoint(source)
     weights, config_path = found.weights, found.config_path
     header = {n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in found.tensors.items()}
@@ -101,10 +108,17 @@ def load(source, dtype=np.float32, *, threads: int | None = None) -> tuple[dict,
                 f"{', '.join(FILE_DTYPES)}")
     if found.config:  # nanoGPT's model_args, llm.c's header
         config, config_from = found.config, f"its {found.format} header"
+        if n_head is not None and n_head != config.n_head:
+            raise CheckpointError(f"{weights}: n_head={config.n_head} ({config_from}), but "
+                                  f"load() was given n_head={n_head}")
     elif config_path:
         config, config_from = read_config_json(config_path), config_path
+        if n_head is not None and n_head != config.n_head:
+            raise CheckpointError(f"{config_path}: n_head={config.n_head}, but load() was "
+                                  f"given n_head={n_head}")
     else:
-        config, config_from = _infer_from_header(header, params_in_file, weights), "the inferred config"
+        config = _infer_from_header(header, params_in_file, weights, n_head)
+        config_from = "the inferred config"
 
     n_file = _layers_in_file(params_in_file)
     if config.n_layer > n_file:  # said before listing keys: n_layer may be a billion
@@ -165,7 +179,7 @@ def _layers_in_file(params_in_file) -> int:
     return max(layers, default=-1) + 1
 
 
-def _infer_from_header(header, params_in_file, path) -> GPT2Config:
+def _infer_from_header(header, params_in_file, path, n_head=None) -> GPT2Config:
     for key in ("wte.weight", "wpe.weight"):
         if key not in params_in_file:
             raise CheckpointError(f"{path}: missing key {key} (and no config.json to say otherwise)")
@@ -174,7 +188,7 @@ def _infer_from_header(header, params_in_file, path) -> GPT2Config:
                                   f"{header[params_in_file[key]]['shape']}, expected 2 dimensions")
     vocab, n_embd = header[params_in_file["wte.weight"]]["shape"]
     n_ctx = header[params_in_file["wpe.weight"]]["shape"][0]
-    return infer_config(_layers_in_file(params_in_file), vocab, n_ctx, n_embd, path)
+    return infer_config(_layers_in_file(params_in_file), vocab, n_ctx, n_embd, path, n_head)
 
 
 # ----------------------------------------------------------------------------------------
@@ -246,6 +260,9 @@ def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata
     flat = {k: np.ascontiguousarray(v) for k, v in flatten_params(params).items()}
     dtype = flat["wte.weight"].dtype
     meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
+    if not isinstance(tokenizer_dir, (str, os.PathLike)):
+        raise ValueError(f"tokenizer_dir must be a directory holding GPT-2's vocab.json and "
+                         f"merges.txt (they are copied into the checkpoint), got {tokenizer_dir!r}")
     missing = [n for n in ("vocab.json", "merges.txt")
                if not os.path.isfile(os.path.join(os.fspath(tokenizer_dir), n))]
     if missing:

@@ -60,8 +60,9 @@ def check_tokens(tokens, config, past: int = 0, capacity: int | None = None,
     if tokens.ndim not in (1, 2):
         raise ValueError(f"{what} must have shape (T,) or (B, T), got shape {tokens.shape}")
     if tokens.shape[-1] == 0 or tokens.size == 0:  # before the dtype: [] is a float array
-        raise ValueError(f"{what} must hold at least one position, got shape {tokens.shape} "
-                         f"(to start a text from nothing: [{config.eos_token_id}], <|endoftext|>)")
+        start = (f" (to start a text from nothing: [{config.bos_token_id}], <|endoftext|>)"
+                 if 0 <= config.bos_token_id < config.vocab_size else "")
+        raise ValueError(f"{what} must hold at least one position, got shape {tokens.shape}{start}")
     if tokens.dtype.kind not in "iu":
         raise ValueError(f"{what} must be integers, got dtype {tokens.dtype}")
     bad = (tokens < 0) | (tokens >= config.vocab_size)
@@ -128,7 +129,7 @@ def check_prompt(tokens, config) -> np.ndarray:
 # ---- generation arguments ---------------------------------------------------------------
 
 def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None, num_samples=1,
-                        *, cli=False):
+                        *, seed=None, cli=False):
     """Raise ValueError naming the first invalid generation parameter (nothing else happens).
 
     cli=True: the messages name the command-line flags (--max-new-tokens, --top-k, ...).
@@ -150,6 +151,37 @@ def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None,
         raise ValueError(f"{name('top_p')} must be in (0, 1] ({no_limit}), got {top_p!r}")
     if not is_int(num_samples) or num_samples < 1:
         raise ValueError(f"{name('num_samples')} must be an integer >= 1, got {num_samples!r}")
+    check_seed(seed, name("seed"))
+
+
+def check_seed(seed, name: str = "seed"):
+    """seed, if numpy.random.default_rng accepts it: None (fresh randomness), an integer >= 0,
+    a sequence of them, or a numpy.random.Generator; else ValueError naming `name` (NumPy's
+    own errors for -1 or 1.5 do not say which argument was wrong)."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    try:
+        if isinstance(seed, (bool, float, str, bytes)):  # default_rng would hash or truncate some
+            raise TypeError
+        np.random.SeedSequence(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be None, an integer >= 0 (or a sequence of them) or a "
+                         f"numpy.random.Generator, got {seed!r}") from None
+    return seed
+
+
+def check_suppress_tokens(suppress_tokens, vocab_size: int) -> np.ndarray:
+    """generate()'s suppress_tokens (None or an iterable of ints) as the sorted int64 array of
+    those in [0, vocab_size) (others are ignored, as by transformers). ValueError if one is not
+    an integer, or if every id of the vocabulary is banned (nothing would be left to pick)."""
+    ids = [] if suppress_tokens is None else list(suppress_tokens)
+    bad = next((t for t in ids if not is_int(t)), None)
+    if bad is not None:
+        raise ValueError(f"suppress_tokens must hold token ids (integers), got {bad!r}")
+    ids = np.unique(np.array([t for t in ids if 0 <= t < vocab_size], dtype=np.int64))
+    if len(ids) == vocab_size:
+        raise ValueError(f"suppress_tokens bans every token id of the vocabulary [0, {vocab_size})")
+    return ids
 
 
 # ---- gradient dicts ------------------------------------------------------------------------

@@ -12,15 +12,15 @@ from .activation_functions import ACTIVATIONS, TANH_GELU_NAMES  # noqa: F401 (re
 from .checks import is_int, is_number, show
 from .errors import CheckpointError
 
-HEAD_SIZE = 64  # every published GPT-2 size uses 64-wide heads
-
-# (n_layer, n_embd) -> (hub name, n_head) for the five published checkpoints.
+# The five published checkpoints: (n_layer, n_embd, vocab_size, n_ctx) -> (hub name, n_head).
+# n_head cannot be read from the weights (any divisor of n_embd fits them), so a checkpoint
+# without config.json is loaded only when its shapes are exactly one of these.
 KNOWN_SIZES = {
-    (12, 768): ("gpt2", 12),
-    (24, 1024): ("gpt2-medium", 16),
-    (36, 1280): ("gpt2-large", 20),
-    (48, 1600): ("gpt2-xl", 25),
-    (6, 768): ("distilgpt2", 12),
+    (12, 768, 50257, 1024): ("gpt2", 12),
+    (24, 1024, 50257, 1024): ("gpt2-medium", 16),
+    (36, 1280, 50257, 1024): ("gpt2-large", 20),
+    (48, 1600, 50257, 1024): ("gpt2-xl", 25),
+    (6, 768, 50257, 1024): ("distilgpt2", 12),
 }
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +72,8 @@ class GPT2Config:
                                       f"got {show(getattr(self, name))}")
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if not is_int(value) or value < 0:
-                raise CheckpointError(f"config: {name} must be a token id (an integer >= 0), "
+            if not is_int(value):  # outside [0, vocab_size) is allowed: see has_token
+                raise CheckpointError(f"config: {name} must be a token id (an integer), "
                                       f"got {show(value)}")
         if not isinstance(self.tie_word_embeddings, bool):
             raise CheckpointError(f"config: tie_word_embeddings must be true or false, "
@@ -98,6 +98,12 @@ class GPT2Config:
     def block_options(self, layer: int) -> dict:
         """The keyword arguments layer `layer`'s block functions take from the config."""
         return {"act": self.activation_function, "scale": self.attention_scale(layer)}
+
+    def has_token(self, token_id) -> bool:
+        """True when token_id is one of the model's ids, [0, vocab_size). A special-token id
+        outside it (transformers writes eos_token_id=50256 into every GPT2Config, whatever
+        its vocab_size) means the model has no such token: generation cannot stop on it."""
+        return is_int(token_id) and 0 <= token_id < self.vocab_size
 
 
 # config.json options whose non-default values change the math; we refuse rather than ignore them.
@@ -126,7 +132,8 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
     Every field we read is type-checked here, where it enters, so a wrong value is reported
     with the file and the field (and never surfaces later as a TypeError deep in the math).
     JSON integers must be integers (not 12.0, "12" or true), the epsilon a positive finite
-    number, flags true/false, token ids integers in [0, vocab_size).
+    number, flags true/false, token ids integers (an id outside [0, vocab_size) is loaded and
+    means the model has no such token, see GPT2Config.has_token).
     """
     if "model_type" in d and d["model_type"] != "gpt2":
         raise CheckpointError(f"{where}: model_type must be \"gpt2\", got {show(d['model_type'])}")
@@ -154,15 +161,13 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
         raise CheckpointError(f"{where}: n_inner must be null or a positive integer, got "
                               f"{show(n_inner)}")
     # Token ids: GPT-2's <|endoftext|> (50256) when absent or null, bos defaulting to eos.
+    # Any integer loads, as in transformers: one outside [0, vocab_size) means "no such token".
     ids = {}
     for key, default in (("eos_token_id", 50256), ("bos_token_id", None)):
         value = d.get(key)
-        given = value is not None
-        value = value if given else (ids.get("eos_token_id") if default is None else default)
-        if not is_int(value) or not 0 <= value < vocab_size:
-            source = "" if given else " (the default: config.json does not set it)"
-            raise CheckpointError(f"{where}: {key} must be a token id, an integer in "
-                                  f"[0, vocab_size={vocab_size}), got {show(value)}{source}")
+        value = value if value is not None else (ids.get("eos_token_id") if default is None else default)
+        if not is_int(value):
+            raise CheckpointError(f"{where}: {key} must be a token id (an integer), got {show(value)}")
         ids[key] = value
     try:
         return GPT2Config(
@@ -196,21 +201,34 @@ def _one_line(e: BaseException, limit=200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def infer_config(n_layer: int, vocab_size: int, n_ctx: int, n_embd: int, where: str) -> GPT2Config:
-    """Guess the config of a checkpoint without config.json; warns, since n_head is a guess."""
-    name, n_head = KNOWN_SIZES.get((n_layer, n_embd), (None, n_embd // HEAD_SIZE))
-    if n_embd % HEAD_SIZE:
+def infer_config(n_layer: int, vocab_size: int, n_ctx: int, n_embd: int, where: str,
+                 n_head: int | None = None) -> GPT2Config:
+    """The config of a checkpoint without config.json, from its shapes (warns: eps 1e-5 and the
+    tanh GELU are assumed too).
+
+    n_head: the caller's head count (numpy_gpt2.load(..., n_head=)); when None, the shapes
+    must be exactly those of a published GPT-2 model (KNOWN_SIZES: layers, width, vocabulary
+    and context), whose head count is known. Anything else raises CheckpointError asking for
+    config.json: a guessed n_head loads without error and computes a different model.
+    """
+    shape = (n_layer, n_embd, vocab_size, n_ctx)
+    name, known_heads = KNOWN_SIZES.get(shape, (None, None))
+    if n_head is None and name is None:
         raise CheckpointError(
-            f"{where}: no config.json, and n_embd={n_embd} is not a multiple of the head size "
-            f"{HEAD_SIZE}, so n_head cannot be inferred; add a config.json")
-    what = f"the {name} shape" if name else f"head size {HEAD_SIZE}"
+            f"{where}: no config.json, and the shapes (n_layer={n_layer}, n_embd={n_embd}, "
+            f"vocab_size={vocab_size}, n_ctx={n_ctx}) are not those of a published GPT-2 model "
+            f"({', '.join(n for n, _ in KNOWN_SIZES.values())}), so n_head is unknown (the weights "
+            f"do not show it); add the model's config.json, or pass n_head to load()")
+    what = f"the {name} shape" if n_head is None else "given"
+    n_head = known_heads if n_head is None else n_head
+    try:
+        config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_ctx=n_ctx,
+                            vocab_size=vocab_size)
+    except CheckpointError as e:  # e.g. n_embd not divisible by the given n_head
+        raise CheckpointError(f"{where}: no config.json, and the inferred "
+                              f"{str(e).removeprefix('config: ')}") from None
     warnings.warn(
         f"{where}: no config.json; inferred n_layer={n_layer}, n_embd={n_embd}, n_head={n_head} "
         f"({what}), n_ctx={n_ctx}, vocab_size={vocab_size}, tanh GELU, eps=1e-5",
         stacklevel=3)
-    try:
-        return GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_ctx=n_ctx,
-                          vocab_size=vocab_size)
-    except CheckpointError as e:  # e.g. a file whose wte.weight is [0, 768]
-        raise CheckpointError(f"{where}: no config.json, and the inferred "
-                              f"{str(e).removeprefix('config: ')}") from None
+    return config

@@ -32,12 +32,13 @@ DUMP_FORMAT = "numpy_gpt2.activations"  # metadata "format" of files written by 
 
 def dump_order_key(name: str) -> tuple:
     """Sort key for every tensor name of a dump: the activations in forward order, then
-    "loss", then the gradients in backward order (gradient_order_key); unknown names last."""
+    "loss", then the gradients (activations' and weights') in the order the backward pass
+    produces them (gradient_order_key); unknown names last."""
     if forward_order_key(name)[0] < 3:
         return (0, forward_order_key(name))
     if name == "loss":
         return (1,)
-    if gradient_order_key(name)[0] < 2:
+    if gradient_order_key(name)[0] < 3:
         return (2, gradient_order_key(name))
     return (3,)
 

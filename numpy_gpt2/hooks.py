@@ -37,3 +37,19 @@ def recorder(record=None):
 def prefixed(record, prefix):
     """record as a hook, with names prefixed; stays no_record when nothing records."""
     return no_record if record is no_record else recorder(lambda name, value: record(prefix + name, value))
+
+
+def record_weights(record, module, grads: dict) -> dict:
+    """Pass a module's weight gradients {"weight": ..., "bias": ...} through record as
+    "<module>.weight", "<module>.bias", where the backward pass computes them: record_grad
+    then sees every gradient, activations' and weights', in the order they are produced
+    (activations.gradient_order_key is derived from it). Returns grads."""
+    for key, g in grads.items():
+        record(f"{module}.{key}", g)
+    return grads
+
+
+def is_weight_name(name: str) -> bool:
+    """A weight's checkpoint key ("h.0.ln_1.weight"), not an activation name ("h.0.ln_1")."""
+    return name.endswith((".weight", ".bias"))
+

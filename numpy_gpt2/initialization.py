@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from .checkpoint import expected_shapes
+from .checks import check_seed
 from .config import GPT2Config
 from .params import nest_params
 
@@ -44,7 +45,7 @@ def init_params(config: GPT2Config, seed: int = 0, dtype=np.float32) -> dict:
     config.tie_word_embeddings is False). The normal draws are float32 in checkpoint-key
     order and then cast, so float32 and float64 models from one seed hold the same values.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))  # -1: a ValueError naming seed
     shapes = expected_shapes(config)
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (config.vocab_size, config.n_embd)

@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from .hooks import no_record, prefixed
 from .activation_functions import activation
+from .hooks import no_record, prefixed, record_weights
 from .layers import (attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax,
                      split_heads)
 
@@ -120,11 +120,13 @@ def causal_self_attention_backward(dout, x, c_attn, c_proj, n_head, record=no_re
     merged = merge_heads(attention(q, k, v, mask, scale=scale))
 
     dmerged, dc_proj = linear_backward(dout, merged, c_proj["weight"])
+    record_weights(record, "c_proj", dc_proj)
     dq, dk, dv = attention_backward(merge_heads_backward(dmerged, n_head), q, k, v, mask, record,
                                     scale)
     dqkv = np.concatenate([split_heads_backward(d) for d in (dq, dk, dv)], axis=-1)
     record("c_attn", dqkv)
     dx, dc_attn = linear_backward(dqkv, x, c_attn["weight"])
+    record_weights(record, "c_attn", dc_attn)
     return dx, {"c_attn": dc_attn, "c_proj": dc_proj}
 
 
@@ -135,17 +137,14 @@ def mlp_backward(dout, x, c_fc, c_proj, record=no_record, act="gelu_new"):
     act: the activation function, as in layers.mlp (its derivative from activation_functions).
     """
     h = linear(x, **c_fc)
-    if act == "gelu_new":
-        dg, dc_proj = linear_backward(dout, gelu(h), c_proj["weight"])
-        record("gelu", dg)
-        dh = gelu_backward(dg, h)
-    else:
-        f, derivative = activation(act)
-        dg, dc_proj = linear_backward(dout, f(h), c_proj["weight"])
-        record("gelu", dg)
-        dh = dg * derivative(h)
+    f, derivative = (gelu, None) if act == "gelu_new" else activation(act)
+    dg, dc_proj = linear_backward(dout, f(h), c_proj["weight"])
+    record_weights(record, "c_proj", dc_proj)
+    record("gelu", dg)
+    dh = gelu_backward(dg, h) if act == "gelu_new" else dg * derivative(h)
     record("c_fc", dh)
     dx, dc_fc = linear_backward(dh, x, c_fc["weight"])
+    record_weights(record, "c_fc", dc_fc)
     return dx, {"c_fc": dc_fc, "c_proj": dc_proj}
 
 
@@ -170,12 +169,14 @@ def transformer_block_backward(dout, x, block, n_head, eps, record=no_record, *,
     dh2, dmlp = mlp_backward(dout, h2, **block["mlp"], record=prefixed(record, "mlp."), act=act)
     record("ln_2", dh2)
     dx1_ln, dln_2 = layer_norm_backward(dh2, x1, block["ln_2"]["weight"], eps)
+    record_weights(record, "ln_2", dln_2)
     dx1 = dout + dx1_ln
     record("attn", dx1)
     dh1, dattn = causal_self_attention_backward(dx1, h1, **block["attn"], n_head=n_head,
                                                 record=prefixed(record, "attn."), scale=scale)
     record("ln_1", dh1)
     dx_ln, dln_1 = layer_norm_backward(dh1, x, block["ln_1"]["weight"], eps)
+    record_weights(record, "ln_1", dln_1)
     return dx1 + dx_ln, {"ln_1": dln_1, "attn": dattn, "ln_2": dln_2, "mlp": dmlp}
 
 

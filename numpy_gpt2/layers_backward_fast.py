@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from .activation_functions import TANH_GELU_NAMES, activation_fast
-from .hooks import no_record, prefixed
+from .hooks import no_record, prefixed, record_weights
 from .layers import split_heads
 from .layers_backward import GELU_C
 from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attention_fast, gelu_fast,
@@ -182,19 +182,21 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     record("mlp.c_proj", dout)
     xhat2, std2 = normalize(x1, eps)
     g = _activation_and_derivative(u, act)                 # u := gelu'(u)
-    dc_proj = _linear_grads(dout, g)
+    dc_proj = record_weights(record, "mlp.c_proj", _linear_grads(dout, g))
     dg = np.matmul(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
     record("mlp.gelu", dg)
     dg *= u                                                # dL/du
     record("mlp.c_fc", dg)
     dc_fc = _linear_grads(dg, xhat2 * ln_2["weight"] + ln_2["bias"])
+    record_weights(record, "mlp.c_fc", dc_fc)
     dh2 = dg @ mlp["c_fc"]["weight"].T
     record("ln_2", dh2)
     dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, std2, ln_2["weight"])
+    record_weights(record, "ln_2", dln_2)
     dout += dx1                                            # dout := dL/dx1
     record("attn", dout)
 
-    dattn_proj = _linear_grads(dout, y)
+    dattn_proj = record_weights(record, "attn.c_proj", _linear_grads(dout, y))
     dy = dout @ attn["c_proj"]["weight"].T
     dqkv = np.empty_like(qkv)
     causal_attention_backward_fast(
@@ -204,9 +206,11 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     record("attn.c_attn", dqkv)
     xhat1, std1 = normalize(x, eps)
     dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
+    record_weights(record, "attn.c_attn", dattn_c)
     dh1 = dqkv @ attn["c_attn"]["weight"].T
     record("ln_1", dh1)
     dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, std1, ln_1["weight"])
+    record_weights(record, "ln_1", dln_1)
     dout += dx
     return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
                   "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}

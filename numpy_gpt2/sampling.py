@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import layers
-from .checks import check_prompt, check_sampling_args
+from .checks import check_prompt, check_sampling_args, check_seed, check_suppress_tokens
 from .config import GPT2Config
 from .errors import NonFiniteError
 from .model import forward, new_kv_cache
@@ -53,21 +53,36 @@ def softmax(logits):
 
 def top_p_filter(logits, p):
     """Nucleus filter: keep the smallest set of most likely tokens whose probability mass
-    reaches p (0 < p <= 1), set the rest to -inf.
+    reaches p (0 < p <= 1), set the rest to -inf (transformers' TopPLogitsWarper; Holtzman et
+    al. 2019, "The Curious Case of Neural Text Degeneration").
 
     logits: (..., V) -> (..., V). Sort the probabilities in decreasing order; the set is the
-    first n of them, where n is the first position at which the running sum is >= p. Tokens
+    first n of them, where n is the first position at which the running sum reaches p. Tokens
     tied with the last one kept are kept too, so the result does not depend on sort order.
+
+    "Reaches" allows for rounding: a running sum within top_p_slack(V) of p counts. A float
+    sum of probabilities lands a few units in the last place either side of its exact value
+    (0.5 + 0.3 is 0.7999999999999999 < 0.8), so a set whose mass is exactly p must not depend
+    on which side it rounded to.
     """
     logits = np.asarray(logits)
     probs = softmax(logits)
     sorted_probs = -np.sort(-probs, axis=-1)  # (..., V), decreasing
     cumulative = np.cumsum(sorted_probs, axis=-1)
-    # n - 1 = number of sorted entries whose running sum is still below p; if rounding keeps
-    # the total just below p (p = 1), everything is kept.
-    last = np.minimum((cumulative < p).sum(axis=-1, keepdims=True), probs.shape[-1] - 1)
+    reached = cumulative >= p - top_p_slack(probs.shape[-1])
+    # n - 1 = the first sorted position that reaches p; if none does (rounding keeps the total
+    # just below p = 1), everything is kept.
+    last = np.where(reached.any(axis=-1), reached.argmax(axis=-1), probs.shape[-1] - 1)[..., None]
     threshold = np.take_along_axis(sorted_probs, last, axis=-1)  # (..., 1) smallest kept prob
     return np.where(probs >= threshold, logits, -np.inf)
+
+
+def top_p_slack(vocab_size: int) -> float:
+    """How far below p a running sum of vocab_size float64 probabilities may be and still count
+    as reaching p: 64 (V + 1) float64 epsilons (7e-10 for GPT-2's 50257). It bounds the
+    rounding of softmax and of the running sum (each at most ~V epsilons), and it is far below
+    any difference of probability mass that changes what is sampled."""
+    return 64 * (vocab_size + 1) * np.finfo(np.float64).eps
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
@@ -118,21 +133,14 @@ def next_token(logits, temperature, top_k, top_p, u=None):
 
 def make_rng(seed) -> np.random.Generator:
     """seed -> the Generator the draws come from: a Generator is used as is; None (fresh
-    randomness), an integer >= 0 or a sequence of them go through numpy.random.default_rng."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    try:
-        if isinstance(seed, (bool, float, str, bytes)):
-            raise TypeError
-        return np.random.default_rng(seed)
-    except (TypeError, ValueError):
-        raise ValueError(f"seed must be None, an integer >= 0 (or a sequence of them) or a "
-                         f"numpy.random.Generator, got {seed!r}") from None
+    randomness), an integer >= 0 or a sequence of them go through numpy.random.default_rng.
+    Anything else: ValueError naming seed (checks.check_seed)."""
+    return np.random.default_rng(check_seed(seed))
 
 
 def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temperature=1.0,
              top_k=None, top_p=None, seed=None, num_samples: int = 1, stop_at_eos: bool = True,
-             eos_token_id: int | None = None, compact: bool = True):
+             eos_token_id: int | None = None, compact: bool = True, suppress_tokens=None):
     """Generate tokens after a prompt; returns a generator yielding each new token as it is made.
 
         for token in generate(params, config, enc.encode("Hello"), 20, temperature=0):
@@ -150,6 +158,10 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         <|endoftext|>) is finished: the eos token is yielded, and from then on that row yields
         eos again at every step (as padding) while the other rows continue; the generator
         ends when every row has finished. stop_at_eos=False samples straight through eos.
+    suppress_tokens: token ids never to produce (transformers' SuppressTokensLogitsProcessor):
+        their logits are set to -inf at every step, before temperature, top-k and top-p, greedy
+        included; ids outside [0, vocab_size) are ignored. E.g. tokenizer.undecodable_ids(enc,
+        config.vocab_size) for a padded vocabulary (ids the tokenizer cannot decode).
     compact: finished rows leave the batch (and their rows of the kv cache), so the model
         only computes the rows still running; compact=False computes every row until all are
         done (the slower way, kept for comparison: the same tokens come out, see _generate).
@@ -169,10 +181,11 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
     prompt = check_prompt(tokens, config)
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
     rng = make_rng(seed)
+    suppress = check_suppress_tokens(suppress_tokens, config.vocab_size)
     single = prompt.ndim == 1 and num_samples == 1
     batch = np.repeat(np.atleast_2d(prompt), num_samples, axis=0)  # (B * num_samples, T)
     return _generate(params, config, batch, max_new_tokens, float(temperature), top_k, top_p,
-                     rng, stop_at_eos, eos, single, compact)
+                     rng, stop_at_eos, eos, single, compact, suppress)
 
 
 def keep_cache_rows(kv_cache: dict, rows) -> dict:
@@ -191,7 +204,7 @@ def keep_cache_rows(kv_cache: dict, rows) -> dict:
 
 
 def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p, rng,
-              stop_at_eos, eos, single, compact):
+              stop_at_eos, eos, single, compact, suppress=()):
     """The decoding loop. `running` holds the original indices of the rows still computed.
 
     The random numbers do not depend on compaction: each sampled step draws one uniform
@@ -211,6 +224,7 @@ def _generate(params, config, prompts, max_new_tokens, temperature, top_k, top_p
     finished = np.zeros(B, dtype=bool)  # by original row; finished rows yield eos from then on
     for step in range(steps):
         u = rng.random(B)[running] if temperature else None  # one number per original row
+        logits[:, suppress] = -np.inf
         token = new = next_token(logits, temperature, top_k, top_p, u)  # (B',)
         if stop_at_eos:
             new = np.where(finished[running], eos, new)  # (rows kept when compact=False)

@@ -66,6 +66,54 @@ def _tiktoken_file_cache_disabled():
             os.environ["TIKTOKEN_CACHE_DIR"] = old
 
 
+def check_decodable(tokens, n_vocab: int) -> None:
+    """Raise ValueError naming the first id in tokens outside [0, n_vocab)."""
+    for token in tokens:
+        if not 0 <= token < n_vocab:
+            raise ValueError(f"token id {token} cannot be decoded: the tokenizer's "
+                             f"vocabulary is [0, {n_vocab})")
+
+
+class GPT2Encoding(tiktoken.Encoding):
+    """tiktoken.Encoding whose decoders raise ValueError naming an id outside the vocabulary.
+
+    tiktoken raises KeyError('50300') (or OverflowError for -1). Models with a padded
+    vocabulary (nanoGPT and llm.c use 50304 rows for GPT-2's 50257 tokens) can produce such
+    ids; see undecodable_ids for keeping them out of generation.
+    """
+
+    def _check_ids(self, tokens):
+        check_decodable(tokens, self.n_vocab)
+
+    def decode_bytes(self, tokens) -> bytes:
+        self._check_ids(tokens)
+        return super().decode_bytes(tokens)
+
+    def decode(self, tokens, errors: str = "replace") -> str:
+        self._check_ids(tokens)
+        return super().decode(tokens, errors=errors)
+
+    def decode_single_token_bytes(self, token) -> bytes:
+        self._check_ids([token])
+        return super().decode_single_token_bytes(token)
+
+    def decode_tokens_bytes(self, tokens) -> list[bytes]:
+        self._check_ids(tokens)
+        return super().decode_tokens_bytes(tokens)
+
+    def decode_with_offsets(self, tokens):
+        self._check_ids(tokens)
+        return super().decode_with_offsets(tokens)
+
+
+def undecodable_ids(tokenizer: tiktoken.Encoding, vocab_size: int) -> range:
+    """The ids a model with vocab_size logits can produce that the tokenizer cannot decode:
+    [tokenizer.n_vocab, vocab_size), empty unless the vocabulary is padded (nanoGPT and llm.c
+    pad GPT-2's 50257 to 50304). Pass them as generate(..., suppress_tokens=...), which sets
+    their logits to -inf at every step, so they are never sampled (scripts/generate.py does)."""
+    return range(tokenizer.n_vocab, vocab_size)
+
+
 def encoding_from_files(directory) -> tiktoken.Encoding:
     """A tiktoken Encoding from a GPT-2 vocab.json + merges.txt (no network).
 
@@ -82,12 +130,13 @@ def encoding_from_files(directory) -> tiktoken.Encoding:
         # tiktoken asserts that vocab.json's ids are the merge order; say which files disagree.
         raise ValueError(f"{directory}: vocab.json and merges.txt are not a matching GPT-2 "
                          f"byte-level BPE pair ({type(e).__name__}: {e})") from None
-    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: endoftext})
+    return GPT2Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                        special_tokens={ENDOFTEXT: endoftext})
 
 
 def load_tokenizer(source=None) -> tiktoken.Encoding:
-    """GPT-2's tokenizer as a tiktoken.Encoding.
+    """GPT-2's tokenizer as a tiktoken.Encoding (a GPT2Encoding: decoding an id outside
+    [0, n_vocab) raises ValueError naming it).
 
     source: a checkpoint directory (or a file in it). Its vocab.json + merges.txt are used when
     present, else those in $NUMPY_GPT2_TOKENIZER, else tiktoken.get_encoding("gpt2") (which
@@ -101,13 +150,16 @@ def load_tokenizer(source=None) -> tiktoken.Encoding:
     if directory is not None:
         return encoding_from_files(directory)
     try:
-        return tiktoken.get_encoding("gpt2")
+        enc = tiktoken.get_encoding("gpt2")
     except Exception as e:  # no network and nothing in tiktoken's cache
         where = f"{os.fspath(source)} has no {' + '.join(TOKENIZER_FILES)}, " if source else ""
         raise RuntimeError(
             f"GPT-2 tokenizer: {where}{TOKENIZER_ENV} is not set, and tiktoken could not fetch "
             f"the 'gpt2' encoding ({type(e).__name__}); set {TOKENIZER_ENV} to a directory "
             f"holding GPT-2's {' and '.join(TOKENIZER_FILES)}") from None
+    # The same encoding, with decoders that name an unknown id (tiktoken's own is shared).
+    return GPT2Encoding(name=enc.name, pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+                        special_tokens=enc._special_tokens)
 
 
 def stream_decode(tokenizer: tiktoken.Encoding, tokens):
@@ -122,10 +174,13 @@ def stream_decode(tokenizer: tiktoken.Encoding, tokens):
 
     tokens: any iterable of ints (e.g. the generator numpy_gpt2.generate returns).
     Yields str pieces (possibly empty strings are skipped).
+    Raises ValueError naming the first id outside [0, tokenizer.n_vocab), once it arrives.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token in tokens:
-        text = decoder.decode(tokenizer.decode_single_token_bytes(int(token)))
+        token = int(token)
+        check_decodable([token], tokenizer.n_vocab)  # any Encoding, not only a GPT2Encoding
+        text = decoder.decode(tokenizer.decode_single_token_bytes(token))
         if text:
             yield text
     text = decoder.decode(b"", final=True)  # an unfinished character at the very end

@@ -12,10 +12,11 @@ metadata; --dtype, default: its dtype).
 A tensor passes when every element has |candidate - reference| <= atol + rtol * |reference|
 (numpy.isclose's rule); for a gradient, atol is multiplied by the reference tensor's largest
 |value| (gradients have no natural scale). The table lists the activations in forward order,
-then the loss, then the gradients in BACKWARD order (grad.logits ... grad.h.0.ln_1, grad.wpe,
-grad.wte, then the weights' gradients from grad.ln_f.* (grad.lm_head.weight first when
-untied) back to grad.wpe.weight and grad.wte.weight), so the first failure is the first
-wrong tensor in computation order. Each row: shape, max abs error, max relative error (over
+then the loss, then the gradients in BACKWARD order: the order the backward pass computes
+them, each weight's gradient where its module's backward computes it (grad.logits,
+grad.ln_f, grad.ln_f.weight, ..., grad.h.{L-1}.mlp.c_proj, grad.h.{L-1}.mlp.c_proj.weight,
+..., grad.h.0.ln_1.bias, grad.wpe, grad.wte, grad.wpe.weight, grad.wte.weight), so the
+first failure is the earliest wrong number in computation order. Each row: shape, max abs error, max relative error (over
 elements where the reference is non-zero), the element furthest outside the tolerance
 ("worst at") with both values, and a status; shape mismatches and transposed tensors are
 named. Missing and extra names are listed but do not fail. Different tokens, or different

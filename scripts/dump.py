@@ -11,9 +11,9 @@ file's order), model, dtype, numpy_gpt2_version, config (JSON), prompt.
 
 --grads adds one training step's gradients: "targets" (int64, (T,)), "loss" (float64 scalar,
 the mean cross-entropy of the targets; also metadata "loss"), "grad.<activation name>"
-(dloss/d(activation), the activation's shape; listed in backward order, grad.logits first,
-grad.wte last) and "grad.<checkpoint key>" (dloss/d(weight), e.g. grad.h.0.attn.c_attn.weight,
-grad.wte.weight). The targets default to the next token of each position,
+(dloss/d(activation), the activation's shape) and "grad.<checkpoint key>" (dloss/d(weight),
+e.g. grad.h.0.attn.c_attn.weight, grad.wte.weight), listed in backward order: as the backward
+pass computes them, grad.logits first, grad.wte.weight last. The targets default to the next token of each position,
 targets[t] = tokens[t + 1], and the last position, which has no next token, gets -100
 (ignored: not scored, no gradient from it); metadata "targets" says "next tokens" or "given".
 --targets gives them instead (T comma-separated ids, -100 for a position not scored).
@@ -47,7 +47,7 @@ except ImportError:  # not pip-installed: use the package next to this script
 from numpy_gpt2.activations import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
                                     gradients, next_token_targets, parameter_gradient_names,
                                     select_names)
-from numpy_gpt2.dump_format import config_metadata, package_version, save_activations
+from numpy_gpt2.dump_format import config_metadata, dump_order_key, package_version, save_activations
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,6 +161,7 @@ def main(argv=None) -> int:
         if args.grads:
             metadata.update(targets="given" if args.targets else "next tokens",
                             ignore_index=str(IGNORE_INDEX))
+        tensors = {n: tensors[n] for n in sorted(tensors, key=dump_order_key)}  # backward order
         save_activations(args.out, tokens, tensors, metadata, targets=targets, loss=loss)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
         print(f"dump.py: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line

@@ -14,8 +14,10 @@ stderr. Bad input, and a model whose numbers turn NaN or infinite (numpy_gpt2.No
 exit with status 2 and a one-line message on stderr.
 
 The prompt comes from the argument, else from stdin (one trailing newline removed); an empty
-prompt starts from <|endoftext|>, i.e. unconditional samples. The text "<|endoftext|>" in a
-prompt is the special token. The tokenizer: the checkpoint directory's vocab.json + merges.txt,
+prompt starts from bos_token_id (<|endoftext|> for GPT-2), i.e. unconditional samples. The
+text "<|endoftext|>" in a prompt is the special token. Ids the tokenizer cannot decode (a
+padded vocabulary) are never sampled; a model whose eos_token_id is outside its vocabulary
+cannot stop at <|endoftext|> (a note on stderr says so). The tokenizer: the checkpoint directory's vocab.json + merges.txt,
 else $NUMPY_GPT2_TOKENIZER, else tiktoken's "gpt2" encoding.
 """
 
@@ -36,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from numpy_gpt2.checks import check_sampling_args
-from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir
+from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir, undecodable_ids
 
 EXIT_BAD_INPUT = 2
 
@@ -51,7 +53,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = _Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout).")
+    p = _Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout). Token ids "
+                "the tokenizer cannot decode (a vocabulary padded past the tokenizer's, e.g. "
+                "nanoGPT's 50304) are never sampled: their logits are set to -inf.")
     p.add_argument("prompt", nargs="?", help="prompt text (default: read from stdin)")
     p.add_argument("--model", default="gpt2",
                    help="checkpoint directory, .safetensors file, or hub name: gpt2, gpt2-medium, "
@@ -67,7 +71,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     try:  # the same checks as generate(), worded with the flags
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                            args.num_samples, cli=True)
+                            args.num_samples, seed=args.seed, cli=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return args
@@ -132,15 +136,26 @@ def run(args):
     params, config, tokenizer, what = load_everything(args.model, args.dtype)
     load_time = time.perf_counter() - t0
 
-    ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) or [config.eos_token_id]
+    ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT})
+    if not ids and not config.has_token(config.bos_token_id):  # no start token to begin from
+        raise UsageError(f"an empty prompt starts from bos_token_id={config.bos_token_id}, which "
+                         f"is not in this model's vocabulary (vocab_size={config.vocab_size}): "
+                         f"give a prompt")
+    ids = ids or [config.bos_token_id]
     try:
         tokens = numpy_gpt2.generate(params, config, ids, args.max_new_tokens, args.temperature,
                                      args.top_k, args.top_p, seed=args.seed,
-                                     num_samples=args.num_samples, stop_at_eos=True)
+                                     num_samples=args.num_samples, stop_at_eos=True,
+                                     suppress_tokens=undecodable_ids(tokenizer, config.vocab_size))
     except ValueError as e:  # the prompt: too long for the context, or ids outside the vocabulary
         raise UsageError(str(e)) from None
     print(f"loaded {what} in {load_time:.2f} s", file=sys.stderr)
-    eos, log, start = config.eos_token_id, [], time.perf_counter()
+    eos = config.eos_token_id
+    if not config.has_token(eos) or eos >= tokenizer.n_vocab:
+        print(f"note: eos_token_id={eos} is not a token this model can produce (vocab_size="
+              f"{config.vocab_size}, tokenizer {tokenizer.n_vocab}): generation cannot stop at "
+              f"{ENDOFTEXT}, only at --max-new-tokens or a full context", file=sys.stderr)
+    log, start = [], time.perf_counter()
     if args.num_samples == 1:
         sys.stdout.write(prompt)
         sys.stdout.flush()

@@ -234,12 +234,25 @@ def test_fast_path_output_head_in_chunks_of_rows():
 # --- record_grad ------------------------------------------------------------------------------
 
 def gradient_names(n_layer):
-    """The names record_grad must see, in backward order."""
+    """The activation names record_grad must see, in backward order."""
     names = ["logits", "ln_f"]
     for i in reversed(range(n_layer)):
         names += [f"h.{i}"] + [f"h.{i}.{n}" for n in ("mlp.c_proj", "mlp.gelu", "mlp.c_fc", "ln_2", "attn",
                                                      "attn.softmax", "attn.c_attn", "ln_1")]
     return names + ["wpe", "wte"]
+
+
+def all_gradient_names(n_layer, untied):
+    """Every name record_grad must see, activations' and weights', in the order the backward
+    pass computes them: each module's weight gradients right after its output's gradient."""
+    names = ["logits"] + ["lm_head.weight"] * untied + ["ln_f", "ln_f.weight", "ln_f.bias"]
+    for i in reversed(range(n_layer)):
+        names += [f"h.{i}"] + [f"h.{i}.{n}" for n in (
+            "mlp.c_proj", "mlp.c_proj.weight", "mlp.c_proj.bias", "mlp.gelu", "mlp.c_fc",
+            "mlp.c_fc.weight", "mlp.c_fc.bias", "ln_2", "ln_2.weight", "ln_2.bias", "attn",
+            "attn.c_proj.weight", "attn.c_proj.bias", "attn.softmax", "attn.c_attn",
+            "attn.c_attn.weight", "attn.c_attn.bias", "ln_1", "ln_1.weight", "ln_1.bias")]
+    return names + ["wpe", "wte", "wpe.weight", "wte.weight"]
 
 
 def activation_shape(name, config, B, T):
@@ -267,6 +280,12 @@ def test_record_grad_sees_every_activation_gradient_in_backward_order(name, dtyp
 
     loss, grads = numpy_gpt2.loss_and_grads(params, config, tokens, targets, reference=reference,
                                             record_grad=record_grad)
+    assert [n for n, _ in seen] == all_gradient_names(config.n_layer, untied=False)
+    flat = flatten_params(grads)
+    for n, a in seen:  # the weights' gradients: exactly what loss_and_grads returns
+        if n in flat:
+            assert np.array_equal(a, flat[n]), n
+    seen = [(n, a) for n, a in seen if n not in flat]
     assert [n for n, _ in seen] == gradient_names(config.n_layer)
     B, T = (1, *shape) if len(shape) == 1 else shape
     ours = dict(seen)

@@ -19,8 +19,8 @@ import torch
 import transformers
 
 import numpy_gpt2
-from checkpoints import (checkpoint_tensors, make_config, random_state_dict, write_checkpoint,
-                         write_safetensors)
+from checkpoints import (checkpoint_tensors, make_config, random_state_dict, reference_model,
+                         write_checkpoint, write_safetensors)
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.checkpoint import _convert, expected_shapes, flatten_params, nest_params
 from numpy_gpt2.config import GPT2Config, infer_config
@@ -430,27 +430,49 @@ def test_infer_config_names_each_published_size(name):
     assert (config.n_layer, config.n_head, config.n_embd) == (n_layer, n_head, n_embd)
 
 
-def test_infer_config_distil_shaped_file(tmp_path):
-    config = make_config(n_layer=6, n_head=12, n_embd=768, n_ctx=8, vocab_size=5)
+@pytest.mark.parametrize("shape", [
+    (6, 768, 5, 8),  # distilgpt2's layers and width, but a small vocabulary and context
+    (12, 768, 50304, 1024),  # gpt2 with nanoGPT's padded vocabulary
+    (12, 768, 50257, 512),  # gpt2 with a shorter context
+    (1, 128, 5, 8),  # n_embd 128: 2 heads of 64, or 4 of 32, or ...
+    (2, 32, 97, 64),  # n_embd not a multiple of 64
+])
+def test_infer_config_refuses_unpublished_shapes(shape):
+    """Only the five published shapes have a known head count: any other shape without
+    config.json raises CheckpointError (it used to load with n_head = n_embd / 64)."""
+    n_layer, n_embd, vocab_size, n_ctx = shape
+    with raises(["some/model.safetensors: no config.json", f"n_layer={n_layer}, n_embd={n_embd}, "
+                 f"vocab_size={vocab_size}, n_ctx={n_ctx}", "not those of a published GPT-2 model",
+                 "n_head is unknown", "add the model's config.json, or pass n_head to load()"]):
+        infer_config(n_layer, vocab_size, n_ctx, n_embd, "some/model.safetensors")
+
+
+def test_no_config_json_and_an_unpublished_shape_needs_n_head(tmp_path):
+    """The reported case: n_embd 128 trained with 4 heads, no config.json. It used to load as
+    n_head=2 (head size 64) with only a warning, and compute a different model."""
+    config = make_config(n_layer=1, n_head=4, n_embd=128, n_ctx=8, vocab_size=5)
     small_dir(tmp_path, small_tensors(config), config, with_config=False)
-    with pytest.warns(UserWarning, match=r"n_layer=6, n_embd=768, n_head=12 \(the distilgpt2 shape\)"):
-        _, cfg = numpy_gpt2.load(tmp_path)
-    assert (cfg.n_layer, cfg.n_head, cfg.n_ctx, cfg.vocab_size) == (6, 12, 8, 5)
-
-
-def test_infer_config_unknown_size_uses_head_size_64(tmp_path):
-    config = make_config(n_layer=1, n_head=2, n_embd=128, n_ctx=8, vocab_size=5)
-    small_dir(tmp_path, small_tensors(config), config, with_config=False)
-    with pytest.warns(UserWarning, match=r"n_head=2 \(head size 64\)"):
-        _, cfg = numpy_gpt2.load(tmp_path)
-    assert cfg.n_head == 2
-
-
-def test_infer_config_impossible_without_config_json(tmp_path):
-    small_dir(tmp_path, with_config=False)  # n_embd=32: not a multiple of 64
-    with raises([tmp_path / "model.safetensors", "no config.json", "n_embd=32",
-                 "head size 64", "add a config.json"]):
+    with raises([tmp_path / "model.safetensors", "no config.json", "n_embd=128",
+                 "not those of a published GPT-2 model", "pass n_head to load()"]):
         numpy_gpt2.load(tmp_path)
+    with pytest.warns(UserWarning, match=r"no config\.json.*n_head=4 \(given\)"):
+        params, cfg = numpy_gpt2.load(tmp_path, n_head=4)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_ctx, cfg.vocab_size) == (1, 4, 128, 8, 5)
+    config.save_pretrained(tmp_path)  # the reference, from the same weights with their config
+    tokens = np.array([[0, 3, 1, 4, 2, 2]])
+    with torch.no_grad():
+        ref = reference_model(tmp_path)(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(numpy_gpt2.forward(params, cfg, tokens), ref, rtol=0,
+                               atol=1e-4 * np.abs(ref).max())
+    assert numpy_gpt2.load(tmp_path, n_head=4)[1].n_head == 4  # agrees with config.json: fine
+    with raises([tmp_path / "config.json", "n_head=4, but load() was given n_head=2"]):
+        numpy_gpt2.load(tmp_path, n_head=2)
+    for bad in (0, -4, 4.0, "4", True):
+        with raises(["n_head must be a positive integer (or None), got"], ValueError):
+            numpy_gpt2.load(tmp_path, n_head=bad)
+    (tmp_path / "config.json").unlink()
+    with raises(["no config.json, and the inferred n_embd=128 is not divisible by n_head=3"]):
+        numpy_gpt2.load(tmp_path, n_head=3)
 
 
 def edit_config(tmp_path, **changes):
@@ -512,12 +534,10 @@ def test_config_int_fields_are_type_checked(tmp_path, field, value, shown):
     ({"activation_function": None}, ["activation_function must be a string", "got null"]),
     ({"tie_word_embeddings": "true"}, ["tie_word_embeddings must be true or false, got 'true' (a string)"]),
     ({"tie_word_embeddings": 1}, ["tie_word_embeddings must be true or false, got 1 (an integer)"]),
-    ({"eos_token_id": 97}, ["eos_token_id must be a token id, an integer in [0, vocab_size=97), got 97"]),
-    ({"eos_token_id": -1}, ["eos_token_id must be a token id", "got -1"]),
+    ({"eos_token_id": "97"}, ["eos_token_id must be a token id (an integer), got '97' (a string)"]),
+    ({"eos_token_id": True}, ["eos_token_id must be a token id", "got True (a boolean)"]),
     ({"bos_token_id": 96.0}, ["bos_token_id must be a token id", "got 96.0 (a number)"]),
     ({"bos_token_id": [96]}, ["bos_token_id must be a token id", "got [96] (a list)"]),
-    ({"eos_token_id": None, "bos_token_id": None},
-     ["eos_token_id must be a token id", "got 50256 (an integer) (the default: config.json does not set it)"]),
     ({"n_inner": "128"}, ["n_inner must be null or a positive integer, got '128' (a string)"]),
     ({"n_inner": 128.0}, ["n_inner must be null or a positive integer, got 128.0"]),
     ({"n_ctx": 64.0}, ["n_ctx must be a positive integer, got 64.0"]),
@@ -572,7 +592,7 @@ def test_gpt2config_itself_checks_types():
         GPT2Config(n_layer=True, n_head=1, n_embd=4)
     with raises(["config: layer_norm_epsilon must be a positive finite number", "got 'x'"]):
         GPT2Config(n_layer=1, n_head=1, n_embd=4, layer_norm_epsilon="x")
-    with raises(["config: eos_token_id must be a token id (an integer >= 0), got 1.0"]):
+    with raises(["config: eos_token_id must be a token id (an integer), got 1.0"]):
         GPT2Config(n_layer=1, n_head=1, n_embd=4, eos_token_id=1.0)
     with raises(["config: tie_word_embeddings must be true or false, got 0"]):
         GPT2Config(n_layer=1, n_head=1, n_embd=4, tie_word_embeddings=0)

@@ -10,7 +10,9 @@ output path, missing input and bad argument of dump.py and compare.py exits 2 wi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import math
 import os
@@ -27,8 +29,8 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from checkpoints import make_config, reference_model, write_checkpoint
-from numpy_gpt2.activations import (activation_names, gradient_names, gradients, next_token_targets,
-                                    parameter_gradient_names)
+from numpy_gpt2.activations import (activation_names, gradient_names, gradient_order_key, gradients,
+                                    next_token_targets, parameter_gradient_names)
 from numpy_gpt2.dump_format import dump_order_key, load_dump, save_activations
 from oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 from oracle_gradients import oracle_gradients, write_oracle_gradient_dump
@@ -96,7 +98,14 @@ def test_grad_dump_file_format(ckpt, tmp_path, capsys):
     acts = [n for n in activation_names(config) if not n.endswith("softmax")]
     grads = [n for n in gradient_names(config) if not n.endswith("softmax")]
     weights = parameter_gradient_names(params)
-    assert meta["names"].split(",") == acts + grads + weights  # forward, then backward order
+    backward_order = sorted(grads + weights, key=gradient_order_key)
+    assert meta["names"].split(",") == acts + backward_order  # forward, then backward order
+    assert backward_order[:9] == [
+        "grad.logits", "grad.ln_f", "grad.ln_f.weight", "grad.ln_f.bias", "grad.h.1",
+        "grad.h.1.mlp.c_proj", "grad.h.1.mlp.c_proj.weight", "grad.h.1.mlp.c_proj.bias",
+        "grad.h.1.mlp.gelu"]
+    assert backward_order[-7:] == ["grad.h.0.ln_1", "grad.h.0.ln_1.weight", "grad.h.0.ln_1.bias",
+                                   "grad.wpe", "grad.wte", "grad.wpe.weight", "grad.wte.weight"]
     assert grads[0] == "grad.logits" and grads[-2:] == ["grad.wpe", "grad.wte"]
     assert weights[:3] == ["grad.ln_f.weight", "grad.ln_f.bias", "grad.h.1.mlp.c_proj.weight"]
     assert weights[-3:] == ["grad.h.0.ln_1.bias", "grad.wpe.weight", "grad.wte.weight"]
@@ -109,7 +118,7 @@ def test_grad_dump_file_format(ckpt, tmp_path, capsys):
 
     dump = load_dump(out)
     assert dump["targets"].tolist() == TOKENS[1:] + [-100]  # the next token; last ignored
-    assert list(dump["tensors"]) == acts + ["loss"] + grads + weights
+    assert list(dump["tensors"]) == acts + ["loss"] + backward_order
     loss, act_grads, param_grads = gradients(params, config, np.array(TOKENS),
                                              next_token_targets(TOKENS))
     assert float(meta["loss"]) == float(dump["tensors"]["loss"]) == loss
@@ -137,7 +146,9 @@ def test_targets_option_and_names_filter(ckpt, tmp_path, capsys):
     block0 = ["grad.h.0.mlp.c_proj", "grad.h.0.mlp.gelu", "grad.h.0.mlp.c_fc",
               "grad.h.0.ln_2", "grad.h.0.attn", "grad.h.0.attn.c_attn", "grad.h.0.ln_1"]
     assert list(act_grads) == block0 and len(param_grads) == 12
-    assert list(dump["tensors"]) == ["loss"] + block0 + list(param_grads)  # not grad.h.0 itself
+    assert list(dump["tensors"]) == ["loss"] + sorted(block0 + list(param_grads), key=gradient_order_key)
+    assert list(dump["tensors"])[1:5] == ["grad.h.0.mlp.c_proj", "grad.h.0.mlp.c_proj.weight",
+                                          "grad.h.0.mlp.c_proj.bias", "grad.h.0.mlp.gelu"]  # not grad.h.0
     assert float(dump["tensors"]["loss"]) == loss
     # rows 0 and 2 are not scored: no gradient reaches the logits there
     status, _, _ = run_script("dump", ["--model", ckpt, "--tokens", "5,6,7,8", "--out", out, "--grads",
@@ -150,8 +161,8 @@ def test_targets_option_and_names_filter(ckpt, tmp_path, capsys):
     status, _, _ = run_script("dump", ["--model", ckpt, "--tokens", "5,6,7,8", "--out", out, "--grads",
                                        "--names", "loss,grad.*"], capsys)
     dump = load_dump(out)
-    assert status == 0 and list(dump["tensors"]) == ["loss"] + gradient_names(config, softmax=False) \
-        + parameter_gradient_names(params)
+    assert status == 0 and list(dump["tensors"]) == ["loss"] + sorted(
+        gradient_names(config, softmax=False) + parameter_gradient_names(params), key=gradient_order_key)
     # activations only: targets and loss are still written
     status, _, _ = run_script("dump", ["--model", ckpt, "--tokens", "5,6,7,8", "--out", out, "--grads",
                                        "--names", "logits"], capsys)
@@ -351,21 +362,21 @@ def test_gradient_tolerance_is_relative_to_each_tensors_scale(reference_dump, tm
 
 def test_ports_file_is_compared_in_backward_order(ckpt, reference_dump, tmp_path, capsys):
     """A port writes its gradients in any order and without metadata: compared (and the
-    first failure named) in backward order."""
+    first failure named) in the order the backward pass computes them."""
     ref = load_dump(reference_dump)
     names = ["grad.wte.weight", "grad.h.0.ln_1", "grad.logits", "grad.h.1.mlp.c_fc.bias",
              "grad.lm_head_typo", "grad.h.1.mlp.gelu", "grad.ln_f.weight", "grad.wte"]
     tensors = {n: ref["tensors"].get(n, np.zeros(3, np.float32)) for n in names}
-    tensors["grad.h.0.ln_1"] = tensors["grad.h.0.ln_1"] * 2  # two wrong tensors:
-    tensors["grad.h.1.mlp.c_fc.bias"] = tensors["grad.h.1.mlp.c_fc.bias"] * 2  # c_fc.bias comes later
+    tensors["grad.h.0.ln_1"] = tensors["grad.h.0.ln_1"] * 2  # two wrong tensors: block 1's
+    tensors["grad.h.1.mlp.c_fc.bias"] = tensors["grad.h.1.mlp.c_fc.bias"] * 2  # c_fc.bias is first
     from safetensors.numpy import save_file
     port = tmp_path / "port.safetensors"
     save_file({"targets": ref["targets"], **tensors, "tokens": np.array(TOKENS, np.int32)}, str(port))
     status, out, _ = run_script("compare", [reference_dump, port], capsys)
-    assert status == 1 and first_failure(out) == "grad.h.0.ln_1", out
+    assert status == 1 and first_failure(out) == "grad.h.1.mlp.c_fc.bias", out
     compared = [n for n in statuses(out) if n in names]
-    assert compared == ["grad.logits", "grad.h.1.mlp.gelu", "grad.h.0.ln_1", "grad.wte",
-                        "grad.ln_f.weight", "grad.h.1.mlp.c_fc.bias", "grad.wte.weight"]
+    assert compared == ["grad.logits", "grad.ln_f.weight", "grad.h.1.mlp.gelu",
+                        "grad.h.1.mlp.c_fc.bias", "grad.h.0.ln_1", "grad.wte", "grad.wte.weight"]
     assert "extra: not in reference" in next(l for l in out.splitlines() if l.startswith("grad.lm_head_typo"))
 
 
@@ -376,10 +387,10 @@ def test_order_keys_sort_any_names():
              "grad.ln_f.bias", "grad.wpe", "h.2.mlp.gelu", "grad.wpe.weight", "grad.h.2.attn.softmax"]
     assert sorted(names, key=dump_order_key) == [
         "h.2.mlp.gelu", "h.10.ln_1", "logits", "loss",
-        "grad.logits", "grad.h.10.mlp.c_fc", "grad.h.2", "grad.h.2.attn.softmax", "grad.wpe",
-        "grad.wte", "grad.lm_head.weight", "grad.ln_f.bias", "grad.h.10.mlp.c_fc.bias",
-        "grad.h.10.attn.c_proj.weight", "grad.h.2.ln_1.weight", "grad.h.2.ln_1.bias",
-        "grad.wpe.weight", "grad.wte.weight", "mystery"]
+        "grad.logits", "grad.lm_head.weight", "grad.ln_f.bias", "grad.h.10.mlp.c_fc",
+        "grad.h.10.mlp.c_fc.bias", "grad.h.10.attn.c_proj.weight", "grad.h.2",
+        "grad.h.2.attn.softmax", "grad.h.2.ln_1.weight", "grad.h.2.ln_1.bias", "grad.wpe",
+        "grad.wte", "grad.wpe.weight", "grad.wte.weight", "mystery"]
 
 
 # ---- errors: exit status 2 and one line ---------------------------------------------------
@@ -473,3 +484,76 @@ def test_scripts_run_from_a_plain_checkout(ckpt, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr == (
         "dump.py: error: --out /no/such/dir/x.safetensors: directory /no/such/dir does not exist\n")
+
+
+# ---- the order is the backward pass's own ---------------------------------------------------
+
+@pytest.mark.parametrize("n_layer, untied, reference", [(1, False, False), (3, True, False),
+                                                        (3, False, True), (2, True, True)])
+def test_gradient_order_is_the_order_the_backward_pass_computes(n_layer, untied, reference):
+    """Sorting every gradient name with gradient_order_key gives exactly the sequence
+    record_grad sees on a real backward pass (fast or readable, tied or untied head, any
+    n_layer): the order is read off the pass, so it cannot drift from it."""
+    config = numpy_gpt2.GPT2Config(n_layer=n_layer, n_head=2, n_embd=8, n_ctx=8, vocab_size=13,
+                                   tie_word_embeddings=not untied)
+    params = numpy_gpt2.init_params(config, seed=1)
+    seen = []
+    numpy_gpt2.loss_and_grads(params, config, [[1, 2, 3], [4, 5, 6]], [[2, 3, 4], [5, 6, -100]],
+                              reference=reference, record_grad=lambda n, a: seen.append("grad." + n))
+    every = gradient_names(config) + parameter_gradient_names(params)
+    assert sorted(every, key=gradient_order_key) == seen
+    assert sorted(seen, key=dump_order_key) == seen and len(set(seen)) == len(seen)
+
+
+@pytest.fixture(scope="module")
+def deep_ckpt(tmp_path_factory):
+    """3 layers, so that errors can sit in three different blocks."""
+    directory = tmp_path_factory.mktemp("grad_ckpt_3")
+    write_checkpoint(directory, make_config(**{**CFG, "n_layer": 3}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def deep_dump(deep_ckpt, tmp_path_factory):
+    path = tmp_path_factory.mktemp("deep_dump") / "ref.safetensors"
+    assert load_script("dump").main(["--model", str(deep_ckpt), "--tokens", TOKEN_ARG, "--out",
+                                     str(path), "--grads", "--names", "*,*softmax"]) == 0
+    return load_dump(path), path
+
+
+def planted(deep_dump, tmp_path, wrong: list[str]):
+    """The reference dump with the tensors `wrong` doubled (in the file's own order)."""
+    ref, _ = deep_dump
+    tensors = {n: (a * 2 + 1 if n in wrong else a) for n, a in ref["tensors"].items() if n != "loss"}
+    cand = tmp_path / "cand.safetensors"
+    save_activations(cand, TOKENS, tensors, targets=ref["targets"], loss=float(ref["tensors"]["loss"]))
+    return cand
+
+
+def test_two_planted_errors_in_different_layers(deep_dump, tmp_path, capsys):
+    """The reported case: layer 2's c_fc weight gradient is computed long before layer 1's
+    ln_2 activation gradient, so it is the first failure."""
+    _, ref_path = deep_dump
+    for wrong, first in [(["grad.h.2.mlp.c_fc.weight", "grad.h.1.ln_2"], "grad.h.2.mlp.c_fc.weight"),
+                         (["grad.h.1.ln_2", "grad.h.2.mlp.c_fc.weight"], "grad.h.2.mlp.c_fc.weight"),
+                         (["grad.h.0.ln_1.bias", "grad.h.1.attn.c_attn.weight"], "grad.h.1.attn.c_attn.weight"),
+                         (["grad.wte", "grad.h.0.ln_1.weight"], "grad.h.0.ln_1.weight"),
+                         (["grad.ln_f.bias", "grad.h.2"], "grad.ln_f.bias")]:
+        status, out, _ = run_script("compare", [ref_path, planted(deep_dump, tmp_path, wrong)], capsys)
+        assert status == 1 and first_failure(out) == first, (wrong, out)
+        assert [n for n, s in statuses(out).items() if s == "FAIL"] == sorted(wrong, key=dump_order_key)
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+def test_any_two_planted_errors_fail_first_at_the_earlier_computed(deep_dump, tmp_path_factory, data):
+    ref, ref_path = deep_dump
+    names = [n for n in ref["tensors"] if n.startswith("grad.")]  # the file's (backward) order
+    i, j = sorted(data.draw(st.lists(st.integers(0, len(names) - 1), min_size=2, max_size=2,
+                                     unique=True), label="wrong"))
+    wrong = [names[j], names[i]]  # given in the wrong order
+    tmp = tmp_path_factory.mktemp("planted")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        status = load_script("compare").main([str(ref_path), str(planted(deep_dump, tmp, wrong))])
+    assert status == 1 and first_failure(out.getvalue()) == names[i], out.getvalue()

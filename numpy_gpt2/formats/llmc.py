@@ -91,7 +91,7 @@ def llmc_tensors(path: str) -> tuple[dict, GPT2Config]:
             f"max_seq_len={T}, {dtype}) needs {HEADER_BYTES + total * itemsize}")
     try:
         config = GPT2Config(n_layer=L, n_head=H, n_embd=C, n_ctx=T, vocab_size=Vp,
-                            eos_token_id=min(50256, V - 1), bos_token_id=min(50256, V - 1))
+                            eos_token_id=50256, bos_token_id=50256)  # <|endoftext|>
     except CheckpointError as e:
         raise CheckpointError(f"{path}: llm.c header: {str(e).removeprefix('config: ')}") from None
     out, offset = {}, HEADER_BYTES

@@ -75,9 +75,9 @@ def nanogpt_config(model_args, path: str) -> tuple[GPT2Config, bool]:
     if not isinstance(bias, bool):
         raise CheckpointError(f"{path}: model_args['bias'] is {show(bias)}, expected true/false")
     vocab = model_args["vocab_size"]
-    # GPT-2's <|endoftext|> when the vocabulary is GPT-2's (padded or not); a character-level
-    # vocabulary has no such token: token 0 (nanoGPT's sample.py starts from "\n", its first).
-    eos = GPT2_VOCAB - 1 if vocab >= GPT2_VOCAB else 0
+    # GPT-2's <|endoftext|>; a character-level vocabulary (65 tokens) has no such token, and
+    # an id outside [0, vocab_size) says so (GPT2Config.has_token), as transformers does.
+    eos = GPT2_VOCAB - 1
     try:
         config = GPT2Config(n_layer=model_args["n_layer"], n_head=model_args["n_head"],
                             n_embd=model_args["n_embd"], n_ctx=model_args["block_size"],
