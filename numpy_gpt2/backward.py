@@ -12,10 +12,13 @@ back through the model, one layer at a time (numpy_gpt2/layers_backward.py):
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .checks import check_mirrors_params, check_targets
 from .config import GPT2Config
+from .dropout import apply as apply_dropout
 from .errors import NonFiniteError
 from .finite import all_finite, check_finite_logits
 from .hooks import is_weight_name, no_record, prefixed, record_weights
@@ -31,7 +34,8 @@ from .params import flatten_params
 
 
 def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
-                   reference: bool = False, record=None, record_grad=None, grads: dict | None = None):
+                   reference: bool = False, record=None, record_grad=None, grads: dict | None = None,
+                   dropout=None):
     """The mean cross-entropy of the targets and its gradient for every parameter.
 
     tokens: int (T,) or (B, T); targets: ints of the same shape, targets[..., t] the token
@@ -50,12 +54,19 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
         wte.weight last, after the whole pass: wte's sums the tied head's part). Arrays may
         be reused after the call: copy what you keep.
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
+    dropout: a numpy_gpt2.dropout.Dropout(p, seed) for training with dropout (embeddings,
+        attention probabilities, residual branches; the backward applies the same masks);
+        None or p = 0: none, every number as without it. Fast path only.
     Raises ValueError for bad tokens or targets, before any work.
     """
     given = np.asarray(tokens)  # as the caller gave them: error messages use this shape
     tokens, targets = check_targets(tokens, targets, config, ignore_index)
     into = None if grads is None else check_mirrors_params(grads, params, "grads= (the accumulator)")
-    run = _loss_and_grads_reference if reference else _loss_and_grads_fast
+    if dropout is not None and dropout.p == 0:
+        dropout = None  # exactly the path without dropout
+    if reference and dropout is not None:
+        raise ValueError("dropout= runs on the fast path only (reference=False)")
+    run = _loss_and_grads_reference if reference else partial(_loss_and_grads_fast, dropout=dropout)
     loss, new = run(params, config, tokens, targets, ignore_index,
                     record or no_record, record_grad or no_record)
     check_finite_logits(np.float64(loss), params, config, given, forward=forward, reference=reference,
@@ -132,7 +143,7 @@ def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks, record_grad):
     return {key: grads[key] for key in params}  # the params' key order too
 
 
-def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad):
+def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad, dropout=None):
     """The fast path: each block keeps what its backward needs (10 E numbers per position,
     see layers_backward_fast.transformer_block_saving_fast); the output head and the loss run fused, in
     chunks of rows. Everything is 2-D (N = B*T rows) inside."""
@@ -146,10 +157,11 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     x = wte[tokens] + wpe[:T]  # (B, T, E)
     record("wte", wte[tokens])
     record("wpe", wpe[:T])
+    m_embd = apply_dropout(dropout, (0,), x)
     saved = []
     for i, block in enumerate(params["h"]):
         x, kept = transformer_block_saving_fast(x, block, n_head, eps, record=prefixed(record, f"h.{i}."),
-                                                **config.block_options(i))
+                                                dropout=dropout, layer=i, **config.block_options(i))
         saved.append(kept)
         record(f"h.{i}", x)
     x = x.reshape(B * T, E)
@@ -171,6 +183,8 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
                                                          record=prefixed(record_grad, f"h.{i}."),
                                                          **config.block_options(i))
     dx = dx.reshape(B, T, E)
+    if m_embd is not None:
+        dx *= m_embd
     record_grad("wpe", dx)
     record_grad("wte", dx)
     return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks, record_grad)

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from .activation_functions import TANH_GELU_NAMES, activation_fast
+from .dropout import apply as apply_dropout
 from .hooks import no_record, prefixed, record_weights
 from .layers import split_heads
 from .layers_backward import GELU_C
@@ -29,8 +30,8 @@ from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attentio
 from .threads import thread_pool
 
 
-def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, *, act="gelu_new",
-                                  scale=None):
+def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropout=None, layer=0, *,
+                                  act="gelu_new", scale=None):
     """transformer_block() for training: returns (out, saved), where saved holds what
     transformer_block_backward_fast (below) needs and nothing more.
 
@@ -38,6 +39,9 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, *, ac
     saved: {"x": input (N, E), "qkv": c_attn's output (N, 3E), "lse": each query's attention
     log-sum-exp (B, H, T), "y": the merged heads before c_proj (N, E), "x1": the residual
     after attention (N, E), "u": c_fc's output before the GELU (N, 4E)}, N = B * T.
+    dropout: a dropout.Dropout (None: none) for the attention probabilities and the two
+    residual branches of block number `layer`; then saved also holds the two branch masks
+    "m_attn" and "m_mlp" (N, E).
     act, scale: the MLP's activation function and the attention scores' factor (as in
     layers.transformer_block).
     """
@@ -49,9 +53,10 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, *, ac
     record("attn.c_attn", qkv)
     q, k, v = (split_heads(a.reshape(B, T, E), n_head) for a in np.split(qkv, 3, axis=-1))
     lse = np.empty((B, n_head, T), dtype=x.dtype)
-    y = causal_attention_fast(q, k, v, lse=lse, record=prefixed(record, "attn."),
-                              scale=scale).reshape(B * T, E)
+    y = causal_attention_fast(q, k, v, lse=lse, record=prefixed(record, "attn."), dropout=dropout,
+                              layer=layer, scale=scale).reshape(B * T, E)
     x1 = linear_fast(y, **block["attn"]["c_proj"])
+    m_attn = apply_dropout(dropout, (1, layer, 0), x1)
     record("attn", x1)
     x1 += x2d
     h = layer_norm_fast(x1, **block["ln_2"], eps=eps)
@@ -61,9 +66,13 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, *, ac
     h = gelu_fast(u.copy()) if act in TANH_GELU_NAMES else activation_fast(act)[0](u)
     record("mlp.gelu", h)
     out = linear_fast(h, **block["mlp"]["c_proj"])
+    m_mlp = apply_dropout(dropout, (1, layer, 1), out)
     record("mlp.c_proj", out)
     out += x1
-    return out.reshape(B, T, E), {"x": x2d, "qkv": qkv, "lse": lse, "y": y, "x1": x1, "u": u}
+    saved = {"x": x2d, "qkv": qkv, "lse": lse, "y": y, "x1": x1, "u": u}
+    if m_attn is not None:
+        saved.update(m_attn=m_attn, m_mlp=m_mlp, dropout=dropout, layer=layer)
+    return out.reshape(B, T, E), saved
 
 
 def layer_norm_backward_fast(dout, xhat, std, weight):
@@ -121,7 +130,7 @@ def _gelu_and_derivative_inplace(x, out):
 
 
 def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QUERY_BLOCK,
-                                   record=no_record, scale=None):
+                                   record=no_record, dropout=None, layer=0, scale=None):
     """attention_backward() with the causal mask, one block of queries at a time.
 
     dout, out: (B, H, T, D), the gradient of the attention output and the output itself;
@@ -131,6 +140,9 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     the softmax's row-sum term uses sum_j dP_ij P_ij = sum_d dout_id out_id (P v = out), so
     it needs no second pass over the block.
     record sees "softmax": dL/dP = dout v^T, (B, H, T, T), computed only when recording.
+    dropout: the forward's (causal_attention_fast): each block's mask M is regenerated, and
+    P M replaces P in dv, dL/dP = (dout v^T) M; the row-sum term is unchanged (it is
+    dout . out, out being the output after dropout).
     scale: the scores' factor, 1 / sqrt(D) unless the config changes it.
     """
     B, H, T, D = q.shape
@@ -148,8 +160,11 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
             p[..., t0:] += _future_mask(t1 - t0, p.dtype)
         p -= lse[:, :, t0:t1, None]
         np.exp(p, out=p)                                             # P
-        dv[:, :, :t1] += np.swapaxes(p, -1, -2) @ dout[:, :, t0:t1]  # dv = P^T dout
+        mask = None if dropout is None else dropout.mask((1, layer, 2, t0), p.shape, p.dtype)
+        dv[:, :, :t1] += np.swapaxes(p if mask is None else p * mask, -1, -2) @ dout[:, :, t0:t1]  # dv = P^T dout
         dp = dout[:, :, t0:t1] @ np.swapaxes(v[:, :, :t1], -1, -2)   # dP = dout v^T
+        if mask is not None:
+            dp *= mask
         dp -= delta[:, :, t0:t1]
         dp *= p                                                      # dS (of the scaled scores)
         dq[:, :, t0:t1] = (dp @ k[:, :, :t1]) * scale
@@ -178,12 +193,14 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     x, qkv, lse, y, x1, u = (saved[k] for k in ("x", "qkv", "lse", "y", "x1", "u"))
     B = lse.shape[0]
     ln_1, attn, ln_2, mlp = block["ln_1"], block["attn"], block["ln_2"], block["mlp"]
+    dropout, layer = saved.get("dropout"), saved.get("layer", 0)
 
     record("mlp.c_proj", dout)
     xhat2, std2 = normalize(x1, eps)
     g = _activation_and_derivative(u, act)                 # u := gelu'(u)
-    dc_proj = record_weights(record, "mlp.c_proj", _linear_grads(dout, g))
-    dg = np.matmul(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
+    dbranch = dout if dropout is None else dout * saved["m_mlp"]  # through the branch's dropout
+    dc_proj = record_weights(record, "mlp.c_proj", _linear_grads(dbranch, g))
+    dg = np.matmul(dbranch, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
     record("mlp.gelu", dg)
     dg *= u                                                # dL/du
     record("mlp.c_fc", dg)
@@ -196,13 +213,14 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     dout += dx1                                            # dout := dL/dx1
     record("attn", dout)
 
-    dattn_proj = record_weights(record, "attn.c_proj", _linear_grads(dout, y))
-    dy = dout @ attn["c_proj"]["weight"].T
+    dbranch = dout if dropout is None else dout * saved["m_attn"]
+    dattn_proj = record_weights(record, "attn.c_proj", _linear_grads(dbranch, y))
+    dy = dbranch @ attn["c_proj"]["weight"].T
     dqkv = np.empty_like(qkv)
     causal_attention_backward_fast(
         _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
         _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
-        record=prefixed(record, "attn."), scale=scale)
+        record=prefixed(record, "attn."), dropout=dropout, layer=layer, scale=scale)
     record("attn.c_attn", dqkv)
     xhat1, std1 = normalize(x, eps)
     dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])

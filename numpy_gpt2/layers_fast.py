@@ -98,7 +98,7 @@ def _future_mask(n, dtype):
 
 
 def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, lse=None,
-                          scale=None):
+                          dropout=None, layer=0, scale=None):
     """attention() with the causal mask, for T queries at positions past .. past+T-1.
 
     q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
@@ -106,7 +106,11 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     0 .. past+t1-1 only, and only its last t1-t0 keys need masking. block: queries per block.
     lse: optional (B, H, T) array, filled with each query's log sum_j exp(score_j): with it,
     the backward pass recomputes any block of probabilities as exp(score - lse), so no
-    (B, H, T, S) array needs to be kept for it. scale: the scores' factor (1 / sqrt(D)).
+    (B, H, T, S) array needs to be kept for it.
+    dropout: a dropout.Dropout for training (None: none): each block's probabilities are
+    multiplied by its mask (1, layer, 2, t0) before `@ v`; lse and the recorded
+    probabilities are those before dropout.
+    scale: the scores' factor (1 / sqrt(D) unless the config changes it).
     """
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -126,11 +130,12 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
         sums = scores.sum(axis=-1, keepdims=True)
         if lse is not None:
             lse[:, :, t0:t1] = (top + np.log(sums))[..., 0]
-        heads = scores @ v[:, :, :S]  # (B, H, n, D), unnormalized
-        heads /= sums
-        out[:, t0:t1] = np.swapaxes(heads, 1, 2)
         if probs is not None:
             probs[:, :, t0:t1, :S] = scores / sums
+        dropped = scores if dropout is None else scores * dropout.mask((1, layer, 2, t0), scores.shape, scores.dtype)
+        heads = dropped @ v[:, :, :S]  # (B, H, n, D), unnormalized
+        heads /= sums
+        out[:, t0:t1] = np.swapaxes(heads, 1, 2)
     if probs is not None:
         record("softmax", probs)
     return out

@@ -23,13 +23,12 @@ LayerNorm gain towards 0 or a bias towards 0 is not a useful prior.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from .checks import check_mirrors_params
 from .params import flatten_params, nest_params
-from .threads import thread_pool
+from .threads import thread_count, thread_pool
 
 # Elements per chunk when summing squares: small enough that the float32 partial sums stay
 # accurate and no gradient-sized temporary is made, large enough for BLAS to be fast.
@@ -121,7 +120,7 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
             work = buf[:p.size].reshape(p.shape) if p.size <= buf.size else np.empty_like(p)
             adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, state["step"], work)
 
-    n = os.cpu_count() or 1
+    n = thread_count()
     list(thread_pool().map(update, [chunks[i::n] for i in range(n)]))
 
 

@@ -38,10 +38,11 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 
 def accumulate_grads(params: dict, config, micro_batches) -> tuple[float, dict]:
     """Mean loss and mean gradient over micro-batches [(x, y), ...] of equal shape:
-    loss = 1/k sum_j L_j, grads = 1/k sum_j grad L_j (gradient accumulation)."""
+    loss = 1/k sum_j L_j, grads = 1/k sum_j grad L_j (gradient accumulation). A micro-batch
+    (x, y, dropout) trains with that dropout.Dropout (its masks)."""
     grads, total = None, 0.0
-    for x, y in micro_batches:
-        loss, grads = loss_and_grads(params, config, x, y, grads=grads)
+    for x, y, *dropout in micro_batches:
+        loss, grads = loss_and_grads(params, config, x, y, grads=grads, dropout=(dropout or [None])[0])
         total += loss
     k = len(micro_batches)
     if k > 1:
@@ -51,14 +52,18 @@ def accumulate_grads(params: dict, config, micro_batches) -> tuple[float, dict]:
 
 
 def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, *,
-               betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, eps=1e-8) -> tuple[float, float]:
+               betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, eps=1e-8,
+               accumulate=accumulate_grads) -> tuple[float, float]:
     """One optimizer step, in place: accumulate gradients over micro_batches, clip them to
     global norm grad_clip (0 = no clipping), AdamW update. Returns (loss, grad norm before
     clipping), the loss being the mean over the micro-batches before the update.
 
+    accumulate(params, config, micro_batches) -> (loss, grads): accumulate_grads, or a
+    data-parallel one that also sums over ranks (distributed.MPIWorld.accumulate_grads).
+
     Raises FloatingPointError, before touching the weights, if the loss or the gradient
     norm is not finite (a diverged run must not silently write NaN weights)."""
-    loss, grads = accumulate_grads(params, config, micro_batches)
+    loss, grads = accumulate(params, config, micro_batches)
     norm = clip_grad_norm(grads, grad_clip) if grad_clip else grad_norm(grads)
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise FloatingPointError(f"loss {loss} / gradient norm {norm} is not finite "

@@ -3,7 +3,7 @@
     python scripts/perplexity.py --model gpt2 FILE [--stride 512] [--max-length 1024] [--dtype float32]
 
 The text is tokenized with the GPT-2 tokenizer ("<|endoftext|>" in the text counts as the
-special token) and scored with numpy_gpt2.perplexity: windows of --max-length tokens (default
+separator token 50256, the same rule as train.py and prepare.py) and scored with numpy_gpt2.perplexity: windows of --max-length tokens (default
 n_ctx) every --stride tokens (default half the window); each token after the first is scored
 once, with the context its window gives it. Progress (a tqdm bar: tokens scored, tokens/s) goes
 to stderr, the result to stdout. Exit status: 0 done, 2 bad arguments or input, or a model whose
@@ -25,6 +25,8 @@ except ImportError:  # not pip-installed: use the package next to this script
 
 import numpy as np
 from tqdm import tqdm
+
+from numpy_gpt2.data import encode
 
 
 def progress_bar():
@@ -76,8 +78,7 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.file}: the file is empty; nothing to score")
         path = numpy_gpt2.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
-        tokens = np.asarray(numpy_gpt2.load_tokenizer(path).encode(text, allowed_special="all"),
-                            dtype=np.int64)
+        tokens = encode(numpy_gpt2.load_tokenizer(path), text)  # train.py's rule for <|endoftext|>
         if len(tokens) < 2:
             raise ValueError(f"{args.file}: the text is {len(tokens)} token long; perplexity "
                              f"needs at least 2 tokens (one to predict from, one to predict)")

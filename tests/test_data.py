@@ -89,14 +89,27 @@ def test_eval_batches_are_fixed_by_seed():
 
 def test_load_splits_tokenizes_each_split(tmp_path, tokenizer_dir):
     enc = numpy_gpt2.load_tokenizer(tokenizer_dir)
-    text = "Hello world. <|endoftext|> is plain text here.\n" * 20
+    text = "Hello world. <|endoftext|> is the separator token here.\n" * 20
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
     splits = data.load_splits(tmp_path / "t.txt", enc)
     cut = int(len(text) * 0.9)
-    assert splits["train"].tolist() == enc.encode_ordinary(text[:cut])
-    assert splits["val"].tolist() == enc.encode_ordinary(text[cut:])
-    assert 50256 not in splits["train"]  # encode_ordinary: no special token
+    special = {"<|endoftext|>"}
+    assert splits["train"].tolist() == enc.encode(text[:cut], allowed_special=special)
+    assert splits["val"].tolist() == enc.encode(text[cut:], allowed_special=special)
+    assert (splits["train"] == 50256).sum() == text[:cut].count("<|endoftext|>") == 18
     assert enc.decode(splits["train"].tolist()) + enc.decode(splits["val"].tolist()) == text
+
+
+@settings(max_examples=20)
+@given(pieces=st.lists(st.sampled_from(["<|endoftext|>", "<|endo", "ftext|>", " ", "\n", "a", "Hi",
+                                        "é", "<|", "|>", "12", "'s"]), max_size=30))
+def test_encode_maps_every_literal_endoftext_to_50256(tokenizer_dir, pieces):
+    """The one rule for text files: separators become 50256, the rest encode_ordinary."""
+    enc = numpy_gpt2.load_tokenizer(tokenizer_dir)
+    text = "".join(pieces)
+    ids = data.encode(enc, text).tolist()
+    assert ids == enc.encode(text, allowed_special={"<|endoftext|>"})
+    assert ids.count(50256) == text.count("<|endoftext|>")
 
 
 def test_tiny_shakespeare_split_sizes(tokenizer_dir):
