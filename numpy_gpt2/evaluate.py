@@ -11,6 +11,7 @@ context from its window's start.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -56,7 +57,8 @@ def perplexity(params: dict, config: GPT2Config, tokens, *, max_length: int | No
     n_ctx). stride: default max_length // 2 (the HF recipe's 512 for GPT-2). progress: optional
     callable(scored_so_far, total_to_score) called after each window.
 
-    Returns {"cross_entropy": mean NLL in nats/token, "perplexity": exp of it,
+    Returns {"cross_entropy": mean NLL in nats/token, "perplexity": exp of it (inf above
+    709.78 nats, where exp overflows float64),
     "n_scored": tokens scored, "nll_sum": summed NLL, "n_windows": windows run,
     "max_length", "stride": the window settings used}.
     Sums are accumulated in float64.
@@ -89,5 +91,6 @@ def perplexity(params: dict, config: GPT2Config, tokens, *, max_length: int | No
         if progress is not None:
             progress(scored, total)
     ce = nll_sum / scored
-    return {"cross_entropy": ce, "perplexity": math.exp(ce), "n_scored": scored,
+    ppl = math.exp(ce) if ce <= math.log(sys.float_info.max) else math.inf
+    return {"cross_entropy": ce, "perplexity": ppl, "n_scored": scored,
             "nll_sum": nll_sum, "n_windows": len(windows), "max_length": max_length, "stride": stride}

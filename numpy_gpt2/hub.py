@@ -34,6 +34,21 @@ def _looks_like_path(model: str) -> bool:
             or "\\" in model or model.count("/") > 1)
 
 
+def _why_not_downloaded(error: Exception, offline: bool) -> str:
+    """snapshot_download's failure in words (not the library's exception names)."""
+    from huggingface_hub import errors
+
+    if offline:
+        return "not in the cache, and HF_HUB_OFFLINE=1 forbids downloading"
+    if isinstance(error, errors.GatedRepoError):  # a RepositoryNotFoundError too: first
+        return "the repo is gated: accept its terms on huggingface.co and log in"
+    if isinstance(error, (errors.RepositoryNotFoundError, errors.RevisionNotFoundError)):
+        return "no such repo on the hub (or it is private: log in with `hf auth login`)"
+    if isinstance(error, errors.HFValidationError):
+        return "not a valid hub repo name (owner/name)"
+    return "not in the cache, and the hub could not be reached (no network?)"
+
+
 def resolve_model(model) -> str:
     """A local directory or .safetensors file -> that path, unchanged. A hub name ("gpt2",
     "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", or "owner/repo") -> the local snapshot
@@ -64,14 +79,11 @@ def resolve_model(model) -> str:
         # snapshot when there is one.
         path = snapshot_download(repo, allow_patterns=HUB_FILES)
     except Exception as e:  # network down, offline mode, unknown repo, bad repo name, ...
-        if constants.HF_HUB_OFFLINE:
-            reason = "not in the cache, and HF_HUB_OFFLINE=1 forbids downloading"
-        else:
-            first_line = (str(e).strip().splitlines() or [""])[0]
-            reason = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
         raise CheckpointError(
             f"{model}: not a local path; tried Hugging Face hub repo {repo} (cache "
-            f"{constants.HF_HUB_CACHE}): {reason}; {how_to}") from None
+            f"{constants.HF_HUB_CACHE}): {_why_not_downloaded(e, constants.HF_HUB_OFFLINE)}; "
+            f"to work offline, {how_to}, or download {repo} once while online: then "
+            f"HF_HUB_OFFLINE=1 uses that cached copy without the network") from None
     if os.path.isfile(os.path.join(path, "model.safetensors")):
         return path
     for patterns in OTHER_WEIGHTS:

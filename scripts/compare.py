@@ -27,18 +27,15 @@ Exit status: 0 all compared tensors pass, 1 some tensor fails (the first is name
 
 from __future__ import annotations
 
-import argparse
+import _cli  # first: Ctrl-C during the imports, numpy_gpt2 from a checkout (scripts/_cli.py)
+
 import fnmatch
-import os
 import sys
 
 import numpy as np
 
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
+import numpy_gpt2
+from _cli import UsageError
 from numpy_gpt2.activations import (GRAD, activation_names, activations, gradient_names, gradients,
                                     parameter_gradient_names)
 from numpy_gpt2.comparison import compare_activations
@@ -47,11 +44,6 @@ from numpy_gpt2.dump_format import dump_order_key, load_dump
 DEFAULT_ATOL = 1e-4  # float32 vs float32: both round at ~6e-8 per op, in different orders
 DEFAULT_RTOL = 1e-4
 LIVE = "live"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, like every other error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def load_side(path):
@@ -184,8 +176,20 @@ def print_table(rows, out=sys.stdout):
         print("  ".join(cells).rstrip(), file=out)
 
 
+def select(side: dict, patterns: str) -> None:
+    """Keep the tensors of side whose names match the comma-separated fnmatch patterns;
+    UsageError listing the names it holds when none match."""
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    kept = {n: a for n, a in side["acts"].items() if any(fnmatch.fnmatchcase(n, p) for p in wanted)}
+    if not kept:
+        raise UsageError(f"--names {patterns!r} matches none of the {len(side['acts'])} tensors "
+                         f"in {side['path']}: {_short(list(side['acts']), 12)}")
+    side["acts"] = kept
+
+
+@_cli.entry("compare.py")
 def main(argv=None) -> int:
-    parser = _Parser(
+    parser = _cli.Parser(
         prog="compare.py",
         description="Compare two activation/gradient dumps (or one dump against a live "
                     "numpy_gpt2 run) and name the first tensor outside the tolerance: "
@@ -220,18 +224,15 @@ def main(argv=None) -> int:
             ref = load_side(args.reference)
             cand = (live_side(ref, args.model, args.dtype) if args.candidate == LIVE
                     else load_side(args.candidate))
-        if args.names:
-            patterns = [p.strip() for p in args.names.split(",") if p.strip()]
+        if args.names is not None:
             for side in (ref, cand):
-                side["acts"] = {n: a for n, a in side["acts"].items()
-                                if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+                select(side, args.names)
         notes = check_same_input(ref, cand)
         if not set(ref["acts"]) & set(cand["acts"]):
             raise ValueError(f"no tensor names in common (reference: {_short(list(ref['acts']))}; "
                              f"candidate: {_short(list(cand['acts']))})")
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        print(f"compare.py: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2
+        raise UsageError(str(e)) from None
 
     rows = compare_activations(ref["acts"], cand["acts"], args.atol, args.rtol)
     print(f"reference: {describe(ref)}")

@@ -32,27 +32,21 @@ on stderr).
 
 from __future__ import annotations
 
-import argparse
+import _cli  # first: Ctrl-C during the imports, numpy_gpt2 from a checkout (scripts/_cli.py)
+
 import os
 import re
 import sys
 
 import numpy as np
 
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
+import numpy_gpt2
+from _cli import UsageError
 from numpy_gpt2.activations import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
                                     gradients, next_token_targets, parameter_gradient_names,
                                     select_names)
+from numpy_gpt2.checkpoint import write_files_atomically
 from numpy_gpt2.dump_format import config_metadata, dump_order_key, package_version, save_activations
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, like every other error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_ids(text: str, option: str) -> list[int]:
@@ -63,6 +57,9 @@ def parse_ids(text: str, option: str) -> list[int]:
         raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
     if not ids:
         raise ValueError(f"{option} is empty")
+    too_large = [i for i in ids if not -2**63 <= i < 2**63]
+    if too_large:  # NumPy's int64 cannot hold it; smaller ones get the vocabulary check
+        raise ValueError(f"{option}: {too_large[0]} is not a token id (ids are 0 .. vocab_size - 1)")
     return ids
 
 
@@ -103,8 +100,20 @@ def choose_targets(args, tokens: np.ndarray) -> np.ndarray:
     return targets
 
 
+def write_dump(path, tokens, tensors, metadata, targets, loss) -> None:
+    """save_activations into a temporary file next to `path`, renamed onto it when complete
+    (an interrupted or failed write leaves nothing), with the usual permissions."""
+    def write(tmp):
+        try:
+            save_activations(tmp, tokens, tensors, metadata, targets=targets, loss=loss)
+        except OSError as e:  # named after the temporary file: name --out instead
+            raise OSError(str(e).replace(tmp, path)) from None
+    write_files_atomically(os.path.dirname(os.path.abspath(path)), {os.path.basename(path): write})
+
+
+@_cli.entry("dump.py")
 def main(argv=None) -> int:
-    parser = _Parser(prog="dump.py", description=__doc__.split("\n\n")[0],
+    parser = _cli.Parser(prog="dump.py", description=__doc__.split("\n\n")[0],
                      epilog="Exit status: 0 written, 2 bad arguments or input.")
     parser.add_argument("--model", required=True, help="checkpoint directory, .safetensors file "
                         "or hub name (gpt2, gpt2-medium, ..., owner/repo)")
@@ -162,10 +171,9 @@ def main(argv=None) -> int:
             metadata.update(targets="given" if args.targets else "next tokens",
                             ignore_index=str(IGNORE_INDEX))
         tensors = {n: tensors[n] for n in sorted(tensors, key=dump_order_key)}  # backward order
-        save_activations(args.out, tokens, tensors, metadata, targets=targets, loss=loss)
+        write_dump(args.out, tokens, tensors, metadata, targets, loss)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        print(f"dump.py: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2
+        raise UsageError(str(e)) from None
     size = os.path.getsize(args.out)
     what = (f"{len(tensors)} tensors" + (f" (loss {loss:.6g})" if loss is not None else "")
             if args.grads else f"{len(tensors)} activations")

@@ -23,37 +23,22 @@ else $NUMPY_GPT2_TOKENIZER, else tiktoken's "gpt2" encoding.
 
 from __future__ import annotations
 
-import argparse
-import os
+import _cli  # first: Ctrl-C during the imports, numpy_gpt2 from a checkout (scripts/_cli.py)
+
 import sys
 import time
-
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
 
 import numpy as np
 from tqdm import tqdm
 
+import numpy_gpt2
+from _cli import UsageError
 from numpy_gpt2.checks import check_sampling_args
 from numpy_gpt2.tokenizer import ENDOFTEXT, tokenizer_dir, undecodable_ids
 
-EXIT_BAD_INPUT = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, not usage + message
-        raise UsageError(f"{message} (see --help)")
-
 
 def parse_args(argv):
-    p = _Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout). Token ids "
+    p = _cli.Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout). Token ids "
                 "the tokenizer cannot decode (a vocabulary padded past the tokenizer's, e.g. "
                 "nanoGPT's 50304) are never sampled: their logits are set to -inf.")
     p.add_argument("prompt", nargs="?", help="prompt text (default: read from stdin)")
@@ -80,9 +65,11 @@ def parse_args(argv):
 def read_prompt(args) -> str:
     if args.prompt is not None:
         return args.prompt
+    if sys.stdin is None:  # started with stdin closed (`<&-`)
+        raise UsageError("no prompt: give it as an argument, or on stdin (stdin is closed)")
     if sys.stdin.isatty():
         print("reading the prompt from stdin (end with Ctrl-D)", file=sys.stderr)
-    text = sys.stdin.read()
+    text = _cli.decode_utf8(sys.stdin.buffer.read(), "the prompt on stdin")
     return text[:-1] if text.endswith("\n") else text
 
 
@@ -97,6 +84,36 @@ def load_everything(model: str, dtype: str):
     source = tokenizer_dir(path) or 'tiktoken "gpt2"'
     n_params = sum(a.size for a in numpy_gpt2.flatten_params(params).values())
     return params, config, tokenizer, f"{path} ({n_params / 1e6:.1f}M parameters, {dtype}; tokenizer {source})"
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_memory(config, n_prompt: int, args, itemsize: int) -> None:
+    """UsageError, before any work, when one batch of --num-samples would need more memory
+    than is available: per sample the KV cache (2 n_layer (T + new) n_embd), the prompt's
+    forward pass (its widest activation, the MLP's 4 n_embd or the attention's n_head T per
+    position, a few at a time) and the logits and probabilities (a few vocab_size rows)."""
+    available = available_memory()
+    if available is None:
+        return
+    steps = max(min(args.max_new_tokens, config.n_ctx - n_prompt + 1), 1)
+    kv = 2 * config.n_layer * (n_prompt + steps) * config.n_embd
+    prefill = 3 * n_prompt * max(4 * config.n_embd, config.n_head * n_prompt)
+    per_sample = itemsize * (kv + prefill + 4 * config.vocab_size)
+    if per_sample * args.num_samples > available:
+        raise UsageError(
+            f"--num-samples {args.num_samples} as one batch needs about "
+            f"{per_sample * args.num_samples / 2**30:.1f} GiB of memory ({per_sample / 2**20:.2f} "
+            f"MiB per sample: KV cache, activations, logits), more than the "
+            f"{available / 2**30:.1f} GiB available; at most {available // per_sample} samples "
+            f"fit: run it several times with fewer")
 
 
 def timed(tokens, log):
@@ -142,6 +159,7 @@ def run(args):
                          f"is not in this model's vocabulary (vocab_size={config.vocab_size}): "
                          f"give a prompt")
     ids = ids or [config.bos_token_id]
+    check_memory(config, len(ids), args, np.dtype(args.dtype).itemsize)
     try:
         tokens = numpy_gpt2.generate(params, config, ids, args.max_new_tokens, args.temperature,
                                      args.top_k, args.top_p, seed=args.seed,
@@ -196,24 +214,14 @@ def run(args):
     report(len(ids), start, log, why)
 
 
+@_cli.entry("generate.py")
 def main(argv=None) -> int:
     # A terminal that cannot show some character gets "?" rather than a UnicodeEncodeError.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")
     # NaN or inf in the model raises NonFiniteError (one line on stderr): no NumPy warnings too.
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
-    try:
-        run(parse_args(argv))
-    except UsageError as e:
-        message = " ".join(str(e).split())  # one line, whatever the underlying error said
-        print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    run(parse_args(argv))
     return 0
 
 

@@ -12,20 +12,16 @@ numbers turn NaN or infinite (numpy_gpt2.NonFiniteError), with a one-line messag
 
 from __future__ import annotations
 
-import argparse
-import os
+import _cli  # first: Ctrl-C during the imports, numpy_gpt2 from a checkout (scripts/_cli.py)
+
 import sys
 import time
-
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
 
 import numpy as np
 from tqdm import tqdm
 
+import numpy_gpt2
+from _cli import UsageError
 from numpy_gpt2.data import encode
 
 
@@ -50,13 +46,9 @@ def progress_bar():
     return show, close
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line (not usage + message), status 2
-        self.exit(2, f"perplexity.py: error: {message} (see --help)\n")
-
-
+@_cli.entry("perplexity.py")
 def main(argv=None) -> int:
-    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser = _cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gpt2", help="checkpoint directory, .safetensors file "
                         "or hub name (default gpt2)")
     parser.add_argument("file", help="UTF-8 text file to score")
@@ -69,11 +61,7 @@ def main(argv=None) -> int:
     # NaN or inf in the model raises NonFiniteError (one line, below): no NumPy warnings too.
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
     try:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                text = f.read()
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{args.file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = _cli.read_text(args.file)
         if not text:
             raise ValueError(f"{args.file}: the file is empty; nothing to score")
         path = numpy_gpt2.resolve_model(args.model)
@@ -93,9 +81,7 @@ def main(argv=None) -> int:
         close()
         seconds = time.perf_counter() - start
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError, NonFiniteError: ValueErrors
-        message = " ".join(str(e).split())  # one line, whatever the underlying error said
-        print(f"perplexity.py: error: {message}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     print(f"model: {args.model} ({args.dtype})  file: {args.file}")
     windows = f"{result['n_windows']} window" + ("s" if result["n_windows"] != 1 else "")
     print(f"tokens: {len(tokens)} in the text, {result['n_scored']} scored in {windows} "

@@ -23,6 +23,8 @@ Bad input exits with status 2 and a one-line message.
 
 from __future__ import annotations
 
+import _cli  # first: Ctrl-C during the imports, numpy_gpt2 from a checkout (scripts/_cli.py)
+
 import argparse
 import codecs
 import collections
@@ -32,20 +34,16 @@ import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
-
 import numpy as np
 
+import numpy_gpt2
+from _cli import UsageError
 from numpy_gpt2.threads import thread_count
 from numpy_gpt2.token_files import write_tokens
 from numpy_gpt2.tokenizer import ENDOFTEXT
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_BAD_INPUT = _cli.EXIT_BAD_INPUT
+EXIT_INTERRUPTED = _cli.EXIT_SIGINT
 READ_BYTES = 1 << 20  # bytes read from a file at a time
 PIECE_CHARS = 1 << 20  # a document longer than this is tokenized in pieces
 META_FILE = "meta.json"
@@ -56,17 +54,8 @@ META_FILE = "meta.json"
 SAFE_CUT = re.compile(r"(?<=\S\n)(?=[A-Za-z])")
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
-
-
 def parse_args(argv):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files or directories")
     p.add_argument("--out", required=True, help="output directory for train.bin, val.bin, meta.json")
     p.add_argument("--val-fraction", type=float, default=0.1,
@@ -79,6 +68,8 @@ def parse_args(argv):
         raise UsageError(f"--val-fraction {args.val_fraction}: expected a number in (0, 1)")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: expected an integer >= 1")
+    if args.seed < 0:  # numpy's generators take seeds >= 0
+        raise UsageError(f"--seed {args.seed}: expected an integer >= 0")
     return args
 
 
@@ -200,6 +191,7 @@ def prepare(args, files, tokenizer, progress) -> dict:
             "seed": args.seed, "inputs": [os.path.abspath(i) for i in args.inputs]}
 
 
+@_cli.entry("prepare.py")
 def main(argv=None) -> int:
     from tqdm import tqdm
 

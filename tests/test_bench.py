@@ -1,4 +1,4 @@
-"""scripts/bench.py in its smoke mode (tiny config): it runs and reports sensible numbers.
+"""benchmarks/bench.py in its smoke mode (tiny config): it runs and reports sensible numbers.
 
 Speed itself is not asserted (machines differ and CI is noisy); the README holds the
 measured table of a full run.
@@ -16,8 +16,8 @@ import numpy as np
 import numpy_gpt2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "scripts", "bench.py")
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+BENCH = os.path.join(ROOT, "benchmarks", "bench.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench  # noqa: E402
 
 

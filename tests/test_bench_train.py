@@ -1,4 +1,4 @@
-"""scripts/bench.py --train in its smoke mode: the training rows run on both sides and report
+"""benchmarks/bench.py --train in its smoke mode: the training rows run on both sides and report
 consistent numbers (speed itself is not asserted: the README holds a measured table)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "scripts", "bench.py")
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+BENCH = os.path.join(ROOT, "benchmarks", "bench.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_train  # noqa: E402
 
 

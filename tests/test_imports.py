@@ -105,13 +105,6 @@ SCRIPT_FOLDERS = [d for d in ("scripts", "benchmarks", "examples") if (ROOT / d)
 @pytest.mark.parametrize("folder", SCRIPT_FOLDERS)
 def test_scripts_have_no_import_cycle(folder):
     graph = import_graph(ROOT / folder, None)
-    if folder == "scripts":  # the benchmarks' known circle, while they still live in scripts/
-        known = {"bench", "bench_startup", "bench_train"}
-        if find_cycle(graph) and set(find_cycle(graph)) <= known:
-            graph = {name: set() if name in known else targets for name, targets in graph.items()}
-            assert find_cycle(graph) is None, "import cycle in scripts/: " + " -> ".join(find_cycle(graph))
-            pytest.xfail("scripts/bench.py, bench_startup.py and bench_train.py import each other "
-                         "until the benchmarks have a folder of their own")
     cycle = find_cycle(graph)
     assert cycle is None, f"import cycle in {folder}/: " + " -> ".join(cycle)
 

@@ -16,7 +16,6 @@ The scripts are found by a glob, so a new script is covered without changing thi
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
@@ -27,9 +26,10 @@ import pytest
 import torch
 
 from checkpoints import checkpoint_tensors, make_config, random_state_dict, write_safetensors
+from run_scripts import script_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "scripts", "*.py")))
+SCRIPTS = [f"{name}.py" for name in script_names()]  # not the helper module scripts/_cli.py
 IMPORT_LOG = "NUMPY_GPT2_TEST_IMPORT_LOG"
 
 
@@ -85,7 +85,8 @@ def test_the_bare_environment_cannot_import_numpy_gpt2_but_has_its_dependencies(
 
 
 def test_scripts_are_found():
-    assert {"generate.py", "perplexity.py", "bench.py", "dump.py", "compare.py"} <= set(SCRIPTS)
+    assert {"generate.py", "perplexity.py", "train.py", "dump.py", "compare.py"} <= set(SCRIPTS)
+    assert not any(s.startswith(("bench", "_")) for s in SCRIPTS)  # benchmarks/, helpers
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Training rows of scripts/bench.py: one optimizer step, numpy_gpt2 against PyTorch.
+"""Training rows of benchmarks/bench.py: one optimizer step, numpy_gpt2 against PyTorch.
 
-    python scripts/bench.py --train              # the three rows below (124M T=1024: minutes)
-    python scripts/bench.py --train --smoke      # tiny shapes, seconds (CI)
-    python scripts/bench.py --train --rows shakespeare,124M-T64 --reps 5 --json
+    python benchmarks/bench.py --train              # the three rows below (124M T=1024: minutes)
+    python benchmarks/bench.py --train --smoke      # tiny shapes, seconds (CI)
+    python benchmarks/bench.py --train --rows shakespeare,124M-T64 --reps 5 --json
 
 Each row times one optimizer step on a batch of random tokens: forward + backward + global
 norm clipping (1.0) + AdamW (betas (0.9, 0.99), weight decay 0.1 on matrices), float32:
@@ -21,6 +21,7 @@ between the sides. Reported: medians in tokens/s (B*T per step) and the ratio nu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -29,8 +30,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402  (scripts/bench.py: workers, RSS, machine info, row format)
+from bench_common import (Worker, comparison_row, import_numpy_gpt2, machine_info, numpy_info,
+                          peak_rss_bytes)
 
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
 ROWS = {
@@ -49,8 +50,7 @@ def random_batch(cfg, seed):
 
 class NumpyTrainer:
     def __init__(self, cfg):
-        sys.path.insert(0, bench.ROOT)  # the numpy_gpt2 next to this script
-        import numpy_gpt2
+        numpy_gpt2 = import_numpy_gpt2()
         from numpy_gpt2.initialization import init_params
         from numpy_gpt2.train_step import train_step
         self.np_gpt2 = numpy_gpt2
@@ -66,7 +66,7 @@ class NumpyTrainer:
                                weight_decay=WEIGHT_DECAY, grad_clip=CLIP)[0]
 
     def info(self):
-        return bench.NumpySide.info(self)
+        return numpy_info()
 
 
 class TorchTrainer:
@@ -110,7 +110,7 @@ def worker(side_name, cfg, threads):
     for n, line in enumerate(sys.stdin):
         request = json.loads(line)
         if request["op"] == "rss":
-            reply = {"peak_rss": bench.peak_rss_bytes()}
+            reply = {"peak_rss": peak_rss_bytes()}
         else:
             x, y = random_batch(cfg, seed=n)
             start = time.perf_counter()
@@ -119,18 +119,10 @@ def worker(side_name, cfg, threads):
         print(json.dumps(reply), flush=True)
 
 
-class TrainWorker(bench.Worker):
-    """bench.Worker, started as a training worker of this file."""
-
-    def __init__(self, side, cfg, threads):
-        env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(threads)
-        self.proc = bench.subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", side, "--config", json.dumps(cfg),
-             "--threads", str(threads)],
-            stdin=bench.subprocess.PIPE, stdout=bench.subprocess.PIPE, text=True, env=env)
-        self.ready = self._read()
+def worker_argv(side, cfg, threads):
+    """The command line (after python) of this file's training worker for one side."""
+    return [os.path.abspath(__file__), "--worker", side, "--config", json.dumps(cfg),
+            "--threads", str(threads)]
 
 
 def row_label(name, cfg):
@@ -141,7 +133,7 @@ def run(rows, threads, reps, with_torch):
     sides = ["numpy"] + (["torch"] if with_torch else [])
     result_rows, info = [], {}
     for name, cfg in rows.items():
-        workers = {s: TrainWorker(s, cfg, threads) for s in sides}
+        workers = {s: Worker(worker_argv(s, cfg, threads), threads) for s in sides}
         for s in sides:
             info[s] = workers[s].ready["info"]
             workers[s].ask(op="step")  # warm-up: first touches, BLAS threads, allocator
@@ -154,15 +146,15 @@ def run(rows, threads, reps, with_torch):
             w.close()
         tokens = cfg["batch"] * cfg["T"]
         label = row_label(name, cfg)
-        speed = bench._row(label, "tokens/s", {s: tokens / statistics.median(v) for s, v in seconds.items()},
+        speed = comparison_row(label, "tokens/s", {s: tokens / statistics.median(v) for s, v in seconds.items()},
                            higher=True)
-        memory = bench._row(f"{label} peak RSS", "MiB", rss, higher=False)
+        memory = comparison_row(f"{label} peak RSS", "MiB", rss, higher=False)
         result_rows += [speed, memory]
         print(f"  {label}: numpy_gpt2 {speed['numpy_gpt2']:.0f} tok/s, PyTorch "
               f"{speed['pytorch'] or 0:.0f} tok/s, ratio {speed.get('ratio', 0):.2f}; peak RSS ratio "
               f"{memory.get('ratio', 0):.2f}", file=sys.stderr, flush=True)
     return {"rows": result_rows, "info": info, "threads": threads, "reps": reps, "pytorch": with_torch,
-            "machine": bench.machine_info(), "configs": rows}
+            "machine": machine_info(), "configs": rows}
 
 
 def print_table(result):
@@ -182,7 +174,7 @@ def print_table(result):
 
 
 def main(args):
-    """Called by scripts/bench.py --train with its parsed arguments (rows, reps, threads, ...)."""
+    """Called by benchmarks/bench.py --train with its parsed arguments (rows, reps, threads, ...)."""
     rows = dict(SMOKE_ROWS if args.smoke else ROWS)
     if getattr(args, "rows", None):
         wanted = args.rows.split(",")
@@ -191,7 +183,7 @@ def main(args):
             sys.exit(f"bench.py: error: unknown --rows {','.join(unknown)}; choose from {','.join(rows)}")
         rows = {w: rows[w] for w in wanted}
     with_torch = not args.numpy_only and all(
-        bench.importlib.util.find_spec(m) for m in ("torch", "transformers"))
+        importlib.util.find_spec(m) for m in ("torch", "transformers"))
     result = run(rows, args.threads, args.reps or (2 if args.smoke else 3), with_torch)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -200,7 +192,7 @@ def main(args):
     return 0
 
 
-if __name__ == "__main__":  # a worker process (the parent is scripts/bench.py --train)
+if __name__ == "__main__":  # a worker process (the parent is benchmarks/bench.py --train)
     import argparse
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", choices=["numpy", "torch"], required=True)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Benchmark numpy_gpt2 against transformers' GPT2LMHeadModel on the same checkpoint file.
 
-    python scripts/bench.py                 # 124M-shaped checkpoint, full run (a few minutes)
-    python scripts/bench.py --json          # one JSON object on stdout instead of the table
-    python scripts/bench.py --smoke         # tiny config, seconds (CI)
-    python scripts/bench.py --numpy-only    # skip PyTorch even when it is installed
-    python scripts/bench.py --xl-dir /tmp/xl  # start-up: process start to first token, gpt2-xl shape
-    python scripts/bench.py --train         # training rows instead (see scripts/bench_train.py)
+    python benchmarks/bench.py                 # 124M-shaped checkpoint, full run (a few minutes)
+    python benchmarks/bench.py --json          # one JSON object on stdout instead of the table
+    python benchmarks/bench.py --smoke         # tiny config, seconds (CI)
+    python benchmarks/bench.py --numpy-only    # skip PyTorch even when it is installed
+    python benchmarks/bench.py --xl-dir /tmp/xl  # start-up: process start to first token, gpt2-xl shape
+    python benchmarks/bench.py --train         # training rows instead (see benchmarks/bench_train.py)
 
 What is measured (batch 1 unless said; float32 on both sides):
   prefill T      one forward over T prompt tokens into a fresh KV cache, logits for the last
@@ -33,22 +33,20 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
+import bench_startup
+import bench_train
+from bench_common import (Worker, checkpoint_shapes, comparison_row, ensure_checkpoint,
+                          import_numpy_gpt2, machine_info, model_part, numpy_info,
+                          peak_rss_bytes, warm_page_cache, write_checkpoint)  # noqa: F401
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+numpy_gpt2 = import_numpy_gpt2()
 
 FULL = dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257,
             prefill=[128, 512, 1024], prompt=16, new_tokens=128, batches=[1, 8], reps=3)
@@ -57,101 +55,7 @@ SMOKE = dict(n_layer=2, n_head=2, n_embd=64, n_ctx=128, vocab_size=512,
 
 
 # ----------------------------------------------------------------------------------------
-# The checkpoint: hub layout, written with NumPy one tensor at a time.
-
-def checkpoint_shapes(n_layer, n_head, n_embd, n_ctx, vocab_size):
-    """Tensor name -> shape, in the hub file's order (with the h.N.attn.bias mask buffers)."""
-    E, P = n_embd, n_ctx
-    shapes = {"wte.weight": (vocab_size, E), "wpe.weight": (P, E)}
-    for i in range(n_layer):
-        p = f"h.{i}."
-        shapes.update({
-            p + "ln_1.weight": (E,), p + "ln_1.bias": (E,), p + "attn.bias": (1, 1, P, P),
-            p + "attn.c_attn.weight": (E, 3 * E), p + "attn.c_attn.bias": (3 * E,),
-            p + "attn.c_proj.weight": (E, E), p + "attn.c_proj.bias": (E,),
-            p + "ln_2.weight": (E,), p + "ln_2.bias": (E,),
-            p + "mlp.c_fc.weight": (E, 4 * E), p + "mlp.c_fc.bias": (4 * E,),
-            p + "mlp.c_proj.weight": (4 * E, E), p + "mlp.c_proj.bias": (E,),
-        })
-    shapes["ln_f.weight"] = (E,)
-    shapes["ln_f.bias"] = (E,)
-    return shapes
-
-
-def random_tensor(name, shape, rng):
-    """GPT-2-like initial values: N(0, 0.02) weights, LayerNorm gains near 1, causal mask buffers."""
-    if name.endswith(".attn.bias"):
-        return np.tril(np.ones(shape[-2:], np.float32)).reshape(shape)
-    if ".ln_" in name or name.startswith("ln_f"):
-        base = 1.0 if name.endswith("weight") else 0.0
-        return (base + 0.05 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-    return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-
-
-def write_checkpoint(directory, cfg, seed=0):
-    """model.safetensors (hub layout: unpadded header, so the data block is unaligned) + config.json."""
-    os.makedirs(directory, exist_ok=True)
-    shapes = checkpoint_shapes(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["n_ctx"], cfg["vocab_size"])
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in shapes.items():
-        nbytes = 4 * int(np.prod(shape))
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    head = json.dumps(header, separators=(",", ":")).encode()
-    rng = np.random.default_rng(seed)
-    path = os.path.join(directory, "model.safetensors")
-    with open(path + ".tmp", "wb") as f:
-        f.write(len(head).to_bytes(8, "little"))
-        f.write(head)
-        for name, shape in shapes.items():  # one tensor in memory at a time
-            f.write(random_tensor(name, shape, rng).astype("<f4").tobytes())
-    os.replace(path + ".tmp", path)
-    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-              "n_layer": cfg["n_layer"], "n_head": cfg["n_head"], "n_embd": cfg["n_embd"],
-              "n_ctx": cfg["n_ctx"], "n_positions": cfg["n_ctx"], "vocab_size": cfg["vocab_size"],
-              "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-              "bos_token_id": cfg["vocab_size"] - 1, "eos_token_id": cfg["vocab_size"] - 1,
-              "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-              "tie_word_embeddings": True}
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(directory, "bench-config.json"), "w") as f:
-        json.dump(_model_part(cfg), f)
-
-
-def _model_part(cfg):
-    return {k: cfg[k] for k in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size")}
-
-
-def ensure_checkpoint(directory, cfg):
-    """Write the checkpoint unless `directory` already holds one for the same config."""
-    marker = os.path.join(directory, "bench-config.json")
-    if os.path.isfile(marker) and os.path.isfile(os.path.join(directory, "model.safetensors")):
-        with open(marker) as f:
-            if json.load(f) == _model_part(cfg):
-                return False
-    write_checkpoint(directory, cfg)
-    return True
-
-
-def warm_page_cache(path):
-    with open(path, "rb") as f:
-        while f.read(1 << 24):
-            pass
-
-
-# ----------------------------------------------------------------------------------------
 # Workers: one process per side, driven line by line over stdin/stdout (JSON).
-
-def peak_rss_bytes():
-    """Peak resident set size of this process (VmHWM), bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
 
 def prompt_tokens(batch, T, vocab_size, seed=1):
     return np.random.default_rng(seed).integers(0, vocab_size - 1, size=(batch, T))
@@ -206,13 +110,7 @@ class NumpySide:
         return step, int(sum((np.stack(steps, axis=1) == eos).any(axis=1)))
 
     def info(self):
-        info = {"numpy": np.__version__}
-        try:
-            blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-            info["blas"] = f"{blas.get('name')} {blas.get('version')}"
-        except Exception:  # show_config's format is not a stable API
-            pass
-        return info
+        return numpy_info()
 
 
 class TorchSide:
@@ -252,6 +150,11 @@ class TorchSide:
                 "attn_implementation": self.model.config._attn_implementation}
 
 
+def worker_argv(side, directory, threads):
+    """The command line (after python) of this file's worker for one side."""
+    return [os.path.abspath(__file__), "--worker", side, "--dir", directory, "--threads", str(threads)]
+
+
 def worker(side_name, directory, threads):
     """Load, report the load time to first logits, then answer timing requests until EOF."""
     side = NumpySide(directory) if side_name == "numpy" else TorchSide(directory, threads)
@@ -282,43 +185,13 @@ def worker(side_name, directory, threads):
         print(json.dumps(reply), flush=True)
 
 
-class Worker:
-    """The parent's handle on one worker process."""
-
-    def __init__(self, side, directory, threads):
-        env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(threads)  # same thread count for both sides, set before the BLAS loads
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", side, "--dir", directory,
-             "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.ready = self._read()
-
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"benchmark worker exited with code {self.proc.wait()}")
-        return json.loads(line)
-
-    def ask(self, **request):
-        time.sleep(0.05)  # let the other side's idle BLAS/OpenMP threads stop spinning
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
 # ----------------------------------------------------------------------------------------
 # The parent: interleave repetitions of the two sides, take medians, print.
 
 def run(cfg, directory, threads, with_torch):
     sides = ["numpy"] + (["torch"] if with_torch else [])
     warm_page_cache(os.path.join(directory, "model.safetensors"))
-    workers = {s: Worker(s, directory, threads) for s in sides}
+    workers = {s: Worker(worker_argv(s, directory, threads), threads) for s in sides}
     load = {s: [workers[s].ready["load_seconds"]] for s in sides}
     rows = []
     tasks = [("prefill", f"prefill T={T}", dict(op="prefill", batch=1, T=T), T) for T in cfg["prefill"]]
@@ -332,7 +205,7 @@ def run(cfg, directory, threads, with_torch):
         for _ in range(cfg["reps"]):
             for s in sides:
                 seconds[s].append(workers[s].ask(**request)["seconds"])
-        rows.append(_row(label, "tokens/s" if kind == "prefill" else "new tokens/s",
+        rows.append(comparison_row(label, "tokens/s" if kind == "prefill" else "new tokens/s",
                          {s: n_tokens / statistics.median(v) for s, v in seconds.items()}, higher=True))
         r = rows[-1]  # progress on stderr, for people watching a long run
         print(f"  {label}: numpy_gpt2 {r['numpy_gpt2']:.1f}, PyTorch {r['pytorch'] or 0:.1f}, "
@@ -344,17 +217,17 @@ def run(cfg, directory, threads, with_torch):
         w.close()
     for _ in range(cfg["reps"] - 1):  # more load samples: fresh processes, load and exit
         for s in sides:
-            w = Worker(s, directory, threads)
+            w = Worker(worker_argv(s, directory, threads), threads)
             load[s].append(w.ready["load_seconds"])
             w.close()
-    rows.append(_row("load to first logits", "s", {s: statistics.median(v) for s, v in load.items()},
+    rows.append(comparison_row("load to first logits", "s", {s: statistics.median(v) for s, v in load.items()},
                      higher=False))
-    rows.append(_row("peak RSS", "MiB", rss, higher=False))
-    weight_bytes = 4 * sum(int(np.prod(shape)) for name, shape in checkpoint_shapes(**_model_part(cfg)).items()
+    rows.append(comparison_row("peak RSS", "MiB", rss, higher=False))
+    weight_bytes = 4 * sum(int(np.prod(shape)) for name, shape in checkpoint_shapes(**model_part(cfg)).items()
                            if not name.endswith(".attn.bias"))
     return {"rows": rows, "compaction": compaction, "info": info, "threads": threads,
             "weights_mib": weight_bytes / 2**20,
-            "pytorch": with_torch, "machine": machine_info(), "model": _model_part(cfg),
+            "pytorch": with_torch, "machine": machine_info(), "model": model_part(cfg),
             "reps": cfg["reps"]}
 
 
@@ -376,28 +249,6 @@ def early_stop_rows(numpy_worker, cfg):
     print(f"  {result['what']} ({stopped} stopped at step {step} of {cfg['new_tokens']}): {on:.3f} s, "
           f"without compaction {off:.3f} s, speed-up {off / on:.2f}x", file=sys.stderr, flush=True)
     return result
-
-
-def _row(label, unit, values, higher):
-    row = {"what": label, "unit": unit, "numpy_gpt2": values["numpy"], "pytorch": values.get("torch")}
-    if row["pytorch"]:
-        # Ratio numpy_gpt2 / PyTorch: for speeds > 1 means numpy_gpt2 is faster; for
-        # seconds and bytes < 1 means numpy_gpt2 is better.
-        row["ratio"] = row["numpy_gpt2"] / row["pytorch"]
-    row["higher_is_better"] = higher
-    return row
-
-
-def machine_info():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_") and k != "OPENBLAS_NUM_THREADS"}
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "openblas_env": env, "load_avg_at_end": os.getloadavg()}
 
 
 def print_table(result):
@@ -432,21 +283,17 @@ def main(argv=None):
     ap.add_argument("--numpy-only", action="store_true", help="do not measure PyTorch")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--train", action="store_true", help="training rows instead: one optimizer step "
-                    "(forward + backward + clip + AdamW), numpy_gpt2 vs PyTorch (scripts/bench_train.py)")
+                    "(forward + backward + clip + AdamW), numpy_gpt2 vs PyTorch (benchmarks/bench_train.py)")
     ap.add_argument("--rows", help="with --train: comma-separated subset of shakespeare,124M-T64,124M-T1024")
     ap.add_argument("--xl-dir", metavar="DIR", help="start-up rows instead: process start to the first "
-                    "token, gpt2-xl shape (6.4 GB, written once into DIR) and 124M (scripts/bench_startup.py)")
+                    "token, gpt2-xl shape (6.4 GB, written once into DIR) and 124M (benchmarks/bench_startup.py)")
     ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.xl_dir:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import bench_startup
         with_torch = not args.numpy_only and all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
         result = bench_startup.run_startup(args.xl_dir, args.threads, args.reps or 5, with_torch)
         return print(json.dumps(result, indent=1)) if args.json else bench_startup.print_startup_table(result)
     if args.train:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import bench_train
         return bench_train.main(args)
     if args.worker:
         return worker(args.worker, args.dir, args.threads)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Start-up benchmark: process start to the first generated token, numpy_gpt2 vs transformers.
 
-    python scripts/bench.py --xl-dir /tmp/xl            # gpt2-xl shape (6.4 GB) and gpt2 (124M)
-    python scripts/bench.py --xl-dir /tmp/xl --reps 7 --json
+    python benchmarks/bench.py --xl-dir /tmp/xl            # gpt2-xl shape (6.4 GB) and gpt2 (124M)
+    python benchmarks/bench.py --xl-dir /tmp/xl --reps 7 --json
 
 --xl-dir DIR holds a 48-layer, 1600-wide checkpoint of random weights in the exact layout of
 openai-community/gpt2-xl's model.safetensors (no prefix, mask buffers, unaligned data block;
@@ -30,14 +30,6 @@ import subprocess
 import sys
 import time
 
-if sys.argv[1:2] != ["torch"]:  # the PyTorch worker's timed start must not pay for numpy_gpt2
-    try:
-        import numpy_gpt2  # noqa: F401
-    except ImportError:  # not pip-installed: use the package next to this script
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import numpy_gpt2  # noqa: F401
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 XL = dict(n_layer=48, n_head=25, n_embd=1600, n_ctx=1024, vocab_size=50257)
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257)
 PROMPT = [464, 3616, 286, 1204, 318]  # "The meaning of life is"
@@ -47,11 +39,8 @@ def first_token(side: str, directory: str, threads: int) -> None:
     """Worker: import, load, one token; print the times (time.monotonic, system-wide) as JSON."""
     imported_at = time.monotonic()
     if side == "numpy":
-        try:
-            import numpy_gpt2
-        except ImportError:  # not pip-installed: use the package next to this script
-            sys.path.insert(0, os.path.dirname(HERE))
-            import numpy_gpt2
+        from bench_common import import_numpy_gpt2  # not at the top: the PyTorch worker's
+        numpy_gpt2 = import_numpy_gpt2()            # timed start must not pay for it
         imported = time.monotonic()
         params, config = numpy_gpt2.load(directory)
         loaded = time.monotonic()
@@ -109,18 +98,18 @@ def measure(side: str, directory: str, threads: int) -> dict:
 
 
 def run_startup(xl_dir: str, threads: int, reps: int, with_torch: bool) -> dict:
-    import bench  # the 124M benchmark's checkpoint writer and page-cache warmer
+    import bench_common  # the checkpoint writer and page-cache warmer (numpy: not in the workers)
 
     shapes = {"gpt2-xl shape (48 x 1600)": (xl_dir, XL),
               "gpt2 shape (124M)": (os.path.join(xl_dir, "gpt2-124m"), GPT2)}
     sides = ["numpy"] + (["torch"] if with_torch else [])
     result = {"threads": threads, "reps": reps, "machine": None, "shapes": {}}
     for label, (directory, cfg) in shapes.items():
-        if bench.ensure_checkpoint(directory, dict(cfg)):
+        if bench_common.ensure_checkpoint(directory, dict(cfg)):
             print(f"  wrote {directory}", file=sys.stderr, flush=True)
         path = os.path.join(directory, "model.safetensors")
         start = time.monotonic()
-        bench.warm_page_cache(path)
+        bench_common.warm_page_cache(path)
         warm = time.monotonic() - start
         runs = {s: [] for s in sides}
         for rep in range(reps):
@@ -136,7 +125,7 @@ def run_startup(xl_dir: str, threads: int, reps: int, with_torch: bool) -> dict:
                            ("start_to_token", "load", "load_to_token", "import")}
                        for s, v in runs.items()},
             "same_token": len({r["token"] for v in runs.values() for r in v}) == 1}
-    result["machine"] = bench.machine_info()
+    result["machine"] = bench_common.machine_info()
     return result
 
 
@@ -168,10 +157,10 @@ def print_startup_table(result: dict) -> None:
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
 
 
-if __name__ == "__main__":  # a worker process (the parent is scripts/bench.py --xl-dir)
+if __name__ == "__main__":  # a worker process (the parent is benchmarks/bench.py --xl-dir)
     import argparse
     ap = argparse.ArgumentParser(description="One start-up measurement (a worker of "
-                                 "scripts/bench.py --xl-dir, which runs the whole benchmark).")
+                                 "benchmarks/bench.py --xl-dir, which runs the whole benchmark).")
     ap.add_argument("side", choices=["numpy", "torch"])
     ap.add_argument("directory", help="checkpoint directory")
     ap.add_argument("threads", type=int)
