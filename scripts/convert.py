@@ -18,18 +18,14 @@ status: 0 done, 2 bad arguments or input with a one-line message.
 
 from __future__ import annotations
 
-import argparse
+import _cli  # first: Ctrl-C during the imports, numpy_gpt2 from a checkout (scripts/_cli.py)
+
 import json
 import os
 import shutil
 import sys
 
-try:
-    import numpy_gpt2
-except ImportError:  # not pip-installed: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import numpy_gpt2
-
+import numpy_gpt2
 from tqdm import tqdm
 
 from numpy_gpt2.checkpoint import hf_config_dict, write_files_atomically
@@ -40,11 +36,6 @@ from numpy_gpt2.params import flatten_params
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 GPT2_VOCAB = 50257
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line (not usage + message), status 2
-        self.exit(2, f"convert.py: error: {message} (see --help)\n")
 
 
 def tokenizer_files(args, source_path, config) -> dict:
@@ -86,8 +77,9 @@ def hf_writers(params, config, dtype, tokenizer, bar) -> dict:
     return writers
 
 
+@_cli.entry("convert.py")
 def main(argv=None) -> int:
-    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser = _cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="checkpoint: directory, weights file or hub name")
     parser.add_argument("out", help="output: a directory (--to hf) or a file (--to llmc)")
     parser.add_argument("--to", choices=["hf", "llmc"], required=True, help="output format")
