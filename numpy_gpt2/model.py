@@ -73,12 +73,13 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
         kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
         if reference:
             x = transformer_block(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
-                                  record=prefixed(record, f"h.{i}."), key_bias=key_bias)
+                                  record=prefixed(record, f"h.{i}."), key_bias=key_bias,
+                                  **config.block_options(i))
         else:
             last = last_only and i == config.n_layer - 1  # only the last position needed here
             x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
                                        last_only=last, record=prefixed(record, f"h.{i}."),
-                                       key_bias=key_bias)
+                                       key_bias=key_bias, **config.block_options(i))
         if record is not no_record:
             record(f"h.{i}", x.copy() if not reference else x)  # the next block updates x in place
     if kv_cache is not None:
