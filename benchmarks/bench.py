@@ -18,6 +18,10 @@ What is measured (batch 1 unless said; float32 on both sides):
   peak RSS       VmHWM of the process that ran all of the above, one process per side.
   generate b8, 6 rows stop early   numpy_gpt2 alone: generate() with finished rows dropped
                  from the batch (the default) against computed to the end (compact=False).
+  8 prompts of lengths 2, 4, .., 16 (greedy, 128 new tokens each): numpy_gpt2.generate with
+                 the list of prompts as one batch (left-padded inside, attention mask) against
+                 the same prompts one by one, and transformers' generate() on the batch
+                 left-padded with its attention_mask; new tokens/s.
 
 The checkpoint has random weights but the exact layout of openai-community/gpt2's
 model.safetensors (no prefix, mask buffers, unaligned data block); it is written once with
@@ -59,6 +63,12 @@ SMOKE = dict(n_layer=2, n_head=2, n_embd=64, n_ctx=128, vocab_size=512,
 
 def prompt_tokens(batch, T, vocab_size, seed=1):
     return np.random.default_rng(seed).integers(0, vocab_size - 1, size=(batch, T))
+
+
+def ragged_prompts(tokens):
+    """Rows of tokens (B, T) cut to B different lengths T/B, 2T/B, .., T (lists of ids)."""
+    B, T = tokens.shape
+    return [row[:max(1, T * (b + 1) // B)].tolist() for b, row in enumerate(tokens)]
 
 
 class NumpySide:
@@ -109,6 +119,13 @@ class NumpySide:
                                            eos_token_id=eos, stop_at_eos=eos is not None, compact=compact))
         return step, int(sum((np.stack(steps, axis=1) == eos).any(axis=1)))
 
+    def ragged(self, prompts, new_tokens, batched):
+        """Greedy generate() of prompts of different lengths: one batch, or one by one."""
+        kw = dict(temperature=0, stop_at_eos=False)
+        if batched:
+            return list(self.np_gpt2.generate(self.params, self.config, prompts, new_tokens, **kw))
+        return [list(self.np_gpt2.generate(self.params, self.config, p, new_tokens, **kw)) for p in prompts]
+
     def info(self):
         return numpy_info()
 
@@ -144,6 +161,17 @@ class TorchSide:
                                      use_cache=True, logits_to_keep=1)
             return torch.cat(result, dim=1).numpy()
 
+    def ragged(self, prompts, new_tokens, batched=True):
+        """transformers' generate() on the prompts left-padded, with their attention mask."""
+        torch, width = self.torch, max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, width - len(p):], mask[b, width - len(p):] = torch.tensor(p), 1
+        with torch.inference_mode():
+            return self.model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                                       min_new_tokens=new_tokens, pad_token_id=0).numpy()
+
     def info(self):
         return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
                 "torch_threads": self.torch.get_num_threads(),
@@ -176,6 +204,8 @@ def worker(side_name, directory, threads):
             stopped = None
             if request["op"] == "prefill":
                 side.prefill(tokens)
+            elif request["op"] == "ragged":
+                side.ragged(ragged_prompts(tokens), request["new_tokens"], request["batched"])
             elif request["op"] == "early_stop":
                 stopped = side.decode_early_stop(tokens, request["n_early"], request["new_tokens"],
                                                  request["compact"])
@@ -211,6 +241,7 @@ def run(cfg, directory, threads, with_torch):
         print(f"  {label}: numpy_gpt2 {r['numpy_gpt2']:.1f}, PyTorch {r['pytorch'] or 0:.1f}, "
               f"ratio {r.get('ratio', 0):.2f}", file=sys.stderr, flush=True)
     compaction = early_stop_rows(workers["numpy"], cfg)
+    ragged = ragged_rows(workers, cfg)
     rss = {s: workers[s].ask(op="rss")["peak_rss"] / 2**20 for s in sides}
     info = {s: workers[s].ready["info"] for s in sides}
     for w in workers.values():
@@ -225,7 +256,7 @@ def run(cfg, directory, threads, with_torch):
     rows.append(comparison_row("peak RSS", "MiB", rss, higher=False))
     weight_bytes = 4 * sum(int(np.prod(shape)) for name, shape in checkpoint_shapes(**model_part(cfg)).items()
                            if not name.endswith(".attn.bias"))
-    return {"rows": rows, "compaction": compaction, "info": info, "threads": threads,
+    return {"rows": rows, "compaction": compaction, "ragged": ragged, "info": info, "threads": threads,
             "weights_mib": weight_bytes / 2**20,
             "pytorch": with_torch, "machine": machine_info(), "model": model_part(cfg),
             "reps": cfg["reps"]}
@@ -251,6 +282,28 @@ def early_stop_rows(numpy_worker, cfg):
     return result
 
 
+def ragged_rows(workers, cfg):
+    """8 prompts of different lengths: numpy_gpt2.generate on all of them as one batch, on
+    each alone in turn, and (when measured) transformers' generate on the left-padded batch;
+    the repetitions interleaved, the first round (first touches) not kept."""
+    request = dict(op="ragged", batch=8, T=cfg["prompt"], new_tokens=cfg["new_tokens"])
+    runs = [("numpy", True), ("numpy", False)] + [("torch", True)] * ("torch" in workers)
+    seconds = {run: [] for run in runs}
+    for rep in range(cfg["reps"] + 1):
+        for side, batched in runs:
+            reply = workers[side].ask(**request, batched=batched)
+            if rep:
+                seconds[side, batched].append(reply["seconds"])
+    speed = {run: 8 * cfg["new_tokens"] / statistics.median(v) for run, v in seconds.items()}
+    result = {"what": f"8 prompts of lengths {max(1, cfg['prompt'] // 8)}..{cfg['prompt']}", "new_tokens": cfg["new_tokens"],
+              "batched": speed["numpy", True], "one_by_one": speed["numpy", False],
+              "pytorch_batched": speed.get(("torch", True)), "speedup": speed["numpy", True] / speed["numpy", False]}
+    print(f"  {result['what']}: batched {result['batched']:.1f}, one by one {result['one_by_one']:.1f} new "
+          f"tokens/s (speed-up {result['speedup']:.2f}x); PyTorch batched {result['pytorch_batched'] or 0:.1f}",
+          file=sys.stderr, flush=True)
+    return result
+
+
 def print_table(result):
     m = result["machine"]
     print(f"model {result['model']}  float32 weights {result['weights_mib']:.0f} MiB")
@@ -271,6 +324,10 @@ def print_table(result):
     print(f"{c['what']} (numpy_gpt2.generate, greedy, {c['stopped']} rows stopped at step {c['stop_step']} "
           f"of {c['new_tokens']}): finished rows dropped {c['seconds_compact']:.3f} s, computed to the end "
           f"{c['seconds_no_compact']:.3f} s, speed-up {c['speedup']:.2f}x")
+    g = result["ragged"]
+    torch_part = f", PyTorch generate() left-padded {g['pytorch_batched']:.1f}" if g["pytorch_batched"] else ""
+    print(f"{g['what']} (greedy, {g['new_tokens']} new tokens each): numpy_gpt2 as one batch {g['batched']:.1f}, "
+          f"one by one {g['one_by_one']:.1f} new tokens/s, speed-up {g['speedup']:.2f}x{torch_part}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
 
 

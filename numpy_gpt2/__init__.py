@@ -2,6 +2,7 @@
 
 from .activations import activation_names, activations, gradient_names, gradients, next_token_targets
 from .backward import loss_and_grads
+from .beams import beam_search
 from .checkpoint import load, save_checkpoint
 from .comparison import compare_activations
 from .config import GPT2Config
@@ -17,7 +18,7 @@ from .params import flatten_params
 from .sampling import generate
 from .tokenizer import load_tokenizer, stream_decode
 
-__all__ = ["loss_and_grads", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
+__all__ = ["loss_and_grads", "beam_search", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
            "log_softmax", "perplexity", "save_activations", "sliding_windows", "token_nll",
            "CheckpointError", "NonFiniteError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
            "new_kv_cache", "resolve_model", "stream_decode",

@@ -102,7 +102,8 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     inputs = []  # the input of each block: all its backward needs
     for i, block in enumerate(params["h"]):
         inputs.append(x)
-        x = transformer_block(x, block, n_head, eps, record=prefixed(record, f"h.{i}."))
+        x = transformer_block(x, block, n_head, eps, record=prefixed(record, f"h.{i}."),
+                              **config.block_options(i))
         record(f"h.{i}", x)
     h = layer_norm(x, **params["ln_f"], eps=eps)
     record("ln_f", h)
@@ -122,7 +123,8 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     for i in reversed(range(config.n_layer)):
         record_grad(f"h.{i}", dx)
         dx, dblocks[i] = transformer_block_backward(dx, inputs[i], params["h"][i], n_head, eps,
-                                                    record=prefixed(record_grad, f"h.{i}."))
+                                                    record=prefixed(record_grad, f"h.{i}."),
+                                                    **config.block_options(i))
     record_grad("wpe", dx)
     record_grad("wte", dx)
     return loss, _assemble(params, config, tokens, dx, dhead, dln_f, dblocks, record_grad)
@@ -159,7 +161,7 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     saved = []
     for i, block in enumerate(params["h"]):
         x, kept = transformer_block_saving_fast(x, block, n_head, eps, record=prefixed(record, f"h.{i}."),
-                                                dropout=dropout, layer=i)
+                                                dropout=dropout, layer=i, **config.block_options(i))
         saved.append(kept)
         record(f"h.{i}", x)
     x = x.reshape(B * T, E)
@@ -178,7 +180,8 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     for i in reversed(range(config.n_layer)):
         record_grad(f"h.{i}", dx)
         dx, dblocks[i] = transformer_block_backward_fast(dx, saved.pop(), params["h"][i], n_head, eps,
-                                                         record=prefixed(record_grad, f"h.{i}."))
+                                                         record=prefixed(record_grad, f"h.{i}."),
+                                                         **config.block_options(i))
     dx = dx.reshape(B, T, E)
     if m_embd is not None:
         dx *= m_embd

@@ -8,37 +8,26 @@ raw little-endian data) rather than through ``safetensors.safe_open`` because we
 BF16 (NumPy has no bfloat16), errors that name the file and key, a check of every header
 field before anything is allocated, a check that every weight is finite, and to copy each
 tensor straight into its final array so the weights are never held twice (gpt2-xl is 6.4 GB).
-
-How the bytes get in (see _copy_tensors): the file is memory-mapped (its pages are the
-page cache, not our memory) and copied, in 1 MB chunks on a few threads, into new arrays.
-The hub files' data block starts at an odd byte (14,291 in gpt2), so arrays viewing the map
-in place would be misaligned and read-only; copies are aligned, writable and ours.
+(numpy_gpt2.formats.tensor_copy copies the bytes.)
 """
 
 from __future__ import annotations
 
 import json
-import math
-import mmap
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .atomic import write_files_atomically
-from .checks import cut, is_int, show
+from .checks import cut, is_int
 from .config import GPT2Config, infer_config, read_config_json
 from .errors import CheckpointError
+from .formats.safetensors import MAX_HEADER_BYTES, _naturals, read_safetensors_header  # noqa: F401
+from .formats.detect import find_checkpoint
+from .formats.tensor_copy import (CHUNK_ELEMENTS, FILE_DTYPES, _convert, _default_threads,  # noqa: F401
+                                  _sum_is_finite, copy_tensors)
 from .params import flatten_params, nest_params
-
-# safetensors dtype name -> little-endian NumPy dtype of the stored bytes.
-# BF16 is read as raw uint16 and widened by hand (see _convert).
-FILE_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-               "BF16": np.dtype("<u2")}
-
-MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
-CHUNK_ELEMENTS = 1 << 18  # copy and check 1 MB of float32 at a time: it stays in the CPU cache
 
 # Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
 # They are not parameters; we recompute the mask and never keep them in memory.
@@ -47,7 +36,7 @@ _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """Every parameter key of a GPT-2 checkpoint (without ``transformer.``) -> its shape."""
-    E, V, P = config.n_embd, config.vocab_size, config.n_ctx
+    E, V, P, M = config.n_embd, config.vocab_size, config.n_ctx, config.mlp_width
     shapes = {"wte.weight": (V, E), "wpe.weight": (P, E)}
     for i in range(config.n_layer):
         for name, shape in [
@@ -55,195 +44,13 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
             ("attn.c_attn.weight", (E, 3 * E)), ("attn.c_attn.bias", (3 * E,)),
             ("attn.c_proj.weight", (E, E)), ("attn.c_proj.bias", (E,)),
             ("ln_2.weight", (E,)), ("ln_2.bias", (E,)),
-            ("mlp.c_fc.weight", (E, 4 * E)), ("mlp.c_fc.bias", (4 * E,)),
-            ("mlp.c_proj.weight", (4 * E, E)), ("mlp.c_proj.bias", (E,)),
+            ("mlp.c_fc.weight", (E, M)), ("mlp.c_fc.bias", (M,)),
+            ("mlp.c_proj.weight", (M, E)), ("mlp.c_proj.bias", (E,)),
         ]:
             shapes[f"h.{i}.{name}"] = shape
     shapes["ln_f.weight"] = (E,)
     shapes["ln_f.bias"] = (E,)
     return shapes
-
-
-def read_safetensors_header(path: str) -> tuple[dict, int]:
-    """Parse and check a safetensors header.
-
-    Returns ``(entries, data_start)`` where entries maps each tensor name to
-    ``{"dtype", "shape", "data_offsets"}`` (offsets relative to data_start). Every field is
-    checked against the file before anything is allocated: a header that claims a
-    [2**40, 2**40] tensor is rejected here, by arithmetic on Python ints (no overflow).
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, too short)")
-            n = int.from_bytes(head, "little")
-            if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
-                raise CheckpointError(
-                    f"{path}: not a safetensors file (header length {n} does not fit a {size}-byte file)")
-            raw = f.read(n)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    if len(raw) != n:
-        raise CheckpointError(f"{path}: truncated while reading the header")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, a 5000-digit number, [[[[...
-        raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
-    header.pop("__metadata__", None)
-    data_start, data_size = 8 + n, size - 8 - n
-    spans = []
-    for name, e in header.items():
-        if not name.isprintable() or len(name) > 1000:  # messages below print it
-            raise CheckpointError(f"{path}: corrupted header: tensor name {show(name)}")
-        ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"].isprintable()
-              and _naturals(e.get("shape")) and _naturals(e.get("data_offsets"))
-              and len(e["data_offsets"]) == 2)
-        if not ok:
-            raise CheckpointError(f"{path}: corrupted header entry for {show(name)}: {show(e)} "
-                                  f"(expected {{\"dtype\": str, \"shape\": [int >= 0, ...], "
-                                  f"\"data_offsets\": [begin, end]}})")
-        begin, end = e["data_offsets"]
-        if end < begin:
-            raise CheckpointError(f"{path}: {name}: data_offsets {e['data_offsets']} are reversed")
-        if e["dtype"] in FILE_DTYPES:
-            nbytes = math.prod(e["shape"]) * FILE_DTYPES[e["dtype"]].itemsize  # exact, any size
-            if end - begin != nbytes:
-                raise CheckpointError(
-                    f"{path}: {name}: header says {e['dtype']} {cut(str(e['shape']))} "
-                    f"({nbytes} bytes) but data_offsets span {end - begin} bytes")
-        if end > data_size:
-            raise CheckpointError(
-                f"{path}: truncated: {name} needs data bytes {begin}..{end} but the file has only "
-                f"{data_size} data bytes")
-        spans.append((begin, end, name))
-    spans.sort()
-    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
-        if begin_b < end_a:
-            raise CheckpointError(f"{path}: corrupted: data of {a} and {b} overlap")
-    return header, data_start
-
-
-def _naturals(value) -> bool:
-    """A JSON list of integers >= 0 (no floats, no bools, nothing nested)."""
-    return isinstance(value, list) and all(is_int(v) and v >= 0 for v in value)
-
-
-def _convert(stored: np.ndarray, file_dtype: str, out: np.ndarray) -> None:
-    """Stored values (a view of the file's bytes as FILE_DTYPES[file_dtype]) -> floats in out.
-
-    BF16 is the top half of a float32's bits: widened as ``uint16 << 16`` viewed as float32,
-    which is exact (NaN and inf included)."""
-    if file_dtype == "BF16":
-        bits = np.left_shift(stored, np.uint32(16))  # uint16 -> uint32, shifted (one chunk)
-        stored = bits.view(np.float32)
-    np.copyto(out, stored, casting="unsafe")  # F16 -> F32/F64, F32 <-> F64: NumPy's rounding
-
-
-def _default_threads() -> int:
-    """The CPUs this process may run on, at most 8 (copying saturates memory bandwidth)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
-
-
-def _copy_tensors(path: str, data_start: int, entries: dict, dtype: np.dtype, threads: int) -> dict:
-    """{key: header entry} -> {key: a new C-contiguous array of dtype with the tensor's values}.
-
-    Each tensor gets its own np.empty array (aligned, lazily backed: pages appear as they are
-    written). The file is mapped and cut into chunks of CHUNK_ELEMENTS; `threads` threads take
-    alternate chunks, copy (NumPy releases the GIL while it copies), convert when the file's
-    dtype is not `dtype`, and sum each chunk while it is still in the CPU cache: NaN and inf
-    survive a sum, so a finite sum proves the chunk finite. Chunks whose sum is not finite are
-    searched element by element afterwards (a sum can also overflow on huge finite values).
-    Raises CheckpointError for the first non-finite value in file order.
-    """
-    out = {key: np.empty(e["shape"], dtype) for key, e in entries.items()}
-    order = sorted(entries, key=lambda k: entries[k]["data_offsets"][0])  # sequential reads
-    jobs = [(key, lo, min(lo + CHUNK_ELEMENTS, out[key].size))
-            for key in order for lo in range(0, out[key].size, CHUNK_ELEMENTS)]
-    if not jobs:
-        return out
-    with open(path, "rb") as f:
-        # The header was checked against the file's size; a file that shrank since then would
-        # make the map raise SIGBUS, so check again on the open file.
-        last = max(e["data_offsets"][1] for e in entries.values())
-        if os.fstat(f.fileno()).st_size < data_start + last:
-            raise CheckpointError(f"{path}: truncated: the file shrank while being loaded")
-        data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-    suspects = []  # (key, lo, hi) chunks whose sum is not finite
-
-    def work(first: int) -> None:
-        with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
-            for key, lo, hi in jobs[first::threads]:
-                e = entries[key]
-                stored_dtype = FILE_DTYPES[e["dtype"]]
-                begin = data_start + e["data_offsets"][0] + lo * stored_dtype.itemsize
-                stored = data[begin:begin + (hi - lo) * stored_dtype.itemsize]
-                chunk = out[key].reshape(-1)[lo:hi]
-                if stored_dtype == dtype:  # copy bytes: the file's odd alignment does not matter
-                    np.copyto(chunk.view(np.uint8), stored)
-                else:
-                    _convert(stored.view(stored_dtype), e["dtype"], chunk)
-                if not _sum_is_finite(chunk):
-                    suspects.append((key, lo, hi))
-
-    if threads == 1 or len(jobs) == 1:
-        work(0)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            for done in [pool.submit(work, i) for i in range(threads)]:
-                done.result()  # re-raises a worker's exception here
-    for key, lo, hi in sorted(suspects, key=lambda s: (entries[s[0]]["data_offsets"][0], s[1])):
-        bad = np.flatnonzero(~np.isfinite(out[key].reshape(-1)[lo:hi]))
-        if bad.size:  # else the sum overflowed on finite values: fine
-            raise _non_finite_error(path, key, entries[key], lo + int(bad[0]), out[key], data,
-                                    data_start, dtype)
-    return out
-
-
-def _sum_is_finite(chunk: np.ndarray) -> bool:
-    """True when the sum of the 1-D chunk is finite: then every element is (a NaN or inf
-    makes any sum NaN or inf, in any order). np.einsum's sum is SIMD: 3.7x np.sum here."""
-    return bool(np.isfinite(np.einsum("i->", chunk)))
-
-
-def _non_finite_error(path, name, entry, flat_index, array, data, data_start, dtype):
-    """The CheckpointError for the first NaN/inf: file, key, index, value (and if the file's
-    value was finite, that it overflows `dtype`, e.g. an F64 1e300 read as float32)."""
-    index = tuple(int(i) for i in np.unravel_index(flat_index, array.shape))
-    value = array.reshape(-1)[flat_index]
-    what = "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
-    stored_dtype = FILE_DTYPES[entry["dtype"]]
-    begin = data_start + entry["data_offsets"][0] + flat_index * stored_dtype.itemsize
-    stored = data[begin:begin + stored_dtype.itemsize].view(stored_dtype)[0]
-    why = ""
-    if entry["dtype"] != "BF16" and np.isfinite(stored):
-        why = f" (the file holds {entry['dtype']} {float(stored)!r}, too large for {np.dtype(dtype)})"
-    return CheckpointError(
-        f"{path}: {name} holds a non-finite value: {what} at index {list(index)} "
-        f"(flat index {flat_index}, the first in this tensor){why}; every weight must be finite")
-
-
-def _find_files(source) -> tuple[str, str | None]:
-    """A directory or a .safetensors path -> (weights path, config.json path or None)."""
-    source = os.fspath(source)
-    if os.path.isdir(source):
-        weights = os.path.join(source, "model.safetensors")
-        if not os.path.isfile(weights):
-            raise CheckpointError(f"{source}: directory has no model.safetensors")
-        config = os.path.join(source, "config.json")
-    elif os.path.isfile(source):
-        weights = source
-        config = os.path.join(os.path.dirname(source) or ".", "config.json")
-    else:
-        raise CheckpointError(f"{source}: no such file or directory")
-    return weights, (config if os.path.isfile(config) else None)
 
 
 def _strip_prefix(names, path) -> dict[str, str]:
@@ -263,7 +70,10 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
     """Load a GPT-2 checkpoint: ``params, config = load(source, dtype)``.
 
     source: a directory holding ``model.safetensors`` (and usually ``config.json``), or a
-    path to a ``.safetensors`` file (a ``config.json`` beside it is used when present).
+    path to a ``.safetensors`` file (a ``config.json`` beside it is used when present); also
+    a sharded checkpoint (a directory or its ``*.index.json``), ``pytorch_model.bin`` (read
+    without torch, never running code from the pickle), nanoGPT's ``ckpt.pt`` and llm.c's
+    ``.bin`` files: see numpy_gpt2.formats.detect and docs/formats.md.
     dtype: float32 (default) or float64; F16/BF16/F32/F64 files are converted to it.
     threads: threads that copy the weights out of the file (default: the CPUs this process
     may use, at most 8); the result does not depend on it.
@@ -286,8 +96,9 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if n_head is not None and (not is_int(n_head) or n_head < 1):
         raise ValueError(f"n_head must be a positive integer (or None), got {n_head!r}")
-    weights, config_path = _find_files(source)
-    header, data_start = read_safetensors_header(weights)
+    found = find_checkpoint(source)
+    weights, config_path = found.weights, found.config_path
+    header = {n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in found.tensors.items()}
     keys = _strip_prefix(header, weights)
     params_in_file = {k: n for n, k in keys.items() if not _BUFFER.fullmatch(k)}
 
@@ -296,7 +107,12 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
             raise CheckpointError(
                 f"{weights}: {name} has dtype {cut(header[name]['dtype'])}; expected one of "
                 f"{', '.join(FILE_DTYPES)}")
-    if config_path:
+    if found.config:  # nanoGPT's model_args, llm.c's header
+        config, config_from = found.config, f"its {found.format} header"
+        if n_head is not None and n_head != config.n_head:
+            raise CheckpointError(f"{weights}: n_head={config.n_head} ({config_from}), but "
+                                  f"load() was given n_head={n_head}")
+    elif config_path:
         config, config_from = read_config_json(config_path), config_path
         if n_head is not None and n_head != config.n_head:
             raise CheckpointError(f"{config_path}: n_head={config.n_head}, but load() was "
@@ -335,8 +151,8 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
                 f"n_ctx={config.n_ctx})")
 
     # Every shape is now the config's, so the arrays below are exactly the weights' size.
-    arrays = _copy_tensors(weights, data_start, {params_in_file[k]: header[params_in_file[k]]
-                                                 for k in shapes}, dtype, threads)
+    arrays = copy_tensors({params_in_file[k]: found.tensors[params_in_file[k]] for k in shapes},
+                          dtype, threads)
     flat = {key: arrays[params_in_file[key]] for key in shapes}
     if has_head:
         head = flat.pop("lm_head.weight")
@@ -388,11 +204,13 @@ def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
             "n_ctx": config.n_ctx, "n_positions": config.n_ctx, "vocab_size": config.vocab_size,
-            "n_inner": None, "activation_function": config.activation_function,
+            "n_inner": config.n_inner, "activation_function": config.activation_function,
             "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02,
             "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
-            "scale_attn_weights": True, "use_cache": True,
+            "scale_attn_weights": config.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
+            "reorder_and_upcast_attn": config.reorder_and_upcast_attn, "use_cache": True,
             "tie_word_embeddings": config.tie_word_embeddings,
             "torch_dtype": np.dtype(dtype).name}
 

@@ -9,7 +9,9 @@ Functions take the model's GPT2Config as `config` (only its fields are read).
 
 from __future__ import annotations
 
+import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -120,10 +122,71 @@ def check_targets(tokens, targets, config, ignore_index: int):
     return tokens, targets
 
 
-def check_prompt(tokens, config) -> np.ndarray:
+def check_prompt(tokens, config, context: str = "stop", what: str = "prompt tokens") -> np.ndarray:
     """The prompt as an int64 array (T,) or (B, T): check_tokens, worded for a prompt
-    (empty, ragged, not integers, ids outside the vocabulary, longer than n_ctx: ValueError)."""
-    return check_tokens(tokens, config, what="prompt tokens").astype(np.int64)
+    (empty, ragged, not integers, ids outside the vocabulary: ValueError; longer than n_ctx
+    too, unless context="slide", where the model sees only the last n_ctx tokens)."""
+    capacity = None if context == "stop" else sys.maxsize
+    return check_tokens(tokens, config, capacity=capacity, what=what).astype(np.int64)
+
+
+def check_prompts(tokens, config, context: str = "stop") -> tuple[list, bool]:
+    """The prompts as a list of int64 arrays (T_b,), and whether one prompt (T,) was given.
+
+    tokens: one prompt (T,), a batch (B, T), or a list of B prompts of different lengths,
+    each checked by check_prompt (a ragged batch's messages name "prompt b").
+    """
+    try:
+        array = np.asarray(tokens)
+    except ValueError:  # NumPy refuses ragged nesting: prompts of different lengths
+        array = None
+    if array is not None and array.dtype != object:
+        array = check_prompt(array, config, context)
+        return list(np.atleast_2d(array)), array.ndim == 1
+    rows = [check_prompt(row, config, context, what=f"prompt {b}") for b, row in enumerate(tokens)]
+    for b, row in enumerate(rows):
+        if row.ndim != 1:
+            raise ValueError(f"prompt {b} must be one sequence of token ids, got shape {row.shape}")
+    return rows, False
+
+
+def _per_row(value, name, batch: int, length: int, single: bool, what: str):
+    """value as an array of shape (batch, length), accepting (length,) for one sequence;
+    ValueError naming `name` for any other shape."""
+    value = np.asarray(value)
+    expected = (length,) if single else (batch, length)
+    if value.shape != expected and not (single and value.shape == (1, length)):
+        raise ValueError(f"{name} must have shape {expected} ({what}), got {value.shape}")
+    return value.reshape(-1, length)
+
+
+def check_attention_mask(mask, batch: int, length: int, single: bool):
+    """forward()'s attention_mask as a (B, S) bool array: 0/1 (or bools) of shape (S,) for one
+    sequence or (B, S), S = cached + new positions, no row all padding. None stays None."""
+    if mask is None:
+        return None
+    mask = _per_row(mask, "attention_mask", batch, length, single, "cached + new positions")
+    if mask.dtype != bool and not (mask.dtype.kind in "iuf" and np.isin(mask, (0, 1)).all()):
+        raise ValueError("attention_mask must hold only 0 and 1 (1 = a real token, 0 = padding)")
+    mask = mask.astype(bool)
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if len(empty):
+        raise ValueError(f"attention_mask: row {int(empty[0])} is all padding (every row needs "
+                         f"at least one real token)")
+    return mask
+
+
+def check_position_ids(position_ids, batch: int, length: int, single: bool, config):
+    """forward()'s position_ids as a (B, T) int array in [0, n_ctx). None stays None."""
+    if position_ids is None:
+        return None
+    position_ids = _per_row(position_ids, "position_ids", batch, length, single, "the new tokens'")
+    if position_ids.dtype.kind not in "iu":
+        raise ValueError(f"position_ids must be integers, got dtype {position_ids.dtype}")
+    if position_ids.min() < 0 or position_ids.max() >= config.n_ctx:
+        raise ValueError(f"position_ids must be in [0, {config.n_ctx}) (n_ctx), got values "
+                         f"from {position_ids.min()} to {position_ids.max()}")
+    return position_ids
 
 
 # ---- generation arguments ---------------------------------------------------------------
@@ -174,6 +237,9 @@ def check_suppress_tokens(suppress_tokens, vocab_size: int) -> np.ndarray:
     """generate()'s suppress_tokens (None or an iterable of ints) as the sorted int64 array of
     those in [0, vocab_size) (others are ignored, as by transformers). ValueError if one is not
     an integer, or if every id of the vocabulary is banned (nothing would be left to pick)."""
+    if isinstance(suppress_tokens, (str, bytes)) or not (suppress_tokens is None
+                                                         or hasattr(suppress_tokens, "__iter__")):
+        raise ValueError(f"suppress_tokens must be a list of token ids, got {suppress_tokens!r}")
     ids = [] if suppress_tokens is None else list(suppress_tokens)
     bad = next((t for t in ids if not is_int(t)), None)
     if bad is not None:
@@ -182,6 +248,117 @@ def check_suppress_tokens(suppress_tokens, vocab_size: int) -> np.ndarray:
     if len(ids) == vocab_size:
         raise ValueError(f"suppress_tokens bans every token id of the vocabulary [0, {vocab_size})")
     return ids
+
+
+def check_generation_args(config, logprobs=None, context="stop", *, cli=False):
+    """ValueError naming logprobs (None, or an integer in 0..vocab_size) or context ("stop" or
+    "slide") when invalid; cli=True names the flags (--logprobs, --context)."""
+    flag = "--logprobs" if cli else "logprobs"
+    if logprobs is not None and (not is_int(logprobs) or not 0 <= logprobs <= config.vocab_size):
+        raise ValueError(f"{flag} must be an integer in 0..{config.vocab_size} (vocab_size)"
+                         f"{'' if cli else ' or None'}, got {logprobs!r}")
+    if context not in ("stop", "slide"):
+        raise ValueError(f"{'--context' if cli else 'context'} must be \"stop\" or \"slide\", "
+                         f"got {context!r}")
+
+
+# The logits processors' options and the values that mean "off" (None is always off).
+PROCESSOR_OFF = {"logit_bias": (), "repetition_penalty": (1.0,), "frequency_penalty": (0.0,),
+                 "presence_penalty": (0.0,), "no_repeat_ngram_size": (0,), "min_new_tokens": (0,),
+                 "suppress_tokens": ((),), "min_p": (), "typical_p": (1.0,)}
+
+
+def _check_token_id(name, token, vocab_size):
+    if not is_int(token) or not 0 <= token < vocab_size:
+        raise ValueError(f"{name}: token id {token!r} is not an integer in [0, {vocab_size}) "
+                         f"(vocab_size)")
+    return int(token)
+
+
+def _check_logit_bias(bias, vocab_size, name):
+    if not isinstance(bias, dict):
+        raise ValueError(f"{name} must be a dict {{token_id: bias}}, got {type(bias).__name__}")
+    checked = {}
+    for token, value in bias.items():
+        token = _check_token_id(name, token, vocab_size)
+        if not is_number(value) or math.isnan(value) or value == math.inf:
+            raise ValueError(f"{name}[{token}] must be a finite number or -inf (a ban), got {value!r}")
+        checked[token] = float(value)
+    return checked
+
+
+def _check_processor_value(name, value, vocab_size, flag):
+    """One processor option, checked and normalized (see check_processor_args)."""
+    if name == "logit_bias":
+        return _check_logit_bias(value, vocab_size, flag)
+    if name == "suppress_tokens":  # ids outside the vocabulary are ignored, as by transformers
+        try:
+            return tuple(check_suppress_tokens(value, vocab_size).tolist())
+        except ValueError as e:
+            raise ValueError(str(e).replace("suppress_tokens", flag, 1)) from None
+    if name == "repetition_penalty" and (not is_number(value) or not 0 < value < math.inf):
+        raise ValueError(f"{flag} must be a finite number > 0 (1 = off), got {value!r}")
+    if name in ("frequency_penalty", "presence_penalty") and (not is_number(value) or not math.isfinite(value)):
+        raise ValueError(f"{flag} must be a finite number (0 = off), got {value!r}")
+    if name in ("no_repeat_ngram_size", "min_new_tokens") and (not is_int(value) or value < 0):
+        raise ValueError(f"{flag} must be an integer >= 0 (0 = off), got {value!r}")
+    if name == "min_p" and (not is_number(value) or not 0 <= value <= 1):
+        raise ValueError(f"{flag} must be in [0, 1], got {value!r}")
+    if name == "typical_p" and (not is_number(value) or not 0 < value <= 1):
+        raise ValueError(f"{flag} must be in (0, 1] (1 = off), got {value!r}")
+    return value
+
+
+def check_processor_args(vocab_size: int, *, cli=False, **options) -> dict:
+    """Validate the logits processors' options (numpy_gpt2.processors); returns the active
+    ones, normalized (logit_bias a dict of floats, suppress_tokens a tuple of ints).
+
+    options: any of logit_bias ({id: float or -inf}), repetition_penalty (> 0; 1 = off),
+    frequency_penalty, presence_penalty (finite; 0 = off), no_repeat_ngram_size (int >= 0;
+    0 = off), min_new_tokens (int >= 0), suppress_tokens (ids; those outside the vocabulary
+    ignored, as check_suppress_tokens), min_p ([0, 1]),
+    typical_p ((0, 1]; 1 = off); None is always off. Raises ValueError naming the first bad
+    one (its command-line flag when cli=True); an unknown name is a TypeError, as for a call.
+    """
+    unknown = set(options) - set(PROCESSOR_OFF)
+    if unknown:
+        raise TypeError(f"unknown processor option(s): {sorted(unknown)}")
+    active = {}
+    for name, off in PROCESSOR_OFF.items():
+        value = options.get(name)
+        if value is not None:
+            value = _check_processor_value(name, value, vocab_size, "--" + name.replace("_", "-") if cli else name)
+            if value not in off:
+                active[name] = value
+    return active
+
+
+def check_beam_args(config, max_new_tokens, num_beams, length_penalty, early_stopping,
+                    num_return_sequences, no_repeat_ngram_size, eos_token_id, *, cli=False):
+    """ValueError naming the first invalid beam_search argument (cli=True: the flag's name)."""
+    def name(arg):
+        return "--" + arg.replace("_", "-") if cli else arg
+
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 1 for beam search, "
+                         f"got {max_new_tokens!r}")
+    if not is_int(num_beams) or num_beams < 1:
+        raise ValueError(f"{name('num_beams')} must be an integer >= 1, got {num_beams!r}")
+    if not is_number(length_penalty) or not math.isfinite(length_penalty):
+        raise ValueError(f"{name('length_penalty')} must be a finite number, got {length_penalty!r}")
+    if early_stopping is not True and early_stopping is not False and early_stopping != "never":
+        raise ValueError(f"{name('early_stopping')} must be True, False or \"never\", "
+                         f"got {early_stopping!r}")
+    if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
+        raise ValueError(f"{name('num_return_sequences')} must be an integer in 1..num_beams="
+                         f"{num_beams}, got {num_return_sequences!r}")
+    if not is_int(no_repeat_ngram_size) or no_repeat_ngram_size < 0:
+        raise ValueError(f"{name('no_repeat_ngram_size')} must be an integer >= 0 (0 = off), "
+                         f"got {no_repeat_ngram_size!r}")
+    if eos_token_id is not None and (not is_int(eos_token_id)
+                                     or not 0 <= eos_token_id < config.vocab_size):
+        raise ValueError(f"{name('eos_token_id')} must be a token id in [0, {config.vocab_size}) "
+                         f"or None (config.eos_token_id), got {eos_token_id!r}")
 
 
 # ---- gradient dicts ------------------------------------------------------------------------

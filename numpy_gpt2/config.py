@@ -8,6 +8,7 @@ import math
 import os
 import warnings
 
+from .activation_functions import ACTIVATIONS, TANH_GELU_NAMES  # noqa: F401 (re-exported)
 from .checks import is_int, is_number, show
 from .errors import CheckpointError
 
@@ -21,10 +22,6 @@ KNOWN_SIZES = {
     (48, 1600, 50257, 1024): ("gpt2-xl", 25),
     (6, 768, 50257, 1024): ("distilgpt2", 12),
 }
-
-# HF names for the tanh GELU the checkpoints were trained with (same formula).
-TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")
-
 
 @dataclasses.dataclass(frozen=True)
 class GPT2Config:
@@ -40,6 +37,10 @@ class GPT2Config:
     bos_token_id: int = 50256
     eos_token_id: int = 50256
     tie_word_embeddings: bool = True  # logits = ln_f(x) @ wte.T
+    n_inner: int | None = None  # the MLP's hidden width; None: 4 * n_embd
+    scale_attn_weights: bool = True  # attention scores / sqrt(head_size)
+    scale_attn_by_inverse_layer_idx: bool = False  # layer i's scores also / (i + 1)
+    reorder_and_upcast_attn: bool = False  # transformers: scores in float32 (we keep the dtype)
 
     def __post_init__(self):
         # Type checks first: a comparison of a str or None with an int would raise TypeError.
@@ -57,10 +58,18 @@ class GPT2Config:
         if not isinstance(self.activation_function, str):
             raise CheckpointError(f"config: activation_function must be a string such as "
                                   f"'gelu_new', got {show(self.activation_function)}")
-        if self.activation_function not in TANH_GELU_NAMES:
+        if self.activation_function not in ACTIVATIONS:
             raise CheckpointError(
-                f"config: activation_function {self.activation_function!r} is not implemented; "
-                f"numpy_gpt2 implements the tanh GELU ({' or '.join(TANH_GELU_NAMES)})")
+                f"config: activation_function {show(self.activation_function)} is not one "
+                f"transformers' GPT-2 accepts without learned parameters ({', '.join(ACTIVATIONS)})")
+        if self.n_inner is not None and (not is_int(self.n_inner) or self.n_inner < 1):
+            raise CheckpointError(f"config: n_inner must be null or a positive integer, "
+                                  f"got {show(self.n_inner)}")
+        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx",
+                     "reorder_and_upcast_attn"):
+            if not isinstance(getattr(self, name), bool):
+                raise CheckpointError(f"config: {name} must be true or false, "
+                                      f"got {show(getattr(self, name))}")
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if not is_int(value):  # outside [0, vocab_size) is allowed: see has_token
@@ -74,6 +83,22 @@ class GPT2Config:
     def head_size(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width: n_inner, or 4 * n_embd when it is None."""
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
+
+    def attention_scale(self, layer: int) -> float:
+        """The factor of layer `layer`'s attention scores q.k (transformers' GPT2Attention):
+        1 / sqrt(head_size) (1 with scale_attn_weights=False), further divided by layer + 1
+        with scale_attn_by_inverse_layer_idx=True (the Stanford CRFM runs)."""
+        scale = 1.0 / math.sqrt(self.head_size) if self.scale_attn_weights else 1.0
+        return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
+
+    def block_options(self, layer: int) -> dict:
+        """The keyword arguments layer `layer`'s block functions take from the config."""
+        return {"act": self.activation_function, "scale": self.attention_scale(layer)}
+
     def has_token(self, token_id) -> bool:
         """True when token_id is one of the model's ids, [0, vocab_size). A special-token id
         outside it (transformers writes eos_token_id=50256 into every GPT2Config, whatever
@@ -83,13 +108,13 @@ class GPT2Config:
 
 # config.json options whose non-default values change the math; we refuse rather than ignore them.
 _UNSUPPORTED = {
-    "scale_attn_weights": True,
-    "scale_attn_by_inverse_layer_idx": False,
     "add_cross_attention": False,
 }
-# Options that only change float16 numerics or training (dropout, initialization, caching)
-# and are ignored, but must still have the type transformers gives them.
-_IGNORED_BOOLS = ("reorder_and_upcast_attn", "use_cache")
+# Flags that change the math and are implemented (GPT2Config fields).
+_MATH_BOOLS = ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
+# Options that only change training or caching and are ignored, but must still have the
+# type transformers gives them.
+_IGNORED_BOOLS = ("use_cache",)
 
 
 def _int_field(d: dict, key: str, where: str, default=None, minimum: int = 1):
@@ -117,7 +142,7 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
             raise CheckpointError(f"{where}: {key} must be true or false, got {show(d[key])}")
         if key in d and d[key] != expected:
             raise CheckpointError(f"{where}: {key}={d[key]!r} is not supported (expected {expected!r})")
-    for key in _IGNORED_BOOLS:
+    for key in _IGNORED_BOOLS + _MATH_BOOLS:
         if key in d and not isinstance(d[key], bool):
             raise CheckpointError(f"{where}: {key} must be true or false, got {show(d[key])}")
     missing = [k for k in ("n_layer", "n_head", "n_embd") if k not in d]
@@ -132,11 +157,9 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
             f"{where}: n_ctx={d['n_ctx']} and n_positions={d['n_positions']} disagree")
     n_ctx = next(iter(sizes.values()), 1024)
     n_inner = d.get("n_inner")  # the MLP's hidden width; null means 4 * n_embd
-    if n_inner is not None and not is_int(n_inner):
-        raise CheckpointError(f"{where}: n_inner must be null or an integer, got {show(n_inner)}")
-    if n_inner is not None and n_inner != 4 * n_embd:
-        raise CheckpointError(f"{where}: n_inner={n_inner} is not supported (expected 4 * n_embd "
-                              f"= {4 * n_embd}, or null)")
+    if n_inner is not None and (not is_int(n_inner) or n_inner < 1):
+        raise CheckpointError(f"{where}: n_inner must be null or a positive integer, got "
+                              f"{show(n_inner)}")
     # Token ids: GPT-2's <|endoftext|> (50256) when absent or null, bos defaulting to eos.
     # Any integer loads, as in transformers: one outside [0, vocab_size) means "no such token".
     ids = {}
@@ -152,7 +175,8 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
             layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
             activation_function=d.get("activation_function", "gelu_new"),
             bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"],
-            tie_word_embeddings=d.get("tie_word_embeddings", True),
+            tie_word_embeddings=d.get("tie_word_embeddings", True), n_inner=n_inner,
+            **{key: d[key] for key in _MATH_BOOLS if key in d},
         )
     except CheckpointError as e:  # name the file rather than "config"
         raise CheckpointError(f"{where}: {str(e).removeprefix('config: ')}") from None

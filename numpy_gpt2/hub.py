@@ -21,6 +21,11 @@ HUB_ALIASES = {
     "distilgpt2": "distilbert/distilgpt2",
 }
 HUB_FILES = ["model.safetensors", "config.json", "vocab.json", "merges.txt"]
+# Tried in turn when a repo has no model.safetensors (older or bigger repos), each with the
+# three small files: what numpy_gpt2.load reads in a directory after model.safetensors.
+OTHER_WEIGHTS = [("model.safetensors.index.json", "model-*.safetensors"),
+                 ("pytorch_model.bin",),
+                 ("pytorch_model.bin.index.json", "pytorch_model-*.bin")]
 
 
 def _looks_like_path(model: str) -> bool:
@@ -52,7 +57,9 @@ def resolve_model(model) -> str:
 
     Raises CheckpointError, with a one-line message saying what was tried, when the path does
     not exist, or the repo is neither cached nor downloadable (no network, HF_HUB_OFFLINE=1,
-    unknown repo), or the cached/downloaded copy has no model.safetensors.
+    unknown repo), or the cached/downloaded copy has no weights numpy_gpt2 reads. A repo
+    without model.safetensors is tried for sharded safetensors, then pytorch_model.bin, then
+    sharded .bin (OTHER_WEIGHTS), each a download of its own.
     """
     model = os.path.expanduser(os.fspath(model))
     if os.path.exists(model):
@@ -77,8 +84,15 @@ def resolve_model(model) -> str:
             f"{constants.HF_HUB_CACHE}): {_why_not_downloaded(e, constants.HF_HUB_OFFLINE)}; "
             f"to work offline, {how_to}, or download {repo} once while online: then "
             f"HF_HUB_OFFLINE=1 uses that cached copy without the network") from None
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        raise CheckpointError(
-            f"{model}: the copy of hub repo {repo} at {path} has no model.safetensors "
-            f"(numpy_gpt2 reads safetensors only); {how_to}")
-    return path
+    if os.path.isfile(os.path.join(path, "model.safetensors")):
+        return path
+    for patterns in OTHER_WEIGHTS:
+        try:
+            path = snapshot_download(repo, allow_patterns=[*patterns, *HUB_FILES[1:]])
+        except Exception:  # offline without these files cached, or the hub unreachable now
+            continue
+        if os.path.isfile(os.path.join(path, patterns[0])):
+            return path
+    raise CheckpointError(
+        f"{model}: the copy of hub repo {repo} at {path} has no model.safetensors (nor "
+        f"{', '.join(p[0] for p in OTHER_WEIGHTS)}); {how_to}")

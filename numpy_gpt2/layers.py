@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from .activation_functions import activation
 from .hooks import no_record, prefixed, recorder
 
 
@@ -65,13 +66,30 @@ def causal_mask(T, S):
     return np.tri(T, S, k=S - T, dtype=bool)
 
 
-def attention(q, k, v, mask, record=no_record):
-    """Scaled dot-product attention: softmax(q k^T / sqrt(D), masked) v.
+def padding_bias(attention_mask, dtype):
+    """(B, S) 0/1 mask -> (B, S) additive bias on the attention scores: 0 for a real key, the
+    dtype's most negative number for padding (transformers' convention).
+
+    A real query's weight on a padded key is then exp(min - max score) = 0 exactly, as with
+    -inf; but a padding query, whose visible keys are all padding, gets finite (meaningless)
+    weights instead of 0/0 = NaN.
+    """
+    return np.where(attention_mask, 0, np.finfo(dtype).min).astype(dtype)
+
+
+def attention(q, k, v, mask, record=no_record, key_bias=None, scale=None):
+    """Scaled dot-product attention: softmax(q k^T * scale + key_bias, masked) v, scale = 1 / sqrt(D).
 
     q: (..., T, D); k, v: (..., S, D); mask: (T, S) bool, True where a key is visible.
+    key_bias: optional (B, S) padding_bias, added to every query's scores (q, k: (B, H, ., D)).
+    scale: the scores' factor when the config changes it (GPT2Config.attention_scale:
+    1 without scale_attn_weights, / (layer + 1) with scale_attn_by_inverse_layer_idx).
     Returns (..., T, D).
     """
-    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q @ np.swapaxes(k, -1, -2) * scale
+    if key_bias is not None:
+        scores = scores + key_bias[:, None, None, :]
     probs = softmax(np.where(mask, scores, -np.inf))
     record("softmax", probs)
     return probs @ v
@@ -106,13 +124,16 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def causal_self_attention(x, c_attn, c_proj, n_head, kv=None, record=no_record):
+def causal_self_attention(x, c_attn, c_proj, n_head, kv=None, record=no_record, key_bias=None,
+                          scale=None):
     """Causal multi-head self-attention, all heads and the whole batch at once.
 
     x: (B, T, E) -> (B, T, E). Same math as causal_self_attention_per_head.
     kv: optional (keys, values, past) cache for this layer: keys/values are preallocated
     (B, H, n_ctx, D) arrays holding `past` earlier positions; this call writes its T new
     keys/values after them and attends over all past + T positions.
+    key_bias: optional (B, past + T) padding_bias: padded keys get no attention. scale: as in
+    attention.
     """
     qkv = linear(x, **c_attn)  # (B, T, 3E) = [q | k | v]
     record("c_attn", qkv)
@@ -124,31 +145,37 @@ def causal_self_attention(x, c_attn, c_proj, n_head, kv=None, record=no_record):
         values[:, :, past:past + T] = v
         k, v = keys[:, :, :past + T], values[:, :, :past + T]
     mask = causal_mask(q.shape[-2], k.shape[-2])
-    out = merge_heads(attention(q, k, v, mask, record))  # (B, T, E)
+    out = merge_heads(attention(q, k, v, mask, record, key_bias, scale))  # (B, T, E)
     return linear(out, **c_proj)
 
 
-def mlp(x, c_fc, c_proj, record=no_record):
-    """Position-wise feed-forward: c_proj(gelu(c_fc(x))). x: (..., E) -> (..., E); hidden 4E."""
+def mlp(x, c_fc, c_proj, record=no_record, act="gelu_new"):
+    """Position-wise feed-forward: c_proj(gelu(c_fc(x))). x: (..., E) -> (..., E); hidden 4E
+    (n_inner). act: the config's activation_function (numpy_gpt2.activation_functions;
+    GPT-2's tanh GELU by default); its output is recorded as "gelu" whatever it is."""
     record = recorder(record)  # record(name, a) returns a (numpy_gpt2.hooks)
-    return linear(record("gelu", gelu(record("c_fc", linear(x, **c_fc)))), **c_proj)
+    f = gelu if act == "gelu_new" else activation(act)[0]
+    return linear(record("gelu", f(record("c_fc", linear(x, **c_fc)))), **c_proj)
 
 
-def transformer_block(x, block, n_head, eps, kv=None, record=no_record):
+def transformer_block(x, block, n_head, eps, kv=None, record=no_record, key_bias=None, *,
+                      act="gelu_new", scale=None):
     """One pre-LayerNorm GPT-2 block (x: (B, T, E) -> (B, T, E)):
 
         x = x + attn(ln_1(x))
         x = x + mlp(ln_2(x))
 
-    block: this layer's weights, params["h"][i] (ln_1, attn, ln_2, mlp). kv: as in
+    block: this layer's weights, params["h"][i] (ln_1, attn, ln_2, mlp). kv, key_bias: as in
     causal_self_attention. record sees ln_1, attn.*, attn, ln_2, mlp.*, mlp.c_proj: each
-    record(name, a) returns a, so the lines below are the two equations.
+    record(name, a) returns a, so the lines below are the two equations. act, scale: the
+    MLP's activation function and the attention scores' factor (see mlp, attention).
     """
     record = recorder(record)
     x = x + record("attn", causal_self_attention(record("ln_1", layer_norm(x, **block["ln_1"], eps=eps)),
                                                  **block["attn"], n_head=n_head, kv=kv,
-                                                 record=prefixed(record, "attn.")))
+                                                 record=prefixed(record, "attn."), key_bias=key_bias,
+                                                 scale=scale))
     x = x + record("mlp.c_proj", mlp(record("ln_2", layer_norm(x, **block["ln_2"], eps=eps)),
-                                     **block["mlp"], record=prefixed(record, "mlp.")))
+                                     **block["mlp"], record=prefixed(record, "mlp."), act=act))
     return x
 

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .activation_functions import activation
 from .hooks import no_record, prefixed, record_weights
 from .layers import (attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax,
                      split_heads)
@@ -78,16 +79,17 @@ def softmax_backward(dprobs, probs, axis=-1):
     return probs * (dprobs - (dprobs * probs).sum(axis=axis, keepdims=True))
 
 
-def attention_backward(dout, q, k, v, mask, record=no_record):
-    """Backward of out = P v, P = softmax(S masked), S = q k^T / sqrt(D):
+def attention_backward(dout, q, k, v, mask, record=no_record, scale=None):
+    """Backward of out = P v, P = softmax(S masked), S = q k^T * scale, scale = 1 / sqrt(D)
+    (or the config's, as in layers.attention):
 
         dv = P^T dout,   dP = dout v^T,   dS = softmax_backward(dP, P)
-        dq = dS k / sqrt(D),   dk = dS^T q / sqrt(D)
+        dq = dS k * scale,   dk = dS^T q * scale
 
     dout: (..., T, D); q: (..., T, D); k, v: (..., S, D); mask: (T, S) -> (dq, dk, dv).
     P is recomputed from q and k. record sees "softmax": dL/dP.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     probs = softmax(np.where(mask, q @ np.swapaxes(k, -1, -2) * scale, -np.inf))
     dprobs = dout @ np.swapaxes(v, -1, -2)
     record("softmax", dprobs)
@@ -105,7 +107,7 @@ def merge_heads_backward(dx, n_head):
     return split_heads(dx, n_head)
 
 
-def causal_self_attention_backward(dout, x, c_attn, c_proj, n_head, record=no_record):
+def causal_self_attention_backward(dout, x, c_attn, c_proj, n_head, record=no_record, scale=None):
     """Backward of y = c_proj(merge(attention(split(q), split(k), split(v)))), [q|k|v] = c_attn(x).
 
     Each step's backward in reverse order; the [q | k | v] gradients are concatenated back
@@ -115,11 +117,12 @@ def causal_self_attention_backward(dout, x, c_attn, c_proj, n_head, record=no_re
     qkv = linear(x, **c_attn)
     q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
     mask = causal_mask(x.shape[1], x.shape[1])
-    merged = merge_heads(attention(q, k, v, mask))
+    merged = merge_heads(attention(q, k, v, mask, scale=scale))
 
     dmerged, dc_proj = linear_backward(dout, merged, c_proj["weight"])
     record_weights(record, "c_proj", dc_proj)
-    dq, dk, dv = attention_backward(merge_heads_backward(dmerged, n_head), q, k, v, mask, record)
+    dq, dk, dv = attention_backward(merge_heads_backward(dmerged, n_head), q, k, v, mask, record,
+                                    scale)
     dqkv = np.concatenate([split_heads_backward(d) for d in (dq, dk, dv)], axis=-1)
     record("c_attn", dqkv)
     dx, dc_attn = linear_backward(dqkv, x, c_attn["weight"])
@@ -127,23 +130,26 @@ def causal_self_attention_backward(dout, x, c_attn, c_proj, n_head, record=no_re
     return dx, {"c_attn": dc_attn, "c_proj": dc_proj}
 
 
-def mlp_backward(dout, x, c_fc, c_proj, record=no_record):
+def mlp_backward(dout, x, c_fc, c_proj, record=no_record, act="gelu_new"):
     """Backward of y = c_proj(gelu(c_fc(x))): through c_proj, the GELU, then c_fc.
 
     dout, x: (..., E) -> (dx, {"c_fc": {...}, "c_proj": {...}}). record sees "gelu", "c_fc".
+    act: the activation function, as in layers.mlp (its derivative from activation_functions).
     """
     h = linear(x, **c_fc)
-    dg, dc_proj = linear_backward(dout, gelu(h), c_proj["weight"])
+    f, derivative = (gelu, None) if act == "gelu_new" else activation(act)
+    dg, dc_proj = linear_backward(dout, f(h), c_proj["weight"])
     record_weights(record, "c_proj", dc_proj)
     record("gelu", dg)
-    dh = gelu_backward(dg, h)
+    dh = gelu_backward(dg, h) if act == "gelu_new" else dg * derivative(h)
     record("c_fc", dh)
     dx, dc_fc = linear_backward(dh, x, c_fc["weight"])
     record_weights(record, "c_fc", dc_fc)
     return dx, {"c_fc": dc_fc, "c_proj": dc_proj}
 
 
-def transformer_block_backward(dout, x, block, n_head, eps, record=no_record):
+def transformer_block_backward(dout, x, block, n_head, eps, record=no_record, *, act="gelu_new",
+                               scale=None):
     """Backward of one block, x1 = x + attn(ln_1(x)), out = x1 + mlp(ln_2(x1)):
 
         dx1 = dout + ln_2'(mlp'(dout))     (the residual passes dout straight through)
@@ -152,32 +158,32 @@ def transformer_block_backward(dout, x, block, n_head, eps, record=no_record):
     x is the block's INPUT (B, T, E); the block's forward is recomputed from it.
     Returns (dx, grads with the structure of block). record sees the activation names
     inside the block in backward order: mlp.c_proj, mlp.gelu, mlp.c_fc, ln_2, attn,
-    attn.softmax, attn.c_attn, ln_1.
+    attn.softmax, attn.c_attn, ln_1. act, scale: as in layers.transformer_block.
     """
     h1 = layer_norm(x, **block["ln_1"], eps=eps)
-    x1 = x + linear(merge_heads(_attention_heads(h1, block["attn"]["c_attn"], n_head)),
+    x1 = x + linear(merge_heads(_attention_heads(h1, block["attn"]["c_attn"], n_head, scale)),
                     **block["attn"]["c_proj"])
     h2 = layer_norm(x1, **block["ln_2"], eps=eps)
 
     record("mlp.c_proj", dout)
-    dh2, dmlp = mlp_backward(dout, h2, **block["mlp"], record=prefixed(record, "mlp."))
+    dh2, dmlp = mlp_backward(dout, h2, **block["mlp"], record=prefixed(record, "mlp."), act=act)
     record("ln_2", dh2)
     dx1_ln, dln_2 = layer_norm_backward(dh2, x1, block["ln_2"]["weight"], eps)
     record_weights(record, "ln_2", dln_2)
     dx1 = dout + dx1_ln
     record("attn", dx1)
     dh1, dattn = causal_self_attention_backward(dx1, h1, **block["attn"], n_head=n_head,
-                                                record=prefixed(record, "attn."))
+                                                record=prefixed(record, "attn."), scale=scale)
     record("ln_1", dh1)
     dx_ln, dln_1 = layer_norm_backward(dh1, x, block["ln_1"]["weight"], eps)
     record_weights(record, "ln_1", dln_1)
     return dx1 + dx_ln, {"ln_1": dln_1, "attn": dattn, "ln_2": dln_2, "mlp": dmlp}
 
 
-def _attention_heads(x, c_attn, n_head):
+def _attention_heads(x, c_attn, n_head, scale=None):
     """The attention heads' outputs (B, H, T, D) for input x (B, T, E): the forward, again."""
     q, k, v = (split_heads(a, n_head) for a in np.split(linear(x, **c_attn), 3, axis=-1))
-    return attention(q, k, v, causal_mask(x.shape[1], x.shape[1]))
+    return attention(q, k, v, causal_mask(x.shape[1], x.shape[1]), scale=scale)
 
 
 # ---- the model's two ends (model.forward): embeddings in, output head out -----------------

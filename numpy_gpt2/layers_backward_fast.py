@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from .activation_functions import TANH_GELU_NAMES, activation_fast
 from .dropout import apply as apply_dropout
 from .hooks import no_record, prefixed, record_weights
 from .layers import split_heads
@@ -29,7 +30,8 @@ from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attentio
 from .threads import thread_pool
 
 
-def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropout=None, layer=0):
+def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropout=None, layer=0, *,
+                                  act="gelu_new", scale=None):
     """transformer_block() for training: returns (out, saved), where saved holds what
     transformer_block_backward_fast (below) needs and nothing more.
 
@@ -40,6 +42,8 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropo
     dropout: a dropout.Dropout (None: none) for the attention probabilities and the two
     residual branches of block number `layer`; then saved also holds the two branch masks
     "m_attn" and "m_mlp" (N, E).
+    act, scale: the MLP's activation function and the attention scores' factor (as in
+    layers.transformer_block).
     """
     B, T, E = x.shape
     x2d = x.reshape(B * T, E)
@@ -50,7 +54,7 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropo
     q, k, v = (split_heads(a.reshape(B, T, E), n_head) for a in np.split(qkv, 3, axis=-1))
     lse = np.empty((B, n_head, T), dtype=x.dtype)
     y = causal_attention_fast(q, k, v, lse=lse, record=prefixed(record, "attn."), dropout=dropout,
-                              layer=layer).reshape(B * T, E)
+                              layer=layer, scale=scale).reshape(B * T, E)
     x1 = linear_fast(y, **block["attn"]["c_proj"])
     m_attn = apply_dropout(dropout, (1, layer, 0), x1)
     record("attn", x1)
@@ -59,7 +63,7 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropo
     record("ln_2", h)
     u = linear_fast(h, **block["mlp"]["c_fc"])
     record("mlp.c_fc", u)
-    h = gelu_fast(u.copy())
+    h = gelu_fast(u.copy()) if act in TANH_GELU_NAMES else activation_fast(act)[0](u)
     record("mlp.gelu", h)
     out = linear_fast(h, **block["mlp"]["c_proj"])
     m_mlp = apply_dropout(dropout, (1, layer, 1), out)
@@ -126,7 +130,7 @@ def _gelu_and_derivative_inplace(x, out):
 
 
 def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QUERY_BLOCK,
-                                   record=no_record, dropout=None, layer=0):
+                                   record=no_record, dropout=None, layer=0, scale=None):
     """attention_backward() with the causal mask, one block of queries at a time.
 
     dout, out: (B, H, T, D), the gradient of the attention output and the output itself;
@@ -139,9 +143,10 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     dropout: the forward's (causal_attention_fast): each block's mask M is regenerated, and
     P M replaces P in dv, dL/dP = (dout v^T) M; the row-sum term is unchanged (it is
     dout . out, out being the output after dropout).
+    scale: the scores' factor, 1 / sqrt(D) unless the config changes it.
     """
     B, H, T, D = q.shape
-    scale = 1.0 / math.sqrt(D)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
     delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
     dk[...] = 0.0
     dv[...] = 0.0
@@ -176,12 +181,14 @@ def _linear_grads(dout, x):
     return {"weight": x.T @ dout, "bias": dout.sum(axis=0)}
 
 
-def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record):
+def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record, *,
+                                    act="gelu_new", scale=None):
     """transformer_block_backward() from what transformer_block_saving_fast kept, OVERWRITING
     dout (and saved["u"]): returns (dx in dout's memory, grads).
 
     dout: (N, E) with N = B*T rows.
-    saved: {"x", "qkv", "lse", "y", "x1", "u"}; "u" is overwritten too.
+    saved: {"x", "qkv", "lse", "y", "x1", "u"}; "u" is overwritten too. act, scale: as in
+    transformer_block_saving_fast.
     """
     x, qkv, lse, y, x1, u = (saved[k] for k in ("x", "qkv", "lse", "y", "x1", "u"))
     B = lse.shape[0]
@@ -190,7 +197,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
 
     record("mlp.c_proj", dout)
     xhat2, std2 = normalize(x1, eps)
-    g = gelu_and_derivative_fast(u)                        # u := gelu'(u)
+    g = _activation_and_derivative(u, act)                 # u := gelu'(u)
     dbranch = dout if dropout is None else dout * saved["m_mlp"]  # through the branch's dropout
     dc_proj = record_weights(record, "mlp.c_proj", _linear_grads(dbranch, g))
     dg = np.matmul(dbranch, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
@@ -213,7 +220,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     causal_attention_backward_fast(
         _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
         _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
-        record=prefixed(record, "attn."), dropout=dropout, layer=layer)
+        record=prefixed(record, "attn."), dropout=dropout, layer=layer, scale=scale)
     record("attn.c_attn", dqkv)
     xhat1, std1 = normalize(x, eps)
     dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
@@ -225,6 +232,17 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     dout += dx
     return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
                   "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
+
+
+def _activation_and_derivative(u, act):
+    """(f(u) as a new array, u overwritten with f'(u)): the tanh GELU in one fused pass,
+    other activation functions from activation_functions.activation_fast."""
+    if act in TANH_GELU_NAMES:
+        return gelu_and_derivative_fast(u)
+    f, derivative = activation_fast(act)
+    g = f(u)
+    u[...] = derivative(u)
+    return g
 
 
 HEAD_ROWS = 1024  # positions per output-head chunk: a chunk's logits are 200 MB at V = 50257

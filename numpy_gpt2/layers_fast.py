@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from .activation_functions import TANH_GELU_NAMES, activation_fast
 from .hooks import no_record, prefixed
 from .layers import split_heads
 
@@ -97,7 +98,7 @@ def _future_mask(n, dtype):
 
 
 def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, lse=None,
-                          dropout=None, layer=0):
+                          dropout=None, layer=0, key_bias=None, scale=None):
     """attention() with the causal mask, for T queries at positions past .. past+T-1.
 
     q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
@@ -109,8 +110,11 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     dropout: a dropout.Dropout for training (None: none): each block's probabilities are
     multiplied by its mask (1, layer, 2, t0) before `@ v`; lse and the recorded
     probabilities are those before dropout.
+    key_bias: optional (B, past + T) layers.padding_bias, added to every query's scores.
+    scale: the scores' factor (1 / sqrt(D) unless the config changes it).
     """
     B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
     out = np.empty((B, T, H, D), dtype=q.dtype)
     # The (B, H, T, S) probabilities exist only when someone records them.
     probs = None if record is no_record else np.zeros((B, H, T, past + T), dtype=q.dtype)
@@ -118,9 +122,11 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
         t1 = min(t0 + block, T)
         S = past + t1  # keys this block can see
         # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
-        scores = (q[:, :, t0:t1] * (1.0 / math.sqrt(D))) @ np.swapaxes(k[:, :, :S], -1, -2)
+        scores = (q[:, :, t0:t1] * scale) @ np.swapaxes(k[:, :, :S], -1, -2)
         if t1 - t0 > 1:  # a single query sees every key so far: nothing to mask
             scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
+        if key_bias is not None:
+            scores += key_bias[:, None, None, :S]
         top = scores.max(axis=-1, keepdims=True)
         scores -= top
         np.exp(scores, out=scores)
@@ -138,8 +144,9 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     return out
 
 
-def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=no_record):
-    """causal_self_attention(), fast. x: (B, T, E) -> (B, T, E); kv and record as there.
+def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=no_record,
+                               key_bias=None, scale=None):
+    """causal_self_attention(), fast. x: (B, T, E) -> (B, T, E); kv, record, key_bias, scale as there.
 
     last_only: the output for the last position only, (B, 1, E); every position's keys and
     values are still computed (and cached), only the other queries are skipped.
@@ -156,21 +163,24 @@ def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=Fal
         k, v = keys[:, :, :past + T], values[:, :, :past + T]
     if last_only:
         q, past, T = q[:, :, -1:], past + T - 1, 1
-    out = causal_attention_fast(q, k, v, past, record=record).reshape(B, T, E)
+    out = causal_attention_fast(q, k, v, past, record=record, key_bias=key_bias,
+                                scale=scale).reshape(B, T, E)
     return linear_fast(out, **c_proj)
 
 
-def mlp_fast(x, c_fc, c_proj, record=no_record):
-    """mlp(), fast: GELU overwrites the hidden (..., 4E) array in place."""
+def mlp_fast(x, c_fc, c_proj, record=no_record, act="gelu_new"):
+    """mlp(), fast: the tanh GELU overwrites the hidden (..., 4E) array in place; other
+    activation functions make a new one (activation_functions.activation_fast)."""
     h = linear_fast(x, **c_fc)
     if record is not no_record:
         record("c_fc", h.copy())  # a copy: gelu_fast is about to overwrite h
-    h = gelu_fast(h)
+    h = gelu_fast(h) if act in TANH_GELU_NAMES else activation_fast(act)[0](h)
     record("gelu", h)
     return linear_fast(h, **c_proj)
 
 
-def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False, record=no_record):
+def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False, record=no_record,
+                           key_bias=None, *, act="gelu_new", scale=None):
     """transformer_block(), fast; adds to x IN PLACE (x must be the caller's own array).
 
     last_only: return the last position only, (B, 1, E) (a new array; x is left as it was).
@@ -180,14 +190,14 @@ def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False, reco
     h = layer_norm_fast(x, **block["ln_1"], eps=eps)
     record("ln_1", h)
     a = causal_self_attention_fast(h, **block["attn"], n_head=n_head, kv=kv, last_only=last_only,
-                                   record=prefixed(record, "attn."))
+                                   record=prefixed(record, "attn."), key_bias=key_bias, scale=scale)
     record("attn", a)
     if last_only:
         x = x[:, -1:].copy()
     x += a
     h = layer_norm_fast(x, **block["ln_2"], eps=eps)
     record("ln_2", h)
-    m = mlp_fast(h, **block["mlp"], record=prefixed(record, "mlp."))
+    m = mlp_fast(h, **block["mlp"], record=prefixed(record, "mlp."), act=act)
     record("mlp.c_proj", m)
     x += m
     return x

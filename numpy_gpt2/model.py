@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from .checks import check_forward_tokens
+from .checks import check_attention_mask, check_forward_tokens, check_position_ids
 from .config import GPT2Config
 from .finite import check_finite_logits
 from .hooks import no_record, prefixed
-from .layers import layer_norm, transformer_block
+from .layers import layer_norm, padding_bias, transformer_block
 from .layers_fast import layer_norm_fast, transformer_block_fast
 
 
-def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None = None,
-            last_only: bool = False, record=None, reference: bool = False) -> np.ndarray:
+def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, position_ids=None,
+            kv_cache: dict | None = None, last_only: bool = False, record=None,
+            reference: bool = False) -> np.ndarray:
     """Logits for every position of GPT-2 (Radford et al. 2019; transformers' GPT2LMHeadModel):
 
-        x      = wte[tokens] + wpe[past .. past+T-1]           (B, T, E)
+        x      = wte[tokens] + wpe[positions]                  (B, T, E)
         x      = x + attn(ln_1(x));  x = x + mlp(ln_2(x))       in each block i = 0 .. L-1
         logits = ln_f(x) @ wte^T                                (B, T, V)
 
     (the output head is wte itself unless params has an untied "lm_head").
     tokens: int array (T,) or (B, T) in [0, vocab_size), past + T <= n_ctx. Returns (T, V)
         or (B, T, V) in the weights' dtype (E = n_embd, V = vocab_size, L = n_layer).
+    attention_mask: optional (B, S) of 0/1 ((S,) for one sequence) over every position seen
+        so far, S = cached + new: 1 = a real token, 0 = padding, which no query attends to
+        (a padding query's logits are finite and meaningless). No row may be all padding.
+    position_ids: optional (B, T) ints in [0, n_ctx), the new tokens' positions. Default:
+        with a mask, each row counts its real tokens only (cumsum(mask) - 1, so a left-padded
+        row computes exactly what it computes alone, as transformers' generate() does; its
+        forward() would need them passed); without one, past .. past + T - 1.
     kv_cache: from new_kv_cache(); positions continue from kv_cache["length"], the new
         keys/values are appended and the length advanced. (B must match the cache.)
     last_only: compute logits for the last position only -> (1, V) or (B, 1, V);
@@ -36,31 +46,40 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
     reference: run the readable layers (layers.transformer_block: the equations as written)
         instead of the fast ones (layers_fast.transformer_block_fast: same math, arranged for
         speed, tested equal to rounding). For learners and tests.
-    Raises ValueError for bad tokens, and NonFiniteError (a ValueError) when the logits hold
+    Raises ValueError for bad tokens, masks or positions, and NonFiniteError (a ValueError) when the logits hold
     NaN or inf, naming the first named activation that did (see numpy_gpt2.finite).
     """
     tokens = check_forward_tokens(tokens, config, kv_cache)
     past = 0 if kv_cache is None else kv_cache["length"]
     single = tokens.ndim == 1
+    batch, T = (1 if single else tokens.shape[0]), tokens.shape[-1]
+    mask = check_attention_mask(attention_mask, batch, past + T, single)
+    positions = check_position_ids(position_ids, batch, T, single, config)
     if single:
         tokens = tokens[None]
     record = record or no_record
-    B, T = tokens.shape
+    B = tokens.shape[0]
 
     wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
-    tok_emb, pos_emb = wte[tokens], wpe[past:past + T]  # (B, T, E), (T, E)
+    if positions is None and mask is not None:  # real tokens count; padding gets position 0
+        positions = np.maximum(np.cumsum(mask, axis=1)[:, past:] - 1, 0)
+    # (B, T, E), and (T, E) or (B, T, E)
+    tok_emb, pos_emb = wte[tokens], wpe[past:past + T] if positions is None else wpe[positions]
     record("wte", tok_emb)
     record("wpe", pos_emb)
     x = tok_emb + pos_emb  # a new array: the fast blocks update it in place
+    key_bias = None if mask is None else padding_bias(mask, x.dtype)  # (B, S)
     for i, block in enumerate(params["h"]):
         kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
         if reference:
             x = transformer_block(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
-                                  record=prefixed(record, f"h.{i}."))
+                                  record=prefixed(record, f"h.{i}."), key_bias=key_bias,
+                                  **config.block_options(i))
         else:
             last = last_only and i == config.n_layer - 1  # only the last position needed here
             x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
-                                       last_only=last, record=prefixed(record, f"h.{i}."))
+                                       last_only=last, record=prefixed(record, f"h.{i}."),
+                                       key_bias=key_bias, **config.block_options(i))
         if record is not no_record:
             record(f"h.{i}", x.copy() if not reference else x)  # the next block updates x in place
     if kv_cache is not None:
@@ -79,8 +98,10 @@ def forward(params: dict, config: GPT2Config, tokens, *, kv_cache: dict | None =
         logits, tokens = logits[0], tokens[0]
     # NaN or inf would otherwise flow on silently (argmax of NaN is token 0): one sum over the
     # logits here; on failure the error names the first non-finite activation.
+    again = forward if mask is None and position_ids is None else functools.partial(
+        forward, attention_mask=attention_mask, position_ids=position_ids)
     check_finite_logits(logits, params, config, tokens, kv_cache=kv_cache, reference=reference,
-                        forward=forward)
+                        forward=again)
     return logits
 
 

@@ -147,6 +147,7 @@ BASE = {
     "dump": lambda w, out: ["--model", w.ckpt, "--tokens", "5,6,7,8", "--out", out / "d.safetensors"],
     "compare": lambda w, out: [w.acts, w.acts],
     "prepare": lambda w, out: [w.documents, "--out", out / "tokens"],
+    "convert": lambda w, out: [w.ckpt, out / "llmc.bin", "--to", "llmc"],
     "train": lambda w, out: ["--data", w.text, "--out", out / "run", "--n-layer", "1", "--n-head", "1",
                              "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
                              "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"],

@@ -486,20 +486,24 @@ def edit_config(tmp_path, **changes):
 
 
 @pytest.mark.parametrize("changes,parts", [
-    ({"activation_function": "relu"}, ["activation_function 'relu' is not implemented", "gelu_new"]),
-    ({"activation_function": "gelu"}, ["activation_function 'gelu' is not implemented", "tanh GELU"]),
+    ({"activation_function": "prelu"}, ["activation_function 'prelu' (a string) is not one transformers'",
+                                        "gelu_new, gelu_pytorch_tanh"]),
+    ({"activation_function": "GELU"}, ["activation_function 'GELU' (a string) is not one"]),
     ({"n_ctx": 32}, ["n_ctx=32 and n_positions=64 disagree"]),
     ({"n_head": 3}, ["n_embd=32 is not divisible by n_head=3"]),
     ({"n_head": 0}, ["n_head must be a positive integer, got 0"]),
     ({"n_embd": "32"}, ["n_embd must be a positive integer, got '32'"]),
     ({"layer_norm_epsilon": 0}, ["layer_norm_epsilon must be a positive finite number (> 0), got 0"]),
-    ({"n_inner": 100}, ["n_inner=100 is not supported", "4 * n_embd"]),
-    ({"scale_attn_by_inverse_layer_idx": True}, ["scale_attn_by_inverse_layer_idx=True is not supported"]),
+    ({"n_inner": 100}, ["mlp.c_fc.weight has shape [32, 128], expected [32, 100]"]),
+    ({"n_inner": 0}, ["n_inner must be null or a positive integer, got 0"]),
+    ({"scale_attn_by_inverse_layer_idx": 1}, ["scale_attn_by_inverse_layer_idx must be true or false, got 1"]),
+    ({"add_cross_attention": True}, ["add_cross_attention=True is not supported"]),
     ({"tie_word_embeddings": False}, ["tie_word_embeddings=false but no lm_head.weight"]),
 ])
 def test_bad_config_json_is_rejected(tmp_path, changes, parts):
     path = edit_config(tmp_path, **changes)
-    where = path if "tie_word" not in str(changes) else tmp_path / "model.safetensors"
+    in_weights = "tie_word" in str(changes) or "n_inner': 100" in str(changes)
+    where = tmp_path / "model.safetensors" if in_weights else path
     with raises([where, *parts]):
         numpy_gpt2.load(tmp_path)
 
@@ -534,8 +538,8 @@ def test_config_int_fields_are_type_checked(tmp_path, field, value, shown):
     ({"eos_token_id": True}, ["eos_token_id must be a token id", "got True (a boolean)"]),
     ({"bos_token_id": 96.0}, ["bos_token_id must be a token id", "got 96.0 (a number)"]),
     ({"bos_token_id": [96]}, ["bos_token_id must be a token id", "got [96] (a list)"]),
-    ({"n_inner": "128"}, ["n_inner must be null or an integer, got '128' (a string)"]),
-    ({"n_inner": 128.0}, ["n_inner must be null or an integer, got 128.0"]),
+    ({"n_inner": "128"}, ["n_inner must be null or a positive integer, got '128' (a string)"]),
+    ({"n_inner": 128.0}, ["n_inner must be null or a positive integer, got 128.0"]),
     ({"n_ctx": 64.0}, ["n_ctx must be a positive integer, got 64.0"]),
     ({"scale_attn_weights": 1}, ["scale_attn_weights must be true or false, got 1 (an integer)"]),
     ({"add_cross_attention": "no"}, ["add_cross_attention must be true or false"]),
@@ -631,8 +635,14 @@ def test_missing_path(tmp_path):
 
 
 def test_directory_without_model_safetensors(tmp_path):
+    (tmp_path / "weights.npz").write_bytes(b"\0" * 16)
+    with raises([tmp_path, "has no model.safetensors", "pytorch_model.bin", "ckpt.pt"]):
+        numpy_gpt2.load(tmp_path)
+
+
+def test_a_bin_file_of_no_known_format_is_named_as_such(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 16)
-    with raises([tmp_path, "has no model.safetensors"]):
+    with raises([tmp_path / "pytorch_model.bin", "not a torch.save file", "llm.c"]):
         numpy_gpt2.load(tmp_path)
 
 

@@ -108,6 +108,24 @@ def test_a_cached_copy_without_safetensors_weights_is_named(ckpt, tmp_path):
     ok, message = resolve_in_subprocess("distilgpt2", tmp_path)
     assert not ok
     assert "copy of hub repo distilbert/distilgpt2" in message and "has no model.safetensors" in message
+    assert "pytorch_model.bin" in message
+
+
+def test_a_cached_copy_with_pytorch_model_bin_only_loads(tmp_path):
+    """Old hub repos have only pytorch_model.bin: resolved from the cache, read without torch."""
+    import torch
+    from format_files import hf_model, small
+    config, sd = small()
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save(hf_model(config, sd).state_dict(), src / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    config.save_pretrained(src)
+    snapshot = fake_cached_repo(tmp_path / "home", "someone/old-gpt2",
+                                {n: src / n for n in ("pytorch_model.bin", "config.json")})
+    assert resolve_in_subprocess("someone/old-gpt2", tmp_path / "home") == [True, str(snapshot)]
+    params, cfg = numpy_gpt2.load(snapshot)
+    assert params["wte"]["weight"].shape == (97, 32)
 
 
 def test_download_asks_for_exactly_the_four_files(ckpt, monkeypatch):

@@ -16,13 +16,14 @@ PACKAGE = "numpy_gpt2"
 
 def module_names(directory: pathlib.Path, package: str | None) -> dict[str, pathlib.Path]:
     """{importable name: file} for the .py files of directory: "numpy_gpt2.layers" and
-    "numpy_gpt2" (its __init__) for the package, bare names ("bench") for a script folder."""
+    "numpy_gpt2" (its __init__) for the package, subpackages too ("numpy_gpt2.formats",
+    "numpy_gpt2.formats.llmc"), bare names ("bench") for a script folder."""
     names = {}
     for path in sorted(directory.glob("*.py")):
-        if package is None:
-            names[path.stem] = path
-        else:
-            names[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        names[path_name(path, package)] = path
+    if package is not None:
+        for sub in sorted(d for d in directory.iterdir() if (d / "__init__.py").is_file()):
+            names.update(module_names(sub, f"{package}.{sub.name}"))
     return names
 
 
@@ -33,8 +34,10 @@ def imported(path: pathlib.Path, package: str | None, known) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # from . import x, from .x import y: inside the package
-                base = ".".join(filter(None, [package, node.module]))
+            if node.level:  # from . import x, from ..x import y: relative to the file's package
+                parts = package.split(".")
+                here = ".".join(parts[:len(parts) - (node.level - 1)])
+                base = ".".join(filter(None, [here, node.module]))
             else:
                 base = node.module
             # "from numpy_gpt2 import layers" imports the module numpy_gpt2.layers
@@ -58,7 +61,9 @@ def path_name(path: pathlib.Path, package: str | None) -> str:
 
 def import_graph(directory: pathlib.Path, package: str | None) -> dict[str, set[str]]:
     names = module_names(directory, package)
-    return {name: imported(path, package, names) for name, path in names.items()}
+    return {name: imported(path, name if path.stem == "__init__" else name.rpartition(".")[0],
+                           names) if package else imported(path, None, names)
+            for name, path in names.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -118,3 +123,13 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
     assert find_cycle(graph) is None
     (pkg / "c.py").write_text("def h():\n    from .a import f\n    return f\n")
     assert find_cycle(import_graph(pkg, "pkg")) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+    # a subpackage: its relative imports are resolved against it, and its cycles are found
+    (pkg / "c.py").write_text("import numpy\n")
+    (pkg / "sub").mkdir()
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "d.py").write_text("from ..c import h\nfrom .e import k\n")
+    (pkg / "sub" / "e.py").write_text("k = 1\n")
+    graph = import_graph(pkg, "pkg")
+    assert graph["pkg.sub.d"] == {"pkg.c", "pkg.sub.e"} and find_cycle(graph) is None
+    (pkg / "c.py").write_text("from pkg.sub.d import k\n")
+    assert find_cycle(import_graph(pkg, "pkg")) == ["pkg.c", "pkg.sub.d", "pkg.c"]

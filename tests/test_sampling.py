@@ -251,8 +251,10 @@ def test_tiny_temperature_equals_greedy(model32, temperature):
     (dict(tokens=np.zeros((2, 0), int)), r"prompt tokens must hold at least one position, got shape \(2, 0\)"),
     (dict(tokens=[1.5, 2.0]), "prompt tokens must be integers, got dtype float64"),
     (dict(tokens=[3, 97]), r"prompt tokens: token id 97 at index \(1,\) is outside \[0, 97\) \(vocab_size\)"),
-    (dict(tokens=[[1, 2, 3], [4, 5]]), r"prompt tokens must be one sequence \(T,\) or a batch \(B, T\) of "
-                                       r"equally long sequences, got rows of lengths \[3, 2\]"),
+    (dict(tokens=[[1, 2, 3], [4, 97]]), r"prompt 1: token id 97 at index \(1,\) is outside \[0, 97\)"),
+    (dict(tokens=[[1, 2, 3], []]), r"prompt 1 must hold at least one position"),
+    (dict(tokens=[[1, 2, 3], [[4, 5]]]), r"prompt 1 must be one sequence of token ids, got shape \(1, 2\)"),
+    (dict(tokens=[[1, 2], [5] * 129]), r"prompt 1: sequence of 129 positions is longer than the context"),
     (dict(tokens=np.zeros((2, 2, 2), int)), r"prompt tokens must have shape \(T,\) or \(B, T\)"),
     (dict(seed="x"), r"seed must be None, an integer >= 0 .* got 'x'"),
     (dict(seed=1.5), "seed must be None.* got 1.5"),

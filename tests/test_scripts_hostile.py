@@ -71,6 +71,7 @@ LONG = {
                             "--out", out / "d.safetensors"],
     "compare": lambda w, out: [w.grads, "live", "--model", w.ckpt],
     "prepare": lambda w, out: [w.documents, w.long, "--out", out / "tokens", "--workers", "1"],
+    "convert": lambda w, out: [w.ckpt, out / "hf", "--to", "hf", "--dtype", "bfloat16"],
     "train": lambda w, out: BASE["train"](w, out)[:-6] + ["--max-iters", "200", "--eval-interval",
                                                           "50", "--eval-iters", "1"],
 }

@@ -1,0 +1,130 @@
+"""scripts/convert.py: any format load() reads -> a Hugging Face directory that transformers
+loads with the same logits, or an llm.c file byte-identical to llm.c's own writer; dtypes;
+atomic writes; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import numpy_gpt2
+from format_files import bf16_rounded, hf_model, llmc_bytes, logits, nanogpt_checkpoint, save_torch, small
+from numpy_gpt2.params import flatten_params
+from run_scripts import run_script
+
+TOKENS = np.array([[3, 17, 42, 5, 0, 60, 11, 8]])
+
+
+def one_line_error(status, out, err, *parts):
+    err = err.split("\r")[-1]  # a progress bar drawn before the error is erased by \r
+    assert status == 2 and out == "" and err.count("\n") == 1, (status, out, err)
+    assert err.startswith("convert.py: error: ")
+    for part in parts:
+        assert part in err, err
+
+
+@pytest.mark.parametrize("zip_layout", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("dtype,file_dtype,tol", [("float32", torch.float32, 1e-4),
+                                                  ("float16", torch.float16, 1e-4),
+                                                  ("bfloat16", torch.bfloat16, 1e-4)])
+def test_bin_to_hf_loads_in_transformers_with_the_same_logits(tmp_path, capsys, tokenizer_dir,
+                                                              zip_layout, dtype, file_dtype, tol):
+    config, sd = small()
+    model = hf_model(config, sd)
+    save_torch(tmp_path / "src" / "pytorch_model.bin", model.state_dict(), zip_layout)
+    config.save_pretrained(tmp_path / "src")
+    status, out, err = run_script("convert", [tmp_path / "src", tmp_path / "out", "--to", "hf",
+                                              "--dtype", dtype, "--tokenizer", tokenizer_dir], capsys)
+    assert status == 0 and out.startswith(f"wrote {tmp_path / 'out'} (hf, {dtype}"), err
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "merges.txt",
+                                                    "model.safetensors", "vocab.json"]
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out", torch_dtype=file_dtype,
+                                                          attn_implementation="eager").float().eval()
+    rounded = {k: v.to(file_dtype).float() for k, v in sd.items()}
+    expected = logits(hf_model(config, rounded), TOKENS)
+    diff = float(np.abs(logits(theirs, TOKENS) - expected).max())
+    print(f"\nconvert {'zip' if zip_layout else 'legacy'} .bin -> hf {dtype}: max |dlogit| {diff:.2e}")
+    assert diff < tol
+    params, _ = numpy_gpt2.load(tmp_path / "out")  # and back: the same rounded weights
+    for key, value in flatten_params(params).items():
+        assert np.array_equal(value, rounded[key].numpy()), key
+
+
+def test_hf_to_llmc_is_llmc_own_bytes_and_back(tmp_path, capsys):
+    config, sd = small(vocab_size=200)
+    hf_model(config, sd).save_pretrained(tmp_path / "src")
+    status, out, err = run_script("convert", [tmp_path / "src", tmp_path / "m.bin", "--to", "llmc"],
+                                  capsys)
+    assert status == 0, err
+    assert (tmp_path / "m.bin").read_bytes() == llmc_bytes(sd, config.n_head, 200, config.n_positions)
+    status, _, err = run_script("convert", [tmp_path / "src", tmp_path / "m16.bin", "--to", "llmc",
+                                            "--dtype", "bfloat16"], capsys)
+    assert status == 0, err
+    assert (tmp_path / "m16.bin").read_bytes() == llmc_bytes(sd, config.n_head, 200,
+                                                             config.n_positions, "bfloat16")
+    params, _ = numpy_gpt2.load(tmp_path / "m16.bin")
+    for key, t in bf16_rounded(sd).items():
+        got = flatten_params(params)[key]
+        assert np.array_equal(got[:200] if key == "wte.weight" else got, t.numpy()), key
+
+
+def test_llmc_vocab_size_for_padded_models(tmp_path, capsys):
+    config, sd = small(vocab_size=200)
+    (tmp_path / "a.bin").write_bytes(llmc_bytes(sd, config.n_head, 200, config.n_positions))
+    status, _, err = run_script("convert", [tmp_path / "a.bin", tmp_path / "b.bin", "--to", "llmc",
+                                            "--vocab-size", 200], capsys)
+    assert status == 0, err
+    assert (tmp_path / "b.bin").read_bytes() == (tmp_path / "a.bin").read_bytes()
+
+
+def test_nanogpt_to_hf_says_gelu_and_keeps_the_padded_vocabulary(tmp_path, capsys):
+    config, sd = small(vocab_size=65)
+    save_torch(tmp_path / "ckpt.pt", nanogpt_checkpoint(sd, config.n_head, config.n_positions, 65,
+                                                        bias=False, compiled=True))
+    status, out, err = run_script("convert", [tmp_path / "ckpt.pt", tmp_path / "out", "--to", "hf"],
+                                  capsys)
+    assert status == 0, err
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["activation_function"] == "gelu" and saved["vocab_size"] == 65
+    assert not (tmp_path / "out" / "vocab.json").exists()  # character-level: no GPT-2 tokenizer
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out",
+                                                          attn_implementation="eager").eval()
+    no_bias = {k: (torch.zeros_like(v) if k.endswith(".bias") else v) for k, v in sd.items()}
+    reference = hf_model(transformers.GPT2Config(**{**config.to_dict(), "activation_function": "gelu"}),
+                         no_bias)
+    assert np.abs(logits(theirs, TOKENS) - logits(reference, TOKENS)).max() < 1e-4
+
+
+def test_atomic_nothing_is_written_on_error(tmp_path, capsys):
+    config, sd = small()
+    sd["h.1.mlp.c_fc.weight"][0, 0] = 1e6  # finite in float32, too large for float16
+    hf_model(config, sd).save_pretrained(tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text("old")
+    status, out, err = run_script("convert", [tmp_path / "src", tmp_path / "out", "--to", "hf",
+                                              "--dtype", "float16"], capsys)
+    one_line_error(status, out, err, "h.1.mlp.c_fc.weight",
+                   "value 1000000.0 cannot be stored as F16 (too large)")
+    assert os.listdir(tmp_path / "out") == ["config.json"]
+    assert (tmp_path / "out" / "config.json").read_text() == "old"
+
+
+@pytest.mark.parametrize("args,parts", [
+    (["{tmp}/nowhere", "{tmp}/out", "--to", "hf"], ["nowhere: no such file or directory"]),
+    (["{tmp}/src", "{tmp}/out.bin", "--to", "llmc", "--dtype", "float16"],
+     ["llm.c files hold float32 (version 3) or bfloat16 (version 5), not float16"]),
+    (["{tmp}/src", "{tmp}/out", "--to", "onnx"], ["argument --to: invalid choice: 'onnx'"]),
+    (["{tmp}/src", "{tmp}/o.bin", "--to", "llmc", "--vocab-size", "98"], ["--vocab-size 98 must be in 1..97"]),
+    (["{tmp}/src", "{tmp}/out", "--to", "hf", "--tokenizer", "{tmp}"], ["no vocab.json or merges.txt (--tokenizer)"]),
+    (["{tmp}/src", "{tmp}/src/config.json/x", "--to", "hf"], ["config.json"]),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, args, parts):
+    config, sd = small()
+    hf_model(config, sd).save_pretrained(tmp_path / "src")
+    status, out, err = run_script("convert", [a.format(tmp=tmp_path) for a in args], capsys)
+    one_line_error(status, out, err, *parts)
