@@ -25,6 +25,7 @@ import numpy as np
 
 from .hooks import no_record, prefixed
 from .layers import split_heads
+from .threads import blas_single_threaded, can_limit_blas, thread_pool, threads
 
 QUERY_BLOCK = 64  # queries per attention block: a block's scores are <= 3 MB at S = 1024
 
@@ -105,16 +106,56 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     lse: optional (B, H, T) array, filled with each query's log sum_j exp(score_j): with it,
     the backward pass recomputes any block of probabilities as exp(score - lse), so no
     (B, H, T, S) array needs to be kept for it.
+    Enough work (PARALLEL_FLOPS) is shared out by heads between the thread pool's threads,
+    each running single-threaded BLAS (numpy_gpt2.threads.blas_single_threaded).
     """
     B, H, T, D = q.shape
     out = np.empty((B, T, H, D), dtype=q.dtype)
     # The (B, H, T, S) probabilities exist only when someone records them.
     probs = None if record is no_record else np.zeros((B, H, T, past + T), dtype=q.dtype)
+
+    def attend(b, heads):
+        _attend_heads(q[b, heads], k[b, heads], v[b, heads], past, block, out[b, :, heads],
+                      None if lse is None else lse[b, heads], None if probs is None else probs[b, heads])
+
+    run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D)
+    if probs is not None:
+        record("softmax", probs)
+    return out
+
+
+PARALLEL_FLOPS = 1 << 23  # attention work below this runs on the calling thread (threads cost ~0.1 ms)
+
+
+def run_head_groups(work, B, H, flops):
+    """Call work(b, heads) over all B x H heads: once with b = heads = slice(None) (every
+    head at once) when flops < PARALLEL_FLOPS or only one thread is there, else in one
+    contiguous share of heads per pool thread (b an int, heads a slice of sequence b's
+    heads), with single-threaded BLAS inside."""
+    n = threads()
+    if n == 1 or flops < PARALLEL_FLOPS or not can_limit_blas():
+        return work(slice(None), slice(None))
+    bounds = [round(i * B * H / n) for i in range(n + 1)]
+
+    def share(i):
+        for b in range(B):  # the part of sequence b's heads in share i
+            h0, h1 = max(bounds[i] - b * H, 0), min(bounds[i + 1] - b * H, H)
+            if h0 < h1:
+                work(b, slice(h0, h1))
+
+    with blas_single_threaded():
+        list(thread_pool().map(share, range(n)))
+
+
+def _attend_heads(q, k, v, past, block, out, lse, probs):
+    """causal_attention_fast for some heads: q (..., h, T, D), k, v (..., h, S, D); writes
+    out (..., T, h, D) and, when given, lse (..., h, T) and probs (..., h, T, S)."""
+    T, D = q.shape[-2:]
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
         S = past + t1  # keys this block can see
         # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
-        scores = (q[:, :, t0:t1] * (1.0 / math.sqrt(D))) @ np.swapaxes(k[:, :, :S], -1, -2)
+        scores = (q[..., t0:t1, :] * (1.0 / math.sqrt(D))) @ np.swapaxes(k[..., :S, :], -1, -2)
         if t1 - t0 > 1:  # a single query sees every key so far: nothing to mask
             scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
         top = scores.max(axis=-1, keepdims=True)
@@ -122,15 +163,12 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
         np.exp(scores, out=scores)
         sums = scores.sum(axis=-1, keepdims=True)
         if lse is not None:
-            lse[:, :, t0:t1] = (top + np.log(sums))[..., 0]
-        heads = scores @ v[:, :, :S]  # (B, H, n, D), unnormalized
+            lse[..., t0:t1] = (top + np.log(sums))[..., 0]
+        heads = scores @ v[..., :S, :]  # (..., h, n, D), unnormalized
         heads /= sums
-        out[:, t0:t1] = np.swapaxes(heads, 1, 2)
+        out[..., t0:t1, :, :] = np.swapaxes(heads, -2, -3)
         if probs is not None:
-            probs[:, :, t0:t1, :S] = scores / sums
-    if probs is not None:
-        record("softmax", probs)
-    return out
+            probs[..., t0:t1, :S] = scores / sums
 
 
 def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=no_record):

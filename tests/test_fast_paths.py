@@ -10,6 +10,7 @@ change nothing but rounding.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2 import layers, layers_backward_fast, layers_fast
+from numpy_gpt2 import layers, layers_backward_fast, layers_fast, threads
 from numpy_gpt2.config import GPT2Config
 
 # max |fast - readable| <= RTOL * max |readable| + ATOL. Same budget as the forward-pass
@@ -115,6 +116,46 @@ def test_causal_attention_fast(B, H, T, past, D, block, scale, dtype, seed):
     ref = layers.attention(q, k, v, layers.causal_mask(T, past + T))  # (B, H, T, D)
     fast = layers_fast.causal_attention_fast(q, k, v, past, block=block)  # (B, T, H, D)
     assert_close(np.swapaxes(fast, 1, 2), ref.astype(np.float64), dtype, f"block {block}")
+
+
+@contextlib.contextmanager
+def sharing_out_heads(n_threads):
+    """Attention shared out between n_threads threads however little work there is."""
+    saved = layers_fast.PARALLEL_FLOPS
+    layers_fast.PARALLEL_FLOPS = 0
+    threads.set_threads(n_threads)
+    try:
+        yield
+    finally:
+        layers_fast.PARALLEL_FLOPS = saved
+        threads.set_threads(None)
+
+
+@settings(max_examples=10)
+@given(B=st.integers(1, 3), H=st.integers(1, 5), T=st.integers(1, 20), past=st.integers(0, 9),
+       n_threads=st.integers(1, 4), block=st.sampled_from([1, 4, 64]), dtype=DTYPES,
+       seed=st.integers(0, 2**16))
+def test_causal_attention_fast_heads_shared_out_between_threads(B, H, T, past, n_threads, block, dtype, seed):
+    """Heads shared out between 1-4 threads (any split of B x H heads, a share crossing
+    sequences included) give the readable attention, and lse and the recorded probabilities
+    of the one-thread path."""
+    rng = np.random.default_rng(seed)
+    q = normal(rng, (B, H, T, 8), dtype, 2.0)
+    k, v = normal(rng, (B, H, past + T, 8), dtype, 2.0), normal(rng, (B, H, past + T, 8), dtype)
+    ref = layers.attention(q, k, v, layers.causal_mask(T, past + T))
+
+    def run():
+        lse, seen = np.empty((B, H, T), dtype), {}
+        out = layers_fast.causal_attention_fast(q, k, v, past, block=block, lse=lse,
+                                                record=lambda n, a: seen.update({n: a}))
+        return np.swapaxes(out, 1, 2), lse, seen["softmax"]
+
+    one = run()
+    with sharing_out_heads(n_threads):
+        shared = run()
+    assert_close(shared[0], ref.astype(np.float64), dtype, f"{n_threads} threads")
+    for a, b in zip(shared, one):
+        assert np.array_equal(a, b)  # the same operations on the same numbers, whoever runs them
 
 
 def test_causal_attention_fast_default_blocks_at_length_300():
