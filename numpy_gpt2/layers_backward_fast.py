@@ -24,7 +24,7 @@ from .hooks import no_record, prefixed
 from .layers import split_heads
 from .layers_backward import GELU_C
 from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attention_fast, gelu_fast,
-                          layer_norm_fast, linear_fast, normalize)
+                          layer_norm_fast, linear_fast, normalize, run_head_groups)
 from .threads import thread_pool
 
 
@@ -128,26 +128,37 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     record sees "softmax": dL/dP = dout v^T, (B, H, T, T), computed only when recording.
     """
     B, H, T, D = q.shape
-    scale = 1.0 / math.sqrt(D)
     delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
-    dk[...] = 0.0
-    dv[...] = 0.0
     if record is not no_record:  # dL/dP for every (query, key), masked keys too, as autograd has it
         record("softmax", dout @ np.swapaxes(v, -1, -2))
+
+    def heads(b, h):
+        _attention_backward_heads(dout[b, h], q[b, h], k[b, h], v[b, h], lse[b, h], delta[b, h],
+                                  dq[b, h], dk[b, h], dv[b, h], block)
+
+    run_head_groups(heads, B, H, 8 * B * H * T * (T / 2) * D)
+
+
+def _attention_backward_heads(dout, q, k, v, lse, delta, dq, dk, dv, block):
+    """causal_attention_backward_fast for some heads: every array (..., h, T, ...)."""
+    T, D = q.shape[-2:]
+    scale = 1.0 / math.sqrt(D)
+    dk[...] = 0.0
+    dv[...] = 0.0
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
-        qb = q[:, :, t0:t1] * scale
-        p = qb @ np.swapaxes(k[:, :, :t1], -1, -2)  # scores (B, H, n, t1)
+        qb = q[..., t0:t1, :] * scale
+        p = qb @ np.swapaxes(k[..., :t1, :], -1, -2)  # scores (..., n, t1)
         if t1 - t0 > 1:
             p[..., t0:] += _future_mask(t1 - t0, p.dtype)
-        p -= lse[:, :, t0:t1, None]
-        np.exp(p, out=p)                                             # P
-        dv[:, :, :t1] += np.swapaxes(p, -1, -2) @ dout[:, :, t0:t1]  # dv = P^T dout
-        dp = dout[:, :, t0:t1] @ np.swapaxes(v[:, :, :t1], -1, -2)   # dP = dout v^T
-        dp -= delta[:, :, t0:t1]
-        dp *= p                                                      # dS (of the scaled scores)
-        dq[:, :, t0:t1] = (dp @ k[:, :, :t1]) * scale
-        dk[:, :, :t1] += np.swapaxes(dp, -1, -2) @ qb                # qb carries the scale
+        p -= lse[..., t0:t1, None]
+        np.exp(p, out=p)                                                       # P
+        dv[..., :t1, :] += np.swapaxes(p, -1, -2) @ dout[..., t0:t1, :]        # dv = P^T dout
+        dp = dout[..., t0:t1, :] @ np.swapaxes(v[..., :t1, :], -1, -2)         # dP = dout v^T
+        dp -= delta[..., t0:t1, :]
+        dp *= p                                                                # dS (of the scaled scores)
+        dq[..., t0:t1, :] = (dp @ k[..., :t1, :]) * scale
+        dk[..., :t1, :] += np.swapaxes(dp, -1, -2) @ qb                        # qb carries the scale
 
 
 def _heads(a, B, n_head):

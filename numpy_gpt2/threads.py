@@ -59,6 +59,36 @@ def thread_pool():
     return _pool(threads())
 
 
+def run_shares(work, n):
+    """work(0), ..., work(n - 1) at the same time: work(0) on the calling thread (which would
+    otherwise only wait), the others in the pool. Returns their results in order; the first
+    exception raised is raised here, after all have finished."""
+    if n == 1:
+        return [work(0)]
+    futures = [thread_pool().submit(work, i) for i in range(1, n)]
+    try:
+        first = work(0)
+    finally:
+        concurrent.futures.wait(futures)
+    return [first] + [f.result() for f in futures]
+
+
+def for_each_piece(work, n_pieces, min_pieces=2):
+    """work(i) for i in range(n_pieces), shared out in contiguous runs between threads()
+    threads (run_shares); on the calling thread alone when n_pieces < min_pieces."""
+    n = min(threads(), n_pieces)
+    if n_pieces < min_pieces or n == 1:
+        for i in range(n_pieces):
+            work(i)
+        return
+
+    def share(k):
+        for i in range(k * n_pieces // n, (k + 1) * n_pieces // n):
+            work(i)
+
+    run_shares(share, n)
+
+
 def _openblas_functions():
     """(get, set) of the loaded OpenBLAS's thread count, or None when none is found.
 

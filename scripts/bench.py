@@ -168,6 +168,9 @@ class NumpySide:
     def load(self):
         self.params, self.config = self.np_gpt2.load(self.directory)
 
+    def prefill_all(self, tokens):
+        return self.np_gpt2.forward(self.params, self.config, tokens)
+
     def prefill(self, tokens):
         cache = self.np_gpt2.new_kv_cache(self.config, tokens.shape[0], np.float32, max_len=tokens.shape[1])
         return self.np_gpt2.forward(self.params, self.config, tokens, kv_cache=cache, last_only=True)
@@ -233,6 +236,10 @@ class TorchSide:
             out = self.model(input_ids=self.torch.from_numpy(tokens), use_cache=True, logits_to_keep=1)
             return out.logits.numpy()
 
+    def prefill_all(self, tokens):
+        with self.torch.inference_mode():
+            return self.model(input_ids=self.torch.from_numpy(tokens), use_cache=False).logits.numpy()
+
     def decode(self, prompt, new_tokens):
         torch = self.torch
         with torch.inference_mode():
@@ -273,6 +280,8 @@ def worker(side_name, directory, threads):
             stopped = None
             if request["op"] == "prefill":
                 side.prefill(tokens)
+            elif request["op"] == "prefill_all":
+                side.prefill_all(tokens)
             elif request["op"] == "early_stop":
                 stopped = side.decode_early_stop(tokens, request["n_early"], request["new_tokens"],
                                                  request["compact"])

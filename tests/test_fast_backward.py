@@ -8,9 +8,9 @@ autograd (tests/test_layers_backward.py) and finite differences. Tolerances: flo
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
-from numpy_gpt2 import layers, layers_fast, layers_backward as lb, layers_backward_fast as lbf
+from numpy_gpt2 import layers, layers_fast, layers_backward as lb, layers_backward_fast as lbf, threads
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -105,6 +105,32 @@ def test_causal_attention_backward_fast(seed, dtype, B, T, H, D, block):
     for got, want in zip((dq, dk, dv), expected):
         close(got, want, dtype, scale)
     close(seen["softmax"], ref["softmax"], dtype)
+
+
+@settings(max_examples=10)
+@given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 40), H=st.integers(1, 5),
+       n_threads=st.integers(2, 4), block=st.sampled_from([1, 7, 64]))
+def test_causal_attention_backward_fast_heads_shared_out_between_threads(seed, dtype, B, T, H, n_threads,
+                                                                          block):
+    """Heads shared out between threads (single-threaded BLAS inside) give the one-thread
+    path's dq, dk, dv bit for bit, however the B x H heads are split."""
+    rng = np.random.default_rng(seed)
+    q, k, v, dout = (rng.standard_normal((B, H, T, 8)).astype(dtype) for _ in range(4))
+    lse = np.empty((B, H, T), dtype)
+    out = np.swapaxes(layers_fast.causal_attention_fast(q, k, v, block=block, lse=lse), 1, 2)
+    grads = {}
+    for n in (1, n_threads):
+        saved = layers_fast.PARALLEL_FLOPS
+        layers_fast.PARALLEL_FLOPS = 0  # share out even this little work
+        threads.set_threads(n)
+        try:
+            grads[n] = [np.full_like(q, np.nan) for _ in range(3)]
+            lbf.causal_attention_backward_fast(dout, q, k, v, out, lse, *grads[n], block=block)
+        finally:
+            layers_fast.PARALLEL_FLOPS = saved
+            threads.set_threads(None)
+    for one, shared in zip(grads[1], grads[n_threads]):
+        assert np.array_equal(one, shared)
 
 
 @given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 80),

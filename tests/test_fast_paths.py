@@ -14,6 +14,7 @@ import contextlib
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -165,6 +166,28 @@ def test_causal_attention_fast_default_blocks_at_length_300():
     ref = layers.attention(q, k, v, layers.causal_mask(300, 300))
     assert_close(np.swapaxes(layers_fast.causal_attention_fast(q, k, v), 1, 2), ref.astype(np.float64),
                  np.float32, "T=300")
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_elementwise_pieces_shared_out_between_threads(n_threads):
+    """gelu_fast and layer_norm_fast over enough pieces to use the threads (a partial last
+    piece included) give the bits of the one-thread run, and the readable values."""
+    rng = np.random.default_rng(n_threads)
+    x = normal(rng, (5 * layers_fast.GELU_CHUNK + 7,), np.float32, 4.0)
+    rows = normal(rng, (9 * layers_fast.LN_ROWS + 5, 24), np.float32, 3.0, 1.0)
+    w, b = normal(rng, 24, np.float32, 0.2, 1.0), normal(rng, 24, np.float32, 0.2)
+    results = {}
+    for n in (1, n_threads):
+        threads.set_threads(n)
+        try:
+            results[n] = layers_fast.gelu_fast(x.copy()), layers_fast.layer_norm_fast(rows, w, b)
+        finally:
+            threads.set_threads(None)
+    for one, shared in zip(results[1], results[n_threads]):
+        assert np.array_equal(one, shared)
+    assert_close(results[n_threads][0], layers.gelu(x.astype(np.float64)), np.float32, "gelu_fast")
+    assert_close(results[n_threads][1], layers.layer_norm(rows.astype(np.float64), w, b), np.float32,
+                 "layer_norm_fast")
 
 
 @given(B=st.integers(1, 3), T=st.integers(1, 12), past=st.integers(0, 8), n_head=st.integers(1, 4),
