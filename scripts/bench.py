@@ -11,6 +11,9 @@
 What is measured (batch 1 unless said; float32 on both sides):
   prefill T      one forward over T prompt tokens into a fresh KV cache, logits for the last
                  position only (numpy: last_only=True; PyTorch: use_cache=True, logits_to_keep=1)
+  prefill T, all logits   one forward over T tokens, logits for every position, no cache
+                 (numpy: forward(params, config, tokens); PyTorch: use_cache=False): what
+                 scoring a text or a training forward computes
   decode bB      a 16-token prompt then 128 new greedy tokens, with the KV cache; new tokens/s.
                  PyTorch side: a manual past_key_values loop (model(..., past_key_values=...),
                  argmax of the last logits), not model.generate, so no generate() overhead.
@@ -51,9 +54,9 @@ except ImportError:  # not pip-installed: use the package next to this script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FULL = dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257,
-            prefill=[128, 512, 1024], prompt=16, new_tokens=128, batches=[1, 8], reps=3)
+            prefill=[128, 512, 1024], prefill_all=[128, 1024], prompt=16, new_tokens=128, batches=[1, 8], reps=3)
 SMOKE = dict(n_layer=2, n_head=2, n_embd=64, n_ctx=128, vocab_size=512,
-             prefill=[16, 64, 128], prompt=4, new_tokens=8, batches=[1, 2], reps=2)
+             prefill=[16, 64, 128], prefill_all=[16, 128], prompt=4, new_tokens=8, batches=[1, 2], reps=2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -215,6 +218,7 @@ class NumpySide:
             info["blas"] = f"{blas.get('name')} {blas.get('version')}"
         except Exception:  # show_config's format is not a stable API
             pass
+        info["blas kernel"] = blas_kernel()
         return info
 
 
@@ -256,11 +260,35 @@ class TorchSide:
     def info(self):
         return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
                 "torch_threads": self.torch.get_num_threads(),
-                "attn_implementation": self.model.config._attn_implementation}
+                "attn_implementation": self.model.config._attn_implementation,
+                **torch_blas(self.torch)}
+
+
+def blas_kernel():
+    """The BLAS NumPy loaded, as threadpoolctl sees it: "openblas 0.3.31 SkylakeX, pthreads, 2
+    threads" (the kernel OpenBLAS picked for this CPU), or why it cannot be told."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "unknown (pip install threadpoolctl to see it)"
+    found = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')}, "
+             f"{i.get('threading_layer')}, {i.get('num_threads')} threads"
+             for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(found) or "none found"
+
+
+def torch_blas(torch):
+    """PyTorch's BLAS (from its build configuration) and the CPU kernels it dispatches to."""
+    config = torch.__config__.show()
+    blas = next((part.split("=", 1)[1] for part in config.replace("\n", ",").split(",")
+                 if part.strip().startswith("BLAS_INFO=")), "unknown")
+    return {"blas": blas, "cpu capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def worker(side_name, directory, threads):
     """Load, report the load time to first logits, then answer timing requests until EOF."""
+    if side_name == "numpy":
+        numpy_gpt2.threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
     side = NumpySide(directory) if side_name == "numpy" else TorchSide(directory, threads)
     with open(os.path.join(directory, "config.json")) as f:
         vocab_size = json.load(f)["vocab_size"]
@@ -331,6 +359,8 @@ def run(cfg, directory, threads, with_torch):
     load = {s: [workers[s].ready["load_seconds"]] for s in sides}
     rows = []
     tasks = [("prefill", f"prefill T={T}", dict(op="prefill", batch=1, T=T), T) for T in cfg["prefill"]]
+    tasks += [("prefill", f"prefill T={T}, all logits", dict(op="prefill_all", batch=1, T=T), T)
+              for T in cfg["prefill_all"]]
     tasks += [("decode", f"decode b{B}", dict(op="decode", batch=B, T=cfg["prompt"],
                                                new_tokens=cfg["new_tokens"]), B * cfg["new_tokens"])
               for B in cfg["batches"]]
@@ -405,7 +435,7 @@ def machine_info():
     except (OSError, StopIteration):
         pass
     env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_") and k != "OPENBLAS_NUM_THREADS"}
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cpus": numpy_gpt2.threads.cpu_count(), "python": platform.python_version(),
             "openblas_env": env, "load_avg_at_end": os.getloadavg()}
 
 
@@ -435,7 +465,8 @@ def print_table(result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", help="checkpoint directory (written once, reused); default: a temporary one")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per side (default: all CPUs)")
+    ap.add_argument("--threads", type=int, default=numpy_gpt2.threads.cpu_count(),
+                    help="threads per side (default: the CPUs this process may use)")
     ap.add_argument("--reps", type=int, help="repetitions per row (default 3; smoke 2)")
     ap.add_argument("--smoke", action="store_true", help="tiny config, runs in seconds (CI)")
     ap.add_argument("--numpy-only", action="store_true", help="do not measure PyTorch")

@@ -105,6 +105,10 @@ class TorchTrainer:
 
 def worker(side_name, cfg, threads):
     """Build the model and optimizer, then answer {"op": "step"} / {"op": "rss"} until EOF."""
+    if side_name == "numpy":
+        sys.path.insert(0, bench.ROOT)
+        import numpy_gpt2.threads
+        numpy_gpt2.threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
     side = NumpyTrainer(cfg) if side_name == "numpy" else TorchTrainer(cfg, threads)
     print(json.dumps({"info": side.info()}), flush=True)
     for n, line in enumerate(sys.stdin):

@@ -119,6 +119,28 @@ def test_causal_attention_fast(B, H, T, past, D, block, scale, dtype, seed):
     assert_close(np.swapaxes(fast, 1, 2), ref.astype(np.float64), dtype, f"block {block}")
 
 
+@settings(max_examples=10)
+@given(M=st.integers(1, 9), K=st.integers(1, 40), N=st.integers(1, 300), n_threads=st.integers(1, 4),
+       transposed=st.booleans(), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_matmul_fast_columns_shared_out_between_threads(M, K, N, n_threads, transposed, dtype, seed):
+    """Columns of b shared out between 1-4 threads (64-byte aligned cuts, b a transposed view
+    as the output head's wte.T, with and without a bias) give a @ b (+ bias)."""
+    rng = np.random.default_rng(seed)
+    a, bias = normal(rng, (M, K), dtype), normal(rng, N, dtype)
+    b = normal(rng, (N, K), dtype).T if transposed else normal(rng, (K, N), dtype)
+    saved = layers_fast.SPLIT_FLOPS
+    layers_fast.SPLIT_FLOPS = 0  # split even these small products
+    threads.set_threads(n_threads)
+    try:
+        plain, biased = layers_fast.matmul_fast(a, b), layers_fast.matmul_fast(a, b, bias=bias)
+    finally:
+        layers_fast.SPLIT_FLOPS = saved
+        threads.set_threads(None)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert_close(plain, ref, dtype, f"{n_threads} threads")
+    assert_close(biased, ref + bias, dtype, f"{n_threads} threads, bias")
+
+
 @contextlib.contextmanager
 def sharing_out_heads(n_threads):
     """Attention shared out between n_threads threads however little work there is."""
