@@ -23,9 +23,9 @@ import numpy as np
 from .hooks import no_record, prefixed
 from .layers import split_heads
 from .layers_backward import GELU_C
-from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attention_fast, gelu_fast,
-                          layer_norm_fast, linear_fast, normalize, run_head_groups)
-from .threads import thread_pool
+from .layers_fast import (GELU_CHUNK, PARALLEL_PIECES, QUERY_BLOCK, _future_mask, causal_attention_fast,
+                          gelu_fast, layer_norm_fast, linear_fast, matmul_fast, normalize, run_head_groups)
+from .threads import for_each_piece, thread_pool
 
 
 def transformer_block_saving_fast(x, block, n_head, eps, record=no_record):
@@ -88,9 +88,12 @@ def gelu_and_derivative_fast(x):
     """
     out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
-    for start in range(0, flat.size, GELU_CHUNK):
-        part = slice(start, start + GELU_CHUNK)
+
+    def piece(i):
+        part = slice(i * GELU_CHUNK, (i + 1) * GELU_CHUNK)
         _gelu_and_derivative_inplace(flat[part], flat_out[part])
+
+    for_each_piece(piece, -(-flat.size // GELU_CHUNK), min_pieces=PARALLEL_PIECES)
     return out
 
 
@@ -168,7 +171,7 @@ def _heads(a, B, n_head):
 
 def _linear_grads(dout, x):
     """linear_backward()'s weight gradients for 2-D dout (N, n_out), x (N, n_in)."""
-    return {"weight": x.T @ dout, "bias": dout.sum(axis=0)}
+    return {"weight": matmul_fast(x.T, dout), "bias": dout.sum(axis=0)}
 
 
 def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record):
@@ -186,19 +189,19 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     xhat2, std2 = normalize(x1, eps)
     g = gelu_and_derivative_fast(u)                        # u := gelu'(u)
     dc_proj = _linear_grads(dout, g)
-    dg = np.matmul(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
+    dg = matmul_fast(dout, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
     record("mlp.gelu", dg)
     dg *= u                                                # dL/du
     record("mlp.c_fc", dg)
     dc_fc = _linear_grads(dg, xhat2 * ln_2["weight"] + ln_2["bias"])
-    dh2 = dg @ mlp["c_fc"]["weight"].T
+    dh2 = matmul_fast(dg, mlp["c_fc"]["weight"].T)
     record("ln_2", dh2)
     dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, std2, ln_2["weight"])
     dout += dx1                                            # dout := dL/dx1
     record("attn", dout)
 
     dattn_proj = _linear_grads(dout, y)
-    dy = dout @ attn["c_proj"]["weight"].T
+    dy = matmul_fast(dout, attn["c_proj"]["weight"].T)
     dqkv = np.empty_like(qkv)
     causal_attention_backward_fast(
         _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
@@ -207,7 +210,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     record("attn.c_attn", dqkv)
     xhat1, std1 = normalize(x, eps)
     dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
-    dh1 = dqkv @ attn["c_attn"]["weight"].T
+    dh1 = matmul_fast(dqkv, attn["c_attn"]["weight"].T)
     record("ln_1", dh1)
     dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, std1, ln_1["weight"])
     dout += dx
@@ -241,15 +244,15 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
     loss = 0.0
     for r0 in range(0, N, rows):
         r = slice(r0, min(r0 + rows, N))
-        z = h[r] @ head.T                               # logits (n, V)
+        z = matmul_fast(h[r], head.T)                   # logits (n, V)
         record("logits", z)
         loss += _cross_entropy_in_pieces(z, safe[r], weight[r])
         record_grad("logits", z)
-        np.matmul(z, head, out=dh[r])
+        matmul_fast(z, head, out=dh[r])
         if dhead_t is None:
-            dhead_t = h[r].T @ z
+            dhead_t = matmul_fast(h[r].T, z)
         else:
-            dhead_t += h[r].T @ z
+            dhead_t += matmul_fast(h[r].T, z)
     return loss, dh, np.ascontiguousarray(dhead_t.T)
 
 
