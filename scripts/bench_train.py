@@ -100,7 +100,8 @@ class TorchTrainer:
     def info(self):
         return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
                 "torch_threads": self.torch.get_num_threads(),
-                "attn_implementation": self.model.config._attn_implementation}
+                "attn_implementation": self.model.config._attn_implementation,
+                **bench.torch_blas(self.torch)}
 
 
 def worker(side_name, cfg, threads):
