@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_beam_args, check_prompt
+from .checks import check_beam_args, check_prompt, check_suppress_tokens
 from .config import GPT2Config
 from .loss import log_softmax
 from .model import forward, new_kv_cache
@@ -74,7 +74,7 @@ class _Finished:
 
 def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, num_beams: int, *,
                 length_penalty: float = 1.0, early_stopping=False, num_return_sequences: int = 1,
-                no_repeat_ngram_size: int = 0, eos_token_id: int | None = None):
+                no_repeat_ngram_size: int = 0, eos_token_id: int | None = None, suppress_tokens=None):
     """The num_return_sequences best continuations of `prompt` by beam search, best first.
 
     prompt: token ids (T,), 1 <= T <= n_ctx. max_new_tokens (>= 1): the length limit (also
@@ -85,7 +85,9 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
     when the best running beam, scored at its current length, cannot beat the worst finished
     one; "never" scores it at the longest possible length when length_penalty > 0 (the exact
     condition for that case). no_repeat_ngram_size: as in generate (0 = off), on prompt + beam.
-    eos_token_id: default config.eos_token_id.
+    eos_token_id: default config.eos_token_id. suppress_tokens: token ids never chosen (their
+    log probabilities set to -inf, transformers' SuppressTokensLogitsProcessor; ids outside
+    the vocabulary are ignored), e.g. the ids of a padded vocabulary the tokenizer cannot decode.
 
     Returns [(tokens, score), ...]: tokens an int64 array (n,) of the new tokens (ending
     with eos if the beam finished on it), score transformers' sequences_scores (sum of the
@@ -94,6 +96,7 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
     """
     check_beam_args(config, max_new_tokens, num_beams, length_penalty, early_stopping,
                     num_return_sequences, no_repeat_ngram_size, eos_token_id)
+    banned = check_suppress_tokens(suppress_tokens, config.vocab_size)
     prompt = check_prompt(prompt, config)
     if prompt.ndim != 1:
         raise ValueError(f"prompt tokens must be one sequence (T,) for beam search, got shape "
@@ -113,6 +116,7 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
         logp = log_softmax(np.asarray(logits, dtype=np.float64))  # (n, V)
         if no_repeat_ngram_size:
             logp = no_repeat_ngram(logp, seqs, no_repeat_ngram_size)
+        logp[:, banned] = -np.inf
         total = (logp + running[:, None]).ravel()  # (n * V,)
         top = _top(total, 2 * n)  # candidates: one eos each could take at most n of them
         beam, token, score = top // V, top % V, total[top]

@@ -413,14 +413,17 @@ def sampled_completions(args, params, config, tokenizer, ids):
         yield item
 
 
-def beam_completions(args, params, config, ids):
-    """Beam search, one prompt after the other -> completion dicts, best beam first."""
+def beam_completions(args, params, config, tokenizer, ids):
+    """Beam search, one prompt after the other -> completion dicts, best beam first (never an
+    id the tokenizer cannot decode: a padded vocabulary's)."""
     eos = config.eos_token_id
+    banned = processor_options(args, tokenizer, config)["suppress_tokens"]
     for p, prompt in enumerate(ids):
         beams = numpy_gpt2.beam_search(params, config, prompt, args.max_new_tokens, args.num_beams,
                                        length_penalty=args.length_penalty, early_stopping=args.early_stopping,
                                        num_return_sequences=args.num_samples,
-                                       no_repeat_ngram_size=args.no_repeat_ngram_size or 0)
+                                       no_repeat_ngram_size=args.no_repeat_ngram_size or 0,
+                                       suppress_tokens=banned)
         for b, (tokens, score) in enumerate(beams):
             ended = len(tokens) > 0 and tokens[-1] == eos
             tokens = tokens[:-1] if ended else tokens
@@ -455,7 +458,7 @@ def run_batch(args):
     eos_note(config, tokenizer)
     start = time.perf_counter()
     try:
-        items = list(beam_completions(args, params, config, ids) if args.num_beams > 1
+        items = list(beam_completions(args, params, config, tokenizer, ids) if args.num_beams > 1
                      else sampled_completions(args, params, config, tokenizer, ids))
     except ValueError as e:  # a prompt too long for the context; NonFiniteError
         raise UsageError(str(e)) from None

@@ -127,3 +127,18 @@ def test_bad_arguments_raise_before_any_work(model64, kwargs, message):
     args = dict(prompt=[1, 2, 3], max_new_tokens=5, num_beams=3) | kwargs
     with pytest.raises(ValueError, match=message):
         beam_search(None, config, args.pop("prompt"), args.pop("max_new_tokens"), args.pop("num_beams"), **args)
+
+
+def test_suppressed_tokens_are_never_chosen_and_equal_transformers(model64, hf64):
+    """suppress_tokens (a padded vocabulary's undecodable ids): the best tokens of the free
+    search are banned, the result changes and equals transformers' with suppress_tokens."""
+    params, config = model64
+    free = beam_search(params, config, PROMPT, 8, 3, num_return_sequences=3, eos_token_id=0)
+    banned = sorted({int(t) for tokens, _ in free for t in tokens[:3]})
+    ours = beam_search(params, config, PROMPT, 8, 3, num_return_sequences=3, eos_token_id=0,
+                       suppress_tokens=banned + [config.vocab_size + 5])  # outside: ignored
+    assert not any(np.isin(tokens, banned).any() for tokens, _ in ours)
+    assert_same_beams(ours, hf_beams(hf64, PROMPT, 8, 3, 0, num_return_sequences=3,
+                                     suppress_tokens=banned), 0)
+    with pytest.raises(ValueError, match="suppress_tokens"):
+        beam_search(params, config, PROMPT, 8, 3, suppress_tokens=["x"])

@@ -163,7 +163,7 @@ def test_generate_script_never_samples_an_undecodable_id(padded_dir, padded_mode
     enc = numpy_gpt2.load_tokenizer(padded_dir)
     params, config = padded_model
     for flags in (["--temperature", 0], ["--seed", 1], ["--seed", 2, "--top-k", 5],
-                  ["--seed", 3, "--num-samples", 2]):
+                  ["--seed", 3, "--num-samples", 2], ["--num-beams", 3, "--num-samples", 2]):
         status, out, err = run_script("generate", ["The dog", "--model", padded_dir,
                                                    "--max-new-tokens", 6, *flags], capsys)
         assert status == 0 and "Traceback" not in err, err
