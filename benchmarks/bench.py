@@ -11,6 +11,9 @@
 What is measured (batch 1 unless said; float32 on both sides):
   prefill T      one forward over T prompt tokens into a fresh KV cache, logits for the last
                  position only (numpy: last_only=True; PyTorch: use_cache=True, logits_to_keep=1)
+  prefill T, all logits   one forward over T tokens, logits for every position, no cache
+                 (numpy: forward(params, config, tokens); PyTorch: use_cache=False): what
+                 scoring a text or a training forward computes
   decode bB      a 16-token prompt then 128 new greedy tokens, with the KV cache; new tokens/s.
                  PyTorch side: a manual past_key_values loop (model(..., past_key_values=...),
                  argmax of the last logits), not model.generate, so no generate() overhead.
@@ -48,14 +51,14 @@ import bench_startup
 import bench_train
 from bench_common import (Worker, checkpoint_shapes, comparison_row, ensure_checkpoint,
                           import_numpy_gpt2, machine_info, model_part, numpy_info,
-                          peak_rss_bytes, warm_page_cache, write_checkpoint)  # noqa: F401
+                          peak_rss_bytes, torch_blas, warm_page_cache, write_checkpoint)  # noqa: F401
 
 numpy_gpt2 = import_numpy_gpt2()
 
 FULL = dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257,
-            prefill=[128, 512, 1024], prompt=16, new_tokens=128, batches=[1, 8], reps=3)
+            prefill=[128, 512, 1024], prefill_all=[128, 1024], prompt=16, new_tokens=128, batches=[1, 8], reps=3)
 SMOKE = dict(n_layer=2, n_head=2, n_embd=64, n_ctx=128, vocab_size=512,
-             prefill=[16, 64, 128], prompt=4, new_tokens=8, batches=[1, 2], reps=2)
+             prefill=[16, 64, 128], prefill_all=[16, 128], prompt=4, new_tokens=8, batches=[1, 2], reps=2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -81,6 +84,9 @@ class NumpySide:
 
     def load(self):
         self.params, self.config = self.np_gpt2.load(self.directory)
+
+    def prefill_all(self, tokens):
+        return self.np_gpt2.forward(self.params, self.config, tokens)
 
     def prefill(self, tokens):
         cache = self.np_gpt2.new_kv_cache(self.config, tokens.shape[0], np.float32, max_len=tokens.shape[1])
@@ -148,6 +154,10 @@ class TorchSide:
             out = self.model(input_ids=self.torch.from_numpy(tokens), use_cache=True, logits_to_keep=1)
             return out.logits.numpy()
 
+    def prefill_all(self, tokens):
+        with self.torch.inference_mode():
+            return self.model(input_ids=self.torch.from_numpy(tokens), use_cache=False).logits.numpy()
+
     def decode(self, prompt, new_tokens):
         torch = self.torch
         with torch.inference_mode():
@@ -175,7 +185,8 @@ class TorchSide:
     def info(self):
         return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
                 "torch_threads": self.torch.get_num_threads(),
-                "attn_implementation": self.model.config._attn_implementation}
+                "attn_implementation": self.model.config._attn_implementation,
+                **torch_blas(self.torch)}
 
 
 def worker_argv(side, directory, threads):
@@ -185,6 +196,8 @@ def worker_argv(side, directory, threads):
 
 def worker(side_name, directory, threads):
     """Load, report the load time to first logits, then answer timing requests until EOF."""
+    if side_name == "numpy":
+        numpy_gpt2.threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
     side = NumpySide(directory) if side_name == "numpy" else TorchSide(directory, threads)
     with open(os.path.join(directory, "config.json")) as f:
         vocab_size = json.load(f)["vocab_size"]
@@ -206,6 +219,8 @@ def worker(side_name, directory, threads):
                 side.prefill(tokens)
             elif request["op"] == "ragged":
                 side.ragged(ragged_prompts(tokens), request["new_tokens"], request["batched"])
+            elif request["op"] == "prefill_all":
+                side.prefill_all(tokens)
             elif request["op"] == "early_stop":
                 stopped = side.decode_early_stop(tokens, request["n_early"], request["new_tokens"],
                                                  request["compact"])
@@ -225,6 +240,8 @@ def run(cfg, directory, threads, with_torch):
     load = {s: [workers[s].ready["load_seconds"]] for s in sides}
     rows = []
     tasks = [("prefill", f"prefill T={T}", dict(op="prefill", batch=1, T=T), T) for T in cfg["prefill"]]
+    tasks += [("prefill", f"prefill T={T}, all logits", dict(op="prefill_all", batch=1, T=T), T)
+              for T in cfg["prefill_all"]]
     tasks += [("decode", f"decode b{B}", dict(op="decode", batch=B, T=cfg["prompt"],
                                                new_tokens=cfg["new_tokens"]), B * cfg["new_tokens"])
               for B in cfg["batches"]]
@@ -334,7 +351,8 @@ def print_table(result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", help="checkpoint directory (written once, reused); default: a temporary one")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per side (default: all CPUs)")
+    ap.add_argument("--threads", type=int, default=numpy_gpt2.threads.cpu_count(),
+                    help="threads per side (default: the CPUs this process may use)")
     ap.add_argument("--reps", type=int, help="repetitions per row (default 3; smoke 2)")
     ap.add_argument("--smoke", action="store_true", help="tiny config, runs in seconds (CI)")
     ap.add_argument("--numpy-only", action="store_true", help="do not measure PyTorch")

@@ -159,7 +159,29 @@ def numpy_info():
         info["blas"] = f"{blas.get('name')} {blas.get('version')}"
     except Exception:  # show_config's format is not a stable API
         pass
+    info["blas kernel"] = blas_kernel()
     return info
+
+
+def blas_kernel():
+    """The BLAS NumPy loaded, as threadpoolctl sees it: "openblas 0.3.31 SkylakeX, pthreads, 2
+    threads" (the kernel OpenBLAS picked for this CPU), or why it cannot be told."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "unknown (pip install threadpoolctl to see it)"
+    found = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')}, "
+             f"{i.get('threading_layer')}, {i.get('num_threads')} threads"
+             for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(found) or "none found"
+
+
+def torch_blas(torch):
+    """PyTorch's BLAS (from its build configuration) and the CPU kernels it dispatches to."""
+    config = torch.__config__.show()
+    blas = next((part.split("=", 1)[1] for part in config.replace("\n", ",").split(",")
+                 if part.strip().startswith("BLAS_INFO=")), "unknown")
+    return {"blas": blas, "cpu capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def comparison_row(label, unit, values, higher):
@@ -181,6 +203,6 @@ def machine_info():
     except (OSError, StopIteration):
         pass
     env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_") and k != "OPENBLAS_NUM_THREADS"}
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cpus": import_numpy_gpt2().threads.cpu_count(), "python": platform.python_version(),
             "openblas_env": env, "load_avg_at_end": os.getloadavg()}
 

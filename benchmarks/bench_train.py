@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from bench_common import (Worker, comparison_row, import_numpy_gpt2, machine_info, numpy_info,
-                          peak_rss_bytes)
+                          peak_rss_bytes, torch_blas)
 
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
 ROWS = {
@@ -100,11 +100,14 @@ class TorchTrainer:
     def info(self):
         return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
                 "torch_threads": self.torch.get_num_threads(),
-                "attn_implementation": self.model.config._attn_implementation}
+                "attn_implementation": self.model.config._attn_implementation,
+                **torch_blas(self.torch)}
 
 
 def worker(side_name, cfg, threads):
     """Build the model and optimizer, then answer {"op": "step"} / {"op": "rss"} until EOF."""
+    if side_name == "numpy":
+        import_numpy_gpt2().threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
     side = NumpyTrainer(cfg) if side_name == "numpy" else TorchTrainer(cfg, threads)
     print(json.dumps({"info": side.info()}), flush=True)
     for n, line in enumerate(sys.stdin):

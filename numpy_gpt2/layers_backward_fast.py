@@ -25,9 +25,9 @@ from .dropout import apply as apply_dropout
 from .hooks import no_record, prefixed, record_weights
 from .layers import split_heads
 from .layers_backward import GELU_C
-from .layers_fast import (GELU_CHUNK, QUERY_BLOCK, _future_mask, causal_attention_fast, gelu_fast,
-                          layer_norm_fast, linear_fast, normalize)
-from .threads import thread_pool
+from .layers_fast import (GELU_CHUNK, PARALLEL_PIECES, QUERY_BLOCK, _future_mask, causal_attention_fast,
+                          gelu_fast, layer_norm_fast, linear_fast, matmul_fast, normalize, run_head_groups)
+from .threads import for_each_piece, thread_pool
 
 
 def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropout=None, layer=0, *,
@@ -102,9 +102,12 @@ def gelu_and_derivative_fast(x):
     """
     out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
-    for start in range(0, flat.size, GELU_CHUNK):
-        part = slice(start, start + GELU_CHUNK)
+
+    def piece(i):
+        part = slice(i * GELU_CHUNK, (i + 1) * GELU_CHUNK)
         _gelu_and_derivative_inplace(flat[part], flat_out[part])
+
+    for_each_piece(piece, -(-flat.size // GELU_CHUNK), min_pieces=PARALLEL_PIECES)
     return out
 
 
@@ -148,27 +151,44 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
-    dk[...] = 0.0
-    dv[...] = 0.0
     if record is not no_record:  # dL/dP for every (query, key), masked keys too, as autograd has it
         record("softmax", dout @ np.swapaxes(v, -1, -2))
+
+    def heads(b, h):
+        def mask(t0, t1, dtype):  # the forward's full-block mask cut to these heads, as it did
+            return dropout.mask((1, layer, 2, t0), (B, H, t1 - t0, t1), dtype)[b, h]
+
+        _attention_backward_heads(dout[b, h], q[b, h], k[b, h], v[b, h], lse[b, h], delta[b, h],
+                                  dq[b, h], dk[b, h], dv[b, h], block, scale, None if dropout is None else mask)
+
+    run_head_groups(heads, B, H, 8 * B * H * T * (T / 2) * D)
+
+
+def _attention_backward_heads(dout, q, k, v, lse, delta, dq, dk, dv, block, scale, mask):
+    """causal_attention_backward_fast for some heads: every array (..., h, T, ...).
+    mask: None, or mask(t0, t1, dtype) -> the forward's dropout mask (..., h, t1 - t0, t1)
+    of query block [t0, t1)."""
+    T = q.shape[-2]
+    dk[...] = 0.0
+    dv[...] = 0.0
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
-        qb = q[:, :, t0:t1] * scale
-        p = qb @ np.swapaxes(k[:, :, :t1], -1, -2)  # scores (B, H, n, t1)
+        qb = q[..., t0:t1, :] * scale
+        p = qb @ np.swapaxes(k[..., :t1, :], -1, -2)  # scores (..., n, t1)
         if t1 - t0 > 1:
             p[..., t0:] += _future_mask(t1 - t0, p.dtype)
-        p -= lse[:, :, t0:t1, None]
-        np.exp(p, out=p)                                             # P
-        mask = None if dropout is None else dropout.mask((1, layer, 2, t0), p.shape, p.dtype)
-        dv[:, :, :t1] += np.swapaxes(p if mask is None else p * mask, -1, -2) @ dout[:, :, t0:t1]  # dv = P^T dout
-        dp = dout[:, :, t0:t1] @ np.swapaxes(v[:, :, :t1], -1, -2)   # dP = dout v^T
-        if mask is not None:
-            dp *= mask
-        dp -= delta[:, :, t0:t1]
-        dp *= p                                                      # dS (of the scaled scores)
-        dq[:, :, t0:t1] = (dp @ k[:, :, :t1]) * scale
-        dk[:, :, :t1] += np.swapaxes(dp, -1, -2) @ qb                # qb carries the scale
+        p -= lse[..., t0:t1, None]
+        np.exp(p, out=p)                                                       # P
+        m = None if mask is None else mask(t0, t1, p.dtype)
+        pm = p if m is None else p * m                                         # P M: dropped
+        dv[..., :t1, :] += np.swapaxes(pm, -1, -2) @ dout[..., t0:t1, :]       # dv = (P M)^T dout
+        dp = dout[..., t0:t1, :] @ np.swapaxes(v[..., :t1, :], -1, -2)         # dP = dout v^T
+        if m is not None:
+            dp *= m
+        dp -= delta[..., t0:t1, :]
+        dp *= p                                                                # dS (of the scaled scores)
+        dq[..., t0:t1, :] = (dp @ k[..., :t1, :]) * scale
+        dk[..., :t1, :] += np.swapaxes(dp, -1, -2) @ qb                        # qb carries the scale
 
 
 def _heads(a, B, n_head):
@@ -178,7 +198,7 @@ def _heads(a, B, n_head):
 
 def _linear_grads(dout, x):
     """linear_backward()'s weight gradients for 2-D dout (N, n_out), x (N, n_in)."""
-    return {"weight": x.T @ dout, "bias": dout.sum(axis=0)}
+    return {"weight": matmul_fast(x.T, dout), "bias": dout.sum(axis=0)}
 
 
 def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record, *,
@@ -200,13 +220,13 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     g = _activation_and_derivative(u, act)                 # u := gelu'(u)
     dbranch = dout if dropout is None else dout * saved["m_mlp"]  # through the branch's dropout
     dc_proj = record_weights(record, "mlp.c_proj", _linear_grads(dbranch, g))
-    dg = np.matmul(dbranch, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
+    dg = matmul_fast(dbranch, mlp["c_proj"]["weight"].T, out=g)  # g's memory is free again
     record("mlp.gelu", dg)
     dg *= u                                                # dL/du
     record("mlp.c_fc", dg)
     dc_fc = _linear_grads(dg, xhat2 * ln_2["weight"] + ln_2["bias"])
     record_weights(record, "mlp.c_fc", dc_fc)
-    dh2 = dg @ mlp["c_fc"]["weight"].T
+    dh2 = matmul_fast(dg, mlp["c_fc"]["weight"].T)
     record("ln_2", dh2)
     dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, std2, ln_2["weight"])
     record_weights(record, "ln_2", dln_2)
@@ -215,7 +235,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
 
     dbranch = dout if dropout is None else dout * saved["m_attn"]
     dattn_proj = record_weights(record, "attn.c_proj", _linear_grads(dbranch, y))
-    dy = dbranch @ attn["c_proj"]["weight"].T
+    dy = matmul_fast(dbranch, attn["c_proj"]["weight"].T)
     dqkv = np.empty_like(qkv)
     causal_attention_backward_fast(
         _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
@@ -225,7 +245,7 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     xhat1, std1 = normalize(x, eps)
     dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
     record_weights(record, "attn.c_attn", dattn_c)
-    dh1 = dqkv @ attn["c_attn"]["weight"].T
+    dh1 = matmul_fast(dqkv, attn["c_attn"]["weight"].T)
     record("ln_1", dh1)
     dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, std1, ln_1["weight"])
     record_weights(record, "ln_1", dln_1)
@@ -271,15 +291,15 @@ def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_RO
     loss = 0.0
     for r0 in range(0, N, rows):
         r = slice(r0, min(r0 + rows, N))
-        z = h[r] @ head.T                               # logits (n, V)
+        z = matmul_fast(h[r], head.T)                   # logits (n, V)
         record("logits", z)
         loss += _cross_entropy_in_pieces(z, safe[r], weight[r])
         record_grad("logits", z)
-        np.matmul(z, head, out=dh[r])
+        matmul_fast(z, head, out=dh[r])
         if dhead_t is None:
-            dhead_t = h[r].T @ z
+            dhead_t = matmul_fast(h[r].T, z)
         else:
-            dhead_t += h[r].T @ z
+            dhead_t += matmul_fast(h[r].T, z)
     return loss, dh, np.ascontiguousarray(dhead_t.T)
 
 

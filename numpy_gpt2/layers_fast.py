@@ -26,15 +26,51 @@ import numpy as np
 from .activation_functions import TANH_GELU_NAMES, activation_fast
 from .hooks import no_record, prefixed
 from .layers import split_heads
+from .threads import blas_single_threaded, can_limit_blas, for_each_piece, run_shares, threads
 
 QUERY_BLOCK = 64  # queries per attention block: a block's scores are <= 3 MB at S = 1024
 
 
 def linear_fast(x, weight, bias):
     """linear() as one 2-D matmul (weights read once for the whole batch), bias added in place."""
-    out = x.reshape(-1, x.shape[-1]) @ weight
-    out += bias
+    out = matmul_fast(x.reshape(-1, x.shape[-1]), weight, bias=bias)
     return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+SPLIT_FLOPS = 1 << 20  # matmuls with fewer floating-point operations run on the calling thread
+
+
+def matmul_fast(a, b, out=None, bias=None):
+    """a @ b (+ bias) for 2-D a (M, K), b (K, N), into out (M, N) (a new array when None).
+
+    The columns of b are shared out between the threads (numpy_gpt2.threads), each running a
+    single-threaded BLAS on its share and adding its part of bias while it is in the cache:
+    one meeting of the threads per matmul, where BLAS's own threads meet many times inside
+    one call (on a busy machine each meeting can cost a time slice: a decode step's
+    (1, 768) @ (768, 2304) took 40 ms that way, 1 ms single-threaded). When BLAS cannot be
+    limited (not OpenBLAS), a plain matmul.
+    """
+    M, N = a.shape[0], b.shape[1]
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    if not can_limit_blas():
+        np.matmul(a, b, out=out)
+        if bias is not None:
+            out += bias
+        return out
+    shares = min(threads(), N // 64) if 2 * M * a.shape[1] * N >= SPLIT_FLOPS else 1
+    shares = max(shares, 1)
+    edges = [N * i // shares // 16 * 16 for i in range(shares)] + [N]  # 64-byte aligned cuts
+
+    def share(i):
+        c = slice(edges[i], edges[i + 1])
+        np.matmul(a, b[:, c], out=out[:, c])
+        if bias is not None:
+            out[:, c] += bias[c]
+
+    with blas_single_threaded():
+        run_shares(share, shares)
+    return out
 
 
 GELU_CHUNK = 1 << 16  # elements per gelu_fast pass: 256 KB of float32 stays in the L2 cache
@@ -51,9 +87,13 @@ def gelu_fast(x):
     flat = x.reshape(-1) if x.flags.c_contiguous else None  # a view, so writes reach x
     if flat is None or flat.size <= GELU_CHUNK:
         return _gelu_inplace(x)
-    for start in range(0, flat.size, GELU_CHUNK):
-        _gelu_inplace(flat[start:start + GELU_CHUNK])
+    # Chunks shared out between the threads (ufuncs release the GIL).
+    for_each_piece(lambda i: _gelu_inplace(flat[i * GELU_CHUNK:(i + 1) * GELU_CHUNK]),
+                   -(-flat.size // GELU_CHUNK), min_pieces=PARALLEL_PIECES)
     return x
+
+
+PARALLEL_PIECES = 4  # cache-sized pieces of elementwise work worth handing to threads
 
 
 def _gelu_inplace(x):
@@ -81,12 +121,23 @@ def normalize(x, eps):
     return xhat, std
 
 
+LN_ROWS = 64  # rows per layer_norm_fast piece: 192 KB of float32 at E = 768, cache-sized
+
+
 def layer_norm_fast(x, weight, bias, eps=1e-5):
-    """layer_norm() with one output array updated in place: normalize(), then the affine map."""
-    out, _ = normalize(x, eps)
-    out *= weight
-    out += bias
-    return out
+    """layer_norm(): normalize(), then the affine map in place, in pieces of LN_ROWS rows
+    shared out between the threads (each piece's passes stay in the cache)."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+
+    def piece(i):
+        part = slice(i * LN_ROWS, (i + 1) * LN_ROWS)
+        xhat, _ = normalize(rows[part], eps)
+        xhat *= weight
+        np.add(xhat, bias, out=out[part])
+
+    for_each_piece(piece, -(-rows.shape[0] // LN_ROWS), min_pieces=PARALLEL_PIECES)
+    return out.reshape(x.shape)
 
 
 @functools.lru_cache(maxsize=8)
@@ -112,36 +163,80 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     probabilities are those before dropout.
     key_bias: optional (B, past + T) layers.padding_bias, added to every query's scores.
     scale: the scores' factor (1 / sqrt(D) unless the config changes it).
+    Enough work (PARALLEL_FLOPS) is shared out by heads between the thread pool's threads,
+    each running single-threaded BLAS (numpy_gpt2.threads.blas_single_threaded); the
+    result, dropout masks included, is the same either way.
     """
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     out = np.empty((B, T, H, D), dtype=q.dtype)
     # The (B, H, T, S) probabilities exist only when someone records them.
     probs = None if record is no_record else np.zeros((B, H, T, past + T), dtype=q.dtype)
+
+    def attend(b, heads):
+        def mask(t0, S, dtype):  # the full block's mask cut to these heads: the same in any share
+            return dropout.mask((1, layer, 2, t0), (B, H, min(block, T - t0), S), dtype)[b, heads]
+
+        _attend_heads(q[b, heads], k[b, heads], v[b, heads], past, block, out[b, :, heads],
+                      None if lse is None else lse[b, heads], None if probs is None else probs[b, heads],
+                      scale, None if key_bias is None else key_bias[b], None if dropout is None else mask)
+
+    run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D)
+    if probs is not None:
+        record("softmax", probs)
+    return out
+
+
+PARALLEL_FLOPS = 1 << 23  # attention work below this runs on the calling thread (threads cost ~0.1 ms)
+
+
+def run_head_groups(work, B, H, flops):
+    """Call work(b, heads) over all B x H heads: once with b = heads = slice(None) (every
+    head at once) when flops < PARALLEL_FLOPS or only one thread is there, else in one
+    contiguous share of heads per pool thread (b an int, heads a slice of sequence b's
+    heads), with single-threaded BLAS inside."""
+    n = threads()
+    if n == 1 or flops < PARALLEL_FLOPS or not can_limit_blas():
+        return work(slice(None), slice(None))
+    bounds = [round(i * B * H / n) for i in range(n + 1)]
+
+    def share(i):
+        for b in range(B):  # the part of sequence b's heads in share i
+            h0, h1 = max(bounds[i] - b * H, 0), min(bounds[i + 1] - b * H, H)
+            if h0 < h1:
+                work(b, slice(h0, h1))
+
+    with blas_single_threaded():
+        run_shares(share, n)
+
+
+def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask):
+    """causal_attention_fast for some heads: q (..., h, T, D), k, v (..., h, S, D); writes
+    out (..., T, h, D) and, when given, lse (..., h, T) and probs (..., h, T, S).
+    key_bias: these heads' sequences' rows of the padding bias, (..., past + T), or None.
+    mask: None, or mask(t0, S, dtype) -> the dropout mask (..., h, n, S) of the block from t0."""
+    T = q.shape[-2]
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
         S = past + t1  # keys this block can see
         # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
-        scores = (q[:, :, t0:t1] * scale) @ np.swapaxes(k[:, :, :S], -1, -2)
+        scores = (q[..., t0:t1, :] * scale) @ np.swapaxes(k[..., :S, :], -1, -2)
         if t1 - t0 > 1:  # a single query sees every key so far: nothing to mask
             scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
-        if key_bias is not None:
-            scores += key_bias[:, None, None, :S]
+        if key_bias is not None:  # (..., S) -> (..., 1, 1, S): the same for every head, query
+            scores += key_bias[..., None, None, :S]
         top = scores.max(axis=-1, keepdims=True)
         scores -= top
         np.exp(scores, out=scores)
         sums = scores.sum(axis=-1, keepdims=True)
         if lse is not None:
-            lse[:, :, t0:t1] = (top + np.log(sums))[..., 0]
+            lse[..., t0:t1] = (top + np.log(sums))[..., 0]
         if probs is not None:
-            probs[:, :, t0:t1, :S] = scores / sums
-        dropped = scores if dropout is None else scores * dropout.mask((1, layer, 2, t0), scores.shape, scores.dtype)
-        heads = dropped @ v[:, :, :S]  # (B, H, n, D), unnormalized
+            probs[..., t0:t1, :S] = scores / sums
+        dropped = scores if mask is None else scores * mask(t0, S, scores.dtype)
+        heads = dropped @ v[..., :S, :]  # (..., h, n, D), unnormalized
         heads /= sums
-        out[:, t0:t1] = np.swapaxes(heads, 1, 2)
-    if probs is not None:
-        record("softmax", probs)
-    return out
+        out[..., t0:t1, :, :] = np.swapaxes(heads, -2, -3)
 
 
 def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=no_record,

@@ -11,7 +11,7 @@ from .config import GPT2Config
 from .finite import check_finite_logits
 from .hooks import no_record, prefixed
 from .layers import layer_norm, padding_bias, transformer_block
-from .layers_fast import layer_norm_fast, transformer_block_fast
+from .layers_fast import layer_norm_fast, matmul_fast, transformer_block_fast
 
 
 def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, position_ids=None,
@@ -92,7 +92,7 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
     head = params["lm_head"]["weight"] if "lm_head" in params else wte  # tied: the usual case
     # One 2-D matmul over all B*T rows: (B, T, E) @ (E, V) would read the head (a third of
     # the weights) once per sequence.
-    logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(B, x.shape[1], head.shape[0])
+    logits = matmul_fast(x.reshape(-1, x.shape[-1]), head.T).reshape(B, x.shape[1], head.shape[0])
     record("logits", logits)
     if single:
         logits, tokens = logits[0], tokens[0]

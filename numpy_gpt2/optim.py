@@ -28,7 +28,7 @@ import numpy as np
 
 from .checks import check_mirrors_params
 from .params import flatten_params, nest_params
-from .threads import thread_count, thread_pool
+from .threads import blas_single_threaded, run_shares, threads
 
 # Elements per chunk when summing squares: small enough that the float32 partial sums stay
 # accurate and no gradient-sized temporary is made, large enough for BLAS to be fast.
@@ -120,8 +120,8 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
             work = buf[:p.size].reshape(p.shape) if p.size <= buf.size else np.empty_like(p)
             adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, state["step"], work)
 
-    n = thread_count()
-    list(thread_pool().map(update, [chunks[i::n] for i in range(n)]))
+    n = threads()
+    run_shares(lambda i: update(chunks[i::n]), n)
 
 
 def grad_norm(grads: dict) -> float:
@@ -130,12 +130,16 @@ def grad_norm(grads: dict) -> float:
     Squares are summed in chunks (float32 BLAS dot per chunk, the chunks added in float64),
     so no gradient-sized temporary is made and the sum stays accurate for 10^8 elements.
     """
+    chunks = [g.reshape(-1)[start:start + _NORM_CHUNK] for g in flatten_params(grads).values()
+              for start in range(0, g.size, _NORM_CHUNK)]
+    n = threads()
+    # The chunks shared out between the threads, each dot on one thread (BLAS threads would
+    # meet once per chunk); the partial sums added in a fixed order: the same result always.
+    with blas_single_threaded():
+        parts = run_shares(lambda i: [float(c @ c) for c in chunks[i::n]], n)
     total = 0.0
-    for g in flatten_params(grads).values():
-        flat = g.reshape(-1)
-        for start in range(0, flat.size, _NORM_CHUNK):
-            chunk = flat[start:start + _NORM_CHUNK]
-            total += float(chunk @ chunk)
+    for i in range(len(chunks)):
+        total += parts[i % n][i // n]
     return math.sqrt(total)
 
 

@@ -1,19 +1,57 @@
-"""The worker threads for elementwise work split into pieces (the fast layers, the optimizer).
+"""The worker threads for work split into pieces (the fast layers, the optimizer), and the
+BLAS library's own threads.
 
 NumPy runs a ufunc on one core, but releases the GIL while it runs, so pieces of one array
 handed to threads use every core.
 
-How many: $NUMPY_GPT2_THREADS when set (scripts/train.py --threads sets it, with
-OPENBLAS_NUM_THREADS for BLAS), else the CPUs this process may run on (its affinity mask,
-os.sched_getaffinity: mpiexec -bind-to core, taskset, a Slurm allocation), not the machine's
-core count, so a process pinned to one core does not run two busy threads on it.
+How many: set_threads(n)'s n when set (the benchmarks match PyTorch's thread count), else
+$NUMPY_GPT2_THREADS when set (scripts/train.py --threads sets it, with OPENBLAS_NUM_THREADS
+for BLAS), else the CPUs this process may run on (its affinity mask, os.sched_getaffinity:
+mpiexec -bind-to core, taskset, a Slurm allocation), not the machine's core count, so a
+process pinned to one core does not run two busy threads on it.
+
+Many small matmuls (attention: one per head and query block) are faster shared out between
+the pool's threads with a single-threaded BLAS inside each than each one split by BLAS over
+every core: BLAS's threads must meet at the end of every call, and on a busy machine each
+meeting can wait for a time slice. blas_single_threaded() switches OpenBLAS (NumPy's usual
+BLAS) to one thread for such a region, through its own openblas_set_num_threads (found in
+the loaded library with ctypes); with another BLAS it reports that it cannot, and the callers
+keep the plain path.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
 import functools
 import os
+import threading
+
+_count = None  # threads set by set_threads(), None: thread_count()
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads() -> int:
+    """Threads the pool has: set_threads(n)'s n, else thread_count()."""
+    return _count or thread_count()
+
+
+def set_threads(n: int | None) -> None:
+    """Use n worker threads from now on (None: back to thread_count()). Raises ValueError
+    unless n is a positive integer or None. The pool is made again on its next use."""
+    global _count
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
+    _count = n
+    _pool.cache_clear()
 
 
 THREADS_ENV = "NUMPY_GPT2_THREADS"
@@ -28,13 +66,101 @@ def thread_count() -> int:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"{THREADS_ENV}={value!r}: expected an integer >= 1")
         return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity masks (macOS, Windows)
-        return os.cpu_count() or 1
+    return cpu_count()
 
 
 @functools.lru_cache(maxsize=1)
+def _pool(n):
+    return concurrent.futures.ThreadPoolExecutor(max_workers=n)
+
+
 def thread_pool():
-    """The shared pool: thread_count() worker threads, made on first use."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=thread_count())
+    """The shared pool: threads() worker threads, made on first use."""
+    return _pool(threads())
+
+
+def run_shares(work, n):
+    """work(0), ..., work(n - 1) at the same time: work(0) on the calling thread (which would
+    otherwise only wait), the others in the pool. Returns their results in order; the first
+    exception raised is raised here, after all have finished."""
+    if n == 1:
+        return [work(0)]
+    futures = [thread_pool().submit(work, i) for i in range(1, n)]
+    try:
+        first = work(0)
+    finally:
+        concurrent.futures.wait(futures)
+    return [first] + [f.result() for f in futures]
+
+
+def for_each_piece(work, n_pieces, min_pieces=2):
+    """work(i) for i in range(n_pieces), shared out in contiguous runs between threads()
+    threads (run_shares); on the calling thread alone when n_pieces < min_pieces."""
+    n = min(threads(), n_pieces)
+    if n_pieces < min_pieces or n == 1:
+        for i in range(n_pieces):
+            work(i)
+        return
+
+    def share(k):
+        for i in range(k * n_pieces // n, (k + 1) * n_pieces // n):
+            work(i)
+
+    run_shares(share, n)
+
+
+def _openblas_functions():
+    """(get, set) of the loaded OpenBLAS's thread count, or None when none is found.
+
+    NumPy's wheels bundle OpenBLAS as libscipy_openblas (symbols scipy_openblas_*64_);
+    a system OpenBLAS has openblas_*. Found among the libraries this process has mapped."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line and "/" in line}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same library, not a second copy
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_", "64_"), ("", ""), ("", "64_")):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                put.restype, put.argtypes = None, [ctypes.c_int]
+                return get, put
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _blas():
+    return _openblas_functions()  # callers have imported NumPy, so its BLAS is mapped
+
+
+_blas_lock = threading.Lock()
+
+
+def can_limit_blas() -> bool:
+    """True when blas_single_threaded() can really make BLAS single-threaded."""
+    return _blas() is not None
+
+
+@contextlib.contextmanager
+def blas_single_threaded():
+    """Within the block, BLAS calls run on the calling thread alone (OpenBLAS: its thread
+    count is set to 1 and restored after). Process-wide: OpenBLAS has one setting for all
+    threads, so one region at a time holds it. A no-op when can_limit_blas() is False."""
+    blas = _blas()
+    if blas is None:
+        yield
+        return
+    get, put = blas
+    with _blas_lock:
+        before = get()
+        put(1)
+        try:
+            yield
+        finally:
+            put(before)

@@ -31,6 +31,7 @@ def run_bench(*args):
 def check_rows(result, with_torch):
     rows = {r["what"]: r for r in result["rows"]}
     expected = [f"prefill T={T}" for T in bench.SMOKE["prefill"]]
+    expected += [f"prefill T={T}, all logits" for T in bench.SMOKE["prefill_all"]]
     expected += [f"decode b{B}" for B in bench.SMOKE["batches"]] + ["load to first logits", "peak RSS"]
     assert list(rows) == expected
     for row in rows.values():
@@ -51,6 +52,10 @@ def test_smoke_json_both_sides():
     assert result["pytorch"] is True  # torch and transformers are test requirements
     check_rows(result, with_torch=True)
     assert result["info"]["torch"]["torch_threads"] == result["threads"]
+    # The machine and the kernels, so results from different machines can be told apart
+    assert result["machine"]["cpu"] and result["info"]["torch"]["blas"] and result["info"]["torch"]["cpu capability"]
+    assert result["info"]["numpy"]["blas kernel"].split()[0] in ("openblas", "mkl", "blis", "flexiblas"), \
+        result["info"]["numpy"]
 
 
 def test_smoke_table_numpy_only(tmp_path):

@@ -10,14 +10,16 @@ change nothing but rounding.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2 import layers, layers_backward_fast, layers_fast
+from numpy_gpt2 import layers, layers_backward_fast, layers_fast, threads
 from numpy_gpt2.config import GPT2Config
 
 # max |fast - readable| <= RTOL * max |readable| + ATOL. Same budget as the forward-pass
@@ -117,6 +119,82 @@ def test_causal_attention_fast(B, H, T, past, D, block, scale, dtype, seed):
     assert_close(np.swapaxes(fast, 1, 2), ref.astype(np.float64), dtype, f"block {block}")
 
 
+@settings(max_examples=10)
+@given(M=st.integers(1, 9), K=st.integers(1, 40), N=st.integers(1, 300), n_threads=st.integers(1, 4),
+       transposed=st.booleans(), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_matmul_fast_columns_shared_out_between_threads(M, K, N, n_threads, transposed, dtype, seed):
+    """Columns of b shared out between 1-4 threads (64-byte aligned cuts, b a transposed view
+    as the output head's wte.T, with and without a bias) give a @ b (+ bias)."""
+    rng = np.random.default_rng(seed)
+    a, bias = normal(rng, (M, K), dtype), normal(rng, N, dtype)
+    b = normal(rng, (N, K), dtype).T if transposed else normal(rng, (K, N), dtype)
+    saved = layers_fast.SPLIT_FLOPS
+    layers_fast.SPLIT_FLOPS = 0  # split even these small products
+    threads.set_threads(n_threads)
+    try:
+        plain, biased = layers_fast.matmul_fast(a, b), layers_fast.matmul_fast(a, b, bias=bias)
+    finally:
+        layers_fast.SPLIT_FLOPS = saved
+        threads.set_threads(None)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert_close(plain, ref, dtype, f"{n_threads} threads")
+    assert_close(biased, ref + bias, dtype, f"{n_threads} threads, bias")
+
+
+@contextlib.contextmanager
+def sharing_out_heads(n_threads):
+    """Attention shared out between n_threads threads however little work there is."""
+    saved = layers_fast.PARALLEL_FLOPS
+    layers_fast.PARALLEL_FLOPS = 0
+    threads.set_threads(n_threads)
+    try:
+        yield
+    finally:
+        layers_fast.PARALLEL_FLOPS = saved
+        threads.set_threads(None)
+
+
+@settings(max_examples=10)
+@given(B=st.integers(1, 3), H=st.integers(1, 5), T=st.integers(1, 20), past=st.integers(0, 9),
+       n_threads=st.integers(1, 4), block=st.sampled_from([1, 4, 64]), dtype=DTYPES,
+       seed=st.integers(0, 2**16), padded=st.booleans(), scale=st.sampled_from([None, 1.0, 0.1]),
+       p_drop=st.sampled_from([0.0, 0.3]))
+def test_causal_attention_fast_heads_shared_out_between_threads(B, H, T, past, n_threads, block, dtype, seed,
+                                                                padded, scale, p_drop):
+    """Heads shared out between 1-4 threads (any split of B x H heads, a share crossing
+    sequences included) give the readable attention, and the output, lse and recorded
+    probabilities of the one-thread path bit for bit: with a padding key_bias, a config's
+    score scale and dropout on the probabilities too (each share cuts its heads from the
+    same full-block masks)."""
+    from numpy_gpt2.dropout import Dropout
+
+    rng = np.random.default_rng(seed)
+    q = normal(rng, (B, H, T, 8), dtype, 2.0)
+    k, v = normal(rng, (B, H, past + T, 8), dtype, 2.0), normal(rng, (B, H, past + T, 8), dtype)
+    mask = np.ones((B, past + T), bool)
+    if padded:  # left padding: sequence b's first b keys (a padding query's output is meaningless)
+        for b in range(B):
+            mask[b, :min(b, past)] = False
+    key_bias = layers.padding_bias(mask, dtype) if padded else None
+    dropout = Dropout(p_drop, seed) if p_drop else None
+
+    def run():
+        lse, seen = np.empty((B, H, T), dtype), {}
+        out = layers_fast.causal_attention_fast(q, k, v, past, block=block, lse=lse, key_bias=key_bias,
+                                                scale=scale, dropout=dropout, layer=1,
+                                                record=lambda n, a: seen.update({n: a}))
+        return np.swapaxes(out, 1, 2), lse, seen["softmax"]
+
+    one = run()
+    with sharing_out_heads(n_threads):
+        shared = run()
+    for a, b in zip(shared, one):
+        assert np.array_equal(a, b)  # the same operations on the same numbers, whoever runs them
+    if dropout is None:
+        ref = layers.attention(q, k, v, layers.causal_mask(T, past + T), key_bias=key_bias, scale=scale)
+        assert_close(shared[0], ref.astype(np.float64), dtype, f"{n_threads} threads")
+
+
 def test_causal_attention_fast_default_blocks_at_length_300():
     """Several default-size query blocks plus a partial one (QUERY_BLOCK is 64: 300 = 4 * 64 + 44)."""
     rng = np.random.default_rng(0)
@@ -124,6 +202,28 @@ def test_causal_attention_fast_default_blocks_at_length_300():
     ref = layers.attention(q, k, v, layers.causal_mask(300, 300))
     assert_close(np.swapaxes(layers_fast.causal_attention_fast(q, k, v), 1, 2), ref.astype(np.float64),
                  np.float32, "T=300")
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_elementwise_pieces_shared_out_between_threads(n_threads):
+    """gelu_fast and layer_norm_fast over enough pieces to use the threads (a partial last
+    piece included) give the bits of the one-thread run, and the readable values."""
+    rng = np.random.default_rng(n_threads)
+    x = normal(rng, (5 * layers_fast.GELU_CHUNK + 7,), np.float32, 4.0)
+    rows = normal(rng, (9 * layers_fast.LN_ROWS + 5, 24), np.float32, 3.0, 1.0)
+    w, b = normal(rng, 24, np.float32, 0.2, 1.0), normal(rng, 24, np.float32, 0.2)
+    results = {}
+    for n in (1, n_threads):
+        threads.set_threads(n)
+        try:
+            results[n] = layers_fast.gelu_fast(x.copy()), layers_fast.layer_norm_fast(rows, w, b)
+        finally:
+            threads.set_threads(None)
+    for one, shared in zip(results[1], results[n_threads]):
+        assert np.array_equal(one, shared)
+    assert_close(results[n_threads][0], layers.gelu(x.astype(np.float64)), np.float32, "gelu_fast")
+    assert_close(results[n_threads][1], layers.layer_norm(rows.astype(np.float64), w, b), np.float32,
+                 "layer_norm_fast")
 
 
 @given(B=st.integers(1, 3), T=st.integers(1, 12), past=st.integers(0, 8), n_head=st.integers(1, 4),
