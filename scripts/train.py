@@ -25,6 +25,8 @@ train data-parallel (docs/distributed.md): every decision that ends the run is c
 
 from __future__ import annotations
 
+import _cli  # first: Ctrl-C during the imports, numpy_gpt2 from a checkout (scripts/_cli.py)
+
 import argparse
 import hashlib
 import json
@@ -51,30 +53,23 @@ def _threads_from_argv(argv) -> None:
 if __name__ == "__main__":
     _threads_from_argv(sys.argv[1:])
 
-try:  # Ctrl-C while the imports load (the first ~0.3 s): one line, no traceback
-    try:
-        import numpy_gpt2
-    except ImportError:  # not pip-installed: use the package next to this script
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import numpy_gpt2
+import numpy as np
 
-    import numpy as np
+import numpy_gpt2
 
-    from numpy_gpt2 import data as gpt2_data
-    from numpy_gpt2 import distributed
-    from numpy_gpt2.atomic import DirectoryLocked, lock_directory, recover, write_files_atomically
-    from numpy_gpt2.checks import is_int, show
-    from numpy_gpt2.dropout import Dropout
-    from numpy_gpt2.errors import NonFiniteError
-    from numpy_gpt2.initialization import init_params
-    from numpy_gpt2.optim import get_lr
-    from numpy_gpt2.token_files import max_token
-    from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
-    from numpy_gpt2.train_step import (OPTIMIZER_FILE, STATE_FILE, load_training_state,
-                                       read_train_state, save_training_state, train_step)
-except KeyboardInterrupt:
-    print("\ntrain.py: interrupted while starting; nothing was done", file=sys.stderr)
-    sys.exit(130)
+from numpy_gpt2 import data as gpt2_data
+from numpy_gpt2 import distributed
+from numpy_gpt2.atomic import DirectoryLocked, lock_directory, recover, write_files_atomically
+from numpy_gpt2.checks import is_int, show
+from numpy_gpt2.dropout import Dropout
+from numpy_gpt2.errors import NonFiniteError
+from numpy_gpt2.initialization import init_params
+from numpy_gpt2.optim import get_lr
+from numpy_gpt2.token_files import max_token
+from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
+from numpy_gpt2.train_step import (OPTIMIZER_FILE, STATE_FILE, load_training_state,
+                                   read_train_state, save_training_state, train_step)
+from _cli import UsageError, one_line
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -100,17 +95,8 @@ INVOCATION = ("out", "resume", "threads", "eval_only", "peak_flops")
 SAMPLE_TOKENS = 48  # new tokens per --sample-every sample
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, not usage + message
-        raise UsageError(f"{message} (see --help)")
-
-
 def parse_args(argv):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DEFAULTS
     p.add_argument("--data", help="UTF-8 text file (first 90%% of characters train, last 10%% "
                    "validate), or a directory holding train.bin and val.bin (uint16 tokens, "
@@ -680,10 +666,6 @@ def report(message) -> None:
             pass
 
 
-def one_line(text) -> str:
-    return " ".join(str(text).split())
-
-
 # ----------------------------------------------------------------------------------------
 # The loop.
 
@@ -805,6 +787,7 @@ def train(run, signals: StopSignals) -> int:
     return 0
 
 
+@_cli.entry("train.py")
 def main(argv=None) -> int:
     signals = StopSignals()
     try:

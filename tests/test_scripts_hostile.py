@@ -11,8 +11,7 @@ argparse parsers (_cli.Parser), so a new script or flag is covered without chang
   SIGINT and SIGTERM at random moments from the script's first line on (during its imports
   and later).
 The matrix runs every script that is on the shared helper scripts/_cli.py; each script not on
-it is a failure of test_every_script_uses_the_shared_helper (an expected one, for now, for
-train.py: see NOT_YET).
+it is a failure of test_every_script_uses_the_shared_helper.
 Asserted every time: the exit status is one docs/scripts.md lists for that script; stderr
 has no traceback, no "internal error" and (status 2) ends with one `NAME.py: error:` line;
 no temporary or partial file is left behind.
@@ -42,10 +41,7 @@ NAMES = script_names()
 # The scripts that run on the shared helper scripts/_cli.py (its parser, signals, statuses); the
 # hostile matrix runs those. A script not on it fails test_every_script_uses_the_shared_helper.
 CLI_NAMES = [n for n in NAMES if uses_cli(n)]
-# train.py moves onto _cli when its run-safety rewrite (locks, atomic saves, signals) has
-# landed: both edit its imports, parser and main. strict: once it is on _cli this fails,
-# and the line goes.
-NOT_YET = {"train": "train.py moves onto scripts/_cli.py with its run-safety rewrite"}
+NOT_YET = {}  # name -> reason, for a script not yet on _cli (strict xfail: none today)
 
 
 def documented_statuses() -> dict[str, set[int]]:
