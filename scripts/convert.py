@@ -32,9 +32,10 @@ from numpy_gpt2.checkpoint import hf_config_dict, write_files_atomically
 from numpy_gpt2.formats.llmc import padded_vocab, write_llmc
 from numpy_gpt2.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
+from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
+from numpy_gpt2.train_step import STATE_FILE
 
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 GPT2_VOCAB = 50257
 
 
@@ -53,8 +54,15 @@ def tokenizer_files(args, source_path, config) -> dict:
     if all(os.path.isfile(p) for p in found.values()):
         return found
     if config.vocab_size >= GPT2_VOCAB:
+        try:  # $NUMPY_GPT2_TOKENIZER, as generate.py and train.py use it
+            where = tokenizer_dir()
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+        if where is not None:
+            return {n: os.path.join(where, n) for n in TOKENIZER_FILES}
         raise ValueError(f"{source_path}: no vocab.json and merges.txt beside the weights; pass "
-                         f"--tokenizer DIR (a directory holding GPT-2's tokenizer files)")
+                         f"--tokenizer DIR (a directory holding GPT-2's tokenizer files) or set "
+                         f"{TOKENIZER_ENV}")
     return {}
 
 
@@ -77,6 +85,23 @@ def hf_writers(params, config, dtype, tokenizer, bar) -> dict:
     return writers
 
 
+def check_not_overwriting(source_path, out, to) -> None:
+    """ValueError when writing `out` would destroy what it is made from or a training run: the
+    source checkpoint's own directory (--to hf) or an existing file beside the source (--to
+    llmc), or a run directory (train_state.json: a run's files may only change together, by
+    one atomic save)."""
+    src = os.path.realpath(source_path)
+    src_dir = src if os.path.isdir(src) else os.path.dirname(src)
+    target = os.path.realpath(out)
+    target_dir = target if to == "hf" else os.path.dirname(target)
+    if target_dir == src_dir and (to == "hf" or os.path.exists(target)):
+        raise ValueError(f"{out}: would overwrite the checkpoint being converted ({source_path}); "
+                         f"write the output elsewhere")
+    if os.path.isfile(os.path.join(target_dir, STATE_FILE)):
+        raise ValueError(f"{out}: is in a training run's directory ({target_dir} holds {STATE_FILE}, "
+                         f"whose files change only together, by train.py's saves); write it elsewhere")
+
+
 @_cli.entry("convert.py")
 def main(argv=None) -> int:
     parser = _cli.Parser(description=__doc__.split("\n\n")[0])
@@ -96,6 +121,7 @@ def main(argv=None) -> int:
         parser.error("--vocab-size is for --to llmc")
     try:
         source_path = numpy_gpt2.resolve_model(args.source)
+        check_not_overwriting(source_path, args.out, args.to)
         params, config = numpy_gpt2.load(source_path)
         if args.to == "hf":
             total = sum(a.size for a in flatten_params(params).values())

@@ -128,3 +128,42 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, parts):
     hf_model(config, sd).save_pretrained(tmp_path / "src")
     status, out, err = run_script("convert", [a.format(tmp=tmp_path) for a in args], capsys)
     one_line_error(status, out, err, *parts)
+
+
+def test_never_overwrites_its_source_or_a_training_run(tmp_path, capsys):
+    """OUT = the source's directory (hf), an existing file beside the source (llmc), or a place
+    in a training run's directory: refused before anything is read or written."""
+    config, sd = small()
+    hf_model(config, sd).save_pretrained(tmp_path / "src")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_state.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "src").iterdir()}
+    for args, part in [
+            (["{tmp}/src", "{tmp}/src", "--to", "hf"], "would overwrite the checkpoint being converted"),
+            (["{tmp}/src", "{tmp}/src/../src/", "--to", "hf", "--dtype", "bfloat16"], "would overwrite"),
+            (["{tmp}/src", "{tmp}/src/model.safetensors", "--to", "llmc"], "would overwrite"),
+            (["{tmp}/src/model.safetensors", "{tmp}/src/config.json", "--to", "llmc"], "would overwrite"),
+            (["{tmp}/src", "{tmp}/run", "--to", "hf"], "training run's directory"),
+            (["{tmp}/src", "{tmp}/run/model.bin", "--to", "llmc"], "training run's directory")]:
+        status, out, err = run_script("convert", [a.format(tmp=tmp_path) for a in args], capsys)
+        one_line_error(status, out, err, part)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "src").iterdir()} == before
+    assert os.listdir(tmp_path / "run") == ["train_state.json"]
+    status, _, err = run_script("convert", [tmp_path / "src", tmp_path / "src" / "new.bin", "--to", "llmc"],
+                                capsys)
+    assert status == 0, err  # a new file beside the source is fine
+
+
+def test_tokenizer_files_come_from_the_environment_too(tmp_path, capsys, tokenizer_dir, monkeypatch):
+    """Weights without tokenizer files beside them (an llm.c .bin): --tokenizer, else
+    $NUMPY_GPT2_TOKENIZER as generate.py and train.py use it, else one line asking for either."""
+    config, sd = small(vocab_size=50257)
+    hf_model(config, sd).save_pretrained(tmp_path / "src")
+    assert run_script("convert", [tmp_path / "src", tmp_path / "m.bin", "--to", "llmc"], capsys)[0] == 0
+    monkeypatch.delenv("NUMPY_GPT2_TOKENIZER", raising=False)
+    status, out, err = run_script("convert", [tmp_path / "m.bin", tmp_path / "a", "--to", "hf"], capsys)
+    one_line_error(status, out, err, "no vocab.json and merges.txt beside the weights", "NUMPY_GPT2_TOKENIZER")
+    monkeypatch.setenv("NUMPY_GPT2_TOKENIZER", tokenizer_dir)
+    status, _, err = run_script("convert", [tmp_path / "m.bin", tmp_path / "b", "--to", "hf"], capsys)
+    assert status == 0, err
+    assert (tmp_path / "b" / "vocab.json").read_bytes() == open(os.path.join(tokenizer_dir, "vocab.json"), "rb").read()
