@@ -228,6 +228,8 @@ def check_seed(seed, name: str = "seed"):
             raise TypeError
         np.random.SeedSequence(seed)
     except (TypeError, ValueError):
+        if name.startswith("--"):  # a command-line flag: only integers can be given there
+            raise ValueError(f"{name} must be an integer >= 0, got {seed!r}") from None
         raise ValueError(f"{name} must be None, an integer >= 0 (or a sequence of them) or a "
                          f"numpy.random.Generator, got {seed!r}") from None
     return seed

@@ -45,8 +45,8 @@ def test_seed_is_checked_by_the_library_naming_seed(tiny, bad):
         numpy_gpt2.generate(params, config, [1, 2], 3, seed=bad)
     with pytest.raises(ValueError, match=message):
         numpy_gpt2.init_params(config, seed=bad)
-    with pytest.raises(ValueError, match="^--" + message[1:]):
-        check_sampling_args(3, seed=bad, cli=True)
+    with pytest.raises(ValueError, match=rf"^--seed must be an integer >= 0, got {re.escape(repr(bad))}$"):
+        check_sampling_args(3, seed=bad, cli=True)  # the flag takes integers only: say just that
 
 
 def test_good_seeds_still_work(tiny):
@@ -63,6 +63,4 @@ def test_generate_script_names_the_seed_flag(capsys):
     status, out, err = run_script("generate", ["hi", "--seed", "-1", "--model", "/nonexistent"], capsys)
     assert status == 2 and out == ""
     lines = err.strip().splitlines()  # "<program>: error: ..." (in-process: pytest's name)
-    assert len(lines) == 1 and lines[0].endswith(
-        ": error: --seed must be None, an integer >= 0 (or a sequence of them) or a "
-        "numpy.random.Generator, got -1")
+    assert len(lines) == 1 and lines[0].endswith(": error: --seed must be an integer >= 0, got -1")
