@@ -326,6 +326,11 @@ def check_out_dir(out: str, resuming: bool, dirs: RunDirs) -> None:
     if not resuming and os.path.isfile(os.path.join(out, STATE_FILE)):
         raise UsageError(f"--out {out}: already holds a training run ({STATE_FILE}); continue it "
                          f"with --resume {out}, or choose another --out")
+    if not resuming:  # e.g. a downloaded or converted checkpoint: a save would overwrite it
+        taken = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+        if taken:
+            raise UsageError(f"--out {out}: already holds {', '.join(taken)}, which a save would "
+                             f"overwrite; choose a new or empty directory")
     import tempfile
     try:  # an empty staging directory: if killed right here, recover() deletes it later
         os.rmdir(tempfile.mkdtemp(prefix=".save-", suffix=".new", dir=out))

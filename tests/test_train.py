@@ -434,6 +434,7 @@ BAD_INPUTS = [
     (["--out", "{tmp}/file.txt/sub"], "cannot create the directory (Not a directory)"),
     (["--out", "{tmp}/file.txt"], "exists and is not a directory"),
     (["--out", "{run}"], "already holds a training run"),
+    (["--out", "{ckpt}"], "already holds config.json, vocab.json, merges.txt, model.safetensors, which a save would overwrite"),
     (["--out", ""], "--out is empty: expected a directory name"),
     (["--data", ""], "--data is empty: expected a file name"),
     (["--resume", ""], "--resume is empty: expected a directory name"),
