@@ -217,8 +217,13 @@ VARIANTS = ([{"activation_function": name} for name in sorted(ACTIVATIONS)] + [
 ])
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2 (argparse prints its usage too)
+        self.exit(2, f"format_accuracy.py: {message} (see --help)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", default="", metavar="TEXT", help="only the rows whose name contains TEXT")
     args = parser.parse_args(argv)
     tokens = np.random.default_rng(0).integers(0, 65, size=(2, 16))  # inside every vocabulary
@@ -241,4 +246,8 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     transformers.logging.set_verbosity_error()  # the table alone on stdout and stderr
     transformers.logging.disable_progress_bar()
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nformat_accuracy.py: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
