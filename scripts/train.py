@@ -65,6 +65,7 @@ from numpy_gpt2.dropout import Dropout
 from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.initialization import init_params
 from numpy_gpt2.optim import get_lr
+from numpy_gpt2.params import frozen_keys
 from numpy_gpt2.token_files import max_token
 from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
 from numpy_gpt2.train_step import (OPTIMIZER_FILE, STATE_FILE, load_training_state,
@@ -684,6 +685,12 @@ def report(message) -> None:
 # ----------------------------------------------------------------------------------------
 # The loop.
 
+def n_parameters(params, config) -> int:
+    """The number of parameters (not the constant zero biases of a model without biases)."""
+    frozen = set(frozen_keys(params, config))
+    return sum(p.size for key, p in numpy_gpt2.flatten_params(params).items() if key not in frozen)
+
+
 def train(run, signals: StopSignals) -> int:
     from tqdm import tqdm
 
@@ -694,7 +701,7 @@ def train(run, signals: StopSignals) -> int:
     tokens_per_step = s["batch_size"] * s["block_size"] * s["grad_accum"] * world.size
     out = run["out"]
     say(f"train.py: {'resuming at step ' + str(step) + ', ' if step else ''}"
-        f"{sum(p.size for p in numpy_gpt2.flatten_params(params).values()):,} parameters "
+        f"{n_parameters(params, config):,} parameters "
         f"(n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
         f"n_ctx={config.n_ctx}{'' if config.bias else ', no biases'}), {s['dtype']}; {len(run['splits']['train']):,} train / "
         f"{len(run['splits']['val']):,} val tokens; {tokens_per_step:,} tokens per step"

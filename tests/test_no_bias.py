@@ -38,6 +38,8 @@ from numpy_gpt2.optim import adamw_init, adamw_update
 from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
 from numpy_gpt2.train_step import train_step
 from run_scripts import run_script
+from test_distributed import (TINY, assert_same_run, env, mpi, needs_mpi,  # noqa: F401 (fixtures)
+                              one_process, token_dir)
 
 LINEAR = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -394,6 +396,21 @@ def test_train_bias_false_from_scratch_and_bias_flag_errors(tmp_path, tokenizer_
     assert status == 0, err
     assert "bias" not in json.loads((tmp_path / "with" / "config.json").read_text())
     assert numpy_gpt2.load(tmp_path / "with")[1].bias is True
+    # A run saved before the flag existed (no "bias" in its settings) resumes; a damaged one
+    # is one line.
+    state_file = tmp_path / "with" / "train_state.json"
+    state = json.loads(state_file.read_text())
+    del state["settings"]["bias"]
+    state_file.write_text(json.dumps(state))
+    status, _, err = run_script("train", ["--resume", tmp_path / "with", "--max-iters", 2], capsys)
+    assert status == 0, err
+    state = json.loads(state_file.read_text())
+    assert state["step"] == 2 and state["settings"]["bias"] is True
+    state["settings"]["bias"] = "no"
+    state_file.write_text(json.dumps(state))
+    status, _, err = run_script("train", ["--resume", tmp_path / "with", "--max-iters", 3], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert '"settings" "bias" is \'no\' (a string), expected true or false' in err, err
     for argv, message in [
             (new + ["--out", tmp_path / "x", "--bias", "no"], "argument --bias: invalid choice: 'no'"),
             (["--init", ckpt, "--data", tmp_path / "text.txt", "--out", tmp_path / "y", "--bias", "false"],
@@ -415,3 +432,25 @@ def test_convert_to_llmc_writes_zero_biases(tmp_path, tokenizer_dir, capsys):
     ref = numpy_gpt2.forward(params, config, TOKENS)
     got = numpy_gpt2.forward(loaded, cfg, TOKENS)[..., :config.vocab_size]  # llm.c pads the rows
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()  # float32 in the file
+
+
+@needs_mpi
+def test_two_ranks_train_a_bias_free_model_as_one_process(env, token_dir, tmp_path):
+    """2 ranks x 1 micro-batch = 1 process x 2 (bit for bit, with dropout), and the summed
+    bias gradients stay zero: the biases are zero after the run."""
+    args = ["--data", token_dir, *TINY, "--max-iters", 2, "--dropout", 0.1, "--bias", "false"]
+    status, _, err = one_process(env, *args, "--out", tmp_path / "one", "--grad-accum", 2)
+    assert status == 0, err
+    status, _, err = mpi(env, 2, *args, "--out", tmp_path / "two")
+    assert status == 0, err
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    params, config = saved_biases_are_zero(tmp_path / "two")
+    assert config.n_layer == 1
+
+
+def test_flops_per_token_counts_no_constant_biases():
+    from numpy_gpt2.mfu import flops_per_token
+    params, config = bias_free_model()
+    with_biases = dataclasses.replace(config, bias=True)
+    n_biases = sum(a.size for k, a in flatten_params(params).items() if k.endswith(".bias"))
+    assert flops_per_token(params, with_biases, 8) - flops_per_token(params, config, 8) == 6.0 * n_biases
