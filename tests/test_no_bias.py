@@ -38,9 +38,11 @@ from numpy_gpt2.optim import adamw_init, adamw_update
 from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
 from numpy_gpt2.train_step import train_step
 from run_scripts import run_script
-from test_distributed import (TINY, assert_same_run, env, mpi, needs_mpi,  # noqa: F401 (fixtures)
-                              one_process, token_dir)
+import test_distributed
+from test_distributed import TINY, assert_same_run, mpi, needs_mpi, one_process
 
+# test_distributed's fixtures: the environment of an mpiexec run and a directory of tokens.
+env, token_dir = test_distributed.env, test_distributed.token_dir
 LINEAR = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
