@@ -49,7 +49,7 @@ from .backward import loss_and_grads
 from .config import GPT2Config
 from .initialization import init_params
 from .model import forward
-from .params import flatten_params
+from .params import flatten_params, frozen_keys
 
 # The named points inside block i, in forward order ("h.{i}." + name; "" is the block output).
 BLOCK_NAMES = ("ln_1", "attn.c_attn", "attn.softmax", "attn", "ln_2", "mlp.c_fc", "mlp.gelu",
@@ -141,11 +141,14 @@ def gradient_names(config: GPT2Config, softmax: bool = True) -> list[str]:
     return [GRAD + name for name in reversed(activation_names(config, softmax))]
 
 
-def parameter_gradient_names(params: dict) -> list[str]:
+def parameter_gradient_names(params: dict, config: GPT2Config | None = None) -> list[str]:
     """"grad.<checkpoint key>" for every weight in `params`, in the order the backward pass
     computes them (see gradient_order_key): lm_head (untied only), ln_f, blocks L-1 .. 0,
-    wpe, wte last."""
-    return sorted((GRAD + key for key in flatten_params(params)), key=gradient_order_key)
+    wpe, wte last. Given the config of a model without biases (config.bias False), not the
+    biases: they are constants, not parameters (params.frozen_keys)."""
+    frozen = set(frozen_keys(params, config)) if config is not None else set()
+    return sorted((GRAD + key for key in flatten_params(params) if key not in frozen),
+                  key=gradient_order_key)
 
 
 @functools.lru_cache(maxsize=1)
@@ -217,13 +220,14 @@ def gradients(params: dict, config: GPT2Config, tokens, targets, names="*",
     tokens (T,) -> activation gradients without a batch axis (shapes of `activations`);
     (B, T) -> with a leading B. targets: same shape, targets[..., t] the token that should
     follow position t (see next_token_targets), ignore_index not scored. Weight gradients
-    have the weights' shapes. names: fnmatch pattern(s) over the "grad.*" names, as in
+    have the weights' shapes (none for the biases of a model without biases, config.bias
+    False: they are not parameters). names: fnmatch pattern(s) over the "grad.*" names, as in
     select_names ("*" = all but grad.h.{i}.attn.softmax; "grad.h.0.*" = block 0's
     activation and weight gradients). reference=True runs the readable backward functions.
     """
     tokens = np.asarray(tokens)
     act_names = gradient_names(config)
-    wanted = select_names(act_names + parameter_gradient_names(params), names)
+    wanted = select_names(act_names + parameter_gradient_names(params, config), names)
     keep = set(wanted)
     single = tokens.ndim == 1
     captured = {}

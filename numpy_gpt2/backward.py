@@ -7,7 +7,9 @@ back through the model, one layer at a time (numpy_gpt2/layers_backward.py):
 
     logits -> ln_f -> h.{L-1} -> ... -> h.0 -> wte[tokens] + wpe[positions]
 
-`grads` has exactly the structure and key names of `params`.
+`grads` has exactly the structure and key names of `params`. For a model without biases
+(config.bias False, nanoGPT's bias=False) the bias tensors are constants, not parameters:
+their gradients are zeros and record_grad does not see them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .layers_backward_fast import (layer_norm_backward_fast, lm_head_cross_entro
 from .layers_fast import normalize
 from .loss import cross_entropy_backward, masked_cross_entropy
 from .model import forward
-from .params import flatten_params
+from .params import flatten_params, frozen_keys, nest_params
 
 
 def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
@@ -42,7 +44,9 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
         that should follow position t; targets equal to ignore_index are not scored.
     Returns (loss, grads): loss a Python float, the mean over the kept targets (as
         torch.nn.functional.cross_entropy(..., ignore_index=-100)); grads a dict with the
-        structure and key names of params, in their dtype.
+        structure and key names of params, in their dtype; with config.bias False the
+        bias entries are zeros (the biases are constants: nanoGPT model.py's bias=False
+        has no such parameters, so nothing may train them).
     reference: run the readable layers and their readable backward twins (they recompute
         each block from its input) instead of the fast path. Same numbers, to rounding.
     record(name, array): sees the forward activations (names as numpy_gpt2.activations).
@@ -51,8 +55,9 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
         every array with a batch axis; and dloss/d(weight) under the weight's checkpoint key
         (h.3.mlp.c_fc.weight; lm_head.weight only when untied) where the backward pass
         computes it, between the gradients of that module's output and input (wpe.weight,
-        wte.weight last, after the whole pass: wte's sums the tied head's part). Arrays may
-        be reused after the call: copy what you keep.
+        wte.weight last, after the whole pass: wte's sums the tied head's part); not the
+        biases of a model without biases (config.bias False: they are not parameters).
+        Arrays may be reused after the call: copy what you keep.
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
     dropout: a numpy_gpt2.dropout.Dropout(p, seed) for training with dropout (embeddings,
         attention probabilities, residual branches; the backward applies the same masks);
@@ -67,8 +72,14 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     if reference and dropout is not None:
         raise ValueError("dropout= runs on the fast path only (reference=False)")
     run = _loss_and_grads_reference if reference else partial(_loss_and_grads_fast, dropout=dropout)
+    frozen = set(frozen_keys(params, config))
+    if frozen and record_grad is not None:
+        record_grad = _skipping(record_grad, frozen)
     loss, new = run(params, config, tokens, targets, ignore_index,
                     record or no_record, record_grad or no_record)
+    if frozen:  # the constants' gradients: exactly zero, whatever the pass computed for them
+        new = nest_params({key: np.zeros_like(g) if key in frozen else g
+                           for key, g in flatten_params(new).items()})
     check_finite_logits(np.float64(loss), params, config, given, forward=forward, reference=reference,
                         what="loss")
     check_finite_grads(new)
@@ -77,6 +88,14 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     for key, g in flatten_params(new).items():
         into[key] += g
     return loss, grads
+
+
+def _skipping(record_grad, names):
+    """record_grad, not called for the given names (the constants of a model without biases)."""
+    def see(name, value):
+        if name not in names:
+            record_grad(name, value)
+    return see
 
 
 def check_finite_grads(grads: dict) -> None:

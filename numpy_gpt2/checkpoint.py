@@ -82,8 +82,12 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
     config.json and without n_head such a checkpoint raises CheckpointError). With a
     config.json it must agree with the file's n_head.
     Returns the nested weight dict (checkpoint names, buffers dropped) and the config.
-    Raises CheckpointError naming the file and the key/shape/dtype that is wrong, or the key
-    and index of the first NaN or inf in a weight.
+    A model without biases (config.json "bias": false, or nanoGPT's model_args bias=False;
+    config.bias False) gets every Linear and LayerNorm bias as zeros: the file may leave
+    them out, and any it holds must be exactly zero.
+    Raises CheckpointError naming the file and the key/shape/dtype that is wrong (or the
+    bias that is not zero in a bias=false model), or the key and index of the first NaN
+    or inf in a weight.
     """
     try:
         dtype = np.dtype(dtype)
@@ -131,7 +135,10 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
     has_head = "lm_head.weight" in params_in_file
     if has_head:
         shapes["lm_head.weight"] = (config.vocab_size, config.n_embd)
-    missing = [k for k in shapes if k not in params_in_file]
+    # A model without biases (config bias=false): its bias keys may be absent (nanoGPT's
+    # state dicts have none); they are zeros, and any that the file holds must be zeros.
+    optional = {k for k in shapes if k.endswith(".bias")} if not config.bias else set()
+    missing = [k for k in shapes if k not in params_in_file and k not in optional]
     unexpected = [params_in_file[k] for k in params_in_file if k not in shapes]
     if missing or unexpected:
         parts = []
@@ -143,6 +150,8 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
             f"{weights}: {'; '.join(parts)} (the file has {n_file} layer{'s' if n_file != 1 else ''}, "
             f"{config_from} says n_layer={config.n_layer})")
     for key, shape in shapes.items():
+        if key not in params_in_file:
+            continue  # an absent bias of a model without biases
         got = tuple(header[params_in_file[key]]["shape"])
         if got != shape:
             raise CheckpointError(
@@ -151,9 +160,15 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
                 f"n_ctx={config.n_ctx})")
 
     # Every shape is now the config's, so the arrays below are exactly the weights' size.
-    arrays = copy_tensors({params_in_file[k]: found.tensors[params_in_file[k]] for k in shapes},
+    in_file = [k for k in shapes if k in params_in_file]
+    arrays = copy_tensors({params_in_file[k]: found.tensors[params_in_file[k]] for k in in_file},
                           dtype, threads)
-    flat = {key: arrays[params_in_file[key]] for key in shapes}
+    flat = {key: arrays[params_in_file[key]] if key in params_in_file else np.zeros(shape, dtype)
+            for key, shape in shapes.items()}
+    for key in optional.intersection(params_in_file):
+        if flat[key].any():
+            raise CheckpointError(f"{weights}: {config_from} says bias=false but "
+                                  f"{params_in_file[key]} is not zero")
     if has_head:
         head = flat.pop("lm_head.weight")
         if config.tie_word_embeddings and not np.array_equal(head, flat["wte.weight"]):
@@ -200,7 +215,12 @@ def _infer_from_header(header, params_in_file, path, n_head=None) -> GPT2Config:
 
 
 def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
-    """config.json of a Hugging Face GPT-2 checkpoint for config (dropout 0: what was trained)."""
+    """config.json of a Hugging Face GPT-2 checkpoint for config (dropout 0: what was trained).
+
+    A model without biases (config.bias False) also gets "bias": false (nanoGPT's name;
+    written only then, so other checkpoints' config.json stay transformers' own):
+    numpy_gpt2.load reads it back, and transformers keeps the unknown key as a plain
+    attribute and loads the zero biases the checkpoint holds (the same function)."""
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
             "n_ctx": config.n_ctx, "n_positions": config.n_ctx, "vocab_size": config.vocab_size,
@@ -212,7 +232,7 @@ def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
             "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
             "reorder_and_upcast_attn": config.reorder_and_upcast_attn, "use_cache": True,
             "tie_word_embeddings": config.tie_word_embeddings,
-            "torch_dtype": np.dtype(dtype).name}
+            "torch_dtype": np.dtype(dtype).name, **({} if config.bias else {"bias": False})}
 
 
 def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata=None) -> dict:

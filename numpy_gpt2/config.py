@@ -41,6 +41,11 @@ class GPT2Config:
     scale_attn_weights: bool = True  # attention scores / sqrt(head_size)
     scale_attn_by_inverse_layer_idx: bool = False  # layer i's scores also / (i + 1)
     reorder_and_upcast_attn: bool = False  # transformers: scores in float32 (we keep the dtype)
+    # nanoGPT's bias (model.py GPTConfig.bias): False = no biases in the Linear and LayerNorm
+    # layers. The bias tensors are kept, as constant zeros (the same equations, e.g.
+    # ln(x) = xhat * weight + 0): not parameters, so training leaves them exactly zero
+    # (params.frozen_keys) and record_grad does not report their (zero) gradients.
+    bias: bool = True
 
     def __post_init__(self):
         # Type checks first: a comparison of a str or None with an int would raise TypeError.
@@ -66,7 +71,7 @@ class GPT2Config:
             raise CheckpointError(f"config: n_inner must be null or a positive integer, "
                                   f"got {show(self.n_inner)}")
         for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx",
-                     "reorder_and_upcast_attn"):
+                     "reorder_and_upcast_attn", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise CheckpointError(f"config: {name} must be true or false, "
                                       f"got {show(getattr(self, name))}")
@@ -110,8 +115,10 @@ class GPT2Config:
 _UNSUPPORTED = {
     "add_cross_attention": False,
 }
-# Flags that change the math and are implemented (GPT2Config fields).
-_MATH_BOOLS = ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
+# Flags that change the math and are implemented (GPT2Config fields). "bias" is nanoGPT's
+# (not a transformers GPT2Config option: written by hf_config_dict only when false).
+_MATH_BOOLS = ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+               "bias")
 # Options that only change training or caching and are ignored, but must still have the
 # type transformers gives them.
 _IGNORED_BOOLS = ("use_cache",)
@@ -132,7 +139,8 @@ def config_from_dict(d: dict, where: str = "config.json") -> GPT2Config:
     Every field we read is type-checked here, where it enters, so a wrong value is reported
     with the file and the field (and never surfaces later as a TypeError deep in the math).
     JSON integers must be integers (not 12.0, "12" or true), the epsilon a positive finite
-    number, flags true/false, token ids integers (an id outside [0, vocab_size) is loaded and
+    number, flags true/false (also "bias": false, a model without biases, nanoGPT's
+    bias=False; absent: true), token ids integers (an id outside [0, vocab_size) is loaded and
     means the model has no such token, see GPT2Config.has_token).
     """
     if "model_type" in d and d["model_type"] != "gpt2":

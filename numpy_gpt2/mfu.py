@@ -4,7 +4,8 @@
                                                            the PaLM paper, appendix B)
     MFU = flops_per_token * tokens/s / (ranks * peak FLOP/s per rank)
 
-N counts the parameters without the position embeddings (as nanoGPT's get_num_params); 6N
+N counts the parameters without the position embeddings (as nanoGPT's get_num_params; a
+model without biases has none: its constant zero biases are not counted); 6N
 is the forward (2N) and backward (4N) matrix multiplies per token, 12 n_layer n_embd T the
 attention scores and their weighted sums at context T. The peak is given (--peak-flops) or
 measured once: the best FLOP/s of a few square matrix multiplies in the training dtype,
@@ -17,12 +18,14 @@ import time
 
 import numpy as np
 
-from .params import flatten_params
+from .params import flatten_params, frozen_keys
 
 
 def flops_per_token(params: dict, config, block_size: int) -> float:
     """Training FLOPs per token (forward + backward) of the model at context block_size."""
-    n = sum(p.size for key, p in flatten_params(params).items() if not key.startswith("wpe."))
+    skip = set(frozen_keys(params, config))
+    n = sum(p.size for key, p in flatten_params(params).items()
+            if not key.startswith("wpe.") and key not in skip)
     return 6.0 * n + 12.0 * config.n_layer * config.n_embd * block_size
 
 

@@ -17,7 +17,9 @@ step t = state["step"] + 1, for every parameter p with gradient g:
 exactly the arithmetic of torch.optim.AdamW (the bias corrections 1 - beta^t undo the zero
 initialisation of m and v). Weight decay is applied to matmul weights and embeddings (2 or
 more dimensions) and never to biases or LayerNorm gains/shifts, nanoGPT's rule: shrinking a
-LayerNorm gain towards 0 or a bias towards 0 is not a useful prior.
+LayerNorm gain towards 0 or a bias towards 0 is not a useful prior. Tensors that are not
+parameters at all (the zero biases of a nanoGPT bias=False model) are passed as frozen= and
+never touched.
 """
 
 from __future__ import annotations
@@ -80,12 +82,18 @@ def adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, s
 
 
 def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 0.95), eps=1e-8,
-                 weight_decay=0.1) -> None:
+                 weight_decay=0.1, *, frozen=()) -> None:
     """One AdamW step over every parameter, in place (params and state change).
 
     params, grads: nested dicts with the same keys (grads from numpy_gpt2.loss_and_grads);
     state: from adamw_init(params). Decay only on tensors with ndim >= 2 (see module doc).
     Arithmetic in the parameters' dtype, as torch.optim.AdamW.
+    frozen: checkpoint keys of tensors that are constants, not parameters (the zero biases
+    of a model without biases: params.frozen_keys). They, and their moments, are left
+    exactly as they are, as torch leaves a tensor that is in no parameter group (AdamW on
+    them would not be a no-op: with eps=0 their zero gradient gives 0/0 = NaN).
+    Raises ValueError for a bad lr, betas, eps or weight_decay, or a frozen key that is
+    not one of params'.
     """
     beta1, beta2 = betas
     if not (math.isfinite(lr) and lr >= 0):
@@ -97,6 +105,10 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
                          f"weight_decay={weight_decay!r}")
     flat_p, flat_g = flatten_params(params), check_mirrors_params(grads, params)
     flat_m, flat_v = flatten_params(state["m"]), flatten_params(state["v"])
+    frozen = set(frozen)
+    if not frozen <= flat_p.keys():
+        raise ValueError(f"frozen= names {sorted(frozen - flat_p.keys())[:3]}, which are not "
+                         f"keys of params")
     state["step"] += 1
     # The update is elementwise, so it runs on chunks of _UPDATE_CHUNK elements: the ~14
     # passes over p, g, m, v and the scratch then hit the CPU cache instead of memory (3-5x
@@ -104,6 +116,8 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
     # release the GIL). Same arithmetic, same results, chunked, threaded or not.
     chunks = []  # (p, g, m, v, decay) pieces
     for key, p in flat_p.items():
+        if key in frozen:
+            continue
         decay = weight_decay if p.ndim >= 2 else 0.0
         arrays = [p, flat_g[key], flat_m[key], flat_v[key]]
         if not all(a.flags.c_contiguous for a in arrays):

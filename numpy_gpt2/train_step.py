@@ -36,7 +36,7 @@ from .finite import all_finite, non_finite_weights
 from .layers_backward_fast import cross_entropy_sum_fast
 from .model import forward
 from .optim import adamw_update, clip_grad_norm, grad_norm
-from .params import flatten_params, nest_params
+from .params import flatten_params, frozen_keys, nest_params
 
 STATE_FILE = "train_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -62,7 +62,9 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
                accumulate=accumulate_grads) -> tuple[float, float]:
     """One optimizer step, in place: accumulate gradients over micro_batches, clip them to
     global norm grad_clip (0 = no clipping), AdamW update. Returns (loss, grad norm before
-    clipping), the loss being the mean over the micro-batches before the update.
+    clipping), the loss being the mean over the micro-batches before the update. A model
+    without biases (config.bias False) keeps them: they are constants (params.frozen_keys),
+    not parameters, so their gradients are zero and AdamW skips them.
 
     accumulate(params, config, micro_batches) -> (loss, grads): accumulate_grads, or a
     data-parallel one that also sums over ranks (distributed.MPIWorld.accumulate_grads).
@@ -79,7 +81,8 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
         raise FloatingPointError(f"loss {loss} / gradient norm {norm} is not finite "
                                  f"(lr {lr:g} too high?); weights left as they were")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-        adamw_update(params, grads, opt_state, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        adamw_update(params, grads, opt_state, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                     frozen=frozen_keys(params, config))
     bad = non_finite_weights(params)
     if bad:
         raise FloatingPointError(f"the AdamW update with lr {lr:g} made weights non-finite "

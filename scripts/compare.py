@@ -74,7 +74,7 @@ def live_side(other: dict, model: str | None, dtype: str | None) -> dict:
     params, config = numpy_gpt2.load(numpy_gpt2.resolve_model(model), dtype=np.dtype(dtype))
     tokens = other["tokens"].astype(np.int64).reshape(-1)
     known = set(activation_names(config))
-    known_grads = set(gradient_names(config) + parameter_gradient_names(params))
+    known_grads = set(gradient_names(config) + parameter_gradient_names(params, config))
     names = [n for n in other["acts"] if n in known]
     grad_names = [n for n in other["acts"] if n in known_grads]
     if not names and not grad_names and "loss" not in other["acts"]:

@@ -11,7 +11,9 @@ a nanoGPT model says activation_function "gelu"), vocab.json and merges.txt (fro
 vocabulary is not GPT-2's). transformers' GPT2LMHeadModel.from_pretrained(OUT) loads it.
 --to llmc writes the file OUT in llm.c's format: version 3 (float32) or, with --dtype
 bfloat16, version 5; --vocab-size gives the real vocabulary when the model's rows are padded
-(50257 for GPT-2 with 50304 rows). Files are written under temporary names and renamed into
+(50257 for GPT-2 with 50304 rows); a model without biases (nanoGPT's bias=False) is written
+with zero biases, since llm.c's format has no such flag (the same function, but llm.c trains
+them; a note says so). Files are written under temporary names and renamed into
 place only when all are complete. A progress bar (bytes written) goes to stderr. Exit
 status: 0 done, 2 bad arguments or input with a one-line message.
 """
@@ -162,6 +164,10 @@ def main(argv=None) -> int:
     n_params = sum(a.size for a in flatten_params(params).values())
     print(f"wrote {args.out} ({args.to}, {args.dtype}, {n_params:,} parameters, "
           f"{nbytes / 1e6:,.1f} MB of weights)")
+    if args.to == "llmc" and not config.bias:
+        print("note: the model has no biases (bias=False); llm.c's format has no such flag, so "
+              "the file holds zero biases: the same function, but llm.c (and numpy_gpt2, "
+              "loading the file) treat them as ordinary biases that training changes")
     return 0
 
 

@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         if args.grads:
             targets = choose_targets(args, tokens)
             # "loss" may be named in --names (e.g. 'loss,grad.*'); it is always written
-            names += ["loss"] + gradient_names(config) + parameter_gradient_names(params)
+            names += ["loss"] + gradient_names(config) + parameter_gradient_names(params, config)
         names = select_names(names, args.names)
         forward_names = [n for n in names if not n.startswith(GRAD) and n != "loss"]
         grad_names = [n for n in names if n.startswith(GRAD)]

@@ -65,6 +65,7 @@ from numpy_gpt2.dropout import Dropout
 from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.initialization import init_params
 from numpy_gpt2.optim import get_lr
+from numpy_gpt2.params import frozen_keys
 from numpy_gpt2.token_files import max_token
 from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
 from numpy_gpt2.train_step import (OPTIMIZER_FILE, STATE_FILE, load_training_state,
@@ -84,8 +85,8 @@ DEFAULTS = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, g
                 max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=None,
                 weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250,
                 eval_iters=20, seed=1337, dtype="float32", init=None, data=None, sample_every=0,
-                sample_prompt="\n", dropout=0.0)
-MODEL_FLAGS = ("n_layer", "n_head", "n_embd")
+                sample_prompt="\n", dropout=0.0, bias=True)
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "bias")
 # Settings a resumed run may change (the rest would make it a different run).
 RESUMABLE = ("max_iters", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1",
              "beta2", "grad_clip", "eval_interval", "eval_iters", "batch_size", "grad_accum",
@@ -128,6 +129,10 @@ def parse_args(argv):
         default = d[flag.replace("-", "_")]
         p.add_argument(f"--{flag}", type=kind, default=None,
                        help=what if default is None else f"{what} (default: {default})")
+    p.add_argument("--bias", type=str.lower, choices=["true", "false"], default=None,
+                   help="false: a new model without biases in its Linear and LayerNorm layers "
+                        "(nanoGPT's bias=False; the checkpoint decides with --init or --resume; "
+                        "default: true)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float32")
     p.add_argument("--threads", type=int, help="BLAS and worker threads per process (default: the "
                    "CPUs the process may use, os.sched_getaffinity; not a setting of the run)")
@@ -139,6 +144,8 @@ def parse_args(argv):
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s of one process, for the MFU in eval "
                    "lines and metrics (default: measured at start with a matrix multiply)")
     args = p.parse_args(argv)
+    if args.bias is not None:
+        args.bias = args.bias == "true"
     if args.sample_every is not None and args.sample_every < 0:
         raise UsageError(f"--sample-every {args.sample_every} is invalid: expected an integer >= 0")
     if args.peak_flops is not None and not (math.isfinite(args.peak_flops) and args.peak_flops > 0):
@@ -215,6 +222,8 @@ def check_saved_settings(saved: dict, path: str) -> dict:
         raise bad("sample_prompt", "a string")
     if not (is_int(saved.get("dropout", 0)) or isinstance(saved.get("dropout"), float)):
         raise bad("dropout", "a number")
+    if not isinstance(saved.get("bias", True), bool):
+        raise bad("bias", "true or false")
     return {**DEFAULTS, **{k: saved[k] for k in DEFAULTS if k in saved},
             **{k: float(saved[k]) for k in FLOAT_SETTINGS},
             "dropout": float(saved.get("dropout", 0.0)), "lr_decay_iters": saved.get("lr_decay_iters")}
@@ -356,7 +365,7 @@ def resolve_settings(args, dirs: RunDirs) -> tuple[dict, str | None, dict | None
             clash = [f"--{k.replace('_', '-')}" for k in MODEL_FLAGS if k in given]
             if clash:
                 raise UsageError(f"{', '.join(clash)} cannot be used with --init: the model's "
-                                 f"shape comes from the checkpoint")
+                                 f"shape (and whether it has biases) comes from the checkpoint")
         return {**DEFAULTS, **given}, None, None
     if not os.path.isdir(args.resume):
         what = "not a directory" if os.path.exists(args.resume) else "no such directory"
@@ -425,9 +434,11 @@ def prepare(args, dirs: RunDirs, world=distributed.Solo()) -> dict:
             tok_dir = find_tokenizer_files(init_path)
         else:
             config = numpy_gpt2.GPT2Config(n_layer=s["n_layer"], n_head=s["n_head"],
-                                           n_embd=s["n_embd"], n_ctx=s["block_size"])
+                                           n_embd=s["n_embd"], n_ctx=s["block_size"],
+                                           bias=s["bias"])
             tok_dir = find_tokenizer_files(None)
             params = None  # drawn after the data checks (a 124M init takes seconds)
+        s["bias"] = config.bias  # the checkpoint's, with --init or --resume (saved as such)
         if s["block_size"] > config.n_ctx:
             raise UsageError(f"--block-size {s['block_size']} is larger than the checkpoint's "
                              f"context n_ctx={config.n_ctx}")
@@ -674,6 +685,12 @@ def report(message) -> None:
 # ----------------------------------------------------------------------------------------
 # The loop.
 
+def n_parameters(params, config) -> int:
+    """The number of parameters (not the constant zero biases of a model without biases)."""
+    frozen = set(frozen_keys(params, config))
+    return sum(p.size for key, p in numpy_gpt2.flatten_params(params).items() if key not in frozen)
+
+
 def train(run, signals: StopSignals) -> int:
     from tqdm import tqdm
 
@@ -684,9 +701,9 @@ def train(run, signals: StopSignals) -> int:
     tokens_per_step = s["batch_size"] * s["block_size"] * s["grad_accum"] * world.size
     out = run["out"]
     say(f"train.py: {'resuming at step ' + str(step) + ', ' if step else ''}"
-        f"{sum(p.size for p in numpy_gpt2.flatten_params(params).values()):,} parameters "
+        f"{n_parameters(params, config):,} parameters "
         f"(n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
-        f"n_ctx={config.n_ctx}), {s['dtype']}; {len(run['splits']['train']):,} train / "
+        f"n_ctx={config.n_ctx}{'' if config.bias else ', no biases'}), {s['dtype']}; {len(run['splits']['train']):,} train / "
         f"{len(run['splits']['val']):,} val tokens; {tokens_per_step:,} tokens per step"
         f"{f' on {world.size} ranks' if world.size > 1 else ''}; saving to {out}")
     bar = tqdm(total=s["max_iters"], initial=step, desc="train", unit="step", file=sys.stderr,

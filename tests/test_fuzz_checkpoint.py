@@ -298,7 +298,7 @@ CONFIG_FIELDS = ["activation_function", "architectures", "attn_pdrop", "bos_toke
                  "task_specific_params", "vocab_size", "tie_word_embeddings",
                  "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
                  "reorder_and_upcast_attn", "add_cross_attention", "use_cache", "torch_dtype",
-                 "transformers_version"]
+                 "transformers_version", "bias"]
 # Values that are right for this checkpoint, so some examples load.
 GOOD = st.sampled_from([None, True, False, 0, 1, 2, 4, 8, 16, 36, 37, 64, 1e-5, 1e-12, 0.5,
                         "gelu_new", "gelu_pytorch_tanh", "gpt2", "float32"])

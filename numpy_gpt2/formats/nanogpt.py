@@ -7,8 +7,9 @@ Differences from GPT-2's own checkpoints (nanoGPT model.py), undone here:
     (a strided view: nothing is copied twice);
   * a "_orig_mod." prefix on every key when the model was torch.compile'd;
   * lm_head.weight is tied to transformer.wte.weight (the same storage);
-  * bias=False: no biases in Linear and LayerNorm layers: they become zeros, which computes
-    the same function;
+  * bias=False: no biases in Linear and LayerNorm layers: the config says bias=False, and
+    checkpoint.load gives the model zero biases, constants rather than parameters (the
+    same function; training leaves them zero);
   * older torch versions saved the causal mask buffers attn.bias: dropped by the loader;
   * the MLP's GELU is nn.GELU(), the exact erf form: activation_function "gelu";
   * vocab_size is the padded size (50304 for GPT-2's 50257 tokens): loaded as it is.
@@ -40,7 +41,7 @@ def transposed(t: Stored) -> Stored:
 
 def nanogpt_tensors(state: dict, model_args, path: str) -> tuple[dict, GPT2Config]:
     """nanoGPT's {key: Stored} and model_args -> ({GPT-2 key: Stored}, GPT2Config)."""
-    config, bias = nanogpt_config(model_args, path)
+    config = nanogpt_config(model_args, path)
     if state and all(k.startswith("_orig_mod.") for k in state):
         state = {k[len("_orig_mod."):]: v for k, v in state.items()}
     out = {}
@@ -51,20 +52,17 @@ def nanogpt_tensors(state: dict, model_args, path: str) -> tuple[dict, GPT2Confi
                 raise CheckpointError(f"{path}: {key} has shape {list(t.shape)}, expected a matrix")
             t = transposed(t)
         out[name] = t
-    if not bias:
+    if not config.bias:  # the zero biases are checkpoint.load's
         zeros = [f"h.{i}.{b}" for i in range(config.n_layer) for b in BIASES] + ["ln_f.bias"]
         present = [k for k in zeros if k in out]
         if present:
             raise CheckpointError(f"{path}: model_args says bias=False but the model has "
                                   f"{present[0]}")
-        sizes = {"attn.c_attn.bias": 3 * config.n_embd, "mlp.c_fc.bias": 4 * config.n_embd}
-        for k in zeros:
-            out[k] = Stored(path, "F32", (sizes.get(k.split(".", 2)[-1], config.n_embd),), None)
     return out, config
 
 
-def nanogpt_config(model_args, path: str) -> tuple[GPT2Config, bool]:
-    """GPT2Config (exact-erf GELU) and the bias flag from nanoGPT's model_args."""
+def nanogpt_config(model_args, path: str) -> GPT2Config:
+    """GPT2Config from nanoGPT's model_args: exact-erf GELU, and bias as model_args' bias."""
     if not isinstance(model_args, dict):
         raise CheckpointError(f"{path}: model_args is {show(model_args)}, expected a dict")
     for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -82,7 +80,7 @@ def nanogpt_config(model_args, path: str) -> tuple[GPT2Config, bool]:
         config = GPT2Config(n_layer=model_args["n_layer"], n_head=model_args["n_head"],
                             n_embd=model_args["n_embd"], n_ctx=model_args["block_size"],
                             vocab_size=vocab, activation_function="gelu", bos_token_id=eos,
-                            eos_token_id=eos)
+                            eos_token_id=eos, bias=bias)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: model_args: {str(e).removeprefix('config: ')}") from None
-    return config, bias
+    return config

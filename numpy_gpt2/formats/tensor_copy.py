@@ -59,14 +59,12 @@ class Stored:
     [0, ..., 0] at byte `offset` of the file, `strides` in elements (None: C order).
 
     Strides let a reader describe a transposed tensor (nanoGPT's and llm.c's (out, in)
-    weights read as GPT-2's (in, out)) or a torch view without copying it first.
-    offset None: no bytes in any file, every value 0 (a bias that a model without biases
-    lacks, so that the math stays GPT-2's)."""
+    weights read as GPT-2's (in, out)) or a torch view without copying it first."""
 
     path: str
     dtype: str
     shape: tuple
-    offset: int | None
+    offset: int
     strides: tuple | None = None
 
     @property
@@ -105,9 +103,8 @@ def copy_tensors(tensors: dict, dtype: np.dtype, threads: int) -> dict:
     overflow on huge finite values). Raises CheckpointError for the first non-finite value,
     in file order.
     """
-    out = {key: (np.zeros if t.offset is None else np.empty)(t.shape, dtype)
-           for key, t in tensors.items()}
-    stored = {key: t for key, t in tensors.items() if t.offset is not None and out[key].size}
+    out = {key: np.empty(t.shape, dtype) for key, t in tensors.items()}
+    stored = {key: t for key, t in tensors.items() if out[key].size}
     order = sorted(stored, key=lambda k: (stored[k].path, stored[k].offset))  # sequential reads
     jobs = [job for key in order for job in _chunks(key, stored[key])]
     if not jobs:
