@@ -47,13 +47,19 @@ def matmul_fast(a, b, out=None, bias=None):
     single-threaded BLAS on its share and adding its part of bias while it is in the cache:
     one meeting of the threads per matmul, where BLAS's own threads meet many times inside
     one call (on a busy machine each meeting can cost a time slice: a decode step's
-    (1, 768) @ (768, 2304) took 40 ms that way, 1 ms single-threaded). When BLAS cannot be
-    limited (not OpenBLAS), a plain matmul.
+    (1, 768) @ (768, 2304) took 40 ms that way, 1 ms single-threaded). A plain matmul on
+    BLAS's own threads instead for one row (a matrix-vector product), inside
+    threads.blas_threads_only() (the inference forward pass), and when BLAS cannot be
+    limited (not OpenBLAS).
     """
     M, N = a.shape[0], b.shape[1]
     if out is None:
         out = np.empty((M, N), dtype=np.result_type(a, b))
-    if not can_limit_blas():
+    # One row (a decode step at batch 1) is a matrix-vector product, bound by reading b from
+    # memory: BLAS's own threads stream it best (measured on a quiet 2-core Xeon: 20 ms for
+    # the 48 block matmuls of 124M, 44 ms shared out by columns). threads() == 1: BLAS owns
+    # the threads (threads.blas_threads_only, or a single worker thread).
+    if M == 1 or threads() == 1 or not can_limit_blas():
         np.matmul(a, b, out=out)
         if bias is not None:
             out += bias
@@ -113,8 +119,14 @@ def normalize(x, eps):
     """LayerNorm's normalization of x (..., E), in one new array: (xhat, std) with
     xhat = (x - mean) / std and std = sqrt(var + eps) (..., 1). layer_norm(x) = xhat * weight
     + bias; the backward pass (layers_backward_fast.layer_norm_backward_fast) needs xhat and std."""
-    xhat = x - x.mean(axis=-1, keepdims=True)
-    std = np.mean(xhat * xhat, axis=-1, keepdims=True)
+    # np.add.reduce and a division: the bits of x.mean(), without its Python-level wrapper
+    # (a decode step normalizes 25 single rows, where that wrapper was most of the time).
+    n = x.shape[-1]
+    mean = np.add.reduce(x, axis=-1, keepdims=True)
+    mean /= n
+    xhat = x - mean
+    std = np.add.reduce(xhat * xhat, axis=-1, keepdims=True)
+    std /= n
     std += eps
     np.sqrt(std, out=std)
     xhat /= std
@@ -249,7 +261,7 @@ def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=Fal
     B, T, E = x.shape
     qkv = linear_fast(x, **c_attn)
     record("c_attn", qkv)
-    q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))  # views, no copies
+    q, k, v = (split_heads(qkv[..., i * E:(i + 1) * E], n_head) for i in range(3))  # views, no copies
     past = 0
     if kv is not None:
         keys, values, past = kv

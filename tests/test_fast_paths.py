@@ -226,6 +226,38 @@ def test_elementwise_pieces_shared_out_between_threads(n_threads):
                  "layer_norm_fast")
 
 
+def test_blas_threads_only_is_one_thread_here_only_and_restored():
+    """Inside blas_threads_only() the calling thread shares no work (threads() == 1) while
+    another thread still sees the pool's size; nesting and an exception restore it; and the
+    layers inside give the bits of a one-thread run (forward runs inside it)."""
+    import concurrent.futures
+
+    threads.set_threads(3)
+    try:
+        with threads.blas_threads_only():
+            assert threads.threads() == 1
+            with threads.blas_threads_only():
+                assert threads.threads() == 1
+            assert threads.threads() == 1
+            with concurrent.futures.ThreadPoolExecutor(1) as other:
+                assert other.submit(threads.threads).result() == 3
+        assert threads.threads() == 3
+        with pytest.raises(KeyError), threads.blas_threads_only():
+            raise KeyError("x")
+        assert threads.threads() == 3
+        rng = np.random.default_rng(7)
+        a, b = normal(rng, (70, 50), np.float32, 1.0), normal(rng, (50, 300), np.float32, 1.0)
+        x = normal(rng, (5 * layers_fast.GELU_CHUNK + 7,), np.float32, 4.0)
+        with threads.blas_threads_only():
+            inside = layers_fast.matmul_fast(a, b), layers_fast.gelu_fast(x.copy())
+        threads.set_threads(1)
+        one = layers_fast.matmul_fast(a, b), layers_fast.gelu_fast(x.copy())
+    finally:
+        threads.set_threads(None)
+    assert all(np.array_equal(p, q) for p, q in zip(inside, one))
+    assert_close(inside[0], a.astype(np.float64) @ b, np.float32, "matmul inside")
+
+
 @given(B=st.integers(1, 3), T=st.integers(1, 12), past=st.integers(0, 8), n_head=st.integers(1, 4),
        D=st.sampled_from([4, 8, 16]), dtype=DTYPES, seed=st.integers(0, 2**16))
 def test_causal_self_attention_fast_with_cache(B, T, past, n_head, D, dtype, seed):
