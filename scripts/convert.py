@@ -11,7 +11,9 @@ a nanoGPT model says activation_function "gelu"), vocab.json and merges.txt (fro
 vocabulary is not GPT-2's). transformers' GPT2LMHeadModel.from_pretrained(OUT) loads it.
 --to llmc writes the file OUT in llm.c's format: version 3 (float32) or, with --dtype
 bfloat16, version 5; --vocab-size gives the real vocabulary when the model's rows are padded
-(50257 for GPT-2 with 50304 rows); a model without biases (nanoGPT's bias=False) is written
+(50257 for GPT-2 with 50304 rows); llm.c computes GPT-2's own function only, so a model
+with another GELU (nanoGPT's exact erf GELU), epsilon, attention scaling or MLP width is
+refused (convert it --to hf); a model without biases (nanoGPT's bias=False) is written
 with zero biases, since llm.c's format has no such flag (the same function, but llm.c trains
 them; a note says so). Files are written under temporary names and renamed into
 place only when all are complete. A progress bar (bytes written) goes to stderr. Exit
@@ -31,7 +33,7 @@ import numpy_gpt2
 from tqdm import tqdm
 
 from numpy_gpt2.checkpoint import hf_config_dict, write_files_atomically
-from numpy_gpt2.formats.llmc import padded_vocab, write_llmc
+from numpy_gpt2.formats.llmc import check_llmc_config, padded_vocab, write_llmc
 from numpy_gpt2.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
 from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
@@ -90,8 +92,8 @@ def hf_writers(params, config, dtype, tokenizer, bar) -> dict:
 def check_not_overwriting(source_path, out, to) -> None:
     """ValueError when writing `out` would destroy what it is made from or a training run: the
     source checkpoint's own directory (--to hf) or an existing file beside the source (--to
-    llmc), or a run directory (train_state.json: a run's files may only change together, by
-    one atomic save)."""
+    llmc), or a run directory or a directory inside one such as its best/ (train_state.json:
+    a run's files may only change together, by one atomic save)."""
     src = os.path.realpath(source_path)
     src_dir = src if os.path.isdir(src) else os.path.dirname(src)
     target = os.path.realpath(out)
@@ -99,9 +101,13 @@ def check_not_overwriting(source_path, out, to) -> None:
     if target_dir == src_dir and (to == "hf" or os.path.exists(target)):
         raise ValueError(f"{out}: would overwrite the checkpoint being converted ({source_path}); "
                          f"write the output elsewhere")
-    if os.path.isfile(os.path.join(target_dir, STATE_FILE)):
-        raise ValueError(f"{out}: is in a training run's directory ({target_dir} holds {STATE_FILE}, "
-                         f"whose files change only together, by train.py's saves); write it elsewhere")
+    run = target_dir  # the run's own directory or any below it (best/ is part of the run)
+    while not os.path.isfile(os.path.join(run, STATE_FILE)):
+        if os.path.dirname(run) == run:
+            return
+        run = os.path.dirname(run)
+    raise ValueError(f"{out}: is in a training run's directory ({run} holds {STATE_FILE}, "
+                     f"whose files change only together, by train.py's saves); write it elsewhere")
 
 
 @_cli.entry("convert.py")
@@ -130,6 +136,7 @@ def main(argv=None) -> int:
             tokenizer = tokenizer_files(args, source_path, config)
             out_dir, writers = args.out, None
         else:
+            check_llmc_config(config)  # before any file exists
             total = padded_vocab(config.vocab_size) * config.n_embd + sum(
                 a.size for k, a in flatten_params(params).items() if k != "wte.weight")
         nbytes = total * (4 if args.dtype == "float32" else 2)

@@ -144,7 +144,10 @@ def test_never_overwrites_its_source_or_a_training_run(tmp_path, capsys):
             (["{tmp}/src", "{tmp}/src/model.safetensors", "--to", "llmc"], "would overwrite"),
             (["{tmp}/src/model.safetensors", "{tmp}/src/config.json", "--to", "llmc"], "would overwrite"),
             (["{tmp}/src", "{tmp}/run", "--to", "hf"], "training run's directory"),
-            (["{tmp}/src", "{tmp}/run/model.bin", "--to", "llmc"], "training run's directory")]:
+            (["{tmp}/src", "{tmp}/run/model.bin", "--to", "llmc"], "training run's directory"),
+            (["{tmp}/src", "{tmp}/run/best", "--to", "hf"], "training run's directory"),
+            (["{tmp}/src", "{tmp}/run/x/y", "--to", "hf"], "training run's directory"),
+            (["{tmp}/src", "{tmp}/run/best/model.bin", "--to", "llmc"], "training run's directory")]:
         status, out, err = run_script("convert", [a.format(tmp=tmp_path) for a in args], capsys)
         one_line_error(status, out, err, part)
     assert {p.name: p.read_bytes() for p in (tmp_path / "src").iterdir()} == before
@@ -167,3 +170,39 @@ def test_tokenizer_files_come_from_the_environment_too(tmp_path, capsys, tokeniz
     status, _, err = run_script("convert", [tmp_path / "m.bin", tmp_path / "b", "--to", "hf"], capsys)
     assert status == 0, err
     assert (tmp_path / "b" / "vocab.json").read_bytes() == open(os.path.join(tokenizer_dir, "vocab.json"), "rb").read()
+
+
+@pytest.mark.parametrize("options,part", [
+    ({"activation_function": "gelu"}, "activation_function 'gelu'"),
+    ({"activation_function": "relu"}, "activation_function 'relu'"),
+    ({"scale_attn_weights": False}, "scale_attn_weights false"),
+    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx true"),
+    ({"layer_norm_epsilon": 1e-3}, "layer_norm_epsilon 0.001"),
+])
+def test_llmc_refuses_a_model_llmc_would_compute_differently(tmp_path, capsys, options, part):
+    """llm.c has GPT-2's math only (tanh GELU, eps 1e-5, 1/sqrt(D), MLP 4E) and no header field
+    for anything else: another model is refused, in one line, before any file is written."""
+    config, sd = small()
+    for key, value in options.items():  # the same weights' shapes
+        setattr(config, key, value)
+    hf_model(config, sd).save_pretrained(tmp_path / "src")
+    status, out, err = run_script("convert", [tmp_path / "src", tmp_path / "m.bin", "--to", "llmc"], capsys)
+    one_line_error(status, out, err, "llm.c's format cannot hold this model", part, "--to hf")
+    assert not (tmp_path / "m.bin").exists() and sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_llmc_refuses_nanogpt_exact_gelu_and_other_widths(tmp_path, capsys):
+    from numpy_gpt2.formats.llmc import check_llmc_config, write_llmc
+    config, sd = small(vocab_size=65)
+    save_torch(tmp_path / "ckpt.pt", nanogpt_checkpoint(sd, config.n_head, config.n_positions, 65))
+    status, out, err = run_script("convert", [tmp_path / "ckpt.pt", tmp_path / "m.bin", "--to", "llmc"],
+                                  capsys)
+    one_line_error(status, out, err, "activation_function 'gelu' (llm.c: the tanh GELU, gelu_new)")
+    wide = numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=8, n_ctx=4, vocab_size=5, n_inner=40)
+    with pytest.raises(ValueError, match=r"n_inner 40 \(llm.c: 4 \* n_embd = 32\)"):
+        check_llmc_config(wide)
+    with pytest.raises(ValueError, match="cannot hold this model"):
+        write_llmc(str(tmp_path / "w.bin"), numpy_gpt2.init_params(wide), wide)
+    assert not (tmp_path / "w.bin").exists()
+    for name in numpy_gpt2.config.TANH_GELU_NAMES:  # every tanh form is llm.c's GELU
+        check_llmc_config(numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=8, activation_function=name))

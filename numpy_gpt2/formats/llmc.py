@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from ..activation_functions import TANH_GELU_NAMES
 from ..config import GPT2Config
 from ..errors import CheckpointError
 from .safetensors import encode
@@ -118,6 +119,28 @@ def llmc_header(config: GPT2Config, vocab_size: int, version: int = 3) -> np.nda
     return h
 
 
+def check_llmc_config(config: GPT2Config) -> None:
+    """ValueError unless llm.c computes config's function: llm.c (train_gpt2.c) has GPT-2's
+    math only -- the tanh GELU, LayerNorm epsilon 1e-5, scores / sqrt(head size), an MLP
+    4 n_embd wide -- and its header has no field for anything else, so a file of another
+    model would load and compute something else. (Zero biases are fine: the same function.)"""
+    differences = []
+    if config.activation_function not in TANH_GELU_NAMES:
+        differences.append(f"activation_function {config.activation_function!r} (llm.c: the "
+                           f"tanh GELU, gelu_new)")
+    if config.layer_norm_epsilon != 1e-5:
+        differences.append(f"layer_norm_epsilon {config.layer_norm_epsilon!r} (llm.c: 1e-5)")
+    if not config.scale_attn_weights:
+        differences.append("scale_attn_weights false (llm.c divides scores by sqrt(head size))")
+    if config.scale_attn_by_inverse_layer_idx:
+        differences.append("scale_attn_by_inverse_layer_idx true (llm.c: no such scaling)")
+    if config.mlp_width != 4 * config.n_embd:
+        differences.append(f"n_inner {config.n_inner} (llm.c: 4 * n_embd = {4 * config.n_embd})")
+    if differences:
+        raise ValueError(f"llm.c's format cannot hold this model: {'; '.join(differences)}; "
+                         f"llm.c would compute a different function (convert it --to hf instead)")
+
+
 def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | None = None,
                dtype: str = "F32", progress=None) -> None:
     """Write params as an llm.c model file: version 3 (dtype "F32", what train_gpt2.c
@@ -126,11 +149,13 @@ def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | No
     vocab_size: the real vocabulary written in the header, when the model's rows are padded
     (50257 for a GPT-2 model read from a 50304-row file); default config.vocab_size.
     wte is padded with zero rows to padded_vocab(config.vocab_size); matrices are written
-    (out, in). ValueError for a model with an untied lm_head (llm.c ties it) or a
-    vocab_size outside 1..config.vocab_size.
+    (out, in). ValueError for a model llm.c would compute differently (check_llmc_config:
+    e.g. nanoGPT's exact erf GELU), with an untied lm_head (llm.c ties it) or a vocab_size
+    outside 1..config.vocab_size.
     progress: optional callable(bytes written so far) after each tensor.
     """
     vocab_size = config.vocab_size if vocab_size is None else vocab_size
+    check_llmc_config(config)
     if "lm_head" in params:
         raise ValueError("llm.c ties the output head to wte; this model has its own lm_head")
     if not 1 <= vocab_size <= config.vocab_size:
