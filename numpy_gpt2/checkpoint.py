@@ -165,10 +165,12 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
                           dtype, threads)
     flat = {key: arrays[params_in_file[key]] if key in params_in_file else np.zeros(shape, dtype)
             for key, shape in shapes.items()}
-    for key in optional.intersection(params_in_file):
-        if flat[key].any():
-            raise CheckpointError(f"{weights}: {config_from} says bias=false but "
-                                  f"{params_in_file[key]} is not zero")
+    for key in shapes:  # in the model's order: the first such bias is the one named
+        if key in optional and key in params_in_file and flat[key].any():
+            raise CheckpointError(
+                f"{weights}: {config_from} says bias=false but {params_in_file[key]} is not zero "
+                f"(a model whose biases were trained, e.g. by transformers: remove \"bias\": "
+                f"false from config.json to load it as a GPT-2 with biases)")
     if has_head:
         head = flat.pop("lm_head.weight")
         if config.tie_word_embeddings and not np.array_equal(head, flat["wte.weight"]):
@@ -235,6 +237,25 @@ def hf_config_dict(config: GPT2Config, dtype=np.float32) -> dict:
             "torch_dtype": np.dtype(dtype).name, **({} if config.bias else {"bias": False})}
 
 
+def check_params_match(params: dict, config: GPT2Config) -> None:
+    """ValueError naming the first key of params that a checkpoint of config cannot hold: a
+    missing weight, a shape other than config's, or (config.bias False) a bias that is not
+    zero -- such a file would not load, or load as another model."""
+    flat = flatten_params(params)
+    shapes = expected_shapes(config)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, config.n_embd)
+    for key, shape in shapes.items():
+        if key not in flat:
+            raise ValueError(f"params has no {key} (a {list(shape)} array for this config)")
+        if tuple(np.shape(flat[key])) != shape:
+            raise ValueError(f"params' {key} has shape {list(np.shape(flat[key]))}, expected "
+                             f"{list(shape)} for this config")
+        if not config.bias and key.endswith(".bias") and np.any(flat[key]):
+            raise ValueError(f"params' {key} is not zero, but the config has no biases "
+                             f"(bias=False: they are constant zeros)")
+
+
 def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata=None) -> dict:
     """{file name: writer} for the four checkpoint files (see atomic.write_files_atomically),
     config.json first and model.safetensors last, so that after the very first save into a
@@ -243,12 +264,14 @@ def checkpoint_writers(params: dict, config: GPT2Config, tokenizer_dir, metadata
     model.safetensors: every parameter under its checkpoint key, in the params' dtype (F32 or
     F64), no "transformer." prefix, no lm_head when tied (as the hub's gpt2 file), written by
     the safetensors library; metadata {"format": "pt", **metadata}. config.json from
-    hf_config_dict; vocab.json and merges.txt copied from tokenizer_dir.
+    hf_config_dict; vocab.json and merges.txt copied from tokenizer_dir. ValueError, before
+    anything is written, when params do not fit config (check_params_match).
     """
     import shutil
 
     from safetensors.numpy import save_file
 
+    check_params_match(params, config)
     flat = {k: np.ascontiguousarray(v) for k, v in flatten_params(params).items()}
     dtype = flat["wte.weight"].dtype
     meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
@@ -284,6 +307,8 @@ def save_checkpoint(directory, params: dict, config: GPT2Config, tokenizer_dir, 
     crash at any moment the directory holds the previous checkpoint or the new one, whole
     (a save the crash interrupted after its commit is completed by the next save or by
     numpy_gpt2.atomic.recover(directory)). Raises ValueError when tokenizer_dir is not a
-    directory holding vocab.json and merges.txt; OSError from the writes (e.g. a full disk),
+    directory holding vocab.json and merges.txt, or when params do not fit config
+    (check_params_match: a missing key, a wrong shape, a nonzero bias of a bias=False model);
+    OSError from the writes (e.g. a full disk),
     the previous checkpoint then being untouched."""
     write_files_atomically(directory, checkpoint_writers(params, config, tokenizer_dir, metadata))

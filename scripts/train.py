@@ -390,8 +390,10 @@ def resolve_settings(args, dirs: RunDirs) -> tuple[dict, str | None, dict | None
         if k == "data":
             continue  # checked against the saved file's hash once read
         if k not in RESUMABLE and v != saved.get(k):
+            value = saved.get(k)
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as the flag
             raise UsageError(f"--{k.replace('_', '-')} cannot change when resuming (the run in "
-                             f"{args.resume} has {saved.get(k)!r})")
+                             f"{args.resume} has {shown})")
     s = {**saved, **given}
     if info["step"] > s["max_iters"]:
         raise UsageError(f"--max-iters {s['max_iters']} is below the step the run in "
@@ -429,6 +431,13 @@ def prepare(args, dirs: RunDirs, world=distributed.Solo()) -> dict:
         if resume_dir is not None:
             params, config = numpy_gpt2.load(resume_dir, dtype=dtype)
             tok_dir = find_tokenizer_files(resume_dir)
+            if config.bias != s["bias"]:  # the run's own files disagree: never change the model
+                say = {True: "with biases", False: "without biases"}
+                raise UsageError(f"--resume {resume_dir}: the run trains a model "
+                                 f"{say[s['bias']]} ({STATE_FILE}: \"bias\": "
+                                 f"{str(s['bias']).lower()}), but its config.json describes one "
+                                 f"{say[config.bias]}; restore config.json "
+                                 f"({'with' if not s['bias'] else 'without'} \"bias\": false)")
         elif init_path is not None:
             params, config = numpy_gpt2.load(init_path, dtype=dtype)
             tok_dir = find_tokenizer_files(init_path)

@@ -271,10 +271,33 @@ def test_load_round_trip_and_a_nonzero_bias_is_refused(tmp_path, tokenizer_dir):
     assert cfg == config
     assert all(np.array_equal(a, flatten_params(params)[k]) for k, a in flatten_params(loaded).items())
     params["h"][0]["attn"]["c_attn"]["bias"][5] = 1e-30
-    numpy_gpt2.save_checkpoint(directory, params, config, tokenizer_dir)
-    with pytest.raises(CheckpointError, match=r"config\.json says bias=false but "
-                                              r"h\.0\.attn\.c_attn\.bias is not zero$"):
-        numpy_gpt2.load(directory)
+    params["h"][1]["ln_1"]["bias"][0] = 2.0
+    with pytest.raises(ValueError, match=r"params' h\.0\.attn\.c_attn\.bias is not zero, but the "
+                                         r"config has no biases"):
+        numpy_gpt2.save_checkpoint(directory, params, config, tokenizer_dir)  # nothing written
+    assert numpy_gpt2.load(directory)[1] == config
+    # Such a file, written as a model with biases and then declared bias=false (transformers
+    # trains the biases of a bias=false checkpoint and keeps the key): refused, always naming
+    # the model's first nonzero bias, with the way out.
+    numpy_gpt2.save_checkpoint(directory, params, dataclasses.replace(config, bias=True), tokenizer_dir)
+    (directory / "config.json").write_text(json.dumps(hf_config_dict(config)))
+    for _ in range(3):
+        with pytest.raises(CheckpointError, match=r"config\.json says bias=false but "
+                                                  r"h\.0\.attn\.c_attn\.bias is not zero \(.*remove "
+                                                  r"\"bias\": false from config\.json"):
+            numpy_gpt2.load(directory)
+
+
+def test_save_checkpoint_refuses_params_that_do_not_fit_the_config(tmp_path, tokenizer_dir):
+    params, config = bias_free_model()
+    del params["h"][1]["mlp"]["c_fc"]["bias"]
+    with pytest.raises(ValueError, match=r"params has no h\.1\.mlp\.c_fc\.bias \(a \[64\] array"):
+        numpy_gpt2.save_checkpoint(tmp_path / "a", params, config, tokenizer_dir)
+    params, config = bias_free_model()
+    params["wpe"]["weight"] = params["wpe"]["weight"][:5]
+    with pytest.raises(ValueError, match=r"params' wpe\.weight has shape \[5, 16\], expected \[12, 16\]"):
+        numpy_gpt2.save_checkpoint(tmp_path / "b", params, config, tokenizer_dir)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_absent_biases_load_as_zeros_only_for_a_bias_free_config(tmp_path):
@@ -383,7 +406,19 @@ def test_train_init_from_nanogpt_bias_false_stays_bias_free_and_resumes(tmp_path
     status, _, err = run_script("train", ["--resume", tmp_path / "out", "--max-iters", 6,
                                           "--bias", "true"], capsys)
     assert status == 2 and err.count("\n") == 1
-    assert "--bias cannot change when resuming" in err
+    assert "--bias cannot change when resuming" in err and err.rstrip().endswith("has false)"), err
+    # The run's config.json edited to say nothing of biases: the run's files disagree.
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    (tmp_path / "out" / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "bias"}))
+    status, _, err = run_script("train", ["--resume", tmp_path / "out", "--max-iters", 6], capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    assert 'the run trains a model without biases (train_state.json: "bias": false), but its ' \
+           'config.json describes one with biases' in err, err
+    assert json.loads((tmp_path / "out" / "train_state.json").read_text())["settings"]["bias"] is False
+    (tmp_path / "out" / "config.json").write_text(json.dumps(saved))  # restored: it resumes
+    status, _, err = run_script("train", ["--resume", tmp_path / "out", "--max-iters", 6], capsys)
+    assert status == 0, err
+    saved_biases_are_zero(tmp_path / "out")
 
 
 def test_train_bias_false_from_scratch_and_bias_flag_errors(tmp_path, tokenizer_dir, monkeypatch, capsys):
