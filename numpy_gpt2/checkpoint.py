@@ -27,7 +27,7 @@ from .formats.safetensors import MAX_HEADER_BYTES, _naturals, read_safetensors_h
 from .formats.detect import find_checkpoint
 from .formats.tensor_copy import (CHUNK_ELEMENTS, FILE_DTYPES, _convert, _default_threads,  # noqa: F401
                                   _sum_is_finite, copy_tensors)
-from .params import flatten_params, nest_params
+from .params import flatten_params, is_frozen, nest_params
 
 # Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
 # They are not parameters; we recompute the mask and never keep them in memory.
@@ -137,7 +137,7 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
         shapes["lm_head.weight"] = (config.vocab_size, config.n_embd)
     # A model without biases (config bias=false): its bias keys may be absent (nanoGPT's
     # state dicts have none); they are zeros, and any that the file holds must be zeros.
-    optional = {k for k in shapes if k.endswith(".bias")} if not config.bias else set()
+    optional = {k for k in shapes if is_frozen(k, config)}
     missing = [k for k in shapes if k not in params_in_file and k not in optional]
     unexpected = [params_in_file[k] for k in params_in_file if k not in shapes]
     if missing or unexpected:
@@ -251,7 +251,7 @@ def check_params_match(params: dict, config: GPT2Config) -> None:
         if tuple(np.shape(flat[key])) != shape:
             raise ValueError(f"params' {key} has shape {list(np.shape(flat[key]))}, expected "
                              f"{list(shape)} for this config")
-        if not config.bias and key.endswith(".bias") and np.any(flat[key]):
+        if is_frozen(key, config) and np.any(flat[key]):
             raise ValueError(f"params' {key} is not zero, but the config has no biases "
                              f"(bias=False: they are constant zeros)")
 

@@ -40,10 +40,17 @@ def flatten_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return flat
 
 
+def is_frozen(key: str, config) -> bool:
+    """True when checkpoint key `key` holds a constant, not a parameter: a Linear or LayerNorm
+    bias ("h.{i}.ln_1.bias", "h.{i}.attn.c_attn.bias", ..., "ln_f.bias") of a model without
+    biases (config.bias False, nanoGPT model.py's bias=False). Such a bias is zero (the layers'
+    equations stay GPT-2's, x @ W + 0)."""
+    return not config.bias and key.endswith(".bias")
+
+
 def frozen_keys(params: dict, config) -> list[str]:
-    """The checkpoint keys of params that hold constants, not parameters: for a model without
-    biases (config.bias False, nanoGPT model.py's bias=False) every Linear and LayerNorm bias,
-    "h.{i}.ln_1.bias", "h.{i}.attn.c_attn.bias", ..., "ln_f.bias" (zeros: the layers' equations
-    stay GPT-2's, x @ W + 0); none otherwise. Their gradients are zeros (loss_and_grads) and
-    training leaves them exactly as they are (optim.adamw_update's frozen=)."""
-    return [] if config.bias else [key for key in flatten_params(params) if key.endswith(".bias")]
+    """The checkpoint keys of params that hold constants, not parameters (is_frozen): every
+    bias of a model without biases, none otherwise. Their gradients are zeros
+    (loss_and_grads) and training leaves them exactly as they are (optim.adamw_update's
+    frozen=)."""
+    return [key for key in flatten_params(params) if is_frozen(key, config)]
