@@ -201,6 +201,21 @@ def _linear_grads(dout, x):
     return {"weight": matmul_fast(x.T, dout), "bias": dout.sum(axis=0)}
 
 
+def _layer_norm_linear_backward(dy, x, ln, weight, eps, record, ln_name, linear_name):
+    """Backward through y = linear(layer_norm(x)) (a block's ln_1 -> c_attn and ln_2 -> c_fc):
+    dy (N, n_out), x (N, E) the LayerNorm's input, weight (E, n_out). The LayerNorm output is
+    recomputed from x (the training forward does not keep it). Records the linear's weight
+    gradients, then dL/d(layer_norm output) under ln_name, then the LayerNorm's weight
+    gradients. Returns (dx (N, E), LayerNorm grads, linear grads)."""
+    xhat, std = normalize(x, eps)
+    dlinear = record_weights(record, linear_name, _linear_grads(dy, xhat * ln["weight"] + ln["bias"]))
+    dh = matmul_fast(dy, weight.T)
+    record(ln_name, dh)
+    dx, dln = layer_norm_backward_fast(dh, xhat, std, ln["weight"])
+    record_weights(record, ln_name, dln)
+    return dx, dln, dlinear
+
+
 def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_record, *,
                                     act="gelu_new", scale=None):
     """transformer_block_backward() from what transformer_block_saving_fast kept, OVERWRITING
@@ -216,7 +231,6 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     dropout, layer = saved.get("dropout"), saved.get("layer", 0)
 
     record("mlp.c_proj", dout)
-    xhat2, std2 = normalize(x1, eps)
     g = _activation_and_derivative(u, act)                 # u := gelu'(u)
     dbranch = dout if dropout is None else dout * saved["m_mlp"]  # through the branch's dropout
     dc_proj = record_weights(record, "mlp.c_proj", _linear_grads(dbranch, g))
@@ -224,12 +238,8 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     record("mlp.gelu", dg)
     dg *= u                                                # dL/du
     record("mlp.c_fc", dg)
-    dc_fc = _linear_grads(dg, xhat2 * ln_2["weight"] + ln_2["bias"])
-    record_weights(record, "mlp.c_fc", dc_fc)
-    dh2 = matmul_fast(dg, mlp["c_fc"]["weight"].T)
-    record("ln_2", dh2)
-    dx1, dln_2 = layer_norm_backward_fast(dh2, xhat2, std2, ln_2["weight"])
-    record_weights(record, "ln_2", dln_2)
+    dx1, dln_2, dc_fc = _layer_norm_linear_backward(dg, x1, ln_2, mlp["c_fc"]["weight"], eps, record,
+                                                    "ln_2", "mlp.c_fc")
     dout += dx1                                            # dout := dL/dx1
     record("attn", dout)
 
@@ -242,13 +252,8 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
         _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
         record=prefixed(record, "attn."), dropout=dropout, layer=layer, scale=scale)
     record("attn.c_attn", dqkv)
-    xhat1, std1 = normalize(x, eps)
-    dattn_c = _linear_grads(dqkv, xhat1 * ln_1["weight"] + ln_1["bias"])
-    record_weights(record, "attn.c_attn", dattn_c)
-    dh1 = matmul_fast(dqkv, attn["c_attn"]["weight"].T)
-    record("ln_1", dh1)
-    dx, dln_1 = layer_norm_backward_fast(dh1, xhat1, std1, ln_1["weight"])
-    record_weights(record, "ln_1", dln_1)
+    dx, dln_1, dattn_c = _layer_norm_linear_backward(dqkv, x, ln_1, attn["c_attn"]["weight"], eps,
+                                                     record, "ln_1", "attn.c_attn")
     dout += dx
     return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
                   "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
