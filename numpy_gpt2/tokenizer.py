@@ -2,7 +2,8 @@
 
 Where the vocabulary comes from (load_tokenizer), first match wins:
   1. the checkpoint directory itself: its vocab.json + merges.txt (every Hugging Face GPT-2
-     repo ships them, so a downloaded checkpoint works offline);
+     repo ships them, so a downloaded checkpoint works offline), or encoder.json + vocab.bpe,
+     OpenAI's names for the same two files in its original release;
   2. the directory in the environment variable NUMPY_GPT2_TOKENIZER (holding the same files);
   3. tiktoken.get_encoding("gpt2"), which downloads the files on first use (then caches them).
 """
@@ -19,6 +20,8 @@ import tiktoken.load
 
 TOKENIZER_ENV = "NUMPY_GPT2_TOKENIZER"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+# OpenAI's names for the same files (openai/gpt-2 download_model.py), in TOKENIZER_FILES' order.
+OPENAI_TOKENIZER_FILES = ("encoder.json", "vocab.bpe")
 ENDOFTEXT = "<|endoftext|>"
 
 # GPT-2's pre-tokenizer regex, exactly as tiktoken's own "gpt2" encoding uses it (words,
@@ -41,12 +44,23 @@ def tokenizer_dir(source=None) -> str | None:
     if os.environ.get(TOKENIZER_ENV):
         candidates.append(os.environ[TOKENIZER_ENV])
     for directory in candidates:
-        if all(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+        if tokenizer_paths(directory) is not None:
             return directory
     if os.environ.get(TOKENIZER_ENV):  # set on purpose but wrong: say so instead of downloading
         raise FileNotFoundError(
             f"{TOKENIZER_ENV}={os.environ[TOKENIZER_ENV]}: expected a directory holding "
-            f"{' and '.join(TOKENIZER_FILES)}")
+            f"{' and '.join(TOKENIZER_FILES)} (or {' and '.join(OPENAI_TOKENIZER_FILES)})")
+    return None
+
+
+def tokenizer_paths(directory) -> dict[str, str] | None:
+    """{"vocab.json": path, "merges.txt": path} of the tokenizer files in directory, under
+    Hugging Face's names or else OpenAI's (encoder.json, vocab.bpe); None when neither pair
+    is complete."""
+    for names in (TOKENIZER_FILES, OPENAI_TOKENIZER_FILES):
+        paths = {hf: os.path.join(directory, name) for hf, name in zip(TOKENIZER_FILES, names)}
+        if all(os.path.isfile(p) for p in paths.values()):
+            return paths
     return None
 
 
@@ -115,12 +129,13 @@ def undecodable_ids(tokenizer: tiktoken.Encoding, vocab_size: int) -> range:
 
 
 def encoding_from_files(directory) -> tiktoken.Encoding:
-    """A tiktoken Encoding from a GPT-2 vocab.json + merges.txt (no network).
+    """A tiktoken Encoding from a GPT-2 vocab.json + merges.txt, or encoder.json + vocab.bpe
+    (no network).
 
     Same regex and special token as tiktoken's "gpt2": <|endoftext|> = 50256 for GPT-2's files.
     """
-    vocab_path = os.path.join(directory, "vocab.json")
-    merges_path = os.path.join(directory, "merges.txt")
+    paths = tokenizer_paths(directory) or {n: os.path.join(directory, n) for n in TOKENIZER_FILES}
+    vocab_path, merges_path = paths["vocab.json"], paths["merges.txt"]
     try:
         with _tiktoken_file_cache_disabled():
             ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(merges_path, vocab_path)

@@ -4,10 +4,11 @@
                               [--tokenizer DIR] [--vocab-size N]
 
 SOURCE: anything numpy_gpt2.load reads (a directory or file: safetensors, sharded,
-pytorch_model.bin, nanoGPT ckpt.pt, llm.c .bin) or a hub name. --to hf writes the directory
-OUT: model.safetensors (--dtype, default float32), config.json (with the source's config:
-a nanoGPT model says activation_function "gelu"), vocab.json and merges.txt (from
---tokenizer DIR, else beside SOURCE; left out, with a note, when there are none and the
+pytorch_model.bin, nanoGPT ckpt.pt, llm.c .bin, OpenAI's TensorFlow release) or a hub
+name. --to hf writes the directory OUT: model.safetensors (--dtype, default float32),
+config.json (with the source's config: a nanoGPT model says activation_function "gelu"),
+vocab.json and merges.txt (from --tokenizer DIR, else beside SOURCE, also from OpenAI's
+encoder.json and vocab.bpe; left out, with a note, when there are none and the
 vocabulary is not GPT-2's). transformers' GPT2LMHeadModel.from_pretrained(OUT) loads it.
 --to llmc writes the file OUT in llm.c's format: version 3 (float32) or, with --dtype
 bfloat16, version 5; --vocab-size gives the real vocabulary when the model's rows are padded
@@ -36,7 +37,7 @@ from numpy_gpt2.checkpoint import hf_config_dict, write_files_atomically
 from numpy_gpt2.formats.llmc import check_llmc_config, padded_vocab, write_llmc
 from numpy_gpt2.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
-from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
+from numpy_gpt2.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir, tokenizer_paths
 from numpy_gpt2.train_step import STATE_FILE
 
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -50,12 +51,12 @@ def tokenizer_files(args, source_path, config) -> dict:
     if args.tokenizer:
         found = {n: os.path.join(args.tokenizer, n) for n in TOKENIZER_FILES}
         missing = [n for n, p in found.items() if not os.path.isfile(p)]
-        if missing:
+        if missing and tokenizer_paths(args.tokenizer) is None:
             raise ValueError(f"{args.tokenizer}: no {' or '.join(missing)} (--tokenizer)")
-        return found
+        return tokenizer_paths(args.tokenizer)
     here = source_path if os.path.isdir(source_path) else os.path.dirname(source_path) or "."
-    found = {n: os.path.join(here, n) for n in TOKENIZER_FILES}
-    if all(os.path.isfile(p) for p in found.values()):
+    found = tokenizer_paths(here)  # also OpenAI's encoder.json + vocab.bpe, written as HF's names
+    if found is not None:
         return found
     if config.vocab_size >= GPT2_VOCAB:
         try:  # $NUMPY_GPT2_TOKENIZER, as generate.py and train.py use it
@@ -63,7 +64,7 @@ def tokenizer_files(args, source_path, config) -> dict:
         except FileNotFoundError as e:
             raise ValueError(str(e)) from None
         if where is not None:
-            return {n: os.path.join(where, n) for n in TOKENIZER_FILES}
+            return tokenizer_paths(where)
         raise ValueError(f"{source_path}: no vocab.json and merges.txt beside the weights; pass "
                          f"--tokenizer DIR (a directory holding GPT-2's tokenizer files) or set "
                          f"{TOKENIZER_ENV}")

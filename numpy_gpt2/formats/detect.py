@@ -2,7 +2,10 @@
 
 A directory is searched for, in this order: model.safetensors,
 model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json, ckpt.pt
-(nanoGPT). A file's format comes from its first bytes, not its name (except *.index.json):
+(nanoGPT), then a TensorFlow checkpoint (OpenAI's release: the prefix its `checkpoint` file
+names, else model.ckpt; see openai_tf). A P.index file, a P.data-*-of-* file or the prefix P
+of one is TensorFlow's too. Any other file's format comes from its first bytes, not its name
+(except *.index.json):
   "PK\\x03\\x04"               zip: torch.save (torch >= 1.6): pytorch_model.bin or nanoGPT ckpt.pt
   a pickle of 0x1950a86a20f9469cfc6c  legacy torch.save (torch < 1.6)
   int32 20240326              llm.c model file
@@ -20,6 +23,7 @@ from ..config import GPT2Config
 from ..errors import CheckpointError
 from .llmc import is_llmc, llmc_tensors
 from .nanogpt import is_nanogpt, nanogpt_tensors
+from .openai_tf import index_of, openai_tf_tensors
 from .safetensors import safetensors_tensors
 from .shards import sharded_tensors
 from .torch_bin import is_legacy_torch, read_torch, state_dict_tensors
@@ -43,11 +47,16 @@ class Found:
 def find_checkpoint(source) -> Found:
     """source: a directory or a weights file (any format above) -> Found. Raises CheckpointError."""
     source = os.fspath(source)
+    found = [n for n in DIRECTORY_FILES if os.path.isfile(os.path.join(source, n))] \
+        if os.path.isdir(source) else []
+    tf_index = index_of(source) if not found else None
+    if tf_index is not None:
+        tensors, config = openai_tf_tensors(tf_index)
+        return Found(tf_index, tensors, config, None, "TensorFlow")
     if os.path.isdir(source):
-        found = [n for n in DIRECTORY_FILES if os.path.isfile(os.path.join(source, n))]
         if not found:
             raise CheckpointError(f"{source}: directory has no model.safetensors (nor "
-                                  f"{', '.join(DIRECTORY_FILES[1:])})")
+                                  f"{', '.join(DIRECTORY_FILES[1:])}, model.ckpt.index)")
         weights = os.path.join(source, found[0])
     elif os.path.isfile(source):
         weights = source
