@@ -144,7 +144,7 @@ def table_bytes(items, block_size: int = BLOCK_SIZE) -> bytes:
 
 def write_bundle(prefix: str, tensors: dict, num_shards: int = 1, shard_of=None,
                  block_size: int = BLOCK_SIZE) -> None:
-    """Write {name: array (float32/float64/float16, or ("BF16", uint16 array))} as the
+    """Write {name: array (float32/float64/float16), or (DataType enum, array of its bytes)} as the
     checkpoint P.index + P.data-0000i-of-0000N. shard_of(name) -> shard id (default 0);
     tensors go into their shard in sorted-name order."""
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
@@ -153,8 +153,8 @@ def write_bundle(prefix: str, tensors: dict, num_shards: int = 1, shard_of=None,
     try:
         for name in sorted(tensors):
             a = tensors[name]
-            if isinstance(a, tuple):  # ("BF16", raw uint16 bits)
-                dtype, a = 14, np.ascontiguousarray(a[1], "<u2")
+            if isinstance(a, tuple):  # (DataType enum, raw array): e.g. (14, bfloat16 bits)
+                dtype, a = a[0], np.ascontiguousarray(a[1])
             else:
                 a = np.ascontiguousarray(a)
                 dtype = DT[a.dtype.newbyteorder("<") if a.dtype.byteorder == "=" else a.dtype]
