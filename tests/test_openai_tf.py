@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,10 +87,11 @@ def test_tiny_logits_match_expected_json(dtype):
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 def test_tiny_matches_transformers(dtype, tol):
     params, config = flat_load(TINY, dtype)
-    hf_config = __import__("transformers").GPT2Config(
+    hf_config = transformers.GPT2Config(
         n_layer=2, n_head=2, n_embd=16, n_positions=64, vocab_size=50257,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
+    # float64 params hold the file's float32 values: loading them into float32 is exact
     model = hf_model(hf_config, {k: torch.from_numpy(v) for k, v in params.items()}).to(torch_dtype)
     tokens = np.array([expected()["token_ids"]])
     with torch.no_grad():
@@ -140,7 +142,7 @@ def test_convert_tiny_to_hf_loads_in_transformers(tmp_path, capsys):
     assert status == 0, err
     assert (out / "vocab.json").read_bytes() == open(os.path.join(TINY, "encoder.json"), "rb").read()
     assert (out / "merges.txt").read_bytes() == open(os.path.join(TINY, "vocab.bpe"), "rb").read()
-    model = __import__("transformers").GPT2LMHeadModel.from_pretrained(
+    model = transformers.GPT2LMHeadModel.from_pretrained(
         out, attn_implementation="eager").eval()
     e = expected()
     with torch.no_grad():
