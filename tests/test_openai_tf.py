@@ -122,7 +122,7 @@ def test_tiny_every_way_to_name_it(tmp_path):
     """The directory, P.index, the prefix P and the data file load the same weights; the
     tokenizer comes from encoder.json + vocab.bpe (not $NUMPY_GPT2_TOKENIZER)."""
     reference, _ = flat_load(TINY)
-    for source in ("model.ckpt.index", "model.ckpt", DATA):
+    for source in ("model.ckpt.index", "model.ckpt", DATA, "model.ckpt.meta"):
         params, _ = flat_load(os.path.join(TINY, source))
         assert all(np.array_equal(params[k], reference[k]) for k in reference), source
     env = os.environ.pop("NUMPY_GPT2_TOKENIZER", None)
@@ -219,6 +219,9 @@ def test_checkpoint_file_names_the_prefix(tmp_path):
         (tmp_path / "checkpoint").write_text(f'model_checkpoint_path: "{path}"\n')
         got, _ = flat_load(tmp_path)
         assert np.array_equal(got["wpe.weight"], flat["wpe.weight"])
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "model-2000"\n')
+    refused(tmp_path, r"checkpoint: names the checkpoint .*model-2000, but there is no "
+                      r"model-2000.index")
 
 
 # ---- refusals --------------------------------------------------------------------------------

@@ -491,21 +491,23 @@ def check_crc32c(entries: dict, prefix: str, num_shards: int) -> None:
 
 # ---- finding a checkpoint --------------------------------------------------------------
 
-DATA_FILE = re.compile(r"(.+)\.data-\d{5}-of-\d{5}")
+SIBLING_FILE = re.compile(r"(.+)\.(data-\d{5}-of-\d{5}|meta)")
 
 
 def index_of(source: str) -> str | None:
-    """The P.index a path names, or None: a P.index file, a data file P.data-*-of-*, the
-    prefix P itself, or a directory holding `checkpoint` (its model_checkpoint_path) or
-    model.ckpt.index."""
+    """The P.index a path names, or None: a P.index file, a P.data-*-of-* or P.meta file,
+    the prefix P itself, or a directory holding `checkpoint` (its model_checkpoint_path) or
+    model.ckpt.index. CheckpointError when `checkpoint` names a prefix without an index."""
     if os.path.isdir(source):
         prefix = checkpoint_state_prefix(source)
-        if prefix is None:
-            prefix = os.path.join(source, "model.ckpt")
+        if prefix is not None and not os.path.isfile(prefix + ".index"):
+            raise CheckpointError(f"{os.path.join(source, 'checkpoint')}: names the checkpoint "
+                                  f"{prefix}, but there is no {os.path.basename(prefix)}.index")
+        prefix = prefix or os.path.join(source, "model.ckpt")
         return prefix + ".index" if os.path.isfile(prefix + ".index") else None
     if source.endswith(".index") and os.path.isfile(source):
         return source
-    m = DATA_FILE.fullmatch(source)
+    m = SIBLING_FILE.fullmatch(source)
     prefix = m.group(1) if m and os.path.isfile(source) else source
     return prefix + ".index" if os.path.isfile(prefix + ".index") else None
 
