@@ -4,8 +4,8 @@ A directory is searched for, in this order: model.safetensors,
 model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json, ckpt.pt
 (nanoGPT), then a TensorFlow checkpoint (OpenAI's release: the prefix its `checkpoint` file
 names, else model.ckpt; see openai_tf). A P.index, P.data-*-of-* or P.meta file, or the
-prefix P of one, is TensorFlow's too. Any other file's format comes from its first bytes, not its name
-(except *.index.json):
+prefix P of one, is TensorFlow's too. Any other file's format comes from its first bytes,
+not its name (except *.index.json):
   "PK\\x03\\x04"               zip: torch.save (torch >= 1.6): pytorch_model.bin or nanoGPT ckpt.pt
   a pickle of 0x1950a86a20f9469cfc6c  legacy torch.save (torch < 1.6)
   int32 20240326              llm.c model file
