@@ -151,6 +151,22 @@ def test_convert_tiny_to_hf_loads_in_transformers(tmp_path, capsys):
     assert logits.argmax(-1).tolist() == e["argmax"]
 
 
+@pytest.mark.skipif(not os.environ.get("NUMPY_GPT2_TOKENIZER"), reason="NUMPY_GPT2_TOKENIZER "
+                    "is not set (GPT-2's vocab.json and merges.txt)")
+def test_tokenizer_from_openai_file_names(tmp_path, monkeypatch):
+    """encoder.json + vocab.bpe (OpenAI's names) give the same tokenizer as vocab.json +
+    merges.txt, from the checkpoint directory and from $NUMPY_GPT2_TOKENIZER."""
+    source = os.environ["NUMPY_GPT2_TOKENIZER"]
+    shutil.copyfile(os.path.join(source, "vocab.json"), tmp_path / "encoder.json")
+    shutil.copyfile(os.path.join(source, "merges.txt"), tmp_path / "vocab.bpe")
+    text = "Hello, world: naïve café 東京 <|endoftext|>"
+    want = numpy_gpt2.load_tokenizer(source).encode(text, allowed_special="all")
+    assert numpy_gpt2.load_tokenizer(tmp_path).encode(text, allowed_special="all") == want
+    monkeypatch.setenv("NUMPY_GPT2_TOKENIZER", str(tmp_path))
+    assert numpy_gpt2.load_tokenizer().encode(text, allowed_special="all") == want
+    assert want[-1] == 50256
+
+
 # ---- round trips of random models ----------------------------------------------------------
 
 @settings(max_examples=12, deadline=None)
