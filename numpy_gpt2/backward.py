@@ -18,21 +18,21 @@ from functools import partial
 
 import numpy as np
 
-from .checks import check_mirrors_params, check_targets
-from .config import GPT2Config
-from .dropout import apply as apply_dropout
-from .errors import NonFiniteError
-from .finite import all_finite, check_finite_logits
-from .hooks import is_weight_name, no_record, prefixed, record_weights
-from .layers import layer_norm, transformer_block
-from .layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
+from numpy_gpt2.checks import check_mirrors_params, check_targets
+from numpy_gpt2.config import GPT2Config
+from numpy_gpt2.training.dropout import apply as apply_dropout
+from numpy_gpt2.errors import NonFiniteError
+from numpy_gpt2.finite import all_finite, check_finite_logits
+from numpy_gpt2.hooks import is_weight_name, no_record, prefixed, record_weights
+from numpy_gpt2.layers import layer_norm, transformer_block
+from numpy_gpt2.layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
                               position_embedding_backward, transformer_block_backward)
-from .layers_backward_fast import (layer_norm_backward_fast, lm_head_cross_entropy_fast,
+from numpy_gpt2.fast.training import (layer_norm_backward_fast, lm_head_cross_entropy_fast,
                                    transformer_block_backward_fast, transformer_block_saving_fast)
-from .layers_fast import normalize
-from .loss import cross_entropy_backward, masked_cross_entropy
-from .model import forward
-from .params import flatten_params, frozen_keys, nest_params
+from numpy_gpt2.fast.forward import normalize
+from numpy_gpt2.loss import cross_entropy_backward, masked_cross_entropy
+from numpy_gpt2.model import forward
+from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
 
 
 def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
@@ -59,7 +59,7 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
         biases of a model without biases (config.bias False: they are not parameters).
         Arrays may be reused after the call: copy what you keep.
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
-    dropout: a numpy_gpt2.dropout.Dropout(p, seed) for training with dropout (embeddings,
+    dropout: a numpy_gpt2.training.dropout.Dropout(p, seed) for training with dropout (embeddings,
         attention probabilities, residual branches; the backward applies the same masks);
         None or p = 0: none, every number as without it. Fast path only.
     Raises ValueError for bad tokens or targets, before any work.

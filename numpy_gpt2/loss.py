@@ -4,7 +4,7 @@ Cross-entropy of a sequence, in nats per token (natural log):
 
     CE = -1/N sum_t log p(x_{t+1} | x_1 .. x_t),   p = softmax(logits_t)
 
-Only the math of the loss, on logits given to it; numpy_gpt2.evaluate runs the model to
+Only the math of the loss, on logits given to it; numpy_gpt2.generation.perplexity runs the model to
 score texts (perplexity = exp(CE)).
 """
 

@@ -23,7 +23,7 @@ import transformers
 
 from checkpoints import make_config, random_state_dict
 from numpy_gpt2 import GPT2Config
-from numpy_gpt2.checkpoint import nest_params
+from numpy_gpt2.io.checkpoint import nest_params
 from oracle_activations import HF_BLOCK_MODULES
 
 TORCH = {np.float32: torch.float32, np.float64: torch.float64}

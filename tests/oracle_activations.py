@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from numpy_gpt2.activations import activation_names, select_names
-from numpy_gpt2.dump_format import save_activations
+from numpy_gpt2.debug.capture import activation_names, select_names
+from numpy_gpt2.debug.dump_format import save_activations
 
 # our name inside block i -> the HF submodule path inside model.transformer.h[i]
 HF_BLOCK_MODULES = {"ln_1": "ln_1", "attn.c_attn": "attn.c_attn", "attn": "attn", "ln_2": "ln_2",

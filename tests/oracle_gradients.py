@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from numpy_gpt2.activations import GRAD, activation_names, gradient_names, gradient_order_key, select_names
-from numpy_gpt2.dump_format import save_activations
+from numpy_gpt2.debug.capture import GRAD, activation_names, gradient_names, gradient_order_key, select_names
+from numpy_gpt2.debug.dump_format import save_activations
 from oracle_activations import run_with_named_outputs
 
 
@@ -29,7 +29,7 @@ def oracle_gradients(model, tokens, targets, names="*", ignore_index=-100):
     and targets (T,), without the batch axis (numpy_gpt2.activations' convention).
 
     names: fnmatch pattern(s) over the activation names and the "grad.*" names (activation
-    and parameter gradients), as numpy_gpt2.activations.select_names reads them. Forward
+    and parameter gradients), as numpy_gpt2.debug.capture.select_names reads them. Forward
     names come in forward order, gradient names in backward order (gradient_order_key)."""
     kept = {}
 

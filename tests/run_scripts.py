@@ -15,28 +15,28 @@ from unittest import mock
 
 import pytest
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
-# The scripts import their shared helper scripts/_cli.py as `_cli`, as when run from scripts/.
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")  # the shims: python scripts/<name>.py
+CLI = os.path.join(ROOT, "numpy_gpt2", "cli")  # the commands themselves
 
 
 def script_names() -> list[str]:
-    """Every command-line tool in scripts/ (not the helper modules, whose names start with _)."""
-    return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(SCRIPTS, "*.py"))
-                  if not os.path.basename(p).startswith("_"))
+    """Every subcommand (numpy_gpt2/cli/<name>.py; not common.py or __init__.py)."""
+    from numpy_gpt2.cli import COMMANDS
+    return sorted(COMMANDS)
 
 
 def uses_cli(name: str) -> bool:
-    """scripts/<name>.py runs on the shared helper scripts/_cli.py (imports it, wraps main)."""
-    with open(os.path.join(SCRIPTS, f"{name}.py"), encoding="utf-8") as f:
+    """numpy_gpt2/cli/<name>.py runs on the shared numpy_gpt2/cli/common.py (entry, Parser)."""
+    with open(os.path.join(CLI, f"{name}.py"), encoding="utf-8") as f:
         source = f.read()
-    return "\nimport _cli" in source and "@_cli.entry(" in source and "_cli.Parser(" in source
+    return "@common.entry(" in source and "common.Parser(" in source
 
 
 def load_script(name: str):
-    """scripts/<name>.py as a module (its main(argv) -> exit status)."""
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", os.path.join(SCRIPTS, f"{name}.py"))
+    """A fresh copy of the module numpy_gpt2.cli.<name> (its main(argv) -> exit status), so
+    that a test's monkeypatches stay with it."""
+    spec = importlib.util.spec_from_file_location(f"cli_{name}", os.path.join(CLI, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -166,11 +166,11 @@ def parser_of(name) -> argparse.ArgumentParser:
         found.append(self)
         raise _ParserFound
 
-    import _cli  # scripts/_cli.py (SCRIPTS is on sys.path)
+    from numpy_gpt2.cli import common
 
-    with mock.patch.object(_cli.Parser, "parse_args", catch), contextlib.suppress(_ParserFound):
+    with mock.patch.object(common.Parser, "parse_args", catch), contextlib.suppress(_ParserFound):
         load_script(name).main([])
-    assert found, f"{name}.py does not parse its arguments with _cli.Parser"
+    assert found, f"{name}.py does not parse its arguments with common.Parser"
     return found[0]
 
 

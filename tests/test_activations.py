@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from checkpoints import make_config, reference_model, write_checkpoint
-from numpy_gpt2.activations import activation_names, activations, forward_order_key, select_names
+from numpy_gpt2.debug.capture import activation_names, activations, forward_order_key, select_names
 from oracle_activations import one_torch_thread, oracle_activations  # noqa: F401  (autouse fixture)
 
 N_CTX, VOCAB, N_LAYER, N_HEAD, N_EMBD = 24, 97, 3, 4, 32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import numpy_gpt2
-from numpy_gpt2.checks import check_sampling_args
+from numpy_gpt2.generation.checks import check_sampling_args
 from run_scripts import run_script
 
 

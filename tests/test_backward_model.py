@@ -217,7 +217,7 @@ def test_fast_path_equals_reference_path(seed, n_layer, n_head, head_size, vocab
 def test_fast_path_output_head_in_chunks_of_rows():
     """B*T = 3 * 400 = 1200 rows: more than one chunk of the fused output head + loss
     (layers_backward_fast.HEAD_ROWS), and seven query blocks of attention, against the oracle."""
-    from numpy_gpt2.layers_backward_fast import HEAD_ROWS
+    from numpy_gpt2.fast.training import HEAD_ROWS
 
     assert 3 * 400 > HEAD_ROWS
     params, config, hf_config = random_model(np.float64, seed=5, n_layer=1, n_head=2, n_embd=16,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import numpy_gpt2
-from numpy_gpt2.beams import beam_search
+from numpy_gpt2.generation.beams import beam_search
 from test_generate_controls import ckpt, hf64, model64  # noqa: F401 (fixtures: the same checkpoint)
 
 N_CTX = 64  # test_generate_controls' checkpoint
@@ -84,13 +84,13 @@ def test_beam_search_equals_transformers(model64, hf64, eos_produced, with_eos, 
 def test_beams_reorder_the_cache_instead_of_recomputing(model64, monkeypatch):
     """One prefill of the prompt (batch 1), then one single-token step per beam and step."""
     params, config = model64
-    shapes, real = [], numpy_gpt2.beams.forward
+    shapes, real = [], numpy_gpt2.generation.beams.forward
 
     def recording(params, config, tokens, **kw):
         shapes.append(np.shape(tokens))
         return real(params, config, tokens, **kw)
 
-    monkeypatch.setattr(numpy_gpt2.beams, "forward", recording)
+    monkeypatch.setattr(numpy_gpt2.generation.beams, "forward", recording)
     out = beam_search(params, config, PROMPT, 10, 3, eos_token_id=0)
     assert shapes == [(1, len(PROMPT))] + [(3, 1)] * 9 and len(out[0][0]) == 10
 

@@ -192,7 +192,7 @@ def test_llmc_refuses_a_model_llmc_would_compute_differently(tmp_path, capsys, o
 
 
 def test_llmc_refuses_nanogpt_exact_gelu_and_other_widths(tmp_path, capsys):
-    from numpy_gpt2.formats.llmc import check_llmc_config, write_llmc
+    from numpy_gpt2.io.formats.llmc import check_llmc_config, write_llmc
     config, sd = small(vocab_size=65)
     save_torch(tmp_path / "ckpt.pt", nanogpt_checkpoint(sd, config.n_head, config.n_positions, 65))
     status, out, err = run_script("convert", [tmp_path / "ckpt.pt", tmp_path / "m.bin", "--to", "llmc"],

@@ -1,4 +1,4 @@
-"""numpy_gpt2.data: the 90/10 character split, tokenization, random windows, fixed eval batches."""
+"""numpy_gpt2.training.data: the 90/10 character split, tokenization, random windows, fixed eval batches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2 import data
+from numpy_gpt2.training import data
 
 DATA_ENV = "NUMPY_GPT2_DATA"
 

@@ -1,4 +1,4 @@
-"""Data parallel over MPI (numpy_gpt2.distributed, scripts/train.py under mpiexec): 2 ranks
+"""Data parallel over MPI (numpy_gpt2.training.distributed, scripts/train.py under mpiexec): 2 ranks
 against one process with twice the gradient accumulation, resume with another rank count,
 only rank 0 writes, collective bad-input exits, SIGTERM and a SIGKILLed rank.
 Times (2 shared cores): ~1 min in all; every mpiexec run is a 2-4 step run of a tiny model.
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from numpy_gpt2.distributed import Solo, launched_size
+from numpy_gpt2.training.distributed import Solo, launched_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
@@ -109,7 +109,7 @@ def test_solo_is_the_identity():
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity masks (Linux)")
 def test_threads_follow_the_affinity_mask_or_the_variable():
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from numpy_gpt2.threads import thread_count, thread_pool; "
+            "from numpy_gpt2.fast.threads import thread_count, thread_pool; "
             "print(thread_count(), thread_pool()._max_workers)")
     env = {k: v for k, v in os.environ.items() if k != "NUMPY_GPT2_THREADS"}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)

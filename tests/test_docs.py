@@ -13,7 +13,7 @@ is importable through PYTHONPATH (as after `pip install -e .`).
 
 Offline: HF_HUB_OFFLINE=1, and HF_HOME is a temporary Hugging Face cache pre-populated, in the
 hub cache layout, with small random-weight GPT-2 checkpoints under the repo ids that
-`numpy_gpt2.hub` resolves `gpt2` and `distilgpt2` to (2 layers, n_embd 32, GPT-2's real
+`numpy_gpt2.io.hub` resolves `gpt2` and `distilgpt2` to (2 layers, n_embd 32, GPT-2's real
 vocabulary and tokenizer files from $NUMPY_GPT2_TOKENIZER). So `--model gpt2` and
 `resolve_model("gpt2")` run exactly as a user types them, on a stand-in model: the tests
 check that every command and call runs, not the text a real gpt2 would write. Files are
@@ -141,7 +141,7 @@ def write_fake_hub_model(hf_home, repo, tokenizer_dir, seed):
 def hf_home(tmp_path_factory, tokenizer_dir):
     home = tmp_path_factory.mktemp("hf_home")
     for seed, alias in enumerate(["gpt2", "distilgpt2"]):
-        write_fake_hub_model(home, numpy_gpt2.hub.HUB_ALIASES[alias], tokenizer_dir, seed)
+        write_fake_hub_model(home, numpy_gpt2.io.hub.HUB_ALIASES[alias], tokenizer_dir, seed)
     return home
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import assume, example, given, settings, strategies as st
 
-from numpy_gpt2 import layers, layers_fast, layers_backward as lb, layers_backward_fast as lbf, threads
+from numpy_gpt2 import layers, layers_backward as lb
+from numpy_gpt2.fast import forward as layers_fast, training as lbf, threads
 from numpy_gpt2.hooks import is_weight_name
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -139,7 +140,7 @@ def test_causal_attention_backward_fast_heads_shared_out_between_threads(seed, d
     """Heads shared out between threads (single-threaded BLAS inside) give the one-thread
     path's dq, dk, dv bit for bit, however the B x H heads are split: with a config's score
     scale and with dropout (each share cuts its heads from the forward's full-block masks)."""
-    from numpy_gpt2.dropout import Dropout
+    from numpy_gpt2.training.dropout import Dropout
 
     rng = np.random.default_rng(seed)
     q, k, v, dout = (rng.standard_normal((B, H, T, 8)).astype(dtype) for _ in range(4))

@@ -1,4 +1,4 @@
-"""The fast path (numpy_gpt2.layers_fast, what model.forward runs) equals the readable
+"""The fast path (numpy_gpt2.fast.forward, what model.forward runs) equals the readable
 reference path (the functions without _fast; forward(..., reference=True)), function by
 function and for the whole model, recorded activations included.
 
@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2 import layers, layers_backward_fast, layers_fast, threads
+from numpy_gpt2 import layers
+from numpy_gpt2.fast import forward as layers_fast, training as layers_backward_fast, threads
 from numpy_gpt2.config import GPT2Config
 
 # max |fast - readable| <= RTOL * max |readable| + ATOL. Same budget as the forward-pass
@@ -166,7 +167,7 @@ def test_causal_attention_fast_heads_shared_out_between_threads(B, H, T, past, n
     probabilities of the one-thread path bit for bit: with a padding key_bias, a config's
     score scale and dropout on the probabilities too (each share cuts its heads from the
     same full-block masks)."""
-    from numpy_gpt2.dropout import Dropout
+    from numpy_gpt2.training.dropout import Dropout
 
     rng = np.random.default_rng(seed)
     q = normal(rng, (B, H, T, 8), dtype, 2.0)

@@ -25,7 +25,7 @@ from format_files import (bf16_rounded, hf_model, llmc_bytes, logits, nanogpt_ch
                           save_torch, small)
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.params import flatten_params
-from numpy_gpt2.formats.llmc import write_llmc
+from numpy_gpt2.io.formats.llmc import write_llmc
 
 TOKENS = np.array([[3, 17, 42, 5, 0, 96, 11, 8], [1, 2, 3, 4, 5, 6, 7, 8]])
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

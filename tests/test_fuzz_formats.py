@@ -32,7 +32,7 @@ from hypothesis.control import currently_in_test_context
 import numpy_gpt2
 from format_files import hf_model, llmc_bytes, nanogpt_checkpoint, save_torch, small
 from numpy_gpt2 import CheckpointError
-from numpy_gpt2.checkpoint import expected_shapes
+from numpy_gpt2.io.checkpoint import expected_shapes
 from numpy_gpt2.params import flatten_params
 from test_fuzz_checkpoint import alarm
 

@@ -19,7 +19,7 @@ import numpy_gpt2
 from checkpoints import reference_model
 from generation_checkpoint import write_generation_checkpoint
 from numpy_gpt2.loss import log_softmax
-from numpy_gpt2.sampling import filter_logits, inverse_cdf, next_token
+from numpy_gpt2.generation.sampling import filter_logits, inverse_cdf, next_token
 
 N_CTX = 64
 PROMPTS = np.array([[5, 17, 3, 40, 5, 17], [1, 2, 3, 4, 1, 2]])
@@ -257,13 +257,13 @@ def test_slide_equals_a_loop_that_reruns_the_cropped_window(small_ctx, prompt_le
 
 def test_slide_uses_the_cache_until_the_window_is_full_then_one_window_per_token(small_ctx, monkeypatch):
     params, config = small_ctx
-    shapes, real = [], numpy_gpt2.sampling.forward
+    shapes, real = [], numpy_gpt2.generation.sampling.forward
 
     def recording(params, config, tokens, **kw):
         shapes.append((np.shape(tokens)[1], kw.get("kv_cache") is not None))
         return real(params, config, tokens, **kw)
 
-    monkeypatch.setattr(numpy_gpt2.sampling, "forward", recording)
+    monkeypatch.setattr(numpy_gpt2.generation.sampling, "forward", recording)
     out = run(params, config, PROMPTS[:, :5], 20, temperature=0, stop_at_eos=False, context="slide")
     assert out.shape == (2, 20)
     # prefill 5, then cached steps for positions 5..11, then a full window of 12 per token

@@ -17,7 +17,7 @@ import pytest
 import numpy_gpt2
 from checkpoints import make_config, write_checkpoint
 from numpy_gpt2 import CheckpointError
-from numpy_gpt2.hub import HUB_FILES
+from numpy_gpt2.io.hub import HUB_FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -16,8 +16,8 @@ PACKAGE = "numpy_gpt2"
 
 def module_names(directory: pathlib.Path, package: str | None) -> dict[str, pathlib.Path]:
     """{importable name: file} for the .py files of directory: "numpy_gpt2.layers" and
-    "numpy_gpt2" (its __init__) for the package, subpackages too ("numpy_gpt2.formats",
-    "numpy_gpt2.formats.llmc"), bare names ("bench") for a script folder."""
+    "numpy_gpt2" (its __init__) for the package, subpackages too ("numpy_gpt2.io.formats",
+    "numpy_gpt2.io.formats.llmc"), bare names ("bench") for a script folder."""
     names = {}
     for path in sorted(directory.glob("*.py")):
         names[path_name(path, package)] = path

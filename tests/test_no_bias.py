@@ -30,13 +30,13 @@ from checkpoints import make_config, random_state_dict
 from format_files import nanogpt_checkpoint, save_torch
 from grad_oracle import grad_error
 from numpy_gpt2 import CheckpointError, GPT2Config
-from numpy_gpt2.activations import gradients, parameter_gradient_names
-from numpy_gpt2.checkpoint import hf_config_dict
+from numpy_gpt2.debug.capture import gradients, parameter_gradient_names
+from numpy_gpt2.io.checkpoint import hf_config_dict
 from numpy_gpt2.config import config_from_dict
-from numpy_gpt2.dropout import Dropout
-from numpy_gpt2.optim import adamw_init, adamw_update
+from numpy_gpt2.training.dropout import Dropout
+from numpy_gpt2.training.optim import adamw_init, adamw_update
 from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
-from numpy_gpt2.train_step import train_step
+from numpy_gpt2.training.step import train_step
 from run_scripts import run_script
 import test_distributed
 from test_distributed import TINY, assert_same_run, mpi, needs_mpi, one_process
@@ -172,7 +172,7 @@ def test_gradient_norm_and_accumulation_ignore_the_constant_biases():
     nanogpt_loss(w, config, TOKENS, TARGETS).backward()
     torch_norm = torch.nn.utils.clip_grad_norm_(list(w.values()), 1e9).item()
     _, grads = numpy_gpt2.loss_and_grads(params, config, TOKENS, TARGETS)
-    assert abs(numpy_gpt2.optim.grad_norm(grads) - torch_norm) <= 1e-12 * torch_norm
+    assert abs(numpy_gpt2.training.optim.grad_norm(grads) - torch_norm) <= 1e-12 * torch_norm
     _, grads = numpy_gpt2.loss_and_grads(params, config, TOKENS[::-1], TARGETS[::-1], grads=grads)
     assert not any(g.any() for k, g in flatten_params(grads).items() if k.endswith(".bias"))
 
@@ -335,7 +335,7 @@ def test_transformers_loads_a_saved_bias_free_checkpoint(tmp_path, tokenizer_dir
 # --- scripts ---------------------------------------------------------------------------------
 
 def test_dump_grads_writes_no_bias_gradients_and_compare_live_agrees(tmp_path, tokenizer_dir, capsys):
-    from numpy_gpt2.dump_format import load_dump
+    from numpy_gpt2.debug.dump_format import load_dump
     params, config = bias_free_model()
     directory = saved_bias_free(tmp_path, tokenizer_dir, params, config)
     assert not [n for n in parameter_gradient_names(params, config) if n.endswith(".bias")]
@@ -486,7 +486,7 @@ def test_two_ranks_train_a_bias_free_model_as_one_process(env, token_dir, tmp_pa
 
 
 def test_flops_per_token_counts_no_constant_biases():
-    from numpy_gpt2.mfu import flops_per_token
+    from numpy_gpt2.training.mfu import flops_per_token
     params, config = bias_free_model()
     with_biases = dataclasses.replace(config, bias=True)
     n_biases = sum(a.size for k, a in flatten_params(params).items() if k.endswith(".bias"))

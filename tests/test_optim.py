@@ -1,4 +1,4 @@
-"""numpy_gpt2.optim against PyTorch: AdamW (torch.optim.AdamW), global-norm clipping
+"""numpy_gpt2.training.optim against PyTorch: AdamW (torch.optim.AdamW), global-norm clipping
 (torch.nn.utils.clip_grad_norm_) and nanoGPT's learning-rate schedule.
 
 The optimizer tests drive both sides with the same gradients (random, with per-tensor scales
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from numpy_gpt2.initialization import init_params
-from numpy_gpt2.optim import get_lr, grad_norm
+from numpy_gpt2.training.optim import get_lr, grad_norm
 from oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 
 TINY = numpy_gpt2.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_ctx=8, vocab_size=50)

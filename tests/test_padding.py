@@ -188,12 +188,12 @@ class RowDraws:
 @contextlib.contextmanager
 def draws(rng):
     """generate() draws its uniform numbers from rng (a RowDraws) inside the block."""
-    real = numpy_gpt2.sampling.make_rng
-    numpy_gpt2.sampling.make_rng = lambda seed: rng
+    real = numpy_gpt2.generation.sampling.make_rng
+    numpy_gpt2.generation.sampling.make_rng = lambda seed: rng
     try:
         yield
     finally:
-        numpy_gpt2.sampling.make_rng = real
+        numpy_gpt2.generation.sampling.make_rng = real
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.8, top_k=20, top_p=0.9,
@@ -217,13 +217,13 @@ def test_ragged_rows_finish_at_eos_leave_the_batch_and_keep_their_tokens(models,
     free = run(params, config, PROMPTS, 20, temperature=0, stop_at_eos=False)
     # the token whose first appearances are most spread over the rows
     eos = max(range(V), key=lambda t: len({int(np.argmax(r == t)) for r in free if (r == t).any()}))
-    sizes, real = [], numpy_gpt2.sampling.forward
+    sizes, real = [], numpy_gpt2.generation.sampling.forward
 
     def counting(params, config, tokens, **kw):
         sizes.append(np.shape(tokens)[0])
         return real(params, config, tokens, **kw)
 
-    monkeypatch.setattr(numpy_gpt2.sampling, "forward", counting)
+    monkeypatch.setattr(numpy_gpt2.generation.sampling, "forward", counting)
     out = run(params, config, PROMPTS, 20, temperature=0, eos_token_id=eos)
     full = run(params, config, PROMPTS, 20, temperature=0, eos_token_id=eos, compact=False)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""numpy_gpt2.loss, numpy_gpt2.evaluate and scripts/perplexity.py against PyTorch: log-softmax and cross-entropy
+"""numpy_gpt2.loss, numpy_gpt2.generation.perplexity and scripts/perplexity.py against PyTorch: log-softmax and cross-entropy
 on extreme logits, the sliding windows, and the perplexity of a text computed the Hugging Face
 way (GPT2LMHeadModel with labels, same windows), plus the edge cases."""
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from checkpoints import make_config, reference_model, write_checkpoint
-from numpy_gpt2.evaluate import perplexity, sliding_windows
+from numpy_gpt2.generation.perplexity import perplexity, sliding_windows
 from numpy_gpt2.loss import cross_entropy, log_softmax, token_nll
 from oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 from run_scripts import run_script
@@ -220,6 +220,6 @@ def test_perplexity_raises_when_the_loss_alone_is_not_finite(ckpt, monkeypatch):
         logits[:, 0], logits[:, 1] = 3e38, -3e38
         return logits
 
-    monkeypatch.setattr(numpy_gpt2.evaluate, "forward", extreme_logits)
+    monkeypatch.setattr(numpy_gpt2.generation.perplexity, "forward", extreme_logits)
     with pytest.raises(numpy_gpt2.NonFiniteError, match=r"window of tokens 0\.\.9: the loss is not finite \(inf\)"):
         perplexity(params, config, np.ones(10, np.int64))  # every target is token 1

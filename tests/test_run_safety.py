@@ -25,10 +25,11 @@ import numpy as np
 import pytest
 
 import numpy_gpt2
-import numpy_gpt2.train_step as train_module
-from numpy_gpt2 import atomic, data
+import numpy_gpt2.training.step as train_module
+from numpy_gpt2.io import atomic
+from numpy_gpt2.training import data
 from numpy_gpt2.initialization import init_params
-from numpy_gpt2.train_step import load_training_state, train_step
+from numpy_gpt2.training.step import load_training_state, train_step
 from run_scripts import load_script, run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from numpy_gpt2 import CheckpointError
-from numpy_gpt2.formats.safe_pickle import unpickle
-from numpy_gpt2.formats.torch_bin import MAGIC_NUMBER, PROTOCOL_VERSION
+from numpy_gpt2.io.formats.safe_pickle import unpickle
+from numpy_gpt2.io.formats.torch_bin import MAGIC_NUMBER, PROTOCOL_VERSION
 
 
 class Reduce:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import numpy_gpt2
 from checkpoints import reference_model
 from generation_checkpoint import write_generation_checkpoint
-from numpy_gpt2.sampling import (apply_temperature, filter_logits, keep_cache_rows, next_token, sample,
+from numpy_gpt2.generation.sampling import (apply_temperature, filter_logits, keep_cache_rows, next_token, sample,
                                  softmax, top_k_filter, top_p_filter)
 
 N_CTX = 128
@@ -173,13 +173,13 @@ def test_finished_rows_leave_the_batch_and_every_row_keeps_its_tokens(model32, m
     assert len(set(ends)) >= 3 and min(ends) < 20  # rows finish at different steps, some early
 
     batch_sizes = []
-    real_forward = numpy_gpt2.sampling.forward
+    real_forward = numpy_gpt2.generation.sampling.forward
 
     def counting_forward(params, config, tokens, **kw):
         batch_sizes.append(np.shape(tokens)[0])
         return real_forward(params, config, tokens, **kw)
 
-    monkeypatch.setattr(numpy_gpt2.sampling, "forward", counting_forward)
+    monkeypatch.setattr(numpy_gpt2.generation.sampling, "forward", counting_forward)
     compact = run(params, config, prompts, 40, eos_token_id=eos, **kw)
     compact_sizes, batch_sizes[:] = list(batch_sizes), []
     full = run(params, config, prompts, 40, eos_token_id=eos, compact=False, **kw)

@@ -22,7 +22,7 @@ from run_scripts import (BASE, StrPath, cached_tokenizer, in_process, load_scrip
                          make_world, parser_of, script_names, uses_cli,
                          with_value)
 
-import _cli  # noqa: E402  (scripts/_cli.py, on sys.path through run_scripts)
+from numpy_gpt2.cli import common as _cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

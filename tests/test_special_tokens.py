@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from checkpoints import reference_model
-from numpy_gpt2.tokenizer import undecodable_ids
+from numpy_gpt2.io.tokenizer import undecodable_ids
 from run_scripts import run_script
 
 # Vocabulary sizes below, at and around GPT-2's: 50256 is outside all but the last two.
@@ -250,7 +250,7 @@ def test_decoding_an_unknown_id_names_it(tokenizer_dir, bad):
 def test_tiktoken_fallback_decodes_with_the_same_check(tokenizer_dir, monkeypatch):
     """Without local files, load_tokenizer uses tiktoken.get_encoding("gpt2") (here given the
     local files, no download): the same encoding, and unknown ids still name themselves."""
-    local = numpy_gpt2.tokenizer.encoding_from_files(tokenizer_dir)
+    local = numpy_gpt2.io.tokenizer.encoding_from_files(tokenizer_dir)
     theirs = tiktoken.Encoding(name="gpt2", pat_str=local._pat_str,
                                mergeable_ranks=local._mergeable_ranks,
                                special_tokens=local._special_tokens)

@@ -26,8 +26,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from transformers import TopPLogitsWarper
 
-from numpy_gpt2.data import split_text
-from numpy_gpt2.sampling import filter_logits, top_p_filter
+from numpy_gpt2.training.data import split_text
+from numpy_gpt2.generation.sampling import filter_logits, top_p_filter
 
 
 def warper_keeps(logits, p):

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2 import data, token_files
+from numpy_gpt2.io import token_files
+from numpy_gpt2.training import data
 
 from run_scripts import load_script, run_script
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
-from numpy_gpt2.tokenizer import TOKENIZER_ENV, stream_decode
+from numpy_gpt2.io.tokenizer import TOKENIZER_ENV, stream_decode
 
 SPLIT_TEXTS = ["🤗", "日本語のテキスト", "Dvořák in Łódź", "à ö ñ", "한국어", "Ω≈ç√ ∑", "👍🏽 family: 👨‍👩‍👧",
                "Ελληνικά", "emoji at the end 🎉"]
@@ -146,14 +146,14 @@ def test_checkpoint_directory_files_win_over_the_env_var(tokenizer_dir, tmp_path
     ckpt = copy_tokenizer(tokenizer_dir, tmp_path / "ckpt")
     (ckpt / "model.safetensors").write_bytes(b"")
     monkeypatch.setenv(TOKENIZER_ENV, str(tmp_path / "does-not-exist"))
-    assert numpy_gpt2.tokenizer.tokenizer_dir(ckpt) == str(ckpt)
-    assert numpy_gpt2.tokenizer.tokenizer_dir(ckpt / "model.safetensors") == str(ckpt)  # a file in it
+    assert numpy_gpt2.io.tokenizer.tokenizer_dir(ckpt) == str(ckpt)
+    assert numpy_gpt2.io.tokenizer.tokenizer_dir(ckpt / "model.safetensors") == str(ckpt)  # a file in it
     assert numpy_gpt2.load_tokenizer(ckpt / "model.safetensors").encode("Hello world") == [15496, 995]
 
 
 def test_env_var_used_when_the_checkpoint_has_no_tokenizer(tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(TOKENIZER_ENV, tokenizer_dir)
-    assert numpy_gpt2.tokenizer.tokenizer_dir(tmp_path) == tokenizer_dir
+    assert numpy_gpt2.io.tokenizer.tokenizer_dir(tmp_path) == tokenizer_dir
     assert numpy_gpt2.load_tokenizer(tmp_path).n_vocab == 50257
     assert numpy_gpt2.load_tokenizer().n_vocab == 50257
 

@@ -24,11 +24,11 @@ import transformers
 
 import numpy_gpt2
 from checkpoints import make_config
-from numpy_gpt2 import data
+from numpy_gpt2.training import data
 from numpy_gpt2.params import nest_params
 from numpy_gpt2.initialization import init_params
-from numpy_gpt2.optim import get_lr
-from numpy_gpt2.train_step import accumulate_grads, load_training_state, train_step
+from numpy_gpt2.training.optim import get_lr
+from numpy_gpt2.training.step import accumulate_grads, load_training_state, train_step
 from oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 from run_scripts import load_script, run_script
 
@@ -178,7 +178,7 @@ def test_training_loop_follows_pytorch(dtype, rtol):
 def test_evaluate_is_the_mean_loss_over_all_batches(monkeypatch):
     """evaluate scores each batch a few rows at a time (bounded logits memory): the result is
     still the mean cross-entropy over every token, as GPT2LMHeadModel computes it."""
-    import numpy_gpt2.train_step as train
+    import numpy_gpt2.training.step as train
     config = numpy_gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_ctx=16, vocab_size=128)
     params = init_params(config, seed=4, dtype=np.float64)
     batches = data.eval_batches(char_tokens(), 16, 5, 3, seed=0)

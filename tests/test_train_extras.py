@@ -1,5 +1,5 @@
 """scripts/train.py's trainer extras: samples that leave training unchanged, DIR/best/,
---eval-only, tokens/s and MFU per evaluation (numpy_gpt2.mfu)."""
+--eval-only, tokens/s and MFU per evaluation (numpy_gpt2.training.mfu)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import numpy_gpt2
-from numpy_gpt2 import mfu
+from numpy_gpt2.training import mfu
 from numpy_gpt2.initialization import init_params
 
 from run_scripts import run_script
