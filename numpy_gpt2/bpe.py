@@ -80,9 +80,16 @@ class Encoder:
             steps.append((pair, self.bpe_ranks[pair], symbols))
         return steps
 
-    def _pieces(self, text: str, allowed_special) -> list[tuple[str, str] | int]:
-        """The text split as the pre-tokenizer does: [(piece, its UTF-8 bytes spelled with
-        bytes_to_unicode's characters)], an allowed "<|endoftext|>" as the id eot_token."""
+    def bpe(self, symbols: str) -> list[str]:
+        """A piece's symbols after all its merges (cached: words repeat, and so do their merges)."""
+        if symbols not in self.cache:
+            steps = self.merge_steps(list(symbols))
+            self.cache[symbols] = steps[-1][2] if steps else list(symbols)
+        return self.cache[symbols]
+
+    def pieces(self, text: str, allowed_special=()) -> list[tuple[str, str | None]]:
+        """The pre-tokenizer's pieces of text: [(piece, its UTF-8 bytes spelled with
+        bytes_to_unicode's characters)]; an allowed "<|endoftext|>" is (ENDOFTEXT, None)."""
         if not isinstance(text, str):
             raise ValueError(f"text: expected a str, got {type(text).__name__}")
         special = {ENDOFTEXT} if allowed_special == "all" else set(allowed_special)
@@ -95,7 +102,7 @@ class Encoder:
         pieces = []
         for n, part in enumerate(text.split(ENDOFTEXT) if special else [text]):
             if n:
-                pieces.append(self.eot_token)
+                pieces.append((ENDOFTEXT, None))
             for piece in GPT2_PATTERN.findall(part):
                 pieces.append((piece, "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))))
         return pieces
@@ -104,15 +111,8 @@ class Encoder:
         """Token ids of text. "<|endoftext|>" is plain text (tiktoken's encode_ordinary) unless
         allowed_special={"<|endoftext|>"} (or "all"): then it is eot_token, 50256."""
         ids = []
-        for piece in self._pieces(text, allowed_special):
-            if isinstance(piece, int):
-                ids.append(piece)
-                continue
-            piece = piece[1]
-            if piece not in self.cache:
-                steps = self.merge_steps(list(piece))
-                self.cache[piece] = steps[-1][2] if steps else list(piece)
-            ids.extend(self.encoder[symbol] for symbol in self.cache[piece])
+        for _, symbols in self.pieces(text, allowed_special):
+            ids.extend([self.eot_token] if symbols is None else [self.encoder[s] for s in self.bpe(symbols)])
         return ids
 
     def decode(self, ids, errors: str = "replace") -> str:
@@ -131,21 +131,22 @@ class Encoder:
         bytes as bytes_to_unicode's characters), "steps": [{"pair", "rank", "symbols" after the
         merge}, ...] (one per merge), "ids"}]. See docs/tokenizer.md."""
         out = []
-        for piece in self._pieces(text, allowed_special):
-            if isinstance(piece, int):
-                out.append({"text": ENDOFTEXT, "symbols": [ENDOFTEXT], "steps": [], "ids": [piece]})
+        for piece, symbols in self.pieces(text, allowed_special):
+            if symbols is None:
+                out.append({"text": piece, "symbols": [piece], "steps": [], "ids": [self.eot_token]})
                 continue
-            steps = self.merge_steps(list(piece[1]))
-            final = steps[-1][2] if steps else list(piece[1])
-            out.append({"text": piece[0], "symbols": list(piece[1]), "ids": [self.encoder[s] for s in final],
-                        "steps": [{"pair": pair, "rank": rank, "symbols": s} for pair, rank, s in steps]})
+            out.append({"text": piece, "symbols": list(symbols), "ids": [self.encoder[s] for s in self.bpe(symbols)],
+                        "steps": [{"pair": p, "rank": r, "symbols": s} for p, r, s in self.merge_steps(list(symbols))]})
         return out
 
 
 def load(directory=None) -> Encoder:
-    """Encoder from directory/vocab.json + merges.txt; None: $NUMPY_GPT2_TOKENIZER's (the files
-    numpy_gpt2.load_tokenizer reads). ValueError naming a missing file, or when both are unset."""
+    """Encoder from directory/vocab.json + merges.txt: a checkpoint directory (or a file in it),
+    or None for $NUMPY_GPT2_TOKENIZER's (the files numpy_gpt2.load_tokenizer reads).
+    ValueError naming a missing file, or when both are unset."""
     directory = os.environ.get(TOKENIZER_ENV) if directory is None else os.fspath(directory)
+    if directory and os.path.isfile(directory):  # e.g. .../gpt2/model.safetensors
+        directory = os.path.dirname(directory) or "."
     if not directory:
         raise ValueError(f"no GPT-2 tokenizer files: pass a directory holding vocab.json and "
                          f"merges.txt, or set {TOKENIZER_ENV} to one")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import time
 
 import pytest
@@ -237,3 +238,23 @@ def test_code_points_sampled(encoder, tiktoken_gpt2):
     points = [c for c in range(0, 0x110000, 31) if not 0xD800 <= c < 0xE000]
     text = "".join(f"a{chr(c)}1 {chr(c)}!{chr(c)}\n" for c in points)
     assert encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_load_from_a_file_in_the_directory(tokenizer_dir):
+    """A checkpoint file's path (e.g. .../model.safetensors) means its directory, as for load_tokenizer."""
+    enc = bpe.load(pathlib.Path(tokenizer_dir) / "vocab.json")
+    assert enc.encode("Hello world") == [15496, 995]
+
+
+def test_bench_bpe_runs(tokenizer_dir, capsys):
+    """benchmarks/bench_bpe.py on a small text, once: both rates, the ratio, equal ids checked inside."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_bpe
+    finally:
+        sys.path.pop(0)
+    rows = bench_bpe.main(["--text", str(ROOT / "README.md"), "--tokenizer", tokenizer_dir, "--reps", "1"])
+    assert set(rows) == {"encode, cold cache", "encode, warm cache", "decode"}
+    assert all(slow > 0 and fast > 0 and n > 100 for slow, fast, n in rows.values())
+    out = capsys.readouterr().out
+    assert "tiktoken / bpe" in out and "encode, cold cache" in out
