@@ -6,6 +6,7 @@ steps are BPE's. Skipped when $NUMPY_GPT2_TOKENIZER is not set.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
@@ -258,3 +259,18 @@ def test_bench_bpe_runs(tokenizer_dir, capsys):
     assert all(slow > 0 and fast > 0 and n > 100 for slow, fast, n in rows.values())
     out = capsys.readouterr().out
     assert "tiktoken / bpe" in out and "encode, cold cache" in out
+
+
+def test_docs_show_explains_real_output(encoder):
+    """docs/tokenizer.md prints explain()'s merges of its example; the ```text block under it is that output."""
+    doc = (ROOT / "docs" / "tokenizer.md").read_text(encoding="utf-8")
+    lines = []
+    for piece in encoder.explain("Hello, world! Tokenization's fun."):  # the docs' loop, verbatim
+        lines.append(f"{piece['text']!r:16} {' '.join(piece['symbols'])}")
+        for step in piece["steps"]:
+            lines.append(f"  rank {step['rank']:5}  {' + '.join(step['pair']):12} -> {' '.join(step['symbols'])}")
+        lines.append(f"  ids {piece['ids']}")
+    assert "```text\n" + "\n".join(lines) + "\n```" in doc
+    first = encoder.explain("Ünïcödé, 日本語 and 😀: it's 2019!")[0]  # the trace line shown under "Diffing"
+    merges = [[*s["pair"], s["rank"]] for s in first["steps"]]
+    assert json.dumps([first["text"], first["symbols"], merges, first["ids"]], ensure_ascii=False) in doc
