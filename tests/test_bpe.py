@@ -14,7 +14,7 @@ import time
 
 import pytest
 import regex
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
@@ -77,7 +77,7 @@ texts = st.one_of(
             max_size=40),
     st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=5)), max_size=20).map("".join),
 )
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=300, deadline=None)
 
 
 @SETTINGS
@@ -190,7 +190,7 @@ def test_explain_example(encoder):
     check_explained(encoder, f"x{ENDOFTEXT}y", {ENDOFTEXT})
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None)
 @given(text=texts, special=st.booleans())
 def test_explain_generated(text, special, encoder):
     check_explained(encoder, text, {ENDOFTEXT} if special else ())
