@@ -1,7 +1,7 @@
 """GPT-2's byte-level BPE tokenizer in plain Python, written to be read next to the GPT-2 paper
 (Radford et al. 2019, section 2.2 "Input Representation") and OpenAI's encoder.py
 (github.com/openai/gpt-2, src/encoder.py), which it follows step by step. It is the reference,
-not the fast path: the rest of numpy_gpt2 tokenizes with tiktoken (numpy_gpt2.tokenizer), and
+not the fast path: the rest of numpy_gpt2 tokenizes with tiktoken (numpy_gpt2.io.tokenizer), and
 tests/test_bpe.py checks that both give the same ids. explain(text) shows every merge, so a
 port can be diffed step by step. More: docs/tokenizer.md.
 """
@@ -14,7 +14,7 @@ import os
 
 import regex  # the pre-tokenizer needs \p{L} and \p{N}, which stdlib re lacks; tiktoken requires regex
 
-from .tokenizer import ENDOFTEXT, TOKENIZER_ENV
+from numpy_gpt2.io.tokenizer import ENDOFTEXT, TOKENIZER_ENV
 
 # encoder.py's pre-tokenizer: contractions, letter runs, digit runs and other-symbol runs (each
 # with at most one leading space), then whitespace. BPE never merges across these pieces.
