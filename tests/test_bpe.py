@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from numpy_gpt2 import bpe
-from numpy_gpt2.data import encode as data_encode
+from numpy_gpt2.training.data import encode as data_encode
 from numpy_gpt2.io.tokenizer import ENDOFTEXT, GPT2_PAT_STR
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
