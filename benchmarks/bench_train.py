@@ -107,7 +107,7 @@ class TorchTrainer:
 def worker(side_name, cfg, threads):
     """Build the model and optimizer, then answer {"op": "step"} / {"op": "rss"} until EOF."""
     if side_name == "numpy":
-        import_numpy_gpt2().threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
+        import_numpy_gpt2().fast.threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
     side = NumpyTrainer(cfg) if side_name == "numpy" else TorchTrainer(cfg, threads)
     print(json.dumps({"info": side.info()}), flush=True)
     for n, line in enumerate(sys.stdin):

@@ -47,6 +47,11 @@ __all__ = list(_API)
 def __getattr__(name: str):
     module = _API.get(name)
     if module is None:
+        try:  # a submodule or subpackage: numpy_gpt2.layers, numpy_gpt2.io
+            return importlib.import_module(f"numpy_gpt2.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"numpy_gpt2.{name}":
+                raise
         raise AttributeError(f"module 'numpy_gpt2' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__

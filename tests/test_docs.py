@@ -51,6 +51,7 @@ import numpy as np
 import pytest
 
 import numpy_gpt2
+import numpy_gpt2.io.hub
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

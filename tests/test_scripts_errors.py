@@ -220,7 +220,7 @@ def test_ctrl_c_in_perplexity_is_one_line_and_130(world, tmp_path, cached_tokeni
     assert [ln for ln in shown if ln.strip()] == ["perplexity.py: interrupted (Ctrl-C)"], run.err
 
 
-# ---- scripts/_cli.py: how a run ends --------------------------------------------------------
+# ---- numpy_gpt2/cli/common.py: how a run ends --------------------------------------------------------
 
 @pytest.mark.parametrize("raised, status, line", [
     (None, 0, None),
@@ -234,7 +234,7 @@ def test_ctrl_c_in_perplexity_is_one_line_and_130(world, tmp_path, cached_tokeni
                                 "the traceback)"),
 ])
 def test_entry_turns_every_ending_into_a_status_and_at_most_one_line(raised, status, line, capsys):
-    @_cli.entry("x.py")
+    @_cli.entry("x")
     def main(argv=None):
         if raised is not None:
             raise raised
@@ -248,7 +248,7 @@ def test_entry_turns_every_ending_into_a_status_and_at_most_one_line(raised, sta
 def test_the_traceback_of_a_bug_on_request(monkeypatch):
     monkeypatch.setenv(_cli.TRACEBACK_ENV, "1")
 
-    @_cli.entry("x.py")
+    @_cli.entry("x")
     def main(argv=None):
         raise ZeroDivisionError("x")
 
