@@ -48,13 +48,18 @@ def read_text(path) -> str:
 
 
 def split_text(text: str, train_fraction: float = TRAIN_FRACTION) -> tuple[str, str]:
-    """(train, val): the first floor(len(text) * train_fraction) characters, and the rest.
+    """(train, val): the first split_point(len(text), train_fraction) characters, and the rest."""
+    cut = split_point(len(text), train_fraction)
+    return text[:cut], text[cut:]
+
+
+def split_point(n_chars: int, train_fraction) -> int:
+    """floor(n_chars * train_fraction), the number of characters that train.
 
     The product is exact, with train_fraction read as the decimal it prints as (0.57 is
     57/100): in floats 100 * 0.57 is 56.99999999999999, and the cut would move by one.
-    For 0.9 this is nanoGPT's int(n * 0.9)."""
-    cut = math.floor(len(text) * fractions.Fraction(str(train_fraction)))
-    return text[:cut], text[cut:]
+    For 0.9 this is nanoGPT's int(n * 0.9). A fractions.Fraction is taken as it is."""
+    return math.floor(n_chars * fractions.Fraction(str(train_fraction)))
 
 
 def encode(tokenizer, text: str) -> np.ndarray:
