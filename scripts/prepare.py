@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy_gpt2
 from _cli import UsageError
 from numpy_gpt2.threads import thread_count
-from numpy_gpt2.token_files import write_token_splits
+from numpy_gpt2.data import write_token_splits
 from numpy_gpt2.tokenizer import ENDOFTEXT
 
 EXIT_BAD_INPUT = _cli.EXIT_BAD_INPUT
@@ -151,7 +151,7 @@ def tokenize(files, tokenizer, workers: int, progress):
 
 
 def prepare(args, files, tokenizer, progress) -> dict:
-    """Write train.bin / val.bin of files (numpy_gpt2.token_files.write_token_splits: the
+    """Write train.bin / val.bin of files (numpy_gpt2.data.write_token_splits: the
     split rules) and return meta.json's contents."""
     try:
         counts = write_token_splits(

@@ -1,4 +1,4 @@
-"""How scripts/prepare.py splits its documents (numpy_gpt2.token_files.write_token_splits).
+"""How scripts/prepare.py splits its documents (numpy_gpt2.data.write_token_splits).
 
 Two or more documents: each to val with probability val_fraction (seeded), a split left
 empty gets the last document. One document: cut by characters as train.py --data FILE.txt
@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from numpy_gpt2 import data
-from numpy_gpt2.token_files import open_tokens, write_token_splits
+from numpy_gpt2.data import write_token_splits
+from numpy_gpt2.token_files import open_tokens
 from run_scripts import load_script, run_script
 
 EOT = 50256
