@@ -92,11 +92,12 @@ def check_forward_tokens(tokens, config, kv_cache: dict | None = None) -> np.nda
     return tokens
 
 
-def check_targets(tokens, targets, config, ignore_index: int):
+def check_targets(tokens, targets, config, ignore_index: int, allow_none_kept: bool = False):
     """Validate a training batch; returns (tokens, targets) as (B, T) int arrays.
 
     targets must have the tokens' shape, be integers in [0, vocab_size) or ignore_index,
-    and keep at least one target (a mean over no targets is undefined).
+    and keep at least one target (a mean over no targets is undefined), unless
+    allow_none_kept (one micro-batch of several: the mean is over all of them).
     """
     tokens = check_tokens(tokens, config)
     try:
@@ -114,7 +115,7 @@ def check_targets(tokens, targets, config, ignore_index: int):
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"target id {int(targets[where])} at index {where} is outside "
                          f"[0, {config.vocab_size}) (vocab_size) and is not ignore_index={ignore_index}")
-    if not kept.any():
+    if not (allow_none_kept or kept.any()):
         raise ValueError(f"every target is ignore_index={ignore_index}: there is nothing to score")
     if tokens.ndim == 1:
         tokens, targets = tokens[None], targets[None]

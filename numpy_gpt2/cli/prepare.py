@@ -10,7 +10,9 @@ tokens are exactly encode_ordinary of its text (GPT-2's BPE; no stripping or nor
 followed by the separator token <|endoftext|> (50256), as in nanoGPT's
 data/openwebtext/prepare.py. Each document goes to the validation split with probability
 --val-fraction, drawn from a generator seeded with --seed, so the same inputs always give
-the same files.
+the same files; a split left without documents gets the last one. A single document (one
+file, e.g. Tiny Shakespeare) is cut by characters instead, as train.py --data FILE.txt and
+nanoGPT's data/shakespeare/prepare.py do: the first 90% train, the rest validate.
 
 Writes DIR/train.bin and DIR/val.bin (headerless little-endian uint16, nanoGPT's format) and
 DIR/meta.json (token and document counts, the settings). The inputs are read in pieces and
@@ -33,12 +35,10 @@ import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.fast.threads import thread_count
-from numpy_gpt2.io.token_files import write_tokens
+from numpy_gpt2.training.data import write_token_splits
 from numpy_gpt2.io.tokenizer import ENDOFTEXT
 
 EXIT_BAD_INPUT = common.EXIT_BAD_INPUT
@@ -134,56 +134,30 @@ def pieces(files, progress):
 
 
 def tokenize(files, tokenizer, workers: int, progress):
-    """Yield (tokens, document ends here) for every piece, tokenized in parallel threads, in
-    order; at most 4 * workers pieces in flight (memory stays bounded)."""
+    """Yield (text, tokens, document ends here) for every piece, tokenized in parallel
+    threads, in order; at most 4 * workers pieces in flight (memory stays bounded)."""
     with ThreadPoolExecutor(workers) as pool:
         pending = collections.deque()
         for text, ends in pieces(files, progress):
-            pending.append((pool.submit(tokenizer.encode_ordinary, text), ends))
+            pending.append((text, pool.submit(tokenizer.encode_ordinary, text), ends))
             if len(pending) >= 4 * workers:
-                future, done = pending.popleft()
-                yield future.result(), done
+                text, future, done = pending.popleft()
+                yield text, future.result(), done
         while pending:
-            future, done = pending.popleft()
-            yield future.result(), done
+            text, future, done = pending.popleft()
+            yield text, future.result(), done
 
 
 def prepare(args, files, tokenizer, progress) -> dict:
-    """Write train.bin / val.bin of files (under temporary names, renamed at the end) and
-    return the counts for meta.json."""
-    os.makedirs(args.out, exist_ok=True)
-    rng = np.random.default_rng(args.seed)
-    counts = {name: {"tokens": 0, "documents": 0} for name in ("train", "val")}
-    temp = {name: os.path.join(args.out, f".{name}.bin.tmp-{os.getpid()}") for name in counts}
-    outs = {name: open(path, "wb") for name, path in temp.items()}
+    """Write train.bin / val.bin of files (numpy_gpt2.training.data.write_token_splits: the
+    split rules) and return meta.json's contents."""
     try:
-        split, document = None, []  # the current document's split and tokens so far
-        for tokens, ends in tokenize(files, tokenizer, args.workers, progress):
-            if split is None:
-                split = "val" if rng.random() < args.val_fraction else "train"
-            counts[split]["tokens"] += write_tokens(outs[split], tokens)
-            document += tokens[:1]  # only "empty or not" matters
-            if ends:
-                if document:
-                    counts[split]["tokens"] += write_tokens(outs[split], [tokenizer.eot_token])
-                    counts[split]["documents"] += 1
-                    split = None  # an empty document keeps its drawn split for the next one
-                document = []
-        for f in outs.values():
-            f.close()
-        for name in counts:
-            if not counts[name]["tokens"]:
-                raise UsageError(
-                    f"the {name} split got no documents ({sum(c['documents'] for c in counts.values())} "
-                    f"in all, --val-fraction {args.val_fraction}): give more documents (more files, "
-                    f"or documents separated by {ENDOFTEXT} in a file) or change --val-fraction")
-        for name, path in temp.items():
-            os.replace(path, os.path.join(args.out, f"{name}.bin"))
-    finally:
-        for name, f in outs.items():
-            f.close()
-            if os.path.exists(temp[name]):
-                os.remove(temp[name])
+        counts = write_token_splits(
+            args.out, tokenize(files, tokenizer, args.workers, progress),
+            lambda: tokenize(files, tokenizer, args.workers, lambda n: None),
+            args.val_fraction, args.seed, tokenizer.eot_token, tokenizer.encode_ordinary)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return {"format": "nanoGPT: headerless little-endian uint16 GPT-2 token ids",
             "separator": {"text": ENDOFTEXT, "id": int(tokenizer.eot_token)},
             "vocab_size": int(tokenizer.n_vocab), **counts, "val_fraction": args.val_fraction,

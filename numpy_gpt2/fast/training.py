@@ -275,19 +275,21 @@ ROW_PIECE = 16   # rows per elementwise task: 3 MB of float32 logits at V = 5025
 
 
 def lm_head_cross_entropy_fast(h, head, targets, ignore_index=-100, rows=HEAD_ROWS,
-                               record=no_record, record_grad=no_record):
+                               record=no_record, record_grad=no_record, num_items_in_batch=None):
     """Output head, cross-entropy and their backward, fused, a chunk of rows at a time:
     logits = h head^T, loss = masked_cross_entropy, dlogits = cross_entropy_backward,
     dh = dlogits head, dhead = dlogits^T h; each chunk's logits turn into its gradient in
     place, so the (N, V) logits never exist whole (unless someone records them).
 
     h: (N, E); head: (V, E); targets: (N,) ints. Returns (loss, dh (N, E), dhead (V, E)).
+    num_items_in_batch: the mean's denominator, as for masked_cross_entropy.
     """
     N = h.shape[0]
     if record is not no_record or record_grad is not no_record:
         rows = N  # the recorded logits and their gradient are whole arrays
     keep = targets != ignore_index
-    weight = keep / keep.sum()  # each row's share of the mean: 0 for ignored rows
+    # each row's share of the mean: 0 for ignored rows
+    weight = keep / (keep.sum() if num_items_in_batch is None else num_items_in_batch)
     safe = np.where(keep, targets, 0)
     dh = np.empty_like(h)
     # dhead is accumulated transposed, (E, V) = h^T dlogits: BLAS runs that product ~25%

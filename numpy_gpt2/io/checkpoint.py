@@ -124,6 +124,10 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
     else:
         config = _infer_from_header(header, params_in_file, weights, n_head)
         config_from = "the inferred config"
+    if config.tie_word_embeddings and "wte.weight" not in params_in_file and "lm_head.weight" in params_in_file:
+        # A tied model whose one copy of the embedding is stored under the head's name:
+        # safetensors.torch.save_model keeps lm_head.weight and drops transformer.wte.weight.
+        params_in_file["wte.weight"] = params_in_file.pop("lm_head.weight")
 
     n_file = _layers_in_file(params_in_file)
     if config.n_layer > n_file:  # said before listing keys: n_layer may be a billion
@@ -198,6 +202,11 @@ def _layers_in_file(params_in_file) -> int:
 
 
 def _infer_from_header(header, params_in_file, path, n_head=None) -> GPT2Config:
+    """The config of a checkpoint without config.json, from its shapes: wte.weight's (or,
+    when the file holds only lm_head.weight, that: the same (vocab, n_embd) shape),
+    wpe.weight's and the layers; tied (GPT-2's only form)."""
+    if "wte.weight" not in params_in_file and "lm_head.weight" in params_in_file:
+        params_in_file = {**params_in_file, "wte.weight": params_in_file["lm_head.weight"]}
     for key in ("wte.weight", "wpe.weight"):
         if key not in params_in_file:
             raise CheckpointError(f"{path}: missing key {key} (and no config.json to say otherwise)")

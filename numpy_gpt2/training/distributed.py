@@ -9,9 +9,15 @@ Semantics: N ranks with --grad-accum m compute exactly what one process computes
 seed, same RNG state) and keeps its share (rank r the micro-batches r*m ... r*m + m - 1), so
 the sampler's state, resume and the batches stay what one process would have:
 
-    g = 1/(N m) sum_r sum_j grad L_{r,j}      one in-place Allreduce(SUM) of a flat buffer
-    loss = 1/(N m) sum_r sum_j L_{r,j}        reduced in the same message
+    n = sum_r n_r                             the kept targets (not ignore_index) of every
+                                              rank's micro-batches: one small Allreduce(SUM)
+    g = sum_r sum_j grad (S_{r,j} / n)        one in-place Allreduce(SUM) of a flat buffer
+    loss = sum_r sum_j S_{r,j} / n            reduced in its own small message
     clip, AdamW, schedule                     identical on every rank (same g, same params)
+
+(S_{r,j}: the summed cross-entropy of the kept targets of rank r's micro-batch j), so the
+loss is the mean over all the step's kept targets, however they are padded and shared out
+(train_step.accumulate_grads; docs/training.md#how-the-loss-is-averaged).
 
 The gradient dict's arrays are views into one flat buffer, so the reduction is a single MPI
 call on contiguous memory (llm.c's layout: all gradients in one allocation). With N=2 and
@@ -38,7 +44,7 @@ import numpy as np
 
 from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.params import flatten_params, nest_params
-from numpy_gpt2.training.step import accumulate_grads, evaluate
+from numpy_gpt2.training.step import accumulate_grads, evaluate, evaluation_sums, kept_targets, no_targets_error
 
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 
@@ -75,11 +81,11 @@ class Solo:
     def share(self, items):
         return list(items)
 
-    def accumulate_grads(self, params, config, micro_batches):
-        return accumulate_grads(params, config, micro_batches)
+    def accumulate_grads(self, params, config, micro_batches, ignore_index: int = -100):
+        return accumulate_grads(params, config, micro_batches, ignore_index)
 
-    def evaluate(self, params, config, batches) -> float:
-        return evaluate(params, config, batches)
+    def evaluate(self, params, config, batches, ignore_index: int = -100) -> float:
+        return evaluate(params, config, batches, ignore_index)
 
     def any(self, flag: bool) -> bool:
         return bool(flag)
@@ -144,37 +150,40 @@ class MPIWorld:
             self.grads = nest_params(views)
         return self.grads
 
-    def accumulate_grads(self, params, config, micro_batches):
-        """(mean loss, mean gradient) over every rank's micro-batches (this rank holds its
-        share): local sums into the flat buffer, one Allreduce(SUM) of it, the loss and a
-        non-finite flag reduced in one small message. A rank whose own loss or gradients are
-        not finite contributes NaN, so every rank sees the same non-finite loss."""
-        from numpy_gpt2.backward import loss_and_grads
-
+    def accumulate_grads(self, params, config, micro_batches, ignore_index: int = -100):
+        """(loss, gradient) of every rank's micro-batches taken as one batch (this rank holds
+        its share): the kept targets counted over all ranks first (one small Allreduce), each
+        micro-batch's summed loss divided by that count and its gradient added into the flat
+        buffer, one Allreduce(SUM) of the buffer, the loss reduced in one small message.
+        ValueError on every rank when no rank has a kept target. A rank whose own loss or
+        gradients are not finite contributes NaN, so every rank sees the same non-finite loss."""
+        counts = kept_targets(config, micro_batches, ignore_index)
+        n = np.array([sum(counts)], dtype=np.int64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, n, op=self.MPI.SUM)
+        if n[0] == 0:
+            raise no_targets_error(f"the step's {self.size * len(micro_batches)} micro-batch(es) "
+                                   f"on {self.size} ranks", ignore_index)
         grads = self.grad_views(params)
         self.buffer[...] = 0
-        local = 0.0
-        for x, y, *dropout in micro_batches:
-            try:
-                loss, _ = loss_and_grads(params, config, x, y, grads=grads, dropout=(dropout or [None])[0])
-            except (FloatingPointError, NonFiniteError):  # this rank's loss or gradients
-                loss = float("nan")  # are not finite: every rank must learn it, in the reduction
-            local += loss
+        try:
+            local, _ = accumulate_grads(params, config, micro_batches, ignore_index,
+                                        num_items_in_batch=int(n[0]), grads=grads)
+        except (FloatingPointError, NonFiniteError):  # this rank's loss or gradients are
+            local = float("nan")  # not finite: every rank must learn it, in the reduction
         self.comm.Allreduce(self.MPI.IN_PLACE, self.buffer, op=self.MPI.SUM)
         total = np.array([local])
         self.comm.Allreduce(self.MPI.IN_PLACE, total, op=self.MPI.SUM)
-        k = self.size * len(micro_batches)
-        if k > 1:
-            self.buffer *= self.buffer.dtype.type(1.0 / k)
-        return float(total[0]) / k, grads
+        return float(total[0]), grads
 
-    def evaluate(self, params, config, batches) -> float:
-        """evaluate() over all batches, each rank scoring batches[r::N]: token-weighted sums
-        reduced (the same mean, up to the order of the additions)."""
-        mine = batches[self.rank::self.size]
-        count = sum(np.asarray(y).size for _, y in mine)
-        sums = np.array([evaluate(params, config, mine) * count if mine else 0.0, count])
+    def evaluate(self, params, config, batches, ignore_index: int = -100) -> float:
+        """evaluate() over all batches, each rank scoring batches[r::N]: the ranks' summed
+        losses and target counts reduced, then divided (the same mean, up to the order of
+        the additions). ValueError on every rank when no target is kept."""
+        total, count = evaluation_sums(params, config, batches[self.rank::self.size], ignore_index)
+        sums = np.array([total, count], dtype=np.float64)
         self.comm.Allreduce(self.MPI.IN_PLACE, sums, op=self.MPI.SUM)
+        if sums[1] == 0:
+            raise no_targets_error(f"the {len(batches)} evaluation batch(es)", ignore_index)
         return float(sums[0] / sums[1])
 
     def any(self, flag: bool) -> bool:

@@ -1,10 +1,14 @@
 """The training loop's pieces: one optimizer step (with gradient accumulation), evaluation,
 and saving/restoring everything a run needs to continue exactly where it stopped.
 
-One optimizer step over k micro-batches (nanoGPT's recipe):
+One optimizer step over k micro-batches (nanoGPT's recipe, with the loss of transformers'
+gradient accumulation since 4.46):
 
-    g = 1/k sum_j grad L_j        each L_j a mean over its B*T tokens, so with equal micro-
-                                  batches g is the gradient of the mean over all k*B*T tokens
+    L = 1/N sum_j S_j             S_j the summed cross-entropy of micro-batch j's kept targets
+                                  (not ignore_index), N the kept targets of all k of them:
+                                  exactly the mean loss of ONE batch holding all k, whatever
+                                  the padding (not the mean of the k means)
+    g = sum_j grad (S_j / N)      each micro-batch's backward divides by N (num_items_in_batch)
     g <- clip(g, grad_clip)       by the global L2 norm (optim.clip_grad_norm)
     params <- AdamW(params, g)    (optim.adamw_update)
 
@@ -31,7 +35,7 @@ import numpy as np
 from numpy_gpt2.backward import loss_and_grads
 from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.io.checkpoint import checkpoint_writers, read_safetensors_header
-from numpy_gpt2.checks import is_int, show
+from numpy_gpt2.checks import check_targets, is_int, show
 from numpy_gpt2.finite import all_finite, non_finite_weights
 from numpy_gpt2.fast.training import cross_entropy_sum_fast
 from numpy_gpt2.model import forward
@@ -42,19 +46,49 @@ STATE_FILE = "train_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def accumulate_grads(params: dict, config, micro_batches) -> tuple[float, dict]:
-    """Mean loss and mean gradient over micro-batches [(x, y), ...] of equal shape:
-    loss = 1/k sum_j L_j, grads = 1/k sum_j grad L_j (gradient accumulation). A micro-batch
-    (x, y, dropout) trains with that dropout.Dropout (its masks)."""
-    grads, total = None, 0.0
-    for x, y, *dropout in micro_batches:
-        loss, grads = loss_and_grads(params, config, x, y, grads=grads, dropout=(dropout or [None])[0])
-        total += loss
-    k = len(micro_batches)
-    if k > 1:
-        for g in flatten_params(grads).values():
-            g *= 1.0 / k
-    return total / k, grads
+def kept_targets(config, micro_batches, ignore_index: int = -100) -> list[int]:
+    """The number of kept targets (not ignore_index) of each micro-batch [(x, y), ...] or
+    [(x, y, dropout), ...], each checked as loss_and_grads checks it (ValueError naming
+    the micro-batch; one with no kept target is allowed)."""
+    if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
+        raise ValueError(f"micro_batches must be a non-empty list of (x, y) pairs, got "
+                         f"{show(micro_batches)}")
+    counts = []
+    for j, (x, y, *_) in enumerate(micro_batches):
+        try:
+            _, y = check_targets(x, y, config, ignore_index, allow_none_kept=True)
+        except ValueError as e:
+            raise ValueError(f"micro-batch {j}: {e}") from None
+        counts.append(int(np.count_nonzero(y != ignore_index)))
+    return counts
+
+
+def no_targets_error(what: str, ignore_index: int) -> ValueError:
+    """The error for batches with no kept target at all (what: which batches)."""
+    return ValueError(f"every target of {what} is ignore_index={ignore_index}: there is "
+                      f"nothing to score")
+
+
+def accumulate_grads(params: dict, config, micro_batches, ignore_index: int = -100,
+                     num_items_in_batch: int | None = None, grads: dict | None = None) -> tuple[float, dict]:
+    """Loss and gradient of micro-batches [(x, y), ...] taken as ONE batch (gradient
+    accumulation): loss = sum_j S_j / N, grads = its gradient, S_j the summed cross-entropy
+    of micro-batch j's kept targets, N = num_items_in_batch, by default the kept targets of
+    all of them. So k micro-batches equal one batch holding them all, whatever their shapes
+    and padding (docs/training.md#how-the-loss-is-averaged). A micro-batch with no kept
+    target adds nothing (and is not run); none at all: ValueError. A micro-batch (x, y,
+    dropout) trains with that dropout.Dropout (its masks). grads: a dict to add into."""
+    counts = kept_targets(config, micro_batches, ignore_index)
+    n = sum(counts) if num_items_in_batch is None else num_items_in_batch
+    if n == 0:
+        raise no_targets_error(f"the step's {len(micro_batches)} micro-batch(es)", ignore_index)
+    total = 0.0
+    for (x, y, *dropout), count in zip(micro_batches, counts):
+        if count:
+            loss, grads = loss_and_grads(params, config, x, y, ignore_index, grads=grads,
+                                         dropout=(dropout or [None])[0], num_items_in_batch=n)
+            total += loss
+    return total, grads
 
 
 def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, *,
@@ -62,7 +96,8 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
                accumulate=accumulate_grads) -> tuple[float, float]:
     """One optimizer step, in place: accumulate gradients over micro_batches, clip them to
     global norm grad_clip (0 = no clipping), AdamW update. Returns (loss, grad norm before
-    clipping), the loss being the mean over the micro-batches before the update. A model
+    clipping), the loss being the mean over all the micro-batches' kept targets (see
+    accumulate_grads) before the update. A model
     without biases (config.bias False) keeps them: they are constants (params.frozen_keys),
     not parameters, so their gradients are zero and AdamW skips them.
 
@@ -94,22 +129,40 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
 EVAL_LOGITS = 1 << 24  # at most this many logits at once in evaluate (64 MB in float32)
 
 
-def evaluate(params: dict, config, batches) -> float:
-    """Mean next-token cross-entropy over a list of (x, y) batches of (B, T) tokens (every
-    batch the same shape: the mean over all their tokens).
+def evaluate(params: dict, config, batches, ignore_index: int = -100) -> float:
+    """Mean next-token cross-entropy over all the kept targets (not ignore_index) of a list
+    of (x, y) batches of (B, T) tokens, whatever their shapes: the summed loss over the
+    number of targets (evaluation_sums), never a mean of the batches' means. ValueError when
+    no target is kept.
 
     The (B, T, V) logits of a whole batch can be large (B=4, T=1024: 0.8 GB in float32, and
     the log-softmax makes more), so the rows of each batch are scored a few at a time, at
     most EVAL_LOGITS logits per forward."""
+    total, count = evaluation_sums(params, config, batches, ignore_index)
+    if count == 0:
+        raise no_targets_error(f"the {len(batches)} evaluation batch(es)", ignore_index)
+    return total / count
+
+
+def evaluation_sums(params: dict, config, batches, ignore_index: int = -100) -> tuple[float, int]:
+    """(summed cross-entropy, number of scored targets) over the kept targets of (x, y)
+    batches: what evaluate divides, and what ranks add up (distributed.MPIWorld.evaluate)."""
     total, count = 0.0, 0
     for x, y in batches:
         x, y = np.atleast_2d(x), np.atleast_2d(y)
         rows = max(1, EVAL_LOGITS // (x.shape[1] * config.vocab_size))
         for r in range(0, x.shape[0], rows):
+            targets = y[r:r + rows].reshape(-1)
+            keep = targets != ignore_index
+            if not keep.any():
+                continue
             logits = forward(params, config, x[r:r + rows])
-            total += cross_entropy_sum_fast(logits.reshape(-1, logits.shape[-1]), y[r:r + rows].reshape(-1))
-            count += y[r:r + rows].size
-    return total / count
+            logits = logits.reshape(-1, logits.shape[-1])
+            if not keep.all():  # the padded positions' logits are not scored
+                logits, targets = logits[keep], targets[keep]
+            total += cross_entropy_sum_fast(logits, targets)
+            count += targets.size
+    return total, count
 
 
 # ----------------------------------------------------------------------------------------
