@@ -197,7 +197,7 @@ def worker_argv(side, directory, threads):
 def worker(side_name, directory, threads):
     """Load, report the load time to first logits, then answer timing requests until EOF."""
     if side_name == "numpy":
-        numpy_gpt2.threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
+        numpy_gpt2.fast.threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
     side = NumpySide(directory) if side_name == "numpy" else TorchSide(directory, threads)
     with open(os.path.join(directory, "config.json")) as f:
         vocab_size = json.load(f)["vocab_size"]
@@ -351,7 +351,7 @@ def print_table(result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", help="checkpoint directory (written once, reused); default: a temporary one")
-    ap.add_argument("--threads", type=int, default=numpy_gpt2.threads.cpu_count(),
+    ap.add_argument("--threads", type=int, default=numpy_gpt2.fast.threads.cpu_count(),
                     help="threads per side (default: the CPUs this process may use)")
     ap.add_argument("--reps", type=int, help="repetitions per row (default 3; smoke 2)")
     ap.add_argument("--smoke", action="store_true", help="tiny config, runs in seconds (CI)")

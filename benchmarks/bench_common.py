@@ -25,6 +25,8 @@ def import_numpy_gpt2():
     except ImportError:  # not pip-installed
         sys.path.insert(0, ROOT)
         import numpy_gpt2
+    import numpy_gpt2.fast.threads  # noqa: F401  (the public API loads lazily; the benchmarks
+    import numpy_gpt2.io.checkpoint  # noqa: F401  also use these modules by their full names)
     return numpy_gpt2
 
 # ----------------------------------------------------------------------------------------
@@ -203,6 +205,6 @@ def machine_info():
     except (OSError, StopIteration):
         pass
     env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_") and k != "OPENBLAS_NUM_THREADS"}
-    return {"cpu": cpu, "cpus": import_numpy_gpt2().threads.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cpus": import_numpy_gpt2().fast.threads.cpu_count(), "python": platform.python_version(),
             "openblas_env": env, "load_avg_at_end": os.getloadavg()}
 

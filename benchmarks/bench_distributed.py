@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import numpy_gpt2  # noqa: E402
-from numpy_gpt2 import distributed  # noqa: E402
+from numpy_gpt2.training import distributed  # noqa: E402
 from numpy_gpt2.initialization import init_params  # noqa: E402
-from numpy_gpt2.train_step import train_step  # noqa: E402
+from numpy_gpt2.training.step import train_step  # noqa: E402
 
 
 def main(argv=None) -> int:

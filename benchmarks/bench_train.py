@@ -7,7 +7,7 @@
 
 Each row times one optimizer step on a batch of random tokens: forward + backward + global
 norm clipping (1.0) + AdamW (betas (0.9, 0.99), weight decay 0.1 on matrices), float32:
-  numpy_gpt2   loss_and_grads, clip_grad_norm, adamw_update (numpy_gpt2.train_step.train_step)
+  numpy_gpt2   loss_and_grads, clip_grad_norm, adamw_update (numpy_gpt2.training.step.train_step)
   PyTorch      GPT2LMHeadModel (its default sdpa attention: PyTorch's fused kernel, faster and
                smaller than eager here; dropout 0, train mode), cross_entropy,
                backward, torch.nn.utils.clip_grad_norm_, torch.optim.AdamW (its default,
@@ -52,7 +52,7 @@ class NumpyTrainer:
     def __init__(self, cfg):
         numpy_gpt2 = import_numpy_gpt2()
         from numpy_gpt2.initialization import init_params
-        from numpy_gpt2.train_step import train_step
+        from numpy_gpt2.training.step import train_step
         self.np_gpt2 = numpy_gpt2
         self.config = self.np_gpt2.GPT2Config(n_layer=cfg["n_layer"], n_head=cfg["n_head"],
                                               n_embd=cfg["n_embd"], n_ctx=cfg["T"],
@@ -107,7 +107,7 @@ class TorchTrainer:
 def worker(side_name, cfg, threads):
     """Build the model and optimizer, then answer {"op": "step"} / {"op": "rss"} until EOF."""
     if side_name == "numpy":
-        import_numpy_gpt2().threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
+        import_numpy_gpt2().fast.threads.set_threads(threads)  # its own pool: as many threads as PyTorch's
     side = NumpyTrainer(cfg) if side_name == "numpy" else TorchTrainer(cfg, threads)
     print(json.dumps({"info": side.info()}), flush=True)
     for n, line in enumerate(sys.stdin):

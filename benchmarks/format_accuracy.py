@@ -34,12 +34,12 @@ try:
     import transformers
 
     import numpy_gpt2
-    from checkpoints import reference_model, write_checkpoint
-    from format_files import (bf16_rounded, hf_model, llmc_bytes, logits, nanogpt_checkpoint,
-                              save_torch, small)
-    from grad_oracle import TORCH, grad_error, torch_loss_and_grads, torch_model
+    from helpers.checkpoints import reference_model, write_checkpoint
+    from helpers.format_files import (bf16_rounded, hf_model, llmc_bytes, logits, nanogpt_checkpoint,
+                                      save_torch, small)
+    from helpers.grad_oracle import TORCH, grad_error, torch_loss_and_grads, torch_model
     from numpy_gpt2.activation_functions import ACTIVATIONS
-    from test_config_variants import TARGETS as VARIANT_TARGETS, TOKENS as VARIANT_TOKENS, variant_model
+    from helpers.config_variants import TARGETS as VARIANT_TARGETS, TOKENS as VARIANT_TOKENS, variant_model
 except ImportError as e:
     print(f"format_accuracy.py: {e} (this benchmark needs requirements-test.txt: torch, "
           f"transformers, pytest, hypothesis)", file=sys.stderr)

@@ -1,26 +1,62 @@
-"""GPT-2 in plain NumPy: load the original checkpoints, compute the same logits as PyTorch."""
+"""GPT-2 in plain NumPy: load the original checkpoints, compute the same logits as PyTorch.
 
-from .activations import activation_names, activations, gradient_names, gradients, next_token_targets
-from .backward import loss_and_grads
-from .beams import beam_search
-from .checkpoint import load, save_checkpoint
-from .comparison import compare_activations
-from .config import GPT2Config
-from .dump_format import load_activations, load_dump, save_activations
-from .errors import CheckpointError, NonFiniteError
-from .evaluate import perplexity, sliding_windows
-from .hub import resolve_model
-from .initialization import init_params
-from .loss import cross_entropy, log_softmax, token_nll
-from .model import forward, new_kv_cache
-from .optim import adamw_init, adamw_update, clip_grad_norm, get_lr
-from .params import flatten_params
-from .sampling import generate
-from .tokenizer import load_tokenizer, stream_decode
+The top level is the reference a learner reads, in this order: config, params, errors, hooks,
+layers (one equation each), model (forward), loss, layers_backward, backward (loss_and_grads),
+activation_functions, initialization, finite, checks. The subpackages hold the rest:
+fast/ (fast twins of the layers, tested equal), io/ (files: checkpoints, tokenizer, hub),
+generation/ (sampling, beams, perplexity), training/ (AdamW, the step, the training loop),
+debug/ (named activations and gradients, dump files, compare), cli/ (the `numpy-gpt2` command).
 
-__all__ = ["loss_and_grads", "beam_search", "activation_names", "activations", "compare_activations", "cross_entropy", "load_activations",
-           "log_softmax", "perplexity", "save_activations", "sliding_windows", "token_nll",
-           "CheckpointError", "NonFiniteError", "GPT2Config", "flatten_params", "forward", "generate", "load", "load_tokenizer",
-           "new_kv_cache", "resolve_model", "stream_decode",
-           "gradient_names", "gradients", "load_dump", "next_token_targets",
-           "adamw_init", "adamw_update", "clip_grad_norm", "get_lr", "init_params", "save_checkpoint"]
+The public API below is loaded on first use (`numpy_gpt2.forward` imports numpy_gpt2.model
+then), so `import numpy_gpt2` and the command's start-up stay quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+# public name -> the module that defines it
+_API = {
+    "GPT2Config": "numpy_gpt2.config",
+    "CheckpointError": "numpy_gpt2.errors", "NonFiniteError": "numpy_gpt2.errors",
+    "flatten_params": "numpy_gpt2.params",
+    "forward": "numpy_gpt2.model", "new_kv_cache": "numpy_gpt2.model",
+    "cross_entropy": "numpy_gpt2.loss", "log_softmax": "numpy_gpt2.loss", "token_nll": "numpy_gpt2.loss",
+    "loss_and_grads": "numpy_gpt2.backward",
+    "init_params": "numpy_gpt2.initialization",
+    "load": "numpy_gpt2.io.checkpoint", "save_checkpoint": "numpy_gpt2.io.checkpoint",
+    "resolve_model": "numpy_gpt2.io.hub",
+    "load_tokenizer": "numpy_gpt2.io.tokenizer", "stream_decode": "numpy_gpt2.io.tokenizer",
+    "generate": "numpy_gpt2.generation.sampling",
+    "beam_search": "numpy_gpt2.generation.beams",
+    "perplexity": "numpy_gpt2.generation.perplexity", "sliding_windows": "numpy_gpt2.generation.perplexity",
+    "adamw_init": "numpy_gpt2.training.optim", "adamw_update": "numpy_gpt2.training.optim",
+    "clip_grad_norm": "numpy_gpt2.training.optim", "get_lr": "numpy_gpt2.training.optim",
+    "activation_names": "numpy_gpt2.debug.capture", "activations": "numpy_gpt2.debug.capture",
+    "gradient_names": "numpy_gpt2.debug.capture", "gradients": "numpy_gpt2.debug.capture",
+    "next_token_targets": "numpy_gpt2.debug.capture",
+    "compare_activations": "numpy_gpt2.debug.compare",
+    "load_activations": "numpy_gpt2.debug.dump_format", "load_dump": "numpy_gpt2.debug.dump_format",
+    "save_activations": "numpy_gpt2.debug.dump_format",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        try:  # a submodule or subpackage: numpy_gpt2.layers, numpy_gpt2.io
+            return importlib.import_module(f"numpy_gpt2.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"numpy_gpt2.{name}":
+                raise
+        raise AttributeError(f"module 'numpy_gpt2' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -18,26 +18,26 @@ from functools import partial
 
 import numpy as np
 
-from .checks import check_mirrors_params, check_targets
-from .config import GPT2Config
-from .dropout import apply as apply_dropout
-from .errors import NonFiniteError
-from .finite import all_finite, check_finite_logits
-from .hooks import is_weight_name, no_record, prefixed, record_weights
-from .layers import layer_norm, transformer_block
-from .layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
+from numpy_gpt2.checks import check_mirrors_params, check_targets, is_int, show
+from numpy_gpt2.config import GPT2Config
+from numpy_gpt2.training.dropout import apply as apply_dropout
+from numpy_gpt2.errors import NonFiniteError
+from numpy_gpt2.finite import all_finite, check_finite_logits
+from numpy_gpt2.hooks import is_weight_name, no_record, prefixed, record_weights
+from numpy_gpt2.layers import layer_norm, transformer_block
+from numpy_gpt2.layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
                               position_embedding_backward, transformer_block_backward)
-from .layers_backward_fast import (layer_norm_backward_fast, lm_head_cross_entropy_fast,
+from numpy_gpt2.fast.training import (layer_norm_backward_fast, lm_head_cross_entropy_fast,
                                    transformer_block_backward_fast, transformer_block_saving_fast)
-from .layers_fast import normalize
-from .loss import cross_entropy_backward, masked_cross_entropy
-from .model import forward
-from .params import flatten_params, frozen_keys, nest_params
+from numpy_gpt2.fast.forward import normalize
+from numpy_gpt2.loss import cross_entropy_backward, masked_cross_entropy
+from numpy_gpt2.model import forward
+from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
 
 
 def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
                    reference: bool = False, record=None, record_grad=None, grads: dict | None = None,
-                   dropout=None):
+                   dropout=None, num_items_in_batch: int | None = None):
     """The mean cross-entropy of the targets and its gradient for every parameter.
 
     tokens: int (T,) or (B, T); targets: ints of the same shape, targets[..., t] the token
@@ -59,19 +59,28 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
         biases of a model without biases (config.bias False: they are not parameters).
         Arrays may be reused after the call: copy what you keep.
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
-    dropout: a numpy_gpt2.dropout.Dropout(p, seed) for training with dropout (embeddings,
+    dropout: a numpy_gpt2.training.dropout.Dropout(p, seed) for training with dropout (embeddings,
         attention probabilities, residual branches; the backward applies the same masks);
         None or p = 0: none, every number as without it. Fast path only.
+    num_items_in_batch: divide the summed loss by this many targets instead of this batch's
+        kept ones (transformers' name): the kept targets of ALL the micro-batches of a step,
+        so that their losses and gradients add up to those of one big batch
+        (train_step.accumulate_grads; docs/training.md). A batch with no kept target is then
+        allowed: loss 0, gradients 0.
     Raises ValueError for bad tokens or targets, before any work.
     """
     given = np.asarray(tokens)  # as the caller gave them: error messages use this shape
-    tokens, targets = check_targets(tokens, targets, config, ignore_index)
+    tokens, targets = check_targets(tokens, targets, config, ignore_index,
+                                    allow_none_kept=num_items_in_batch is not None)
+    if num_items_in_batch is not None:
+        check_num_items(num_items_in_batch, int(np.count_nonzero(targets != ignore_index)))
     into = None if grads is None else check_mirrors_params(grads, params, "grads= (the accumulator)")
     if dropout is not None and dropout.p == 0:
         dropout = None  # exactly the path without dropout
     if reference and dropout is not None:
         raise ValueError("dropout= runs on the fast path only (reference=False)")
-    run = _loss_and_grads_reference if reference else partial(_loss_and_grads_fast, dropout=dropout)
+    run = (partial(_loss_and_grads_reference, num_items=num_items_in_batch) if reference else
+           partial(_loss_and_grads_fast, dropout=dropout, num_items=num_items_in_batch))
     frozen = set(frozen_keys(params, config))
     if frozen and record_grad is not None:
         record_grad = _skipping(record_grad, frozen)
@@ -108,7 +117,17 @@ def check_finite_grads(grads: dict) -> None:
                              f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
 
 
-def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, record, record_grad):
+def check_num_items(num_items_in_batch, kept: int) -> None:
+    """ValueError unless num_items_in_batch is an integer >= 1 and >= kept (this batch's kept
+    targets: the step's count includes them)."""
+    if not is_int(num_items_in_batch) or num_items_in_batch < max(kept, 1):
+        raise ValueError(f"num_items_in_batch must be an integer >= {max(kept, 1)} (the kept "
+                         f"targets of every micro-batch of the step, this batch's {kept} "
+                         f"included), got {show(num_items_in_batch)}")
+
+
+def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, record, record_grad,
+                              num_items=None):
     """The readable path: keep each block's input, then go back block by block."""
     eps, n_head = config.layer_norm_epsilon, config.n_head
     wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
@@ -128,9 +147,9 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     record("ln_f", h)
     logits = h @ head.T  # (B, T, V)
     record("logits", logits)
-    loss = masked_cross_entropy(logits, targets, ignore_index)
+    loss = masked_cross_entropy(logits, targets, ignore_index, num_items)
 
-    dlogits = cross_entropy_backward(logits, targets, ignore_index)
+    dlogits = cross_entropy_backward(logits, targets, ignore_index, num_items)
     record_grad("logits", dlogits)
     dh, dhead = lm_head_backward(dlogits, h, head)
     if head is not wte:
@@ -162,7 +181,8 @@ def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks, record_grad):
     return {key: grads[key] for key in params}  # the params' key order too
 
 
-def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad, dropout=None):
+def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad, dropout=None,
+                         num_items=None):
     """The fast path: each block keeps what its backward needs (10 E numbers per position,
     see layers_backward_fast.transformer_block_saving_fast); the output head and the loss run fused, in
     chunks of rows. Everything is 2-D (N = B*T rows) inside."""
@@ -188,7 +208,8 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     h = xhat * params["ln_f"]["weight"] + params["ln_f"]["bias"]
     record("ln_f", h)
     loss, dh, dhead = lm_head_cross_entropy_fast(h, head, targets.reshape(-1), ignore_index,
-                                                 record=record, record_grad=record_grad)
+                                                 record=record, record_grad=record_grad,
+                                                 num_items_in_batch=num_items)
     if head is not wte:
         record_grad("lm_head.weight", dhead)
     record_grad("ln_f", dh)

@@ -1,21 +1,20 @@
-"""Checks of what comes in: token ids, training targets, generation arguments, gradient dicts.
+"""Checks of what comes into the model: token ids, masks, positions, targets, seeds, gradient dicts.
 
 Each check raises ValueError (or returns the checked value) with a message that names the
 argument, what is wrong and what was expected, before any computation starts; the math
 modules call these and contain no validation of their own. `is_int`, `show` and `cut` are
 the small helpers the messages use everywhere (config.json and checkpoint errors too).
-Functions take the model's GPT2Config as `config` (only its fields are read).
+Functions take the model's GPT2Config as `config` (only its fields are read). The checks of
+generation's arguments are in numpy_gpt2/generation/checks.py.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
-import sys
 
 import numpy as np
 
-from .params import flatten_params
+from numpy_gpt2.params import flatten_params
 
 
 def is_int(value) -> bool:
@@ -93,11 +92,12 @@ def check_forward_tokens(tokens, config, kv_cache: dict | None = None) -> np.nda
     return tokens
 
 
-def check_targets(tokens, targets, config, ignore_index: int):
+def check_targets(tokens, targets, config, ignore_index: int, allow_none_kept: bool = False):
     """Validate a training batch; returns (tokens, targets) as (B, T) int arrays.
 
     targets must have the tokens' shape, be integers in [0, vocab_size) or ignore_index,
-    and keep at least one target (a mean over no targets is undefined).
+    and keep at least one target (a mean over no targets is undefined), unless
+    allow_none_kept (one micro-batch of several: the mean is over all of them).
     """
     tokens = check_tokens(tokens, config)
     try:
@@ -115,39 +115,11 @@ def check_targets(tokens, targets, config, ignore_index: int):
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"target id {int(targets[where])} at index {where} is outside "
                          f"[0, {config.vocab_size}) (vocab_size) and is not ignore_index={ignore_index}")
-    if not kept.any():
+    if not (allow_none_kept or kept.any()):
         raise ValueError(f"every target is ignore_index={ignore_index}: there is nothing to score")
     if tokens.ndim == 1:
         tokens, targets = tokens[None], targets[None]
     return tokens, targets
-
-
-def check_prompt(tokens, config, context: str = "stop", what: str = "prompt tokens") -> np.ndarray:
-    """The prompt as an int64 array (T,) or (B, T): check_tokens, worded for a prompt
-    (empty, ragged, not integers, ids outside the vocabulary: ValueError; longer than n_ctx
-    too, unless context="slide", where the model sees only the last n_ctx tokens)."""
-    capacity = None if context == "stop" else sys.maxsize
-    return check_tokens(tokens, config, capacity=capacity, what=what).astype(np.int64)
-
-
-def check_prompts(tokens, config, context: str = "stop") -> tuple[list, bool]:
-    """The prompts as a list of int64 arrays (T_b,), and whether one prompt (T,) was given.
-
-    tokens: one prompt (T,), a batch (B, T), or a list of B prompts of different lengths,
-    each checked by check_prompt (a ragged batch's messages name "prompt b").
-    """
-    try:
-        array = np.asarray(tokens)
-    except ValueError:  # NumPy refuses ragged nesting: prompts of different lengths
-        array = None
-    if array is not None and array.dtype != object:
-        array = check_prompt(array, config, context)
-        return list(np.atleast_2d(array)), array.ndim == 1
-    rows = [check_prompt(row, config, context, what=f"prompt {b}") for b, row in enumerate(tokens)]
-    for b, row in enumerate(rows):
-        if row.ndim != 1:
-            raise ValueError(f"prompt {b} must be one sequence of token ids, got shape {row.shape}")
-    return rows, False
 
 
 def _per_row(value, name, batch: int, length: int, single: bool, what: str):
@@ -189,34 +161,6 @@ def check_position_ids(position_ids, batch: int, length: int, single: bool, conf
     return position_ids
 
 
-# ---- generation arguments ---------------------------------------------------------------
-
-def check_sampling_args(max_new_tokens, temperature=1.0, top_k=None, top_p=None, num_samples=1,
-                        *, seed=None, cli=False):
-    """Raise ValueError naming the first invalid generation parameter (nothing else happens).
-
-    cli=True: the messages name the command-line flags (--max-new-tokens, --top-k, ...).
-    """
-    def name(arg):
-        return "--" + arg.replace("_", "-") if cli else arg
-
-    no_limit = "leave it out for no limit" if cli else "or None for no limit"
-    if not is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 0, got {max_new_tokens!r}")
-    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
-            or not np.isfinite(temperature) or temperature < 0):
-        raise ValueError(f"{name('temperature')} must be a finite number >= 0 (0 = greedy), "
-                         f"got {temperature!r}")
-    if top_k is not None and (not is_int(top_k) or top_k < 1):
-        raise ValueError(f"{name('top_k')} must be an integer >= 1 ({no_limit}), got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, numbers.Real) or isinstance(top_p, bool)
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"{name('top_p')} must be in (0, 1] ({no_limit}), got {top_p!r}")
-    if not is_int(num_samples) or num_samples < 1:
-        raise ValueError(f"{name('num_samples')} must be an integer >= 1, got {num_samples!r}")
-    check_seed(seed, name("seed"))
-
-
 def check_seed(seed, name: str = "seed"):
     """seed, if numpy.random.default_rng accepts it: None (fresh randomness), an integer >= 0,
     a sequence of them, or a numpy.random.Generator; else ValueError naming `name` (NumPy's
@@ -228,139 +172,9 @@ def check_seed(seed, name: str = "seed"):
             raise TypeError
         np.random.SeedSequence(seed)
     except (TypeError, ValueError):
-        if name.startswith("--"):  # a command-line flag: only integers can be given there
-            raise ValueError(f"{name} must be an integer >= 0, got {seed!r}") from None
         raise ValueError(f"{name} must be None, an integer >= 0 (or a sequence of them) or a "
                          f"numpy.random.Generator, got {seed!r}") from None
     return seed
-
-
-def check_suppress_tokens(suppress_tokens, vocab_size: int) -> np.ndarray:
-    """generate()'s suppress_tokens (None or an iterable of ints) as the sorted int64 array of
-    those in [0, vocab_size) (others are ignored, as by transformers). ValueError if one is not
-    an integer, or if every id of the vocabulary is banned (nothing would be left to pick)."""
-    if isinstance(suppress_tokens, (str, bytes)) or not (suppress_tokens is None
-                                                         or hasattr(suppress_tokens, "__iter__")):
-        raise ValueError(f"suppress_tokens must be a list of token ids, got {suppress_tokens!r}")
-    ids = [] if suppress_tokens is None else list(suppress_tokens)
-    bad = next((t for t in ids if not is_int(t)), None)
-    if bad is not None:
-        raise ValueError(f"suppress_tokens must hold token ids (integers), got {bad!r}")
-    ids = np.unique(np.array([t for t in ids if 0 <= t < vocab_size], dtype=np.int64))
-    if len(ids) == vocab_size:
-        raise ValueError(f"suppress_tokens bans every token id of the vocabulary [0, {vocab_size})")
-    return ids
-
-
-def check_generation_args(config, logprobs=None, context="stop", *, cli=False):
-    """ValueError naming logprobs (None, or an integer in 0..vocab_size) or context ("stop" or
-    "slide") when invalid; cli=True names the flags (--logprobs, --context)."""
-    flag = "--logprobs" if cli else "logprobs"
-    if logprobs is not None and (not is_int(logprobs) or not 0 <= logprobs <= config.vocab_size):
-        raise ValueError(f"{flag} must be an integer in 0..{config.vocab_size} (vocab_size)"
-                         f"{'' if cli else ' or None'}, got {logprobs!r}")
-    if context not in ("stop", "slide"):
-        raise ValueError(f"{'--context' if cli else 'context'} must be \"stop\" or \"slide\", "
-                         f"got {context!r}")
-
-
-# The logits processors' options and the values that mean "off" (None is always off).
-PROCESSOR_OFF = {"logit_bias": (), "repetition_penalty": (1.0,), "frequency_penalty": (0.0,),
-                 "presence_penalty": (0.0,), "no_repeat_ngram_size": (0,), "min_new_tokens": (0,),
-                 "suppress_tokens": ((),), "min_p": (), "typical_p": (1.0,)}
-
-
-def _check_token_id(name, token, vocab_size):
-    if not is_int(token) or not 0 <= token < vocab_size:
-        raise ValueError(f"{name}: token id {token!r} is not an integer in [0, {vocab_size}) "
-                         f"(vocab_size)")
-    return int(token)
-
-
-def _check_logit_bias(bias, vocab_size, name):
-    if not isinstance(bias, dict):
-        raise ValueError(f"{name} must be a dict {{token_id: bias}}, got {type(bias).__name__}")
-    checked = {}
-    for token, value in bias.items():
-        token = _check_token_id(name, token, vocab_size)
-        if not is_number(value) or math.isnan(value) or value == math.inf:
-            raise ValueError(f"{name}[{token}] must be a finite number or -inf (a ban), got {value!r}")
-        checked[token] = float(value)
-    return checked
-
-
-def _check_processor_value(name, value, vocab_size, flag):
-    """One processor option, checked and normalized (see check_processor_args)."""
-    if name == "logit_bias":
-        return _check_logit_bias(value, vocab_size, flag)
-    if name == "suppress_tokens":  # ids outside the vocabulary are ignored, as by transformers
-        try:
-            return tuple(check_suppress_tokens(value, vocab_size).tolist())
-        except ValueError as e:
-            raise ValueError(str(e).replace("suppress_tokens", flag, 1)) from None
-    if name == "repetition_penalty" and (not is_number(value) or not 0 < value < math.inf):
-        raise ValueError(f"{flag} must be a finite number > 0 (1 = off), got {value!r}")
-    if name in ("frequency_penalty", "presence_penalty") and (not is_number(value) or not math.isfinite(value)):
-        raise ValueError(f"{flag} must be a finite number (0 = off), got {value!r}")
-    if name in ("no_repeat_ngram_size", "min_new_tokens") and (not is_int(value) or value < 0):
-        raise ValueError(f"{flag} must be an integer >= 0 (0 = off), got {value!r}")
-    if name == "min_p" and (not is_number(value) or not 0 <= value <= 1):
-        raise ValueError(f"{flag} must be in [0, 1], got {value!r}")
-    if name == "typical_p" and (not is_number(value) or not 0 < value <= 1):
-        raise ValueError(f"{flag} must be in (0, 1] (1 = off), got {value!r}")
-    return value
-
-
-def check_processor_args(vocab_size: int, *, cli=False, **options) -> dict:
-    """Validate the logits processors' options (numpy_gpt2.processors); returns the active
-    ones, normalized (logit_bias a dict of floats, suppress_tokens a tuple of ints).
-
-    options: any of logit_bias ({id: float or -inf}), repetition_penalty (> 0; 1 = off),
-    frequency_penalty, presence_penalty (finite; 0 = off), no_repeat_ngram_size (int >= 0;
-    0 = off), min_new_tokens (int >= 0), suppress_tokens (ids; those outside the vocabulary
-    ignored, as check_suppress_tokens), min_p ([0, 1]),
-    typical_p ((0, 1]; 1 = off); None is always off. Raises ValueError naming the first bad
-    one (its command-line flag when cli=True); an unknown name is a TypeError, as for a call.
-    """
-    unknown = set(options) - set(PROCESSOR_OFF)
-    if unknown:
-        raise TypeError(f"unknown processor option(s): {sorted(unknown)}")
-    active = {}
-    for name, off in PROCESSOR_OFF.items():
-        value = options.get(name)
-        if value is not None:
-            value = _check_processor_value(name, value, vocab_size, "--" + name.replace("_", "-") if cli else name)
-            if value not in off:
-                active[name] = value
-    return active
-
-
-def check_beam_args(config, max_new_tokens, num_beams, length_penalty, early_stopping,
-                    num_return_sequences, no_repeat_ngram_size, eos_token_id, *, cli=False):
-    """ValueError naming the first invalid beam_search argument (cli=True: the flag's name)."""
-    def name(arg):
-        return "--" + arg.replace("_", "-") if cli else arg
-
-    if not is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 1 for beam search, "
-                         f"got {max_new_tokens!r}")
-    if not is_int(num_beams) or num_beams < 1:
-        raise ValueError(f"{name('num_beams')} must be an integer >= 1, got {num_beams!r}")
-    if not is_number(length_penalty) or not math.isfinite(length_penalty):
-        raise ValueError(f"{name('length_penalty')} must be a finite number, got {length_penalty!r}")
-    if early_stopping is not True and early_stopping is not False and early_stopping != "never":
-        raise ValueError(f"{name('early_stopping')} must be True, False or \"never\", "
-                         f"got {early_stopping!r}")
-    if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
-        raise ValueError(f"{name('num_return_sequences')} must be an integer in 1..num_beams="
-                         f"{num_beams}, got {num_return_sequences!r}")
-    if not is_int(no_repeat_ngram_size) or no_repeat_ngram_size < 0:
-        raise ValueError(f"{name('no_repeat_ngram_size')} must be an integer >= 0 (0 = off), "
-                         f"got {no_repeat_ngram_size!r}")
-    if eos_token_id is not None and (not is_int(eos_token_id)
-                                     or not 0 <= eos_token_id < config.vocab_size):
-        raise ValueError(f"{name('eos_token_id')} must be a token id in [0, {config.vocab_size}) "
-                         f"or None (config.eos_token_id), got {eos_token_id!r}")
 
 
 # ---- gradient dicts ------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import math
 import os
 import warnings
 
-from .activation_functions import ACTIVATIONS, TANH_GELU_NAMES  # noqa: F401 (re-exported)
-from .checks import is_int, is_number, show
-from .errors import CheckpointError
+from numpy_gpt2.activation_functions import ACTIVATIONS, TANH_GELU_NAMES  # noqa: F401 (re-exported)
+from numpy_gpt2.checks import is_int, is_number, show
+from numpy_gpt2.errors import CheckpointError
 
 # The five published checkpoints: (n_layer, n_embd, vocab_size, n_ctx) -> (hub name, n_head).
 # n_head cannot be read from the weights (any divisor of n_embd fits them), so a checkpoint

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import NonFiniteError
-from .params import flatten_params
+from numpy_gpt2.errors import NonFiniteError
+from numpy_gpt2.params import flatten_params
 
 
 def all_finite(x) -> bool:

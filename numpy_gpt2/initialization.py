@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 
-from .checkpoint import expected_shapes
-from .checks import check_seed
-from .config import GPT2Config
-from .params import nest_params
+from numpy_gpt2.io.checkpoint import expected_shapes
+from numpy_gpt2.checks import check_seed
+from numpy_gpt2.config import GPT2Config
+from numpy_gpt2.params import nest_params
 
 INIT_STD = 0.02  # GPT-2's initializer_range
 

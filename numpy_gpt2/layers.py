@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from .activation_functions import activation
-from .hooks import no_record, prefixed, recorder
+from numpy_gpt2.activation_functions import activation
+from numpy_gpt2.hooks import no_record, prefixed, recorder
 
 
 def gelu(x):

@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 
-from .activation_functions import activation
-from .hooks import no_record, prefixed, record_weights
-from .layers import (attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax,
+from numpy_gpt2.activation_functions import activation
+from numpy_gpt2.hooks import no_record, prefixed, record_weights
+from numpy_gpt2.layers import (attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax,
                      split_heads)
 
 GELU_C = math.sqrt(2.0 / math.pi)

@@ -4,7 +4,7 @@ Cross-entropy of a sequence, in nats per token (natural log):
 
     CE = -1/N sum_t log p(x_{t+1} | x_1 .. x_t),   p = softmax(logits_t)
 
-Only the math of the loss, on logits given to it; numpy_gpt2.evaluate runs the model to
+Only the math of the loss, on logits given to it; numpy_gpt2.generation.perplexity runs the model to
 score texts (perplexity = exp(CE)).
 """
 
@@ -44,21 +44,27 @@ def cross_entropy(logits, targets) -> float:
     return float(token_nll(logits, targets).mean(dtype=np.float64))
 
 
-def masked_cross_entropy(logits, targets, ignore_index=-100) -> float:
+def masked_cross_entropy(logits, targets, ignore_index=-100, num_items_in_batch=None) -> float:
     """Mean next-token cross-entropy over the targets that are not ignore_index, in nats:
 
         L = -1/N sum_{t: y_t != ignore} log softmax(z_t)[y_t],   N = number of kept targets
 
     as torch.nn.functional.cross_entropy(..., reduction="mean", ignore_index=-100) computes it.
     logits: (..., V); targets: (...) ints. The training loss of numpy_gpt2.loss_and_grads.
+    num_items_in_batch: N given (transformers' name): the kept targets of the whole step
+    when this batch is one of several (gradient accumulation; docs/training.md); then a
+    batch with no kept target is 0.
     """
     targets = np.asarray(targets)
     keep = targets != ignore_index
-    return float(token_nll(logits[keep], targets[keep]).mean(dtype=np.float64))
+    nll = token_nll(logits[keep], targets[keep])
+    if num_items_in_batch is None:
+        return float(nll.mean(dtype=np.float64))
+    return float(nll.sum(dtype=np.float64) / num_items_in_batch)
 
 
-def cross_entropy_backward(logits, targets, ignore_index=-100):
-    """Gradient of masked_cross_entropy with respect to the logits:
+def cross_entropy_backward(logits, targets, ignore_index=-100, num_items_in_batch=None):
+    """Gradient of masked_cross_entropy with respect to the logits (the same N):
 
         dL/dz_t = (softmax(z_t) - onehot(y_t)) / N   for kept targets,   0 for ignored ones
 
@@ -70,5 +76,6 @@ def cross_entropy_backward(logits, targets, ignore_index=-100):
     probs = np.exp(log_softmax(logits))
     rows = np.nonzero(keep)
     probs[rows + (targets[rows],)] -= 1.0  # the one-hot of each kept target
-    probs *= keep[..., None] / keep.sum()  # ignored rows -> 0; mean over the kept ones
+    n = keep.sum() if num_items_in_batch is None else num_items_in_batch
+    probs *= keep[..., None] / n  # ignored rows -> 0; mean over the kept ones (or the step's)
     return probs

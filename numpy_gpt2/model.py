@@ -6,13 +6,13 @@ import functools
 
 import numpy as np
 
-from .checks import check_attention_mask, check_forward_tokens, check_position_ids
-from .config import GPT2Config
-from .finite import check_finite_logits
-from .hooks import no_record, prefixed
-from .layers import layer_norm, padding_bias, transformer_block
-from .layers_fast import layer_norm_fast, matmul_fast, transformer_block_fast
-from .threads import blas_threads_only
+from numpy_gpt2.checks import check_attention_mask, check_forward_tokens, check_position_ids
+from numpy_gpt2.config import GPT2Config
+from numpy_gpt2.finite import check_finite_logits
+from numpy_gpt2.hooks import no_record, prefixed
+from numpy_gpt2.layers import layer_norm, padding_bias, transformer_block
+from numpy_gpt2.fast.forward import layer_norm_fast, matmul_fast, transformer_block_fast
+from numpy_gpt2.fast.threads import blas_threads_only
 
 
 def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, position_ids=None,
@@ -70,7 +70,7 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
     record("wpe", pos_emb)
     x = tok_emb + pos_emb  # a new array: the fast blocks update it in place
     key_bias = None if mask is None else padding_bias(mask, x.dtype)  # (B, S)
-    # Inference: BLAS keeps the cores (see numpy_gpt2.threads.blas_threads_only).
+    # Inference: BLAS keeps the cores (see numpy_gpt2.fast.threads.blas_threads_only).
     with blas_threads_only():
         for i, block in enumerate(params["h"]):
             kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)

@@ -1,0 +1,62 @@
+"""The `numpy-gpt2` command: one subcommand per module of this package (docs/scripts.md).
+
+    numpy-gpt2 SUBCOMMAND [ARGS ...]        (also: python -m numpy_gpt2 SUBCOMMAND ...)
+
+The command line lives here and only here: each module parses its flags, calls the library,
+and maps the library's errors to one line on stderr and an exit status (cli/common.py). The
+library never knows about flags. scripts/<name>.py are shims that run the same modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from numpy_gpt2.cli import common
+
+# subcommand -> one line of --help (the module numpy_gpt2.cli.<subcommand> runs it)
+COMMANDS = {
+    "generate": "sample text from a model, streamed (sampling, beam search, logprobs)",
+    "perplexity": "cross-entropy and perplexity of a text file, with sliding windows",
+    "train": "train or fine-tune a model; resume a run exactly; N processes with mpiexec",
+    "prepare": "tokenize text files into uint16 token files for train --data DIR",
+    "convert": "convert any checkpoint to a Hugging Face directory or an llm.c .bin",
+    "dump": "save every activation (and gradient) of one input to a safetensors file",
+    "compare": "name the first tensor where two dumps (or a dump and a live run) differ",
+}
+
+
+def run_script(name: str, argv=None, prog: str | None = None) -> int:
+    """Run subcommand `name` with argv (default sys.argv[1:]); its exit status."""
+    common.stop_quietly_during_imports()  # before numpy and the rest are imported
+    argv = sys.argv[1:] if argv is None else list(argv)
+    common.threads_from_argv(argv)
+    return importlib.import_module(f"numpy_gpt2.cli.{name}").main(argv, prog=prog)
+
+
+def usage() -> str:
+    from numpy_gpt2 import __version__
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: numpy-gpt2 SUBCOMMAND [ARGS ...]   (numpy_gpt2 {__version__})", "",
+             "GPT-2 in plain NumPy. Subcommands (numpy-gpt2 SUBCOMMAND --help for each):"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """The console entry point: dispatch to a subcommand. Exit status 2 for an unknown one."""
+    common.stop_quietly_during_imports()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else common.EXIT_BAD_INPUT
+    if argv[0] == "--version":
+        from numpy_gpt2 import __version__
+        print(f"numpy_gpt2 {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"numpy-gpt2: error: unknown subcommand {name!r}; choose from "
+              f"{', '.join(COMMANDS)} (see numpy-gpt2 --help)", file=sys.stderr)
+        return common.EXIT_BAD_INPUT
+    return run_script(name, argv[1:], prog=f"numpy-gpt2 {name}")

@@ -1,0 +1,217 @@
+"""What every command shares: one-line errors, exit statuses, signals, UTF-8 input.
+
+Each command module (numpy_gpt2/cli/<name>.py) has a `main(argv) -> exit status` wrapped with
+`@common.entry("<name>")`, which turns every way a run can end into an exit status and at most
+one line on stderr (docs/scripts.md):
+  0 done; 1 failure (the run could not finish: e.g. out of memory; stdout closed early,
+  quietly); 2 bad input (UsageError, argparse's errors, unreadable or non-UTF-8 input);
+  130 Ctrl-C (SIGINT); 143 SIGTERM.
+`stop_quietly_during_imports()` runs first, before anything slow is imported (numpy_gpt2.cli's
+`main` and `run_script` call it), so that Ctrl-C or SIGTERM during the imports end the command
+at once, quietly, with status 130 / 143 (nothing has been written yet).
+The library never knows the command line: its ValueErrors name arguments (`max_new_tokens`),
+and `flag_message` words them as the flags (`--max-new-tokens`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # the shell's 128 + N
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TRACEBACK_ENV = "NUMPY_GPT2_TRACEBACK"  # =1: show the traceback of an unexpected error
+_prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "numpy-gpt2"  # in messages
+
+
+def _stop_now(signum, frame):
+    """During the imports nothing is written yet: end at once (no KeyboardInterrupt
+    traceback out of whichever module was being imported)."""
+    what = "\n{}: interrupted (Ctrl-C)" if signum == signal.SIGINT else "{}: terminated (SIGTERM)"
+    try:  # (after the terminal's ^C, a new line)
+        os.write(2, (what.format(_prog) + "\n").encode())
+    finally:
+        os._exit(128 + signum)
+
+
+def stop_quietly_during_imports() -> None:
+    """SIGINT / SIGTERM end the process at once, quietly, until a command's entry() takes
+    over (its main then cleans up in `finally` blocks)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop_now)
+
+
+def threads_from_argv(argv) -> None:
+    """--threads N into the BLAS and thread-pool variables, before NumPy loads OpenBLAS
+    (which reads them once)."""
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--threads=") else \
+            argv[i + 1] if a == "--threads" and i + 1 < len(argv) else None
+        if value is not None and value.isdigit() and int(value) >= 1:
+            for name in ("NUMPY_GPT2_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[name] = value
+
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised in the main thread, like KeyboardInterrupt for Ctrl-C)."""
+
+
+def _raise_stop(signum, frame):
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated
+
+
+def not_utf8(value: str) -> str | None:
+    """None when value came from valid UTF-8; else where it did not ("byte 0xff at offset
+    3"). Python turns undecodable bytes of arguments and paths into lone surrogates
+    (surrogateescape), which are what this finds."""
+    try:
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        raw = value.encode("utf-8", "surrogateescape")
+        offset = len(value[:e.start].encode("utf-8", "surrogateescape"))
+        return f"byte 0x{raw[offset]:02x} at offset {offset}"
+
+
+def decode_utf8(raw: bytes, what: str) -> str:
+    """bytes read from stdin or a file -> text; UsageError naming `what` when not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what}: not UTF-8 text ({e.reason}: byte 0x{raw[e.start]:02x} at "
+                         f"offset {e.start}); the scripts read UTF-8 only") from None
+
+
+def read_text(path, flag: str | None = None) -> str:
+    """A text file's contents; UsageError naming the file (after its flag, e.g.
+    "--prompts-file") when it cannot be read or is not UTF-8."""
+    what = f"{flag} {path}" if flag else str(path or repr(path))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UsageError(f"{what}: cannot read it ({e.strerror})") from None
+    return decode_utf8(raw, what)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (UsageError, exit status 2, not usage + message) and the
+    UTF-8 rule for every argument value; named as the running command ("numpy-gpt2 train",
+    or "train.py" run as a script)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("prog", _prog)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        for arg in args[:args.index("--")] if "--" in args else args:  # (after "--": text)
+            # argparse drops the "--" of "--flag=--" and stores [] as the flag's value
+            if isinstance(arg, str) and arg.startswith("--") and arg.endswith("=--"):
+                raise UsageError(f"argument {arg[:-3]}: expected one value, got '--' (see --help)")
+        parsed = super().parse_args(args, namespace)
+        for action in self._actions:
+            values = getattr(parsed, action.dest, None)
+            name = "/".join(action.option_strings) or action.dest
+            for value in values if isinstance(values, list) else [values]:
+                where = not_utf8(value) if isinstance(value, str) else None
+                if where:
+                    raise UsageError(f"argument {name}: not UTF-8 ({where}); the scripts take "
+                                     f"UTF-8 text and paths only")
+        return parsed
+
+
+def flag_message(error, flags: dict | None = None) -> str:
+    """A library ValueError's message worded for the command line: the argument it names
+    first (`max_new_tokens`, `logit_bias[5]`) as its flag (`--max-new-tokens`, or flags[name]),
+    and the Python-only ways of saying "off" (None) as the flag's (leave it out)."""
+    message = str(error)
+    match = re.match(r"[a-z_]+(?=[ :\[])", message)
+    if not match:
+        return message
+    name = match.group(0)
+    flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+    rest = message[match.end():]
+    if name == "seed" and rest.startswith(" must be"):  # the flag takes integers only
+        return f"{flag} must be an integer >= 0, got {rest.rpartition(', got ')[2]}"
+    rest = rest.replace("(or None for no limit)", "(leave it out for no limit)")
+    rest = re.sub(r"\(vocab_size\) or None, got", "(vocab_size), got", rest)
+    return flag + rest
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _quiet_stdout():
+    """stdout's reader is gone (e.g. `| head`): send the rest, and Python's final flush, to
+    /dev/null so that no 'Exception ignored ... BrokenPipeError' follows."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (e.g. a test's capture)
+        pass
+
+
+def entry(name: str):
+    """Decorator for a command's main(argv=None) -> exit status: runs it with SIGINT and SIGTERM
+    raising KeyboardInterrupt / Terminated (so `finally` blocks clean up), and turns how it
+    ended into the documented exit status and at most one line on stderr, after `prog`
+    ("numpy-gpt2 NAME"; "NAME.py" for the scripts/NAME.py shim, the default)."""
+    def wrap(main):
+        def run(argv=None, prog=None) -> int:
+            global _prog
+            prog = _prog = prog or f"{name}.py"
+            previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
+            try:
+                status = main(argv)
+                sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
+                return status
+            except UsageError as e:
+                _say(prog, f"error: {one_line(e)}")
+                return EXIT_BAD_INPUT
+            except KeyboardInterrupt:
+                _say(prog, "interrupted (Ctrl-C)", newline=True)
+                return EXIT_SIGINT
+            except Terminated:
+                _say(prog, "terminated (SIGTERM)")
+                return EXIT_SIGTERM
+            except BrokenPipeError:
+                _quiet_stdout()
+                return EXIT_FAILURE
+            except MemoryError:
+                _say(prog, "error: out of memory; try a smaller model, input or batch")
+                return EXIT_FAILURE
+            except Exception as e:  # a bug: still one line (the traceback on request)
+                if os.environ.get(TRACEBACK_ENV) == "1":
+                    raise
+                _say(prog, f"internal error: {type(e).__name__}: {one_line(e)} (a bug in "
+                           f"numpy_gpt2: please report it with the command; {TRACEBACK_ENV}=1 "
+                           f"shows the traceback)")
+                return EXIT_FAILURE
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+        run.__doc__, run.__name__ = main.__doc__, main.__name__
+        return run
+    return wrap
+
+
+def _say(prog, message, newline=False):
+    try:
+        print(("\n" if newline else "") + f"{prog}: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed too: the exit status still tells
+        pass

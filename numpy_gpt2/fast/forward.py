@@ -1,0 +1,311 @@
+"""The fast path of the forward pass: the equations of numpy_gpt2/layers.py, arranged for speed.
+
+model.forward runs these (recording or not, so a recorded activation is exactly what
+generation computes); the readable functions of layers.py are the reference they are
+checked against: tests/test_fast_paths.py tests every function here against its readable
+twin. The tricks, each one small:
+  * matmuls see 2-D inputs: (B, T, E) @ (E, N) would call BLAS once per sequence and read
+    the weights B times; (B*T, E) @ (E, N) reads them once (decoding is weight-bandwidth bound);
+  * in-place updates (`out=`, `+=`): fewer temporaries, less memory traffic, lower peak RSS;
+  * attention in blocks of queries: a block never touches the keys after it (they are all
+    masked), and its scores stay cache-sized instead of a (B, H, T, T) array (48 MB per
+    layer at T = 1024);
+  * softmax left unnormalized until after `@ v`: dividing (T, D) outputs is cheaper than
+    dividing (T, S) probabilities.
+The fast forward of training, which also saves what the backward pass needs, is
+layers_backward_fast.transformer_block_saving_fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from numpy_gpt2.activation_functions import TANH_GELU_NAMES, activation_fast
+from numpy_gpt2.hooks import no_record, prefixed
+from numpy_gpt2.layers import split_heads
+from numpy_gpt2.fast.threads import blas_single_threaded, can_limit_blas, for_each_piece, run_shares, threads
+
+QUERY_BLOCK = 64  # queries per attention block: a block's scores are <= 3 MB at S = 1024
+
+
+def linear_fast(x, weight, bias):
+    """linear() as one 2-D matmul (weights read once for the whole batch), bias added in place."""
+    out = matmul_fast(x.reshape(-1, x.shape[-1]), weight, bias=bias)
+    return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+SPLIT_FLOPS = 1 << 20  # matmuls with fewer floating-point operations run on the calling thread
+
+
+def matmul_fast(a, b, out=None, bias=None):
+    """a @ b (+ bias) for 2-D a (M, K), b (K, N), into out (M, N) (a new array when None).
+
+    The columns of b are shared out between the threads (numpy_gpt2.fast.threads), each running a
+    single-threaded BLAS on its share and adding its part of bias while it is in the cache:
+    one meeting of the threads per matmul, where BLAS's own threads meet many times inside
+    one call (on a busy machine each meeting can cost a time slice: a decode step's
+    (1, 768) @ (768, 2304) took 40 ms that way, 1 ms single-threaded). A plain matmul on
+    BLAS's own threads instead for one row (a matrix-vector product), inside
+    threads.blas_threads_only() (the inference forward pass), and when BLAS cannot be
+    limited (not OpenBLAS).
+    """
+    M, N = a.shape[0], b.shape[1]
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    # One row (a decode step at batch 1) is a matrix-vector product, bound by reading b from
+    # memory: BLAS's own threads stream it best (measured on a quiet 2-core Xeon: 20 ms for
+    # the 48 block matmuls of 124M, 44 ms shared out by columns). threads() == 1: BLAS owns
+    # the threads (threads.blas_threads_only, or a single worker thread).
+    if M == 1 or threads() == 1 or not can_limit_blas():
+        np.matmul(a, b, out=out)
+        if bias is not None:
+            out += bias
+        return out
+    shares = min(threads(), N // 64) if 2 * M * a.shape[1] * N >= SPLIT_FLOPS else 1
+    shares = max(shares, 1)
+    edges = [N * i // shares // 16 * 16 for i in range(shares)] + [N]  # 64-byte aligned cuts
+
+    def share(i):
+        c = slice(edges[i], edges[i + 1])
+        np.matmul(a, b[:, c], out=out[:, c])
+        if bias is not None:
+            out[:, c] += bias[c]
+
+    with blas_single_threaded():
+        run_shares(share, shares)
+    return out
+
+
+GELU_CHUNK = 1 << 16  # elements per gelu_fast pass: 256 KB of float32 stays in the L2 cache
+
+
+def gelu_fast(x):
+    """gelu() computed in x's own memory (x is overwritten and returned).
+
+    Uses 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)), so gelu(x) = x / (1 + exp(-2u)) with
+    u = sqrt(2/pi) (x + 0.044715 x^3): NumPy's float32 exp is about twice as fast as its tanh.
+    A big array goes in cache-sized chunks: its eight passes then hit the cache, not memory,
+    and the one temporary stays small.
+    """
+    flat = x.reshape(-1) if x.flags.c_contiguous else None  # a view, so writes reach x
+    if flat is None or flat.size <= GELU_CHUNK:
+        return _gelu_inplace(x)
+    # Chunks shared out between the threads (ufuncs release the GIL).
+    for_each_piece(lambda i: _gelu_inplace(flat[i * GELU_CHUNK:(i + 1) * GELU_CHUNK]),
+                   -(-flat.size // GELU_CHUNK), min_pieces=PARALLEL_PIECES)
+    return x
+
+
+PARALLEL_PIECES = 4  # cache-sized pieces of elementwise work worth handing to threads
+
+
+def _gelu_inplace(x):
+    t = x * x
+    t *= x                                    # x^3 as x*x*x (x ** 3 calls powf: 10x slower)
+    t *= 0.044715                             # Python floats keep float32 arrays float32
+    t += x
+    t *= -2.0 * math.sqrt(2.0 / math.pi)      # t = -2u
+    with np.errstate(over="ignore"):          # x << 0: exp -> inf, x / inf -> -0, gelu's limit
+        np.exp(t, out=t)
+    t += 1.0
+    x /= t
+    return x
+
+
+def normalize(x, eps):
+    """LayerNorm's normalization of x (..., E), in one new array: (xhat, std) with
+    xhat = (x - mean) / std and std = sqrt(var + eps) (..., 1). layer_norm(x) = xhat * weight
+    + bias; the backward pass (layers_backward_fast.layer_norm_backward_fast) needs xhat and std."""
+    # np.add.reduce and a division: the bits of x.mean(), without its Python-level wrapper
+    # (a decode step normalizes 25 single rows, where that wrapper was most of the time).
+    n = x.shape[-1]
+    mean = np.add.reduce(x, axis=-1, keepdims=True)
+    mean /= n
+    xhat = x - mean
+    std = np.add.reduce(xhat * xhat, axis=-1, keepdims=True)
+    std /= n
+    std += eps
+    np.sqrt(std, out=std)
+    xhat /= std
+    return xhat, std
+
+
+LN_ROWS = 64  # rows per layer_norm_fast piece: 192 KB of float32 at E = 768, cache-sized
+
+
+def layer_norm_fast(x, weight, bias, eps=1e-5):
+    """layer_norm(): normalize(), then the affine map in place, in pieces of LN_ROWS rows
+    shared out between the threads (each piece's passes stay in the cache)."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+
+    def piece(i):
+        part = slice(i * LN_ROWS, (i + 1) * LN_ROWS)
+        xhat, _ = normalize(rows[part], eps)
+        xhat *= weight
+        np.add(xhat, bias, out=out[part])
+
+    for_each_piece(piece, -(-rows.shape[0] // LN_ROWS), min_pieces=PARALLEL_PIECES)
+    return out.reshape(x.shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _future_mask(n, dtype):
+    """(n, n) additive mask: 0 on and below the diagonal, -inf above (key after query)."""
+    mask = np.triu(np.full((n, n), -np.inf, dtype=dtype), k=1)
+    mask.flags.writeable = False  # shared by every call
+    return mask
+
+
+def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, lse=None,
+                          dropout=None, layer=0, key_bias=None, scale=None):
+    """attention() with the causal mask, for T queries at positions past .. past+T-1.
+
+    q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
+    merging the heads to (B, T, E) is a free reshape. Query block [t0, t1) needs keys
+    0 .. past+t1-1 only, and only its last t1-t0 keys need masking. block: queries per block.
+    lse: optional (B, H, T) array, filled with each query's log sum_j exp(score_j): with it,
+    the backward pass recomputes any block of probabilities as exp(score - lse), so no
+    (B, H, T, S) array needs to be kept for it.
+    dropout: a dropout.Dropout for training (None: none): each block's probabilities are
+    multiplied by its mask (1, layer, 2, t0) before `@ v`; lse and the recorded
+    probabilities are those before dropout.
+    key_bias: optional (B, past + T) layers.padding_bias, added to every query's scores.
+    scale: the scores' factor (1 / sqrt(D) unless the config changes it).
+    Enough work (PARALLEL_FLOPS) is shared out by heads between the thread pool's threads,
+    each running single-threaded BLAS (numpy_gpt2.fast.threads.blas_single_threaded); the
+    result, dropout masks included, is the same either way.
+    """
+    B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    out = np.empty((B, T, H, D), dtype=q.dtype)
+    # The (B, H, T, S) probabilities exist only when someone records them.
+    probs = None if record is no_record else np.zeros((B, H, T, past + T), dtype=q.dtype)
+
+    def attend(b, heads):
+        def mask(t0, S, dtype):  # the full block's mask cut to these heads: the same in any share
+            return dropout.mask((1, layer, 2, t0), (B, H, min(block, T - t0), S), dtype)[b, heads]
+
+        _attend_heads(q[b, heads], k[b, heads], v[b, heads], past, block, out[b, :, heads],
+                      None if lse is None else lse[b, heads], None if probs is None else probs[b, heads],
+                      scale, None if key_bias is None else key_bias[b], None if dropout is None else mask)
+
+    run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D)
+    if probs is not None:
+        record("softmax", probs)
+    return out
+
+
+PARALLEL_FLOPS = 1 << 23  # attention work below this runs on the calling thread (threads cost ~0.1 ms)
+
+
+def run_head_groups(work, B, H, flops):
+    """Call work(b, heads) over all B x H heads: once with b = heads = slice(None) (every
+    head at once) when flops < PARALLEL_FLOPS or only one thread is there, else in one
+    contiguous share of heads per pool thread (b an int, heads a slice of sequence b's
+    heads), with single-threaded BLAS inside."""
+    n = threads()
+    if n == 1 or flops < PARALLEL_FLOPS or not can_limit_blas():
+        return work(slice(None), slice(None))
+    bounds = [round(i * B * H / n) for i in range(n + 1)]
+
+    def share(i):
+        for b in range(B):  # the part of sequence b's heads in share i
+            h0, h1 = max(bounds[i] - b * H, 0), min(bounds[i + 1] - b * H, H)
+            if h0 < h1:
+                work(b, slice(h0, h1))
+
+    with blas_single_threaded():
+        run_shares(share, n)
+
+
+def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask):
+    """causal_attention_fast for some heads: q (..., h, T, D), k, v (..., h, S, D); writes
+    out (..., T, h, D) and, when given, lse (..., h, T) and probs (..., h, T, S).
+    key_bias: these heads' sequences' rows of the padding bias, (..., past + T), or None.
+    mask: None, or mask(t0, S, dtype) -> the dropout mask (..., h, n, S) of the block from t0."""
+    T = q.shape[-2]
+    for t0 in range(0, T, block):
+        t1 = min(t0 + block, T)
+        S = past + t1  # keys this block can see
+        # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
+        scores = (q[..., t0:t1, :] * scale) @ np.swapaxes(k[..., :S, :], -1, -2)
+        if t1 - t0 > 1:  # a single query sees every key so far: nothing to mask
+            scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
+        if key_bias is not None:  # (..., S) -> (..., 1, 1, S): the same for every head, query
+            scores += key_bias[..., None, None, :S]
+        top = scores.max(axis=-1, keepdims=True)
+        scores -= top
+        np.exp(scores, out=scores)
+        sums = scores.sum(axis=-1, keepdims=True)
+        if lse is not None:
+            lse[..., t0:t1] = (top + np.log(sums))[..., 0]
+        if probs is not None:
+            probs[..., t0:t1, :S] = scores / sums
+        dropped = scores if mask is None else scores * mask(t0, S, scores.dtype)
+        heads = dropped @ v[..., :S, :]  # (..., h, n, D), unnormalized
+        heads /= sums
+        out[..., t0:t1, :, :] = np.swapaxes(heads, -2, -3)
+
+
+def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=no_record,
+                               key_bias=None, scale=None):
+    """causal_self_attention(), fast. x: (B, T, E) -> (B, T, E); kv, record, key_bias, scale as there.
+
+    last_only: the output for the last position only, (B, 1, E); every position's keys and
+    values are still computed (and cached), only the other queries are skipped.
+    """
+    B, T, E = x.shape
+    qkv = linear_fast(x, **c_attn)
+    record("c_attn", qkv)
+    q, k, v = (split_heads(qkv[..., i * E:(i + 1) * E], n_head) for i in range(3))  # views, no copies
+    past = 0
+    if kv is not None:
+        keys, values, past = kv
+        keys[:, :, past:past + T] = k
+        values[:, :, past:past + T] = v
+        k, v = keys[:, :, :past + T], values[:, :, :past + T]
+    if last_only:
+        q, past, T = q[:, :, -1:], past + T - 1, 1
+    out = causal_attention_fast(q, k, v, past, record=record, key_bias=key_bias,
+                                scale=scale).reshape(B, T, E)
+    return linear_fast(out, **c_proj)
+
+
+def mlp_fast(x, c_fc, c_proj, record=no_record, act="gelu_new"):
+    """mlp(), fast: the tanh GELU overwrites the hidden (..., 4E) array in place; other
+    activation functions make a new one (activation_functions.activation_fast)."""
+    h = linear_fast(x, **c_fc)
+    if record is not no_record:
+        record("c_fc", h.copy())  # a copy: gelu_fast is about to overwrite h
+    h = gelu_fast(h) if act in TANH_GELU_NAMES else activation_fast(act)[0](h)
+    record("gelu", h)
+    return linear_fast(h, **c_proj)
+
+
+def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False, record=no_record,
+                           key_bias=None, *, act="gelu_new", scale=None):
+    """transformer_block(), fast; adds to x IN PLACE (x must be the caller's own array).
+
+    last_only: return the last position only, (B, 1, E) (a new array; x is left as it was).
+    The model's last block uses it when only the next token's logits are wanted: after the
+    keys/values, nothing there depends on the other positions.
+    """
+    h = layer_norm_fast(x, **block["ln_1"], eps=eps)
+    record("ln_1", h)
+    a = causal_self_attention_fast(h, **block["attn"], n_head=n_head, kv=kv, last_only=last_only,
+                                   record=prefixed(record, "attn."), key_bias=key_bias, scale=scale)
+    record("attn", a)
+    if last_only:
+        x = x[:, -1:].copy()
+    x += a
+    h = layer_norm_fast(x, **block["ln_2"], eps=eps)
+    record("ln_2", h)
+    m = mlp_fast(h, **block["mlp"], record=prefixed(record, "mlp."), act=act)
+    record("mlp.c_proj", m)
+    x += m
+    return x
+
