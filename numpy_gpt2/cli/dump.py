@@ -45,7 +45,7 @@ from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.debug.capture import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
                                     gradients, next_token_targets, parameter_gradient_names,
                                     select_names)
-from numpy_gpt2.io.checkpoint import write_files_atomically
+from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.debug.dump_format import config_metadata, dump_order_key, package_version, save_activations
 
 

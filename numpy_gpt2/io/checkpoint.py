@@ -23,10 +23,8 @@ from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.checks import cut, is_int
 from numpy_gpt2.config import GPT2Config, infer_config, read_config_json
 from numpy_gpt2.errors import CheckpointError
-from numpy_gpt2.io.formats.safetensors import MAX_HEADER_BYTES, _naturals, read_safetensors_header  # noqa: F401
 from numpy_gpt2.io.formats.detect import find_checkpoint
-from numpy_gpt2.io.formats.tensor_copy import (CHUNK_ELEMENTS, FILE_DTYPES, _convert, _default_threads,  # noqa: F401
-                                  _sum_is_finite, copy_tensors)
+from numpy_gpt2.io.formats.tensor_copy import FILE_DTYPES, _default_threads, copy_tensors
 from numpy_gpt2.params import flatten_params, is_frozen, nest_params
 
 # Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
