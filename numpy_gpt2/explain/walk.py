@@ -90,9 +90,10 @@ def logit_lens(params, config, residuals):
     out = []
     for x in residuals:
         logits = layer_norm(x, **params["ln_f"], eps=config.layer_norm_epsilon) @ head.T
-        probs = softmax(logits)
-        top = probs.argmax(axis=-1)
-        out.append((top, probs[np.arange(len(top)), top]))
+        top = logits.argmax(axis=-1)
+        # the top token's softmax probability, 1 / sum(exp(logits - max)), without the (T, V) softmax
+        shifted = logits.astype(np.float64) - logits[np.arange(len(top)), top][:, None]
+        out.append((top, 1.0 / np.exp(shifted).sum(axis=-1)))
     return out
 
 
