@@ -17,8 +17,8 @@ import time
 
 from bench_common import import_numpy_gpt2, machine_info
 
-PROMPT = ("The quick brown fox jumps over the lazy dog, and then it runs far away into the old "
-          "dark forest, where it sleeps until")
+WORDS = ("The quick brown fox jumps over the lazy dog and then it runs far away into the old dark "
+         "forest where it sleeps until the morning comes back again to wake it up and send it home").split()
 
 
 def main() -> None:
@@ -34,8 +34,9 @@ def main() -> None:
     params = numpy_gpt2.init_params(config, seed=0)
     print(f"init_params: {time.perf_counter() - began:.1f} s")
     encoder = bpe.load()
-    prompt = encoder.decode(encoder.encode(PROMPT)[:32])
-    assert len(encoder.encode(prompt)) == 32, len(encoder.encode(prompt))
+    prompt = next(" ".join(WORDS[:k]) for k in range(len(WORDS) + 1)
+                  if len(encoder.encode(" ".join(WORDS[:k]))) >= 32)
+    assert len(encoder.encode(prompt)) == 32, prompt
     for target in (None, " the morning"):
         times = []
         for _ in range(args.reps):
