@@ -423,8 +423,8 @@ def render(d: dict, meta: dict) -> str:
     add(table(j, "output.ids|output.logits", ["id", "logit"], [token_label(t) for t in out["texts"]], caption="the most likely tokens"))
     add(table(j, "output.stages.*.probs", [st["stage"] for st in out["stages"]], [token_label(t) for t in out["texts"]], shade="prob",
               caption="their probability after each stage"))
-    add(table(j, "output.stages.*.kept", [st["stage"] for st in out["stages"]], ["tokens that can be drawn"],
-              caption=f"of {cfg['vocab_size']}"))
+    add(table(j, "output.stages.*.kept", ["tokens left"], [st["stage"] for st in out["stages"]],
+              caption=f"how many of the {cfg['vocab_size']} tokens can still be drawn after each stage"))
 
     # 6. target
     if "target" in j:
