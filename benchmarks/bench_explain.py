@@ -12,10 +12,12 @@ Prints the seconds of init_params (not part of the page), of explain_page withou
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
 
-from bench_common import import_numpy_gpt2, machine_info
+from bench_common import import_numpy_gpt2
 
 WORDS = ("The quick brown fox jumps over the lazy dog and then it runs far away into the old dark "
          "forest where it sleeps until the morning comes back again to wake it up and send it home").split()
@@ -28,7 +30,9 @@ def main() -> None:
     args = p.parse_args()
     numpy_gpt2 = import_numpy_gpt2()
     from numpy_gpt2 import bpe
-    print(machine_info())
+    import numpy as np
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}, "
+          f"numpy {np.__version__}, numpy_gpt2 {numpy_gpt2.__version__}")
     config = numpy_gpt2.GPT2Config(n_layer=args.n_layer, n_head=12, n_embd=768)
     began = time.perf_counter()
     params = numpy_gpt2.init_params(config, seed=0)
