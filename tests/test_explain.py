@@ -292,20 +292,25 @@ def test_no_network(page):
 
 # ---- a real browser ----------------------------------------------------------------------------
 
-def render_in_chromium(path, tmp_path, height=3000):
-    """(console lines, screenshot pixels) of chromium rendering the file, headless."""
+def chromium(path, tmp_path, *flags):
+    """(console lines, stdout) of headless chromium opening the file with the given flags."""
     if CHROMIUM is None:
         pytest.skip("no chromium on this machine (apt-get install -y chromium)")
     profile = tmp_path / f"profile-{time.monotonic_ns()}"
-    shot = tmp_path / "shot.png"
     run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
                           "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-                          f"--window-size=1280,{height}", f"--screenshot={shot}", f"file://{path}"],
-                         capture_output=True, text=True, timeout=180)
-    assert shot.exists(), run.stderr[-2000:]
+                          *flags, f"file://{path}"], capture_output=True, text=True, timeout=180)
+    return [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln], run.stdout, run.stderr
+
+
+def render_in_chromium(path, tmp_path, height=3000):
+    """(console lines, screenshot pixels) of chromium rendering the file, headless."""
+    shot = tmp_path / "shot.png"
+    console, _, err = chromium(path, tmp_path, f"--window-size=1280,{height}", f"--screenshot={shot}")
+    assert shot.exists(), err[-2000:]
     import matplotlib.image
-    return [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln], matplotlib.image.imread(shot)
+    return console, matplotlib.image.imread(shot)
 
 
 def test_chromium_renders_without_console_messages(page, tmp_path):
@@ -322,6 +327,18 @@ def test_chromium_renders_without_console_messages(page, tmp_path):
     assert pixels.shape[0] == 3000 and pixels.std() > 0.05  # not blank
     colored = (np.abs(pixels[..., 0] - pixels[..., 2]) > 0.2).mean()
     assert colored > 0.01  # the heatmaps are drawn (red/blue), not only text
+
+
+def test_chromium_clicking_a_head_shows_it_large(page, tmp_path):
+    clicked = tmp_path / "clicked.html"
+    clicked.write_text(page.replace("</body>", "<script>document.getElementById('att-2-3').click()</script></body>"),
+                       encoding="utf-8")
+    console, dom, err = chromium(clicked, tmp_path, "--dump-dom")
+    assert console == [] and dom, err[-2000:]
+    images = parsed(dom).images
+    big = re.search(r'<image id="att-big"[^>]*href="([^"]+)"', dom)
+    assert big and big.group(1) == images["att-2-3"] != images["att-1-2"]
+    assert '<h3 id="att-big-title">layer 2, head 3 (click any square above)</h3>' in dom
 
 
 # ---- the command --------------------------------------------------------------------------------
