@@ -145,9 +145,9 @@ def walk(params: dict, config: GPT2Config, tokenizer, prompt: str, *, layer: int
     shows the merges). ValueError for bad arguments (check_explain_args), before any work."""
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
-    pieces = tokenizer.explain(prompt)
+    pieces = tokenizer.explain(prompt, allowed_special="all")  # as generate and dump: <|endoftext|> is 50256
     ids = [i for p in pieces for i in p["ids"]]
-    target_ids = tokenizer.encode(target) if target else []
+    target_ids = tokenizer.encode(target, allowed_special="all") if target else []
     if target is not None and not target_ids:
         raise ValueError("target is empty: give the text you expect after the prompt")
     check_explain_args(config, len(ids), layer, head, temperature, top_k, top_p, len(target_ids))
