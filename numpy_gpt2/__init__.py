@@ -40,6 +40,7 @@ _API = {
     "compare_activations": "numpy_gpt2.debug.compare",
     "load_activations": "numpy_gpt2.debug.dump_format", "load_dump": "numpy_gpt2.debug.dump_format",
     "save_activations": "numpy_gpt2.debug.dump_format",
+    "explain_page": "numpy_gpt2.explain",
 }
 __all__ = list(_API)
 
