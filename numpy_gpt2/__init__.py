@@ -2,7 +2,7 @@
 
 The top level is the reference a learner reads, in this order: config, params, errors, hooks,
 layers (one equation each), model (forward), loss, layers_backward, backward (loss_and_grads),
-activation_functions, initialization, finite, checks. The subpackages hold the rest:
+activation_functions, dropout, initialization, finite, checks. The subpackages hold the rest:
 fast/ (fast twins of the layers, tested equal), io/ (files: checkpoints, tokenizer, hub),
 generation/ (sampling, beams, perplexity), training/ (AdamW, the step, the training loop),
 debug/ (named activations and gradients, dump files, compare), cli/ (the `numpy-gpt2` command).

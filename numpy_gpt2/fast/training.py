@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from numpy_gpt2.activation_functions import TANH_GELU_NAMES, activation_fast
-from numpy_gpt2.training.dropout import apply as apply_dropout
+from numpy_gpt2.dropout import apply as apply_dropout
 from numpy_gpt2.hooks import no_record, prefixed, record_weights
 from numpy_gpt2.layers import split_heads
 from numpy_gpt2.activation_functions import SQRT_2_OVER_PI as GELU_C
