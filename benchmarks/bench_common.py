@@ -26,7 +26,7 @@ def import_numpy_gpt2():
         sys.path.insert(0, ROOT)
         import numpy_gpt2
     import numpy_gpt2.fast.threads  # noqa: F401  (the public API loads lazily; the benchmarks
-    import numpy_gpt2.io.checkpoint  # noqa: F401  also use these modules by their full names)
+    import numpy_gpt2.io.formats.tensor_copy  # noqa: F401  also use these modules by their full names)
     return numpy_gpt2
 
 # ----------------------------------------------------------------------------------------

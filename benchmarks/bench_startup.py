@@ -70,11 +70,11 @@ def finite_check_seconds(numpy_gpt2, params):
     import numpy as np
     done = time.monotonic()
     flat = numpy_gpt2.flatten_params(params).values()
-    start, n = time.monotonic(), numpy_gpt2.io.checkpoint.CHUNK_ELEMENTS
+    start, n = time.monotonic(), numpy_gpt2.io.formats.tensor_copy.CHUNK_ELEMENTS
     for a in flat:
         a = a.reshape(-1)
         for i in range(0, a.size, n):
-            numpy_gpt2.io.checkpoint._sum_is_finite(a[i:i + n])
+            numpy_gpt2.io.formats.tensor_copy._sum_is_finite(a[i:i + n])
     return done, time.monotonic() - start, sum(int(np.asarray(a).nbytes) for a in flat)
 
 

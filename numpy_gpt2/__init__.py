@@ -2,7 +2,7 @@
 
 The top level is the reference a learner reads, in this order: config, params, errors, hooks,
 layers (one equation each), model (forward), loss, layers_backward, backward (loss_and_grads),
-activation_functions, initialization, finite, checks. The subpackages hold the rest:
+activation_functions, dropout, initialization, finite, checks. The subpackages hold the rest:
 fast/ (fast twins of the layers, tested equal), io/ (files: checkpoints, tokenizer, hub),
 generation/ (sampling, beams, perplexity), training/ (AdamW, the step, the training loop),
 debug/ (named activations and gradients, dump files, compare), cli/ (the `numpy-gpt2` command).
@@ -40,6 +40,7 @@ _API = {
     "compare_activations": "numpy_gpt2.debug.compare",
     "load_activations": "numpy_gpt2.debug.dump_format", "load_dump": "numpy_gpt2.debug.dump_format",
     "save_activations": "numpy_gpt2.debug.dump_format",
+    "explain_page": "numpy_gpt2.explain",
 }
 __all__ = list(_API)
 

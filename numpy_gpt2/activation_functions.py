@@ -267,12 +267,12 @@ def laplace_derivative(x):
     return _normal_pdf((x - LAPLACE_MU) * (1.0 / LAPLACE_SIGMA)) * (1.0 / LAPLACE_SIGMA)
 
 
-def linear(x):
-    """x   ("linear"); derivative 1."""
+def identity(x):
+    """x   (transformers' "linear" activation; not layers.linear, the affine map); derivative 1."""
     return x.copy()
 
 
-def linear_derivative(x):
+def identity_derivative(x):
     return np.ones_like(x)
 
 
@@ -287,7 +287,7 @@ ACTIVATIONS = {
     "leaky_relu": (leaky_relu, leaky_relu_derivative), "silu": (silu, silu_derivative),
     "swish": (silu, silu_derivative), "sigmoid": (sigmoid, sigmoid_derivative),
     "tanh": (tanh, tanh_derivative), "mish": (mish, mish_derivative),
-    "laplace": (laplace, laplace_derivative), "linear": (linear, linear_derivative),
+    "laplace": (laplace, laplace_derivative), "linear": (identity, identity_derivative),
 }
 
 

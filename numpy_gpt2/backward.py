@@ -20,7 +20,7 @@ import numpy as np
 
 from numpy_gpt2.checks import check_mirrors_params, check_targets, is_int, show
 from numpy_gpt2.config import GPT2Config
-from numpy_gpt2.training.dropout import apply as apply_dropout
+from numpy_gpt2.dropout import apply as apply_dropout
 from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.finite import all_finite, check_finite_logits
 from numpy_gpt2.hooks import is_weight_name, no_record, prefixed, record_weights
@@ -59,7 +59,7 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
         biases of a model without biases (config.bias False: they are not parameters).
         Arrays may be reused after the call: copy what you keep.
     grads: a gradient dict to add this batch's gradients into (gradient accumulation).
-    dropout: a numpy_gpt2.training.dropout.Dropout(p, seed) for training with dropout (embeddings,
+    dropout: a numpy_gpt2.dropout.Dropout(p, seed) for training with dropout (embeddings,
         attention probabilities, residual branches; the backward applies the same masks);
         None or p = 0: none, every number as without it. Fast path only.
     num_items_in_batch: divide the summed loss by this many targets instead of this batch's

@@ -111,12 +111,8 @@ def check_finite_logits(logits, params: dict, config, tokens, *, forward, kv_cac
 
     Returns None when everything is finite, after one sum over `logits`. Otherwise the forward
     pass runs again with record= and the message names the first non-finite activation in
-    forward order, its sequence and position (and feature, or head and key), the weights that
-    are not finite, and cached keys/values that were already not finite. Example:
-        non-finite logits (nan): the first activation holding a non-finite value, in forward
-        order, is h.1.mlp.c_fc (nan at position 0, feature 17; index (0, 17) of shape
-        (5, 128)); everything before it is finite; non-finite weights:
-        h.1.mlp.c_fc.weight (1 of 8192 values)
+    forward order, its position, and the weights and cached keys/values that are not finite
+    (docs/loading.md shows an example).
     """
     if all_finite(logits):
         return

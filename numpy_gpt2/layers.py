@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from numpy_gpt2.activation_functions import activation
+from numpy_gpt2.activation_functions import activation, tanh_gelu
 from numpy_gpt2.hooks import no_record, prefixed, recorder
 
 
@@ -27,10 +27,10 @@ def gelu(x):
     """GELU, tanh form ("gelu_new"), as GPT-2 was trained:
 
         gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+
+    (written once, with GELU's other forms, in numpy_gpt2/activation_functions.py)
     """
-    # Python-float constants keep float32 inputs float32 (a NumPy float64 scalar would upcast).
-    # x * x * x, not x ** 3: NumPy computes float32 powers with powf, over 10x slower.
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+    return tanh_gelu(x)
 
 
 def layer_norm(x, weight, bias, eps=1e-5):

@@ -21,13 +21,10 @@ import math
 
 import numpy as np
 
-from numpy_gpt2.activation_functions import activation
+from numpy_gpt2.activation_functions import activation, tanh_gelu_derivative
 from numpy_gpt2.hooks import no_record, prefixed, record_weights
 from numpy_gpt2.layers import (attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax,
                      split_heads)
-
-GELU_C = math.sqrt(2.0 / math.pi)
-
 
 def gelu_backward(dout, x):
     """Derivative of the tanh GELU, gelu(x) = 0.5 x (1 + tanh u), u = c (x + 0.044715 x^3):
@@ -36,8 +33,7 @@ def gelu_backward(dout, x):
 
     with c = sqrt(2/pi). dout, x: same shape -> dx = dout * gelu'(x).
     """
-    t = np.tanh(GELU_C * (x + 0.044715 * (x * x * x)))
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * (x * x)))
+    return dout * tanh_gelu_derivative(x)  # (numpy_gpt2/activation_functions.py)
 
 
 def layer_norm_backward(dout, x, weight, eps=1e-5):

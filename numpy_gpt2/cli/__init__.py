@@ -23,6 +23,7 @@ COMMANDS = {
     "convert": "convert any checkpoint to a Hugging Face directory or an llm.c .bin",
     "dump": "save every activation (and gradient) of one input to a safetensors file",
     "compare": "name the first tensor where two dumps (or a dump and a live run) differ",
+    "explain": "write one HTML page that walks a prompt through the model, step by step",
 }
 
 

@@ -33,7 +33,8 @@ import sys
 import numpy_gpt2
 from tqdm import tqdm
 
-from numpy_gpt2.io.checkpoint import hf_config_dict, write_files_atomically
+from numpy_gpt2.io.atomic import write_files_atomically
+from numpy_gpt2.io.checkpoint import hf_config_dict
 from numpy_gpt2.io.formats.llmc import check_llmc_config, padded_vocab, write_llmc
 from numpy_gpt2.io.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params

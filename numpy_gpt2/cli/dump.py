@@ -45,7 +45,7 @@ from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.debug.capture import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
                                     gradients, next_token_targets, parameter_gradient_names,
                                     select_names)
-from numpy_gpt2.io.checkpoint import write_files_atomically
+from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.debug.dump_format import config_metadata, dump_order_key, package_version, save_activations
 
 
@@ -74,12 +74,12 @@ def attach_negative_ids(argv: list[str]) -> list[str]:
     return out
 
 
-def check_output_path(path: str) -> None:
-    """Fail before any work when --out cannot be written."""
+def check_output_path(path: str, example: str = "dump.safetensors") -> None:
+    """Fail before any work when --out cannot be written (example: a file name to suggest)."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"--out {path} is a directory; give a file name, e.g. "
-                         f"{os.path.join(path, 'dump.safetensors')}")
+                         f"{os.path.join(path, example)}")
     if not os.path.isdir(directory):
         what = "is not a directory" if os.path.exists(directory) else "does not exist"
         raise ValueError(f"--out {path}: directory {directory} {what}")

@@ -46,7 +46,7 @@ from numpy_gpt2.training import data as gpt2_data
 from numpy_gpt2.training import distributed
 from numpy_gpt2.io.atomic import DirectoryLocked, lock_directory, recover, write_files_atomically
 from numpy_gpt2.checks import is_int, show
-from numpy_gpt2.training.dropout import Dropout
+from numpy_gpt2.dropout import Dropout
 from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.initialization import init_params
 from numpy_gpt2.training.optim import get_lr

@@ -23,10 +23,8 @@ from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.checks import cut, is_int
 from numpy_gpt2.config import GPT2Config, infer_config, read_config_json
 from numpy_gpt2.errors import CheckpointError
-from numpy_gpt2.io.formats.safetensors import MAX_HEADER_BYTES, _naturals, read_safetensors_header  # noqa: F401
 from numpy_gpt2.io.formats.detect import find_checkpoint
-from numpy_gpt2.io.formats.tensor_copy import (CHUNK_ELEMENTS, FILE_DTYPES, _convert, _default_threads,  # noqa: F401
-                                  _sum_is_finite, copy_tensors)
+from numpy_gpt2.io.formats.tensor_copy import FILE_DTYPES, _default_threads, copy_tensors
 from numpy_gpt2.params import flatten_params, is_frozen, nest_params
 
 # Buffers some checkpoints carry: the causal mask ("bias") and a -1e4 constant ("masked_bias").
@@ -69,25 +67,16 @@ def load(source, dtype=np.float32, *, threads: int | None = None,
          n_head: int | None = None) -> tuple[dict, GPT2Config]:
     """Load a GPT-2 checkpoint: ``params, config = load(source, dtype)``.
 
-    source: a directory holding ``model.safetensors`` (and usually ``config.json``), or a
-    path to a ``.safetensors`` file (a ``config.json`` beside it is used when present); also
-    a sharded checkpoint (a directory or its ``*.index.json``), ``pytorch_model.bin`` (read
-    without torch, never running code from the pickle), nanoGPT's ``ckpt.pt`` and llm.c's
-    ``.bin`` files: see numpy_gpt2.io.formats.detect and docs/formats.md.
+    source: a checkpoint directory or file in any format docs/formats.md lists (safetensors,
+    sharded, pytorch_model.bin without running its pickle, nanoGPT, llm.c, ...).
     dtype: float32 (default) or float64; F16/BF16/F32/F64 files are converted to it.
-    threads: threads that copy the weights out of the file (default: the CPUs this process
-    may use, at most 8); the result does not depend on it.
-    n_head: the number of attention heads, for a checkpoint without config.json whose shapes
-    are not a published GPT-2 model's (the weights do not show the head count; without
-    config.json and without n_head such a checkpoint raises CheckpointError). With a
-    config.json it must agree with the file's n_head.
-    Returns the nested weight dict (checkpoint names, buffers dropped) and the config.
-    A model without biases (config.json "bias": false, or nanoGPT's model_args bias=False;
-    config.bias False) gets every Linear and LayerNorm bias as zeros: the file may leave
-    them out, and any it holds must be exactly zero.
-    Raises CheckpointError naming the file and the key/shape/dtype that is wrong (or the
-    bias that is not zero in a bias=false model), or the key and index of the first NaN
-    or inf in a weight.
+    threads: threads that copy the weights (default: this process's CPUs, at most 8); the
+    result does not depend on it. n_head: the head count of a checkpoint without config.json
+    whose shapes are not a published GPT-2's (the weights do not show it).
+    Returns the nested weight dict (checkpoint names, buffers dropped) and the config; a
+    bias-free model (config.bias False) gets zero biases.
+    Raises CheckpointError naming the file and the key, shape or dtype that is wrong, or the
+    first NaN or inf in a weight. More: docs/loading.md.
     """
     try:
         dtype = np.dtype(dtype)

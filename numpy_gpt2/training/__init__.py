@@ -4,5 +4,6 @@
 - step: train_step (gradient accumulation, clipping, AdamW), evaluate (the eval loss),
   the training state files.
 - data: text to token ids; train/val splits; batches.
-- dropout, distributed (MPI data parallel), mfu (model FLOPs utilisation).
+- distributed (MPI data parallel), mfu (model FLOPs utilisation). (Dropout is part of the
+  model's equations: numpy_gpt2/dropout.py.)
 """

@@ -34,7 +34,8 @@ import numpy as np
 
 from numpy_gpt2.backward import loss_and_grads
 from numpy_gpt2.io.atomic import write_files_atomically
-from numpy_gpt2.io.checkpoint import checkpoint_writers, read_safetensors_header
+from numpy_gpt2.io.checkpoint import checkpoint_writers
+from numpy_gpt2.io.formats.safetensors import read_safetensors_header
 from numpy_gpt2.checks import check_targets, is_int, show
 from numpy_gpt2.finite import all_finite, non_finite_weights
 from numpy_gpt2.fast.training import cross_entropy_sum_fast

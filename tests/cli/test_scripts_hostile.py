@@ -69,6 +69,8 @@ LONG = {
     "compare": lambda w, out: [w.grads, "live", "--model", w.ckpt],
     "prepare": lambda w, out: [w.documents, w.long, "--out", out / "tokens", "--workers", "1"],
     "convert": lambda w, out: [w.ckpt, out / "hf", "--to", "hf", "--dtype", "bfloat16"],
+    "explain": lambda w, out: [" ".join(["Hello, world."] * 30), "--model", w.ckpt, "--out", out / "walk.html",
+                               "--target", " And again", "--dtype", "float64"],
     "train": lambda w, out: BASE["train"](w, out)[:-6] + ["--max-iters", "200", "--eval-interval",
                                                           "50", "--eval-iters", "1"],
 }

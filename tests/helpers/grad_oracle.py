@@ -23,7 +23,7 @@ import transformers
 
 from helpers.checkpoints import make_config, random_state_dict
 from numpy_gpt2 import GPT2Config
-from numpy_gpt2.io.checkpoint import nest_params
+from numpy_gpt2.params import nest_params
 from helpers.oracle_activations import HF_BLOCK_MODULES
 
 TORCH = {np.float32: torch.float32, np.float64: torch.float64}

@@ -149,6 +149,7 @@ BASE = {
     "compare": lambda w, out: [w.acts, w.acts],
     "prepare": lambda w, out: [w.documents, "--out", out / "tokens"],
     "convert": lambda w, out: [w.ckpt, out / "llmc.bin", "--to", "llmc"],
+    "explain": lambda w, out: ["Hello, world", "--model", w.ckpt, "--out", out / "walk.html", "--target", " again"],
     "train": lambda w, out: ["--data", w.text, "--out", out / "run", "--n-layer", "1", "--n-head", "1",
                              "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
                              "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"],

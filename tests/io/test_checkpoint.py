@@ -22,7 +22,9 @@ import numpy_gpt2
 from helpers.checkpoints import (checkpoint_tensors, make_config, random_state_dict, reference_model,
                          write_checkpoint, write_safetensors)
 from numpy_gpt2 import CheckpointError
-from numpy_gpt2.io.checkpoint import _convert, expected_shapes, flatten_params, nest_params
+from numpy_gpt2.io.checkpoint import expected_shapes
+from numpy_gpt2.io.formats.tensor_copy import _convert
+from numpy_gpt2.params import flatten_params, nest_params
 from numpy_gpt2.config import GPT2Config, infer_config
 
 # The published sizes: (n_layer, n_head, n_embd) and the data bytes of their hub files
@@ -374,7 +376,7 @@ def test_first_non_finite_in_file_order_whatever_the_chunks_and_threads(tmp_path
                       metadata={"format": "pt"}, align=False)
     config.save_pretrained(tmp_path)
     for chunk in (7, 100, 1 << 18):
-        monkeypatch.setattr(numpy_gpt2.io.checkpoint, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(numpy_gpt2.io.formats.tensor_copy, "CHUNK_ELEMENTS", chunk)
         for threads in (1, 2, 5):
             with raises([f"{BAD_KEY} holds a non-finite value: nan at index [3, 7]"]):
                 numpy_gpt2.load(tmp_path, threads=threads)
@@ -388,7 +390,7 @@ def test_huge_finite_weights_load(tmp_path, monkeypatch):
     tensors["wte.weight"] = np.full((97, 32), 3e38, np.float32)
     tensors["wte.weight"][::2] *= -1
     small_dir(tmp_path, tensors, config)
-    monkeypatch.setattr(numpy_gpt2.io.checkpoint, "CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(numpy_gpt2.io.formats.tensor_copy, "CHUNK_ELEMENTS", 1000)
     params, _ = numpy_gpt2.load(tmp_path)
     assert np.array_equal(params["wte"]["weight"], tensors["wte.weight"])
 
@@ -404,7 +406,7 @@ def test_chunks_and_threads_give_the_same_arrays(tmp_path, monkeypatch, file_dty
             safetensors.torch.load_file(tmp_path / "model.safetensors").items()
             if not k.endswith(".attn.bias")}
     for chunk, threads in [(1 << 18, 1), (1 << 18, 2), (5, 3), (1000, 2), (4096, 8)]:
-        monkeypatch.setattr(numpy_gpt2.io.checkpoint, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(numpy_gpt2.io.formats.tensor_copy, "CHUNK_ELEMENTS", chunk)
         for dtype in (np.float32, np.float64):
             flat = flatten_params(numpy_gpt2.load(tmp_path, dtype=dtype, threads=threads)[0])
             assert set(flat) == set(want)

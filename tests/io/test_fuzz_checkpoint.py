@@ -37,7 +37,8 @@ import numpy_gpt2
 from helpers.timeouts import alarm
 from helpers.checkpoints import make_config, write_checkpoint
 from numpy_gpt2 import CheckpointError
-from numpy_gpt2.io.checkpoint import expected_shapes, flatten_params
+from numpy_gpt2.io.checkpoint import expected_shapes
+from numpy_gpt2.params import flatten_params
 
 SCALE = float(os.environ.get("NUMPY_GPT2_FUZZ_SCALE", "1"))
 
@@ -258,7 +259,7 @@ def test_corrupted_weight_values(workdir, data):
     header, body = split(bytes(raw))
     expected = first_non_finite(header, body)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(numpy_gpt2.io.checkpoint, "CHUNK_ELEMENTS", chunk)
+        mp.setattr(numpy_gpt2.io.formats.tensor_copy, "CHUNK_ELEMENTS", chunk)
         flat = load_or_one_error(workdir, bytes(raw), pristine()[1], threads=threads)
     if expected is None:
         assert flat is not None

@@ -1,4 +1,4 @@
-"""Dropout (numpy_gpt2.training.dropout, loss_and_grads(dropout=...)): with the same masks, the loss and
+"""Dropout (numpy_gpt2.dropout, loss_and_grads(dropout=...)): with the same masks, the loss and
 every gradient equal autograd's through transformers' GPT2LMHeadModel, whose four dropout
 modules are replaced by multiplications with those masks; p = 0 changes nothing; the masks
 are reproducible from the seed."""
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from helpers.grad_oracle import assert_grad_close, random_model, t, torch_loss_and_grads, torch_model
 from numpy_gpt2 import loss_and_grads
-from numpy_gpt2.training.dropout import Dropout
+from numpy_gpt2.dropout import Dropout
 from numpy_gpt2.fast.forward import QUERY_BLOCK
 from numpy_gpt2.params import flatten_params
 from helpers.oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)

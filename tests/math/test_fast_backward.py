@@ -140,7 +140,7 @@ def test_causal_attention_backward_fast_heads_shared_out_between_threads(seed, d
     """Heads shared out between threads (single-threaded BLAS inside) give the one-thread
     path's dq, dk, dv bit for bit, however the B x H heads are split: with a config's score
     scale and with dropout (each share cuts its heads from the forward's full-block masks)."""
-    from numpy_gpt2.training.dropout import Dropout
+    from numpy_gpt2.dropout import Dropout
 
     rng = np.random.default_rng(seed)
     q, k, v, dout = (rng.standard_normal((B, H, T, 8)).astype(dtype) for _ in range(4))

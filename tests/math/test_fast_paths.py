@@ -166,7 +166,7 @@ def test_causal_attention_fast_heads_shared_out_between_threads(B, H, T, past, n
     probabilities of the one-thread path bit for bit: with a padding key_bias, a config's
     score scale and dropout on the probabilities too (each share cuts its heads from the
     same full-block masks)."""
-    from numpy_gpt2.training.dropout import Dropout
+    from numpy_gpt2.dropout import Dropout
 
     rng = np.random.default_rng(seed)
     q = normal(rng, (B, H, T, 8), dtype, 2.0)

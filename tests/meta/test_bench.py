@@ -73,7 +73,7 @@ def test_smoke_table_numpy_only(tmp_path):
 def test_checkpoint_has_the_hub_layout(tmp_path):
     cfg = dict(bench.SMOKE)
     bench.write_checkpoint(str(tmp_path), cfg)
-    header, data_start = numpy_gpt2.io.checkpoint.read_safetensors_header(str(tmp_path / "model.safetensors"))
+    header, data_start = numpy_gpt2.io.formats.safetensors.read_safetensors_header(str(tmp_path / "model.safetensors"))
     with open(tmp_path / "model.safetensors", "rb") as f:  # unpadded header, like the hub file:
         assert f.read(data_start)[-1:] == b"}"              # data starts right after the JSON
     assert "lm_head.weight" not in header and not any(k.startswith("transformer.") for k in header)

@@ -21,7 +21,7 @@ from helpers import REPO_ROOT
 from numpy_gpt2.training.distributed import Solo, launched_size
 
 ROOT = REPO_ROOT
-from helpers.mpi_runs import (MPIEXEC, TINY, assert_same_run, mpi, needs_mpi, one_process,  # noqa: F401
+from helpers.mpi_runs import (MPIEXEC, TINY, TRAIN, assert_same_run, mpi, needs_mpi, one_process,  # noqa: F401
                               tensors)
 
 

@@ -33,7 +33,7 @@ from numpy_gpt2 import CheckpointError, GPT2Config
 from numpy_gpt2.debug.capture import gradients, parameter_gradient_names
 from numpy_gpt2.io.checkpoint import hf_config_dict
 from numpy_gpt2.config import config_from_dict
-from numpy_gpt2.training.dropout import Dropout
+from numpy_gpt2.dropout import Dropout
 from numpy_gpt2.training.optim import adamw_init, adamw_update
 from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
 from numpy_gpt2.training.step import train_step
