@@ -1,17 +1,22 @@
 """GPT-2's forward pass on one screen, written from the papers in plain NumPy.
 
-This is what a port to C, Rust, JAX or CUDA computes, in the fewest lines: token and position
-embeddings, n_layer pre-LayerNorm blocks (causal multi-head attention, then a GELU MLP, each
-added to the residual stream), a final LayerNorm and the tied output head. It keeps every
-intermediate under its dump name and saves them, so that scripts/compare.py can check it
-against numpy_gpt2's own dump (see docs/debugging.md):
+Which forward this is: the first of four. This one is the whole model in the fewest lines,
+for someone writing a port (C, Rust, JAX, CUDA); numpy_gpt2/layers.py is the reference, one
+function per equation, that the library tests against PyTorch; numpy_gpt2/fast/forward.py is
+what inference runs, the same equations arranged for speed; numpy_gpt2/fast/training.py is
+the forward of training, which keeps what the backward pass needs. All four agree.
 
-    python scripts/dump.py --model tiny-gpt2 --prompt "Hello, my dog is cute" --out ref.safetensors
+It computes token and position embeddings, n_layer pre-LayerNorm blocks (causal multi-head
+attention, then a GELU MLP, each added to the residual stream), a final LayerNorm and the
+tied output head, keeping every intermediate under its dump name, so that `numpy-gpt2
+compare` can check it against numpy_gpt2's own dump (see docs/debugging.md):
+
+    numpy-gpt2 dump --model tiny-gpt2 --prompt "Hello, my dog is cute" --out ref.safetensors
     python examples/port_forward.py --model tiny-gpt2 --ref ref.safetensors --out port.safetensors
-    python scripts/compare.py ref.safetensors port.safetensors        # OK: all ... within tolerance
+    numpy-gpt2 compare ref.safetensors port.safetensors        # OK: all ... within tolerance
 
 With --bug it makes the classic porting mistake: the exact erf GELU instead of GPT-2's tanh
-approximation, and compare.py's FIRST FAILURE names h.0.mlp.gelu.
+approximation, and compare's FIRST FAILURE names h.0.mlp.gelu.
 """
 import argparse
 import math
