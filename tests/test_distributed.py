@@ -170,6 +170,7 @@ def test_resumed_grad_accum_keeps_the_micro_batches_per_step():
     with pytest.raises(ValueError, match="1 rank\\(s\\) x gradient_accumulation_steps 3 = 3 "
                        "micro-batches per step, which 2 ranks cannot share equally"):
         resumed(saved(1, 3), None, 2)
+    from run_scripts import load_script
     train = load_script("train")  # the command line words it with the flag
     assert train.flags("the run was saved with 1 rank(s) x gradient_accumulation_steps 3 = 3 "
                        "micro-batches per step, which 2 ranks cannot share equally; give "
