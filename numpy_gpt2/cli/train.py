@@ -278,11 +278,11 @@ def say(message) -> None:
 
 
 def report(message) -> None:
-    """A line on stdout (evaluations, the summary); if stdout is a pipe whose reader has gone,
-    the run goes on and stdout goes to /dev/null."""
+    """A line on stdout (evaluations, the summary); if stdout is a pipe whose reader has gone
+    (or a terminal that hung up: EIO), the run goes on and stdout goes to /dev/null."""
     try:
         print(message, flush=True)
-    except (BrokenPipeError, ValueError):
+    except (OSError, ValueError):
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
