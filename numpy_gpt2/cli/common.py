@@ -5,7 +5,9 @@ Each command module (numpy_gpt2/cli/<name>.py) has a `main(argv) -> exit status`
 one line on stderr (docs/scripts.md):
   0 done; 1 failure (the run could not finish: e.g. out of memory; stdout closed early,
   quietly); 2 bad input (UsageError, argparse's errors, unreadable or non-UTF-8 input);
-  130 Ctrl-C (SIGINT); 143 SIGTERM.
+  130 Ctrl-C (SIGINT); 143 SIGTERM; 129 SIGHUP (a command that asks: train).
+One signal system serves every command (StopSignals, at the end): train defers the signals
+to finish its step and save first.
 `stop_quietly_during_imports()` runs first, before anything slow is imported (numpy_gpt2.cli's
 `main` and `run_script` call it), so that Ctrl-C or SIGTERM during the imports end the command
 at once, quietly, with status 130 / 143 (nothing has been written yet).

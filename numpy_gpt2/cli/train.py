@@ -262,8 +262,8 @@ def prepare(args, dirs: RunDirectory, world=distributed.Solo()):
         raise Finished(f"the run in {e.directory} has finished: it is at step {e.step} of "
                        f"--max-iters {e.step}; to train it further, give a larger --max-iters, "
                        f"e.g. train.py --resume {e.directory} --max-iters {2 * max(1, e.step)}") from None
-    except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(flags(e)) from None
+    except (ValueError, OSError, RuntimeError) as e:  # a checkpoint's or a file's, as they say it
+        raise UsageError(flags(e) if type(e) is ValueError else str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def run_training(argv, world, signals, dirs: RunDirectory) -> tuple[int, bool]:
 
 
 def train(run, signals) -> int:
-    """loop.train with the command's messages: 0 done, 128 + N after signal N (saved), 1 when
+    """loop.train_run with the command's messages: 0 done, 128 + N after signal N (saved), 1 when
     the run failed (the last save whole)."""
     def announce(signum):
         say(f"\ntrain.py: {signal.Signals(signum).name}: saving at the end of this step "
@@ -428,7 +428,7 @@ def train(run, signals) -> int:
     if signals is not None:
         signals.defer(announce)
     try:
-        signum = loop.train(run, stop=lambda: signals.received if signals else 0,
+        signum = loop.train_run(run, stop=lambda: signals.received if signals else 0,
                             say=lambda line: say(f"train.py: {line}"), report=report,
                             progress=sys.stderr)
     except loop.TrainingFailed as e:

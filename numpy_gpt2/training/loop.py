@@ -1,6 +1,7 @@
-"""The training loop, as a function a program can call: train(run) takes a prepared Run
-(run.py: model, AdamW state, data, settings) from its step to settings.max_iters, evaluating
-and saving every eval_interval steps, like nanoGPT's train.py, which it follows step by step:
+"""The training loop, as functions a program can call: train(settings, out) trains a new model
+(or fine-tunes one) as the train command does; train_run(run) takes a prepared Run (run.py:
+model, AdamW state, data, settings) from its step to settings.max_iters, evaluating and
+saving every eval_interval steps, like nanoGPT's train.py, which it follows step by step:
 
     every eval_interval steps (and at the end): evaluate on fixed batches, log, keep the best
     checkpoint, save the run (one atomic commit: state.save_run)
@@ -30,7 +31,8 @@ from numpy_gpt2.training import state
 from numpy_gpt2.training.dropout import Dropout
 from numpy_gpt2.training.optim import get_lr
 from numpy_gpt2.training.plot import loss_curve_writer
-from numpy_gpt2.training.run import Run
+from numpy_gpt2.training.run import Run, RunDirectory, open_run
+from numpy_gpt2.training.settings import TrainSettings
 from numpy_gpt2.training.step import train_step
 
 SAMPLE_TOKENS = 48  # new tokens per sample_every sample
@@ -54,7 +56,28 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def train(run: Run, *, stop=lambda: 0, say=_stderr, report=print, progress=None) -> int:
+def train(settings: TrainSettings, out=None, *, say=_stderr, report=print) -> Run:
+    """Train a new model (or fine-tune settings.init's checkpoint) as the train command does,
+    from Python; returns the Run (run.params, run.config, run.metrics). out: the run directory,
+    created and locked as the command's --out (None: nothing is saved). Raises ValueError
+    (CheckpointError included) naming the setting or file that is wrong, before any training;
+    DirectoryLocked when another process trains in out; TrainingFailed."""
+    settings.check()
+    directory = RunDirectory()
+    try:
+        if out is not None:
+            directory.create_and_lock(out)
+            taken = [name for name in state.RUN_FILES if os.path.exists(os.path.join(out, name))]
+            if taken:
+                raise ValueError(f"out {out}: already holds {', '.join(taken)}")
+        run = open_run(settings, out=None if out is None else os.fspath(out))
+        train_run(run, say=say, report=report)
+        return run
+    finally:
+        directory.release()
+
+
+def train_run(run: Run, *, stop=lambda: 0, say=_stderr, report=print, progress=None) -> int:
     """Train run from its step to run.settings.max_iters (module doc). Returns 0 when done,
     or the signal number stop() returned (the run saved at that step). Raises TrainingFailed.
     say(line): notes for the user (stderr); report(line): evaluations, samples, the summary
@@ -100,7 +123,7 @@ def train(run: Run, *, stop=lambda: 0, say=_stderr, report=print, progress=None)
                         raise failed(f"saving the best checkpoint to "
                                      f"{os.path.join(out, state.BEST_DIR)} failed: {error}")
                 signum = world.max(stop() or 0)  # a signal on any rank stops every rank
-                if run.saved_step != step and (due or step == s.max_iters or signum):
+                if run.out and run.saved_step != step and (due or step == s.max_iters or signum):
                     error = save_collectively(run, say)
                     if error is not None:  # e.g. a full disk, or the tokenizer files gone
                         what = TrainingFailed(f"saving to {out} failed: {error.reason}", step,
@@ -148,7 +171,7 @@ def train(run: Run, *, stop=lambda: 0, say=_stderr, report=print, progress=None)
     wall = time.perf_counter() - began
     last = [m for m in run.metrics if m["kind"] == "eval"][-1]
     report(f"done: step {step}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}, "
-           f"{wall:.0f} s for {step - start_step} steps; checkpoint in {out}")
+           f"{wall:.0f} s for {step - start_step} steps" + (f"; checkpoint in {out}" if out else ""))
     return 0
 
 
@@ -223,7 +246,7 @@ def keep_best(run: Run, record) -> str | None:
         return None
     run.best = record["val_loss"]
     error = None
-    if run.world.is_root:
+    if run.world.is_root and run.out is not None:
         try:
             state.save_best(run.out, run.params, run.config, run.tokenizer_dir, record["step"],
                             record["val_loss"])
