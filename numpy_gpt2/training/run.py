@@ -21,7 +21,7 @@ import numpy as np
 from numpy_gpt2.io.atomic import DirectoryLocked, lock_directory, recover  # noqa: F401 (re-raised)
 from numpy_gpt2.training import distributed
 from numpy_gpt2.training.settings import DEFAULT_BLOCK_SIZE, TrainSettings
-from numpy_gpt2.training.state import BEST_DIR, BEST_FILES, RUN_FILES
+from numpy_gpt2.training.state import BEST_DIR, BEST_FILES, RUN_FILES, rng_state
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Run:
 
     def state_info(self) -> dict:
         """train_state.json's contents beside the step (state.save_run's info)."""
-        return {"settings": self.settings.to_json(), "rng": self.rng.bit_generator.state,
+        return {"settings": self.settings.to_json(), "rng": rng_state(self.rng),
                 "data_sha256": self.data_sha256, "numpy_gpt2": "train.py",
                 "world_size": self.world.size}
 
