@@ -34,6 +34,7 @@ _API = {
     "perplexity": "numpy_gpt2.generation.perplexity", "sliding_windows": "numpy_gpt2.generation.perplexity",
     "adamw_init": "numpy_gpt2.training.optim", "adamw_update": "numpy_gpt2.training.optim",
     "clip_grad_norm": "numpy_gpt2.training.optim", "get_lr": "numpy_gpt2.training.optim",
+    "TrainSettings": "numpy_gpt2.training.settings", "train": "numpy_gpt2.training.loop",
     "activation_names": "numpy_gpt2.debug.capture", "activations": "numpy_gpt2.debug.capture",
     "gradient_names": "numpy_gpt2.debug.capture", "gradients": "numpy_gpt2.debug.capture",
     "next_token_targets": "numpy_gpt2.debug.capture",

@@ -5,7 +5,9 @@ Each command module (numpy_gpt2/cli/<name>.py) has a `main(argv) -> exit status`
 one line on stderr (docs/scripts.md):
   0 done; 1 failure (the run could not finish: e.g. out of memory; stdout closed early,
   quietly); 2 bad input (UsageError, argparse's errors, unreadable or non-UTF-8 input);
-  130 Ctrl-C (SIGINT); 143 SIGTERM.
+  130 Ctrl-C (SIGINT); 143 SIGTERM; 129 SIGHUP (a command that asks: train).
+One signal system serves every command (StopSignals, at the end): train defers the signals
+to finish its step and save first.
 `stop_quietly_during_imports()` runs first, before anything slow is imported (numpy_gpt2.cli's
 `main` and `run_script` call it), so that Ctrl-C or SIGTERM during the imports end the command
 at once, quietly, with status 130 / 143 (nothing has been written yet).
@@ -63,12 +65,6 @@ class UsageError(Exception):
 
 class Terminated(BaseException):
     """SIGTERM arrived (raised in the main thread, like KeyboardInterrupt for Ctrl-C)."""
-
-
-def _raise_stop(signum, frame):
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated
 
 
 def not_utf8(value: str) -> str | None:
@@ -166,16 +162,17 @@ def _quiet_stdout():
         pass
 
 
-def entry(name: str):
+def entry(name: str, hangup: bool = False):
     """Decorator for a command's main(argv=None) -> exit status: runs it with SIGINT and SIGTERM
-    raising KeyboardInterrupt / Terminated (so `finally` blocks clean up), and turns how it
-    ended into the documented exit status and at most one line on stderr, after `prog`
-    ("numpy-gpt2 NAME"; "NAME.py" for the scripts/NAME.py shim, the default)."""
+    (and SIGHUP when hangup) raising KeyboardInterrupt / Terminated / HungUp (StopSignals: so
+    `finally` blocks clean up; main may defer them), and turns how it ended into the
+    documented exit status and at most one line on stderr, after `prog` ("numpy-gpt2 NAME";
+    "NAME.py" for the scripts/NAME.py shim, the default)."""
     def wrap(main):
         def run(argv=None, prog=None) -> int:
             global _prog
             prog = _prog = prog or f"{name}.py"
-            previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
+            signals = StopSignals(STOP_SIGNALS + (HANGUP if hangup else ()))
             try:
                 status = main(argv)
                 sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
@@ -189,6 +186,9 @@ def entry(name: str):
             except Terminated:
                 _say(prog, "terminated (SIGTERM)")
                 return EXIT_SIGTERM
+            except HungUp:
+                _say(prog, "hung up (SIGHUP)")
+                return 128 + HungUp.signum
             except BrokenPipeError:
                 _quiet_stdout()
                 return EXIT_FAILURE
@@ -203,8 +203,7 @@ def entry(name: str):
                            f"shows the traceback)")
                 return EXIT_FAILURE
             finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
+                signals.restore()
         run.__doc__, run.__name__ = main.__doc__, main.__name__
         return run
     return wrap
@@ -215,3 +214,71 @@ def _say(prog, message, newline=False):
         print(("\n" if newline else "") + f"{prog}: {message}", file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr closed too: the exit status still tells
         pass
+
+
+# ----------------------------------------------------------------------------------------
+# Stop signals: one system for every command (entry() installs it). SIGINT, SIGTERM (and
+# SIGHUP for a command that asks for it) raise an exception in the main thread at once; a
+# command that can stop at a safe point (train: the end of a step, then a save) defers them:
+# the first is only recorded, a second raises.
+
+HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+
+
+class HungUp(BaseException):
+    """SIGHUP arrived: the terminal or SSH session is gone (like Terminated, for SIGHUP)."""
+    signum = int(HANGUP[0]) if HANGUP else 1
+
+
+def stop_exception(signum: int) -> BaseException:
+    """The exception a stop signal raises: KeyboardInterrupt, Terminated or HungUp."""
+    return {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}.get(signum, HungUp)()
+
+
+def signal_number(stop: BaseException) -> int:
+    """The signal behind a stop exception (KeyboardInterrupt: SIGINT)."""
+    if isinstance(stop, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    return int(signal.SIGTERM) if isinstance(stop, Terminated) else HungUp.signum
+
+
+class StopSignals:
+    """Handlers for the stop signals of one command run; restore() puts the previous ones back.
+    A SIGHUP that was ignored when the command started (nohup) stays ignored. After
+    defer(announce), the first signal sets `received` (its number) and calls announce(signum)
+    instead of raising; the command checks `received` at its safe point; a second signal
+    raises at once. From a thread other than the main one nothing is installed."""
+
+    active = None  # the StopSignals of the command running now (entry's)
+
+    def __init__(self, signums):
+        self.received, self.announce, self.previous = None, None, {}
+        for signum in signums:
+            try:
+                current = signal.getsignal(signum)
+                if signum in HANGUP and current == signal.SIG_IGN:
+                    continue  # nohup: the user asked to survive the hang-up
+                self.previous[signum] = signal.signal(signum, self.handle)
+            except (ValueError, OSError):  # not the main thread: leave the defaults
+                pass
+        self.outer, StopSignals.active = StopSignals.active, self
+
+    def handles(self, signum) -> bool:
+        return signum in self.previous
+
+    def defer(self, announce=None) -> None:
+        """From now on the first signal is recorded (and announced), not raised."""
+        self.announce = announce or (lambda signum: None)
+
+    def handle(self, signum, frame):
+        if self.announce is not None and self.received is None:
+            self.received = signum
+            self.announce(signum)
+            return
+        raise stop_exception(signum)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+        StopSignals.active = self.outer

@@ -39,7 +39,7 @@ from numpy_gpt2.io.formats.llmc import check_llmc_config, padded_vocab, write_ll
 from numpy_gpt2.io.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
 from numpy_gpt2.io.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir, tokenizer_paths
-from numpy_gpt2.training.step import STATE_FILE
+from numpy_gpt2.training.state import STATE_FILE
 
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 GPT2_VOCAB = 50257

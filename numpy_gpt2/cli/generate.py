@@ -50,6 +50,7 @@ from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.generation.checks import (check_beam_args, check_generation_args, check_processor_args,
                               check_sampling_args)
 from numpy_gpt2.io.tokenizer import ENDOFTEXT, tokenizer_dir, undecodable_ids
+from numpy_gpt2.training.memory import available_memory, memory_needed
 
 
 def parse_args(argv):
@@ -184,27 +185,15 @@ def load_everything(model: str, dtype: str):
     return params, config, tokenizer, f"{path} ({n_params / 1e6:.1f}M parameters, {dtype}; tokenizer {source})"
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
 def check_memory(config, n_prompt: int, args, itemsize: int) -> None:
     """UsageError, before any work, when one batch of --num-samples would need more memory
-    than is available: per sample the KV cache (2 n_layer (T + new) n_embd), the prompt's
-    forward pass (its widest activation, the MLP's 4 n_embd or the attention's n_head T per
-    position, a few at a time) and the logits and probabilities (a few vocab_size rows)."""
+    than is available (numpy_gpt2.training.memory.memory_needed, per sample)."""
     available = available_memory()
     if available is None:
         return
     steps = max(min(args.max_new_tokens, config.n_ctx - n_prompt + 1), 1)
-    kv = 2 * config.n_layer * (n_prompt + steps) * config.n_embd
-    prefill = 3 * n_prompt * max(4 * config.n_embd, config.n_head * n_prompt)
-    per_sample = itemsize * (kv + prefill + 4 * config.vocab_size)
+    per_sample = sum(memory_needed(config, itemsize, batch=1, tokens=n_prompt,
+                                   new_tokens=steps).values())
     if per_sample * args.num_samples > available:
         raise UsageError(
             f"--num-samples {args.num_samples} as one batch needs about "

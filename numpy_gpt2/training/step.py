@@ -1,5 +1,5 @@
-"""The training loop's pieces: one optimizer step (with gradient accumulation), evaluation,
-and saving/restoring everything a run needs to continue exactly where it stopped.
+"""The training loop's pieces: one optimizer step (with gradient accumulation) and evaluation
+(saving and restoring a run: numpy_gpt2.training.state; the loop: numpy_gpt2.training.loop).
 
 One optimizer step over k micro-batches (nanoGPT's recipe, with the loss of transformers'
 gradient accumulation since 4.46):
@@ -11,40 +11,21 @@ gradient accumulation since 4.46):
     g = sum_j grad (S_j / N)      each micro-batch's backward divides by N (num_items_in_batch)
     g <- clip(g, grad_clip)       by the global L2 norm (optim.clip_grad_norm)
     params <- AdamW(params, g)    (optim.adamw_update)
-
-A training run's state on disk, all in one directory, written as ONE atomic commit
-(numpy_gpt2.io.atomic.write_files_atomically): a crash at any moment leaves either the previous
-save or the new one, whole:
-
-    model.safetensors, config.json, vocab.json, merges.txt   the model (Hugging Face layout)
-    optimizer.safetensors     AdamW's m and v ("m.<key>", "v.<key>"), in the params' dtype
-    train_state.json          step, the data sampler's RNG state, the run's settings
-    (and any files the caller adds to the same commit, e.g. scripts/train.py's metrics)
-The step is also stored in both .safetensors headers, so a mixed-up directory is detected.
-Nothing non-finite is ever saved: save_training_state refuses NaN or inf weights or moments.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import numpy as np
 
 from numpy_gpt2.backward import loss_and_grads
-from numpy_gpt2.io.atomic import write_files_atomically
-from numpy_gpt2.io.checkpoint import checkpoint_writers
-from numpy_gpt2.io.formats.safetensors import read_safetensors_header
-from numpy_gpt2.checks import check_targets, is_int, show
-from numpy_gpt2.finite import all_finite, non_finite_weights
+from numpy_gpt2.checks import check_targets, show
+from numpy_gpt2.finite import non_finite_weights
 from numpy_gpt2.fast.training import cross_entropy_sum_fast
 from numpy_gpt2.model import forward
 from numpy_gpt2.training.optim import adamw_update, clip_grad_norm, grad_norm
-from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
-
-STATE_FILE = "train_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
+from numpy_gpt2.params import flatten_params, frozen_keys
 
 
 def kept_targets(config, micro_batches, ignore_index: int = -100) -> list[int]:
@@ -164,126 +145,3 @@ def evaluation_sums(params: dict, config, batches, ignore_index: int = -100) -> 
             total += cross_entropy_sum_fast(logits, targets)
             count += targets.size
     return total, count
-
-
-# ----------------------------------------------------------------------------------------
-# Saving and restoring a run.
-
-def save_training_state(directory, params: dict, config, tokenizer_dir, opt_state: dict,
-                        info: dict, extra_files=None) -> None:
-    """Write the model checkpoint, the optimizer state and train_state.json (info: a JSON-able
-    dict, e.g. {"rng": ..., "settings": ...}; the step is taken from opt_state) into
-    directory as one atomic commit (see module doc). extra_files: {name: write(path)} saved
-    in the same commit (before train_state.json). Raises FloatingPointError, before writing
-    anything, when a weight or moment is not finite; OSError (e.g. ENOSPC) from the writes,
-    the previous save then being intact."""
-    step = int(opt_state["step"])
-    for what, tree in (("weights", params), ("AdamW m", opt_state["m"]), ("AdamW v", opt_state["v"])):
-        bad = non_finite_weights(tree)
-        if bad:
-            raise FloatingPointError(f"not saving step {step}: non-finite {what} "
-                                     f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
-    meta = {"step": str(step)}
-    flat_m, flat_v = flatten_params(opt_state["m"]), flatten_params(opt_state["v"])
-    moments = {**{f"m.{k}": np.ascontiguousarray(v) for k, v in flat_m.items()},
-               **{f"v.{k}": np.ascontiguousarray(v) for k, v in flat_v.items()}}
-
-    def write_optimizer(path):
-        from safetensors.numpy import save_file
-        save_file(moments, path, metadata=meta)
-
-    def write_state(path):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({**info, "step": step}, f, indent=1)
-            f.write("\n")
-
-    writers = checkpoint_writers(params, config, tokenizer_dir, metadata=meta)
-    writers[OPTIMIZER_FILE] = write_optimizer
-    writers.update(extra_files or {})
-    writers[STATE_FILE] = write_state  # last: installed last
-    write_files_atomically(directory, writers)
-
-
-def read_train_state(directory) -> dict:
-    """train_state.json of the run in directory, checked: a JSON object whose "step" is an
-    integer >= 0 and whose "rng" and "settings" are objects (what the caller keeps in
-    "settings" is the caller's to check). ValueError naming the file and the key otherwise."""
-    path = os.path.join(os.fspath(directory), STATE_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{directory}: no {STATE_FILE}; not a training run saved by "
-                         f"scripts/train.py") from None
-    except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON
-        raise ValueError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    expected = {"step": "an integer >= 0", "rng": "an object", "settings": "an object"}
-    for key, what in expected.items():
-        value = info.get(key)
-        ok = is_int(value) and value >= 0 if key == "step" else isinstance(value, dict)
-        if not ok:
-            got = "missing" if key not in info else show(value)
-            raise ValueError(f"{path}: \"{key}\" is {got}, expected {what}")
-    return info
-
-
-def _read_moments(path) -> tuple[dict, str | None]:
-    """({key: array}, the "step" in the header's metadata) of optimizer.safetensors; the
-    header is checked first (a truncated file is named as such). ValueError otherwise."""
-    from safetensors import safe_open
-
-    try:
-        read_safetensors_header(path)  # CheckpointError (a ValueError) naming what is wrong
-        with safe_open(path, framework="np") as f:
-            step = (f.metadata() or {}).get("step")
-            return {k: f.get_tensor(k) for k in f.keys()}, step
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing; the optimizer state of the run is needed to resume") from None
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors' own errors (SafetensorError is a bare Exception)
-        raise ValueError(f"{path}: cannot read the optimizer state ({e})") from None
-
-
-def _model_step(path) -> str | None:
-    """The "step" in model.safetensors' header metadata (None when absent)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="np") as f:
-            return (f.metadata() or {}).get("step")
-    except Exception as e:  # SafetensorError, OSError
-        raise ValueError(f"{path}: cannot read ({e})") from None
-
-
-def load_training_state(directory, params: dict) -> tuple[dict, dict]:
-    """(opt_state, info) saved by save_training_state in directory, for these params (the
-    weights loaded from the same directory). ValueError, naming the file, when something is
-    missing, truncated, malformed or not finite, or the files disagree about the step or with
-    the params' keys/shapes/dtype."""
-    info = read_train_state(directory)
-    step = str(info["step"])
-    model_path = os.path.join(directory, "model.safetensors")
-    opt_path = os.path.join(directory, OPTIMIZER_FILE)
-    moments, opt_step = _read_moments(opt_path)
-    for path, saved in ((model_path, _model_step(model_path)), (opt_path, opt_step)):
-        if saved != step:
-            raise ValueError(f"{path}: saved at step {saved}, but {STATE_FILE} says step {step}; "
-                             f"the directory mixes two saves")
-    flat_p = flatten_params(params)
-    state = {"step": info["step"]}
-    for which in ("m", "v"):
-        flat = {}
-        for key, p in flat_p.items():
-            a = moments.get(f"{which}.{key}")
-            if a is None or a.shape != p.shape or a.dtype != p.dtype:
-                got = "missing" if a is None else f"{a.dtype} {list(a.shape)}"
-                raise ValueError(f"{opt_path}: {which}.{key} is {got}, expected {p.dtype} "
-                                 f"{list(p.shape)}")
-            if not all_finite(a):
-                raise ValueError(f"{opt_path}: {which}.{key} holds NaN or inf")
-            flat[key] = a if a.flags.writeable else a.copy()
-        state[which] = nest_params(flat)
-    return state, info

@@ -86,17 +86,23 @@ def test_two_ranks_by_two_micro_batches_resumed_by_one_process(env, token_dir, t
 
 
 def test_resumed_grad_accum_keeps_the_micro_batches_per_step():
-    from helpers.run_scripts import load_script
-    train = load_script("train")
+    from numpy_gpt2.training.settings import resumed_accumulation_steps as resumed
     def saved(world_size, grad_accum):
         return {"world_size": world_size, "settings": {"grad_accum": grad_accum}}
-    assert train.resumed_grad_accum(saved(2, 1), None, 1) == 2  # 2 x 1 -> 1 x 2
-    assert train.resumed_grad_accum(saved(1, 4), None, 2) == 2  # 1 x 4 -> 2 x 2
-    assert train.resumed_grad_accum({"settings": {"grad_accum": 3}}, None, 1) == 3  # no world_size: 1
-    assert train.resumed_grad_accum(saved(2, 3), 5, 4) == 5  # --grad-accum given: that one
-    with pytest.raises(train.UsageError, match="1 rank\\(s\\) x --grad-accum 3 = 3 micro-batches per "
-                       "step, which 2 ranks cannot share equally"):
-        train.resumed_grad_accum(saved(1, 3), None, 2)
+    assert resumed(saved(2, 1), None, 1) == 2  # 2 x 1 -> 1 x 2
+    assert resumed(saved(1, 4), None, 2) == 2  # 1 x 4 -> 2 x 2
+    assert resumed({"settings": {"grad_accum": 3}}, None, 1) == 3  # no world_size: 1
+    assert resumed(saved(2, 3), 5, 4) == 5  # --grad-accum given: that one
+    with pytest.raises(ValueError, match="1 rank\\(s\\) x gradient_accumulation_steps 3 = 3 "
+                       "micro-batches per step, which 2 ranks cannot share equally"):
+        resumed(saved(1, 3), None, 2)
+    from helpers.run_scripts import load_script
+    train = load_script("train")  # the command line words it with the flag
+    assert train.flags("the run was saved with 1 rank(s) x gradient_accumulation_steps 3 = 3 "
+                       "micro-batches per step, which 2 ranks cannot share equally; give "
+                       "gradient_accumulation_steps to change the batch") == (
+        "the run was saved with 1 rank(s) x --grad-accum 3 = 3 micro-batches per step, which 2 "
+        "ranks cannot share equally; give --grad-accum to change the batch")
 
 
 def ranks_exit_codes(env, tmp_path, per_rank_args):

@@ -25,11 +25,13 @@ import numpy as np
 import pytest
 
 import numpy_gpt2
-import numpy_gpt2.training.step as train_module
+import numpy_gpt2.training.state as train_module
 from numpy_gpt2.io import atomic
 from numpy_gpt2.training import data
 from numpy_gpt2.initialization import init_params
-from numpy_gpt2.training.step import load_training_state, train_step
+from numpy_gpt2.training import loop
+from numpy_gpt2.training.state import RUN_FILES as SAVED_FILES, load_training_state, save_run
+from numpy_gpt2.training.step import train_step
 from helpers.run_scripts import load_script, run_script
 from helpers import REPO_ROOT
 
@@ -42,7 +44,7 @@ TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
         "--batch-size", "2", "--eval-iters", "1", "--seed", "3"]
 SCRIPT = load_script("train")
-RUN_FILES = sorted(SCRIPT.RUN_FILES)
+RUN_FILES = sorted(SAVED_FILES)
 
 
 @pytest.fixture(scope="module")
@@ -214,17 +216,20 @@ def two_states(tmp_path_factory):
 
 
 def save(run, directory):
-    return lambda: SCRIPT.save_run({**run, "out": str(directory)})
+    info = {"settings": run["settings"], "rng": run["rng"].bit_generator.state,
+            "data_sha256": run["data_sha256"], "numpy_gpt2": "train.py", "world_size": 1}
+    return lambda: save_run(str(directory), run["params"], run["config"], run["tok_dir"],
+                            run["opt_state"], info, run["metrics"], loop.loss_curve_writer(run["metrics"]))
 
 
 def recover(directory):
-    return lambda: atomic.recover(str(directory), names=SCRIPT.RUN_FILES)
+    return lambda: atomic.recover(str(directory), names=SAVED_FILES)
 
 
 @pytest.fixture
 def plots_drawn_once(monkeypatch, tmp_path):
     """loss_curve.png drawn once per metrics list, then copied (100 ms less per crash point)."""
-    real, drawn = SCRIPT.loss_curve_writer, {}
+    real, drawn = loop.loss_curve_writer, {}
 
     def writer(run_metrics):
         key = json.dumps(run_metrics)
@@ -233,7 +238,7 @@ def plots_drawn_once(monkeypatch, tmp_path):
             real(run_metrics)(str(path))
             drawn[key] = path.read_bytes()
         return lambda path: open(path, "wb").write(drawn[key])
-    monkeypatch.setattr(SCRIPT, "loss_curve_writer", writer)
+    monkeypatch.setattr(loop, "loss_curve_writer", writer)
 
 
 @pytest.mark.parametrize("first_save", [False, True], ids=["over-a-save", "first-save"])
@@ -324,7 +329,7 @@ def test_an_error_in_a_save_discards_it_and_a_locked_save_is_left_alone(two_stat
         os.close(fd)
     # Unlocked now (its writer "died"): debris, removed by the next recover().
     (directory / ".model.safetensors.abc_1234.tmp").write_bytes(b"old per-file temporary")
-    atomic.recover(str(directory), names=SCRIPT.RUN_FILES)
+    atomic.recover(str(directory), names=SAVED_FILES)
     assert files(directory) == before
 
 

@@ -28,7 +28,8 @@ from numpy_gpt2.training import data
 from numpy_gpt2.params import nest_params
 from numpy_gpt2.initialization import init_params
 from numpy_gpt2.training.optim import get_lr
-from numpy_gpt2.training.step import accumulate_grads, load_training_state, train_step
+from numpy_gpt2.training.state import load_training_state
+from numpy_gpt2.training.step import accumulate_grads, train_step
 from helpers.oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers.run_scripts import load_script, run_script
 from helpers import REPO_ROOT
@@ -338,14 +339,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(tokenizer_env, twenty_step
     128 + signal; --resume then ends at exactly the weights and optimizer state of the
     uninterrupted run, with one metrics record per step and evaluation."""
     script = load_script("train")
-    real_step = script.train_step
+    from numpy_gpt2.training import loop
+    real_step = loop.train_step
 
     def step_then_ctrl_c(params, config, state, *args, **kwargs):
         result = real_step(params, config, state, *args, **kwargs)
         if state["step"] == 7:
             os.kill(os.getpid(), signum)
         return result
-    monkeypatch.setattr(script, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
     out = tmp_path / "run"
     code = script.main([str(a) for a in ["--data", text_file, "--out", out, *TINY_ARGS, *CONSTANT_LR,
                                          "--max-iters", 20]])
