@@ -11,11 +11,17 @@ one line on stderr (docs/scripts.md):
 at once, quietly, with status 130 / 143 (nothing has been written yet).
 The library never knows the command line: its ValueErrors name arguments (`max_new_tokens`),
 and `flag_message` words them as the flags (`--max-new-tokens`).
+Streams: standard output that is closed or cannot be written (a full disk, /dev/full, an I/O
+error) stops a command with status 1 and one line (a reader that went away: quietly); standard
+error that is closed or cannot be written never stops one (its lines are dropped). Resources:
+out of memory, out of disk space, I/O errors and threads that cannot start, raised by any
+library, are one line naming the resource (and the file), status 1 (`resource_problem`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import signal
@@ -40,9 +46,22 @@ def _stop_now(signum, frame):
 
 def stop_quietly_during_imports() -> None:
     """SIGINT / SIGTERM end the process at once, quietly, until a command's entry() takes
-    over (its main then cleans up in `finally` blocks)."""
+    over (its main then cleans up in `finally` blocks). Also: a closed standard stream's
+    descriptor (0, 1, 2) gets /dev/null, so that no file the command opens later takes its
+    number (and receives what is printed); Python's sys.stdin/out/err stay None, as closed."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_now)
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                opened = os.open(os.devnull, os.O_RDWR)
+                if opened != fd:  # (a lower one was free: cannot happen in order 0, 1, 2)
+                    os.dup2(opened, fd)
+                    os.close(opened)
+            except OSError:
+                pass
 
 
 def threads_from_argv(argv) -> None:
@@ -157,12 +176,141 @@ def one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+class OutputError(Exception):
+    """Standard output cannot be written (closed, a full disk, an I/O error): status 1, one
+    line. Not an OSError, so that a command's `except OSError` (its input files) never takes
+    it for bad input."""
+
+
+# Errors of resources (not of the input, not bugs): errno -> the words for them.
+RESOURCE_ERRNOS = {errno.ENOSPC: "out of disk space", errno.EDQUOT: "over the disk quota",
+                   errno.EFBIG: "the file is too large for the filesystem",
+                   errno.EIO: "an I/O error", errno.ENOMEM: "out of memory",
+                   errno.EMFILE: "too many open files", errno.ENFILE: "too many open files",
+                   errno.EAGAIN: "out of memory or processes (cannot start a thread)"}
+# The same when another library reports them only in its message (safetensors' Rust errors,
+# threads, shared libraries that cannot be mapped).
+_RESOURCE_WORDS = [(re.compile(p, re.I), what) for p, what in (
+    (r"os error (\d+)", None),  # Rust's io::Error, e.g. SafetensorError
+    (r"no space left on device", "out of disk space"),
+    (r"cannot allocate memory|out of memory|memory allocation|failed to map segment|"
+     r"mmap failed|std::bad_alloc", "out of memory"),
+    (r"can't start new thread|cannot start new thread|thread creation failed|"
+     r"pthread_create failed", "out of memory or threads (cannot start a thread)"))]
+
+
+def resource_problem(error: BaseException) -> str | None:
+    """"out of memory", "out of disk space", ... when error (or the error it came from) is a
+    resource running out or an I/O error, from any library; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, MemoryError):
+            return "out of memory"
+        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+            return RESOURCE_ERRNOS[error.errno]
+        if isinstance(error, (RuntimeError, ImportError, OSError)) or \
+                type(error).__name__ == "SafetensorError":
+            text = str(error)
+            for pattern, what in _RESOURCE_WORDS:
+                match = pattern.search(text)
+                if match and what is None:
+                    what = RESOURCE_ERRNOS.get(int(match.group(1)))
+                if match and what:
+                    return what
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def describe(error: BaseException) -> str:
+    """One line for an error: the resource when it is one (with the file it names), else its
+    message (never empty: the exception's name then)."""
+    what = resource_problem(error)
+    filename = getattr(error, "filename", None)
+    if what:
+        return f"{filename}: {what}" if filename else what
+    text = one_line(getattr(error, "strerror", None) or error)
+    if isinstance(error, OSError) and error.strerror and filename:
+        text = f"{filename}: {error.strerror}"
+    return text or type(error).__name__
+
+
+class ResourceError(Exception):
+    """Out of a resource (memory, disk space, threads) or an I/O error while `step`: status 1,
+    one line."""
+
+
+def input_error(error: BaseException, step: str | None = None) -> Exception:
+    """What to raise for an exception met while reading the input (a `except (ValueError,
+    OSError, RuntimeError)`): a UsageError (bad input, status 2), or a ResourceError (status 1)
+    when a resource ran out, which says nothing about the input."""
+    if resource_problem(error):
+        return ResourceError(f"{step + ': ' if step else ''}{describe(error)}")
+    return UsageError(describe(error) if isinstance(error, OSError) else str(error))
+
+
+_WRITTEN: list[str] = []  # outputs this run has committed (written whole)
+
+
+def written(path) -> None:
+    """Record that output path is committed (whole, in place): whatever stops the command
+    after this, its last line says so (rather than leave the user to think it was not)."""
+    _WRITTEN.append(str(path))
+
+
+def _after_written() -> str:
+    return f"; {', '.join(_WRITTEN)} was written (complete)" if _WRITTEN else ""
+
+
+class _Stream:
+    """sys.stdout or sys.stderr while a command runs. stdout: a write that fails (closed, full,
+    I/O error) raises OutputError, a reader gone BrokenPipeError. stderr: a failing write is
+    dropped (its lines are never worth stopping a command for)."""
+
+    def __init__(self, stream, name):
+        self._stream, self._name = stream, name
+
+    def _do(self, method, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            if self._name == "stderr":
+                return None
+            raise
+        except (OSError, ValueError, AttributeError) as e:  # AttributeError: None (closed)
+            if self._name == "stderr":
+                return None
+            reason = "it is closed" if self._stream is None or isinstance(e, ValueError) \
+                else describe(e)
+            raise OutputError(f"cannot write to standard output ({reason})") from None
+
+    def write(self, text):
+        result = self._do("write", text)
+        return len(text) if result is None else result
+
+    def flush(self):
+        self._do("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _guard_streams():
+    """Install _Stream over sys.stdout and sys.stderr; returns the originals to restore."""
+    original = sys.stdout, sys.stderr
+    stderr = sys.stderr
+    if stderr is None:  # closed: its lines go nowhere
+        stderr = open(os.devnull, "w")
+    sys.stdout, sys.stderr = _Stream(sys.stdout, "stdout"), _Stream(stderr, "stderr")
+    return original
+
+
 def _quiet_stdout():
     """stdout's reader is gone (e.g. `| head`): send the rest, and Python's final flush, to
     /dev/null so that no 'Exception ignored ... BrokenPipeError' follows."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout has no file descriptor (e.g. a test's capture)
+    except (OSError, ValueError, AttributeError):  # no descriptor (closed, a test's capture)
         pass
 
 
@@ -176,6 +324,8 @@ def entry(name: str):
             global _prog
             prog = _prog = prog or f"{name}.py"
             previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
+            streams = _guard_streams()
+            _WRITTEN.clear()
             try:
                 status = main(argv)
                 sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
@@ -183,11 +333,18 @@ def entry(name: str):
             except UsageError as e:
                 _say(prog, f"error: {one_line(e)}")
                 return EXIT_BAD_INPUT
+            except OutputError as e:
+                _quiet_stdout()  # (Python's own last flush must not fail again)
+                _say(prog, f"error: {e}{_after_written()}")
+                return EXIT_FAILURE
+            except ResourceError as e:
+                _say(prog, f"error: {one_line(e)}")
+                return EXIT_FAILURE
             except KeyboardInterrupt:
-                _say(prog, "interrupted (Ctrl-C)", newline=True)
+                _say(prog, f"interrupted (Ctrl-C){_after_written()}", newline=True)
                 return EXIT_SIGINT
             except Terminated:
-                _say(prog, "terminated (SIGTERM)")
+                _say(prog, f"terminated (SIGTERM){_after_written()}")
                 return EXIT_SIGTERM
             except BrokenPipeError:
                 _quiet_stdout()
@@ -198,11 +355,15 @@ def entry(name: str):
             except Exception as e:  # a bug: still one line (the traceback on request)
                 if os.environ.get(TRACEBACK_ENV) == "1":
                     raise
+                if resource_problem(e):  # from any library: not a bug
+                    _say(prog, f"error: {describe(e)}")
+                    return EXIT_FAILURE
                 _say(prog, f"internal error: {type(e).__name__}: {one_line(e)} (a bug in "
                            f"numpy_gpt2: please report it with the command; {TRACEBACK_ENV}=1 "
                            f"shows the traceback)")
                 return EXIT_FAILURE
             finally:
+                sys.stdout, sys.stderr = streams
                 for s, handler in previous.items():
                     signal.signal(s, handler)
         run.__doc__, run.__name__ = main.__doc__, main.__name__

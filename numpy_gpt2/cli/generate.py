@@ -178,7 +178,7 @@ def load_everything(model: str, dtype: str):
         params, config = numpy_gpt2.load(path, dtype=np.dtype(dtype))
         tokenizer = numpy_gpt2.load_tokenizer(path)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(str(e)) from None
+        raise common.input_error(e) from None
     source = tokenizer_dir(path) or 'tiktoken "gpt2"'
     n_params = sum(a.size for a in numpy_gpt2.flatten_params(params).values())
     return params, config, tokenizer, f"{path} ({n_params / 1e6:.1f}M parameters, {dtype}; tokenizer {source})"

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         close()
         seconds = time.perf_counter() - start
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError, NonFiniteError: ValueErrors
-        raise UsageError(str(e)) from None
+        raise common.input_error(e) from None
     print(f"model: {args.model} ({args.dtype})  file: {args.file}")
     windows = f"{result['n_windows']} window" + ("s" if result["n_windows"] != 1 else "")
     print(f"tokens: {len(tokens)} in the text, {result['n_scored']} scored in {windows} "

@@ -38,14 +38,15 @@ import numpy as np
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.fast.threads import thread_count
+from numpy_gpt2.io.atomic import make_directories, remove_directories
+from numpy_gpt2.io.outputs import check_outside_inputs, output_directory
 from numpy_gpt2.io.token_files import write_tokens
 from numpy_gpt2.io.tokenizer import ENDOFTEXT
 
-EXIT_BAD_INPUT = common.EXIT_BAD_INPUT
-EXIT_INTERRUPTED = common.EXIT_SIGINT
 READ_BYTES = 1 << 20  # bytes read from a file at a time
 PIECE_CHARS = 1 << 20  # a document longer than this is tokenized in pieces
 META_FILE = "meta.json"
+FORMAT = "nanoGPT: headerless little-endian uint16 GPT-2 token ids"  # meta.json's "format"
 # Where a long document may be cut without changing its tokens: after a newline that follows
 # a non-space character, before an ASCII letter. GPT-2's pre-tokenizer always ends a chunk
 # there (the newline is a chunk of its own, the letter starts a new word), and BPE never
@@ -151,11 +152,11 @@ def tokenize(files, tokenizer, workers: int, progress):
 def prepare(args, files, tokenizer, progress) -> dict:
     """Write train.bin / val.bin of files (under temporary names, renamed at the end) and
     return the counts for meta.json."""
-    os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     counts = {name: {"tokens": 0, "documents": 0} for name in ("train", "val")}
     temp = {name: os.path.join(args.out, f".{name}.bin.tmp-{os.getpid()}") for name in counts}
-    outs = {name: open(path, "wb") for name, path in temp.items()}
+    temp["meta"] = os.path.join(args.out, f".{META_FILE}.tmp-{os.getpid()}")
+    outs = {name: open(temp[name], "wb") for name in counts}
     try:
         split, document = None, []  # the current document's split and tokens so far
         for tokens, ends in tokenize(files, tokenizer, args.workers, progress):
@@ -177,51 +178,65 @@ def prepare(args, files, tokenizer, progress) -> dict:
                     f"the {name} split got no documents ({sum(c['documents'] for c in counts.values())} "
                     f"in all, --val-fraction {args.val_fraction}): give more documents (more files, "
                     f"or documents separated by {ENDOFTEXT} in a file) or change --val-fraction")
-        for name, path in temp.items():
-            os.replace(path, os.path.join(args.out, f"{name}.bin"))
+        meta = {"format": FORMAT, "separator": {"text": ENDOFTEXT, "id": int(tokenizer.eot_token)},
+                "vocab_size": int(tokenizer.n_vocab), **counts, "val_fraction": args.val_fraction,
+                "seed": args.seed, "inputs": [os.path.abspath(i) for i in args.inputs]}
+        with open(temp["meta"], "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+            f.write("\n")
+        # meta.json first: a directory holding it is prepare's own (replaced by the next run)
+        os.replace(temp["meta"], os.path.join(args.out, META_FILE))
+        for name in counts:
+            os.replace(temp[name], os.path.join(args.out, f"{name}.bin"))
+        common.written(args.out)
     finally:
-        for name, f in outs.items():
+        for f in outs.values():
             f.close()
-            if os.path.exists(temp[name]):
-                os.remove(temp[name])
-    return {"format": "nanoGPT: headerless little-endian uint16 GPT-2 token ids",
-            "separator": {"text": ENDOFTEXT, "id": int(tokenizer.eot_token)},
-            "vocab_size": int(tokenizer.n_vocab), **counts, "val_fraction": args.val_fraction,
-            "seed": args.seed, "inputs": [os.path.abspath(i) for i in args.inputs]}
+        for path in temp.values():
+            if os.path.exists(path):
+                os.remove(path)
+    return meta
+
+
+def prepared_here(directory) -> bool:
+    """directory's meta.json says prepare wrote it (its files may be replaced)."""
+    try:
+        with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @common.entry("prepare")
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    bar = None
+    args = parse_args(argv)
+    files = list_files(args.inputs)
+    try:  # where outputs go (numpy_gpt2.io.outputs): checked before any work
+        output_directory(args.out, ["train.bin", "val.bin", META_FILE], ours=prepared_here)
+        check_outside_inputs(args.out, args.inputs)
+    except ValueError as e:
+        raise UsageError(f"--out {e}") from None
     try:
-        args = parse_args(argv)
-        files = list_files(args.inputs)
-        try:
-            tokenizer = numpy_gpt2.load_tokenizer()
-        except (ValueError, OSError, RuntimeError, FileNotFoundError) as e:
-            raise UsageError(str(e)) from None
+        tokenizer = numpy_gpt2.load_tokenizer()
+    except (ValueError, OSError, RuntimeError) as e:
+        raise common.input_error(e) from None
+    made, bar = None, None
+    try:
+        made = make_directories(args.out)
         bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True,
                    desc="prepare", file=sys.stderr, dynamic_ncols=True)
         meta = prepare(args, files, tokenizer, bar.update)
-        bar.close()
-        with open(os.path.join(args.out, META_FILE), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-            f.write("\n")
-    except UsageError as e:
+    except BaseException as e:
+        if made:
+            remove_directories(made)  # a failed run leaves no new empty directory
+        if isinstance(e, OSError):
+            raise common.input_error(e) from None
+        raise
+    finally:
         if bar is not None:
             bar.close()
-        print(f"prepare.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as e:  # writing the output
-        if bar is not None:
-            bar.close()
-        print(f"prepare.py: error: {args.out}: cannot write ({e.strerror})", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("\nprepare.py: interrupted; no output files written", file=sys.stderr)
-        return EXIT_INTERRUPTED
     print(f"{args.out}: train.bin {meta['train']['tokens']:,} tokens ({meta['train']['documents']:,} "
           f"documents), val.bin {meta['val']['tokens']:,} tokens ({meta['val']['documents']:,} documents)")
     return 0

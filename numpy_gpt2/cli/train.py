@@ -468,7 +468,7 @@ def prepare(args, dirs: RunDirs, world=distributed.Solo()) -> dict:
             rng = np.random.default_rng([s["seed"], 1])  # the batch sampler's own stream
             metrics = []
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(str(e)) from None
+        raise common.input_error(e) from None
     evals = {name: gpt2_data.eval_batches(tokens, s["block_size"], s["batch_size"], s["eval_iters"],
                                           seed=[s["seed"], 2 + i])
              for i, (name, tokens) in enumerate(splits.items())}
@@ -667,7 +667,7 @@ def report(message) -> None:
     the run goes on and stdout goes to /dev/null."""
     try:
         print(message, flush=True)
-    except (BrokenPipeError, ValueError):
+    except (BrokenPipeError, ValueError, common.OutputError):  # (closed, full: the run goes on)
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
