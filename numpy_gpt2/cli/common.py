@@ -76,6 +76,21 @@ def threads_from_argv(argv) -> None:
 
 
 
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
+def add_threads_flag(parser) -> None:
+    """--threads N: BLAS and worker threads (read by threads_from_argv before NumPy loads;
+    here for --help and its check, check_threads)."""
+    parser.add_argument("--threads", type=int, help="BLAS and worker threads (default: the CPUs "
+                        "the process may use, or $NUMPY_GPT2_THREADS)")
+
+
+def check_threads(args) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads} is invalid: expected an integer >= 1")
+
+
 class UsageError(Exception):
     """Bad input from the user: reported in one line, exit status 2."""
 
@@ -147,6 +162,10 @@ class Parser(argparse.ArgumentParser):
             values = getattr(parsed, action.dest, None)
             name = "/".join(action.option_strings) or action.dest
             for value in values if isinstance(values, list) else [values]:
+                # NumPy's integers (and the arrays sized by them) stop at int64
+                if action.type is int and isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                    raise UsageError(f"argument {name}: {value} is out of range (integers from "
+                                     f"{INT64_MIN} to {INT64_MAX})")
                 where = not_utf8(value) if isinstance(value, str) else None
                 if where:
                     raise UsageError(f"argument {name}: not UTF-8 ({where}); the scripts take "
