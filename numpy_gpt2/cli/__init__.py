@@ -31,7 +31,19 @@ def run_script(name: str, argv=None, prog: str | None = None) -> int:
     common.stop_quietly_during_imports()  # before numpy and the rest are imported
     argv = sys.argv[1:] if argv is None else list(argv)
     common.threads_from_argv(argv)
-    return importlib.import_module(f"numpy_gpt2.cli.{name}").main(argv, prog=prog)
+    try:
+        module = importlib.import_module(f"numpy_gpt2.cli.{name}")
+    except (ImportError, MemoryError, OSError, RuntimeError) as e:  # NumPy, OpenBLAS, ...
+        what = common.resource_problem(e)
+        if what is None:
+            raise
+        try:
+            print(f"{prog or name + '.py'}: error: {what} while starting (loading its libraries)",
+                  file=sys.stderr)
+        except (OSError, ValueError, AttributeError):  # stderr closed or full
+            pass
+        return common.EXIT_FAILURE
+    return module.main(argv, prog=prog)
 
 
 def usage() -> str:
