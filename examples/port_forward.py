@@ -14,6 +14,7 @@ With --bug it makes the classic porting mistake: the exact erf GELU instead of G
 approximation, and compare.py's FIRST FAILURE names h.0.mlp.gelu.
 """
 import argparse
+import os
 import sys
 import math
 

@@ -14,6 +14,7 @@ mistake), and compare.py's FIRST FAILURE names grad.h.{L-1}, the input of ln_f: 
 LayerNorm the backward pass meets.
 """
 import argparse
+import os
 import sys
 import math
 

@@ -308,7 +308,8 @@ class _Stream:
         return len(text) if result is None else result
 
     def flush(self):
-        self._do("flush")
+        if self._stream is not None:  # closed: nothing was written, nothing to flush (tqdm
+            self._do("flush")         # flushes stdout before drawing a bar on stderr)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -346,9 +347,16 @@ def entry(name: str):
             streams = _guard_streams()
             _WRITTEN.clear()
             try:
-                status = main(argv)
-                sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
-                return status
+                try:
+                    status = main(argv)
+                    sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
+                    return status
+                except BaseException:
+                    # How it ended is decided: a signal now (a second Ctrl-C, a burst of
+                    # SIGTERMs) must not interrupt the report of it with a traceback.
+                    for s in STOP_SIGNALS:
+                        signal.signal(s, signal.SIG_IGN)
+                    raise
             except UsageError as e:
                 _say(prog, f"error: {one_line(e)}")
                 return EXIT_BAD_INPUT

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from numpy_gpt2.io.checkpoint import hf_config_dict, write_files_atomically
 from numpy_gpt2.io.formats.llmc import check_llmc_config, check_llmc_vocab, padded_vocab, write_llmc
-from numpy_gpt2.io.outputs import check_outside_inputs, output_directory, output_file
+from numpy_gpt2.io.outputs import output_directory, output_file
 from numpy_gpt2.io.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
 from numpy_gpt2.io.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
@@ -84,11 +84,25 @@ def hf_writers(params, config, dtype, tokenizer, bar) -> dict:
             f.write("\n")
 
     writers = {"model.safetensors": lambda path: write_safetensors(
-                   path, flat, DTYPES[dtype], {"format": "pt"}, progress=lambda n: bar(n)),
+                   path, flat, DTYPES[dtype], {"format": "pt", **MARK}, progress=lambda n: bar(n)),
                "config.json": write_config}
     for name, src in tokenizer.items():
         writers[name] = lambda path, src=src: shutil.copyfile(src, path)
     return writers
+
+
+MARK = {"written_by": "numpy_gpt2 convert"}  # model.safetensors' metadata: convert's own output
+
+
+def converted_here(directory) -> bool:
+    """directory's model.safetensors was written by convert (its files may be replaced)."""
+    try:
+        with open(os.path.join(directory, "model.safetensors"), "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 1 << 24)))
+        return header.get("__metadata__", {}).get("written_by") == MARK["written_by"]
+    except (OSError, ValueError, AttributeError, TypeError, IndexError, KeyError):
+        return False
 
 
 def check_not_overwriting(source_path, out, to) -> None:
@@ -135,10 +149,10 @@ def main(argv=None) -> int:
         source_path = numpy_gpt2.resolve_model(args.source)
         check_not_overwriting(source_path, args.out, args.to)
         if args.to == "hf":
-            out = output_directory(args.out, ["model.safetensors", "config.json", *TOKENIZER_FILES])
+            out = output_directory(args.out, ["model.safetensors", "config.json", *TOKENIZER_FILES],
+                                   ours=converted_here)
         else:
             out = output_file(args.out)
-        check_outside_inputs(args.out, [source_path])
         params, config = numpy_gpt2.load(source_path)
         if args.to == "hf":
             total = sum(a.size for a in flatten_params(params).values())

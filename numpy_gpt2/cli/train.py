@@ -672,7 +672,7 @@ def report(message) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # (AttributeError: closed, no descriptor)
             pass
 
 
@@ -893,7 +893,7 @@ def save_run_collectively(run) -> str | None:
         try:
             save_run(run)
         except (OSError, ValueError, FloatingPointError, MemoryError) as e:
-            error = one_line(getattr(e, "strerror", None) or e or type(e).__name__)
+            error = common.describe(e)  # (the resource, the file; never empty)
     error = world.first_error(error)  # also the barrier after the save
     if error is None:
         run["saved_step"] = run["opt_state"]["step"]
@@ -979,7 +979,7 @@ def keep_best(run, record) -> str | None:
         try:
             write_files_atomically(os.path.join(run["out"], BEST_DIR), writers)
         except (OSError, ValueError, MemoryError) as e:
-            error = one_line(getattr(e, "strerror", None) or e or type(e).__name__)
+            error = common.describe(e)  # (the resource, the file; never empty)
     return run["world"].first_error(error)  # also the barrier after the write
 
 

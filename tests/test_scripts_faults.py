@@ -1,0 +1,376 @@
+"""Every command under each KIND of fault, as processes (docs/scripts.md, "Exit statuses"):
+standard output closed, full (/dev/full) or a pipe whose reader has gone; standard error
+closed or full; outputs that are devices, FIFOs, sockets, symlinks, missing directories, a
+user's files, or inside the input; resource errors (a full filesystem, RLIMIT_AS) from any
+library; bursts of signals during start-up; integer flags beyond int64.
+Commands come from run_scripts.BASE (one per command), so a new command is covered by adding
+it there. Asserted every time: a documented status, no traceback or "internal error", and the
+one-line message of the kind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from unittest import mock
+
+import pytest
+
+from run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_process,  # noqa: F401
+                         make_world, script_names)
+from test_scripts_hostile import STATUSES, check_run
+
+NAMES = script_names()
+# The command's file or directory outputs: flag or positional index in BASE's argv.
+OUTPUTS = {"dump": "--out", "convert": 1, "prepare": "--out", "train": "--out"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer_dir):
+    return make_world(tmp_path_factory.mktemp("faults"), tokenizer_dir)
+
+
+def command(name, world, out, **replace):
+    argv = [str(a) for a in BASE[name](world, StrPath(out))]
+    if name == "prepare":  # enough documents for both splits
+        argv[0] = str(world.documents)
+    return argv
+
+
+def run(name, argv, cwd, shell_redirect="", env=None, preexec_fn=None, timeout=180):
+    """(status, stderr) of `python scripts/NAME.py ARGV REDIRECTS` in a shell."""
+    script = os.path.join(SCRIPTS, f"{name}.py")
+    proc = subprocess.run(["sh", "-c", f'"$@" {shell_redirect}', "sh", sys.executable, script, *argv],
+                          cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+                          preexec_fn=preexec_fn,
+                          stdout=None if ">" in shell_redirect else subprocess.DEVNULL)
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+# ---- 1. standard streams -------------------------------------------------------------------
+
+STREAMS = {  # case -> shell redirection, and what is expected
+    "stdout closed": ">&-", "stdout full": "> /dev/full",
+    "stderr closed": "2>&- >/dev/null", "stderr full": "2>/dev/full >/dev/null"}
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("case", list(STREAMS))
+def test_closed_or_full_streams(case, world, tmp_path):
+    """stdout closed or full: status 1 and one line saying so (never 'internal error'); a file
+    output is complete and the line says so. stderr closed or full: the command runs (0)."""
+    procs = []
+    for name in NAMES:
+        out = tmp_path / name
+        out.mkdir()
+        argv = command(name, world, out)
+        procs.append((name, out, argv))
+    for name, out, argv in procs:
+        status, err = run(name, argv, out, STREAMS[case])
+        check_run(name, status, err, out, f"{name}.py, {case}")
+        if case.startswith("stderr"):
+            assert status == 0 and err == "", (name, case, status, err)
+        elif name == "train":  # the run is its output; its stdout lines are in metrics.jsonl
+            assert status == 0, (name, err)
+        else:
+            lines = [ln.rsplit("\r", 1)[-1] for ln in err.splitlines()]
+            last = [ln for ln in lines if ln.strip()][-1]
+            reason = "it is closed" if "closed" in case else "out of disk space"
+            assert status == 1 and last.startswith(
+                f"{name}.py: error: cannot write to standard output ({reason})"), (name, err)
+            if name in OUTPUTS:
+                assert "was written (complete)" in last, last
+
+
+def test_stdout_a_pipe_whose_reader_exits_mid_run(world, tmp_path):
+    """`| head -c 1`: quiet, status 0 or 1 (head may win the race)."""
+    for name in NAMES:
+        out = tmp_path / name
+        out.mkdir()
+        argv = command(name, world, out)
+        script = os.path.join(SCRIPTS, f"{name}.py")
+        proc = subprocess.run(["sh", "-c", '"$@" | head -c 1 >/dev/null; exit ${PIPESTATUS:-0}',
+                               "sh", sys.executable, script, *argv], cwd=out,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=180)
+        err = proc.stderr.decode(errors="replace")
+        assert "Traceback" not in err and "internal error" not in err and "error" not in err, (name, err)
+
+
+# ---- 2. where outputs go -------------------------------------------------------------------
+
+def with_output(name, argv, path):
+    where = OUTPUTS[name]
+    argv = list(argv)
+    if isinstance(where, int):
+        slots = [i for i, a in enumerate(argv) if not a.startswith("-")
+                 and (i == 0 or not argv[i - 1].startswith("--"))]
+        argv[slots[where]] = str(path)
+    else:
+        argv[argv.index(where) + 1] = str(path)
+    return argv
+
+
+def special_files(d):
+    """{kind: path} of a FIFO, a socket and (as root) a character device, made in d."""
+    made = {}
+    os.mkfifo(d / "fifo")
+    made["FIFO"] = d / "fifo"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock"))
+    made["socket"] = d / "sock"
+    if os.geteuid() == 0:  # a copy of /dev/null (never the real device: a bug would replace it)
+        os.mknod(d / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        made["character device"] = d / "null"
+    return made, sock
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUTS))
+def test_devices_fifos_and_sockets_are_never_replaced(name, world, tmp_path, cached_tokenizer):
+    made, sock = special_files(tmp_path)
+    try:
+        for kind, path in made.items():
+            before = os.stat(path)
+            for target in (path, tmp_path / f"link-to-{path.name}"):
+                if target != path:
+                    os.symlink(path, target)
+                argv = with_output(name, command(name, world, tmp_path), target)
+                r = in_process(name, argv, tmp_path, budget=60)
+                check_run(name, r.status, r.err, tmp_path, f"{name} --out {kind}")
+                assert r.status == 2, (name, kind, r.err)
+                after = os.stat(path)
+                assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), (name, kind)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("name", ["dump", "convert"])
+def test_a_symlinked_output_file_writes_its_target(name, world, tmp_path, cached_tokenizer):
+    target, link = tmp_path / "target", tmp_path / "link"
+    os.symlink(target, link)
+    argv = with_output(name, command(name, world, tmp_path), link)
+    r = in_process(name, argv, tmp_path, budget=60)
+    assert r.status == 0, r.err
+    assert os.path.islink(link) and os.path.isfile(target) and os.path.getsize(target) > 0
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUTS))
+def test_missing_parents_are_created_and_removed_when_the_command_fails(name, world, tmp_path,
+                                                                          cached_tokenizer):
+    deep = tmp_path / "a" / "b" / ("run" if name in ("train", "prepare", "convert") else "d.st")
+    argv = with_output(name, command(name, world, tmp_path), deep)
+    if name == "convert":
+        argv = [a if a != "llmc" else "hf" for a in argv]
+    r = in_process(name, argv, tmp_path, budget=120)
+    assert r.status == 0 and os.path.exists(deep), (name, r.err)
+    # the same command failing while it writes (a full disk): no new directory is left
+    failing = tmp_path / "x" / "y" / deep.name
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with mock.patch("numpy_gpt2.io.atomic._fsync_file", full), \
+            mock.patch("numpy_gpt2.io.token_files.write_tokens", full):
+        r = in_process(name, with_output(name, argv, failing), tmp_path, budget=120)
+    assert r.status == 1 and "out of disk space" in r.err, (name, r.err)
+    assert not os.path.exists(tmp_path / "x"), (name, os.listdir(tmp_path / "x"))
+
+
+def test_no_command_replaces_a_file_it_did_not_write(world, tmp_path, cached_tokenizer):
+    """convert --to hf into a directory with a user's config.json; prepare into one with a
+    user's train.bin: refused, the files untouched. prepare's own output is replaced."""
+    for name, argv_out, own in (("convert", "hf", "config.json"), ("prepare", "prep", "train.bin")):
+        d = tmp_path / argv_out
+        d.mkdir()
+        (d / own).write_text("mine")
+        argv = with_output(name, command(name, world, tmp_path), d)
+        if name == "convert":
+            argv = [a if a != "llmc" else "hf" for a in argv]
+        r = in_process(name, argv, tmp_path, budget=60)
+        assert r.status == 2 and "did not write" in r.err, (name, r.err)
+        assert (d / own).read_text() == "mine"
+    os.remove(tmp_path / "prep" / "train.bin")
+    argv = with_output("prepare", command("prepare", world, tmp_path), tmp_path / "prep")
+    assert in_process("prepare", argv, tmp_path, budget=60).status == 0
+    assert in_process("prepare", argv, tmp_path, budget=60).status == 0  # its own: replaced
+
+
+def test_prepare_refuses_an_output_inside_its_input(world, tmp_path, cached_tokenizer):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text(open(world.documents).read())
+    r = in_process("prepare", [tmp_path / "corpus", "--out", tmp_path / "corpus" / "tokens"], tmp_path)
+    assert r.status == 2 and "inside the input" in r.err, r.err
+    assert os.listdir(tmp_path / "corpus") == ["a.txt"]
+
+
+# ---- 3. resources --------------------------------------------------------------------------
+
+def test_a_full_disk_inside_the_safetensors_library_names_the_file(world, tmp_path):
+    """The safetensors library reports ENOSPC as SafetensorError (not an OSError)."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    out = tmp_path / "d.safetensors"
+    with mock.patch("safetensors.numpy.save_file", full):
+        r = in_process("dump", ["--model", world.ckpt, "--tokens", "5,6", "--out", out], tmp_path)
+    assert r.status == 1, r.err
+    assert r.err.strip().splitlines()[-1] == f"dump.py: error: {out}: out of disk space", r.err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 200 kB tmpfs (root only), unmounted after the test."""
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs",
+                                             str(d)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield StrPath(d)
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_every_output_on_a_full_filesystem(world, small_tmpfs, tmp_path):
+    """Each command writing into a full filesystem: status 1, one line naming the file and
+    'out of disk space', nothing left there (no empty directory either)."""
+    for name in sorted(OUTPUTS):
+        target = small_tmpfs / "new" / ("out" if name != "dump" else "d.st")
+        argv = with_output(name, command(name, world, tmp_path), target)
+        if name == "convert":
+            argv = [a if a != "llmc" else "hf" for a in argv]
+        status, err = run(name, argv, tmp_path)
+        check_run(name, status, err, small_tmpfs, f"{name} on a full disk")
+        assert status == 1 and "out of disk space" in err and "internal error" not in err, (name, err)
+        if name != "train":  # (train's run directory: its own rules, see docs/runs.md)
+            assert os.listdir(small_tmpfs) == [], (name, os.listdir(small_tmpfs))
+        subprocess.run(["rm", "-rf", *[os.path.join(small_tmpfs, f) for f in os.listdir(small_tmpfs)]])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
+@pytest.mark.parametrize("megabytes", [40, 140, 170])
+def test_little_memory_is_one_line_from_the_first_import_on(megabytes, world, tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (megabytes << 20, megabytes << 20))
+    for name in ("convert", "generate", "dump"):
+        out = tmp_path / f"{name}{megabytes}"
+        out.mkdir()
+        status, err = run(name, command(name, world, out), out, preexec_fn=limit,
+                          env={"OPENBLAS_NUM_THREADS": "1"})
+        if status == 0:
+            continue  # enough after all
+        assert "Traceback" not in err and "internal error" not in err, (name, megabytes, err)
+        if "OpenBLAS" in err:  # OpenBLAS ends the process itself (exit 1) after its own line
+            assert status == 1, err
+            continue
+        last = [ln.rsplit("\r", 1)[-1] for ln in err.splitlines() if ln.strip()][-1]
+        assert status == 1 and last.startswith(f"{name}.py: error: out of memory"), (name, megabytes, err)
+
+
+def test_resource_errors_from_libraries_are_not_bugs():
+    from numpy_gpt2.cli import common
+
+    cases = [(MemoryError(), "out of memory"),
+             (OSError(errno.ENOSPC, "No space left on device", "/x"), "/x: out of disk space"),
+             (RuntimeError("can't start new thread"), "out of memory or threads (cannot start a thread)"),
+             (ImportError("libopenblas.so: failed to map segment from shared object"), "out of memory"),
+             (OSError(errno.EIO, "Input/output error", "/y"), "/y: an I/O error")]
+    for error, words in cases:
+        assert common.describe(error) == words
+        assert isinstance(common.input_error(error), common.ResourceError)
+    assert isinstance(common.input_error(OSError(errno.ENOENT, "No such file", "/z")), common.UsageError)
+
+
+# ---- 4. signals during start-up ------------------------------------------------------------
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_bursts_of_signals_during_start_up(world, tmp_path):
+    """Each command gets 2-3 SIGTERM or SIGINT quickly, at a random instant in its first
+    second: status 0 or 128 + the first signal, one line, no traceback, no output left
+    behind unless whole, no empty directory."""
+    rng = random.Random(0)
+    for trial in range(2):
+        procs = []
+        for name in NAMES:
+            out = tmp_path / f"{name}-{trial}"
+            out.mkdir()
+            argv = command(name, world, out)
+            proc = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *argv],
+                                    cwd=out, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            procs.append((name, out, proc, rng.choice([signal.SIGINT, signal.SIGTERM]),
+                          rng.uniform(0.05, 1.0), rng.randint(2, 3)))
+        start = time.monotonic()
+        for name, out, proc, signum, delay, count in sorted(procs, key=lambda p: p[4]):
+            time.sleep(max(0.0, start + delay - time.monotonic()))
+            for _ in range(count):
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+                time.sleep(0.005)
+        for name, out, proc, signum, delay, count in procs:
+            _, err = proc.communicate(timeout=120)
+            err = err.decode(errors="replace")
+            what = f"{name}.py, {count} x {signal.Signals(signum).name} at {delay:.2f} s"
+            check_run(name, proc.returncode, err, out, what)
+            assert proc.returncode in (0, 128 + signum), (what, proc.returncode, err)
+            empty = [d for d, dirs, files in os.walk(out) if not dirs and not files and d != out]
+            assert not empty, (what, empty)
+
+
+# ---- 5. flags ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_integer_flag_beyond_int64_is_one_line(name, world, tmp_path):
+    from run_scripts import parser_of, with_value
+
+    parser = parser_of(name)
+    for action in [a for a in parser._actions if a.type is int]:
+        for value in ("9223372036854775808", "-9223372036854775809"):
+            argv = with_value(command(name, world, tmp_path), action, value, parser)
+            r = in_process(name, argv, tmp_path)
+            assert r.status == 2 and "out of range" in r.err, (name, action.dest, r.err)
+
+
+@pytest.mark.parametrize("flag", ["--temperature=0.5", "--temperature=1", "--top-k=5",
+                                  "--top-p=0.9", "--seed=1", "--min-p=0.1"])
+def test_beams_refuse_every_sampling_flag(flag, world, tmp_path):
+    r = in_process("generate", ["Hi", "--model", world.ckpt, "--num-beams", "2", flag], tmp_path)
+    assert r.status == 2 and "does not apply to beam search" in r.err, r.err
+
+
+def test_convert_llmc_vocab_size_keeps_trained_rows_and_refuses_tokenizer(world, tmp_path):
+    out = tmp_path / "m.bin"
+    r = in_process("convert", [world.ckpt, out, "--to", "llmc", "--vocab-size", "10"], tmp_path)
+    assert r.status == 2 and "--vocab-size 10 is smaller than the model's vocabulary" in r.err, r.err
+    r = in_process("convert", [world.ckpt, out, "--to", "llmc", "--tokenizer", world.ckpt], tmp_path)
+    assert r.status == 2 and "--tokenizer is for --to hf" in r.err, r.err
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("name", ["generate", "perplexity"])
+def test_threads_flag(name, world, tmp_path):
+    r = in_process(name, BASE[name](world, StrPath(tmp_path)) + ["--threads", "0"], tmp_path)
+    assert r.status == 2 and "--threads 0" in r.err
+    r = in_process(name, BASE[name](world, StrPath(tmp_path)) + ["--threads", "1"], tmp_path)
+    assert r.status == 0, r.err
+
+
+@pytest.mark.parametrize("example, extra", [("port_forward", []), ("port_train_step", [])])
+def test_examples_one_line_for_a_bad_ref(example, extra, world, tmp_path):
+    script = os.path.join(os.path.dirname(SCRIPTS), "examples", f"{example}.py")
+    for ref in (tmp_path / "missing.safetensors", world.acts):
+        if example == "port_forward" and ref == world.acts:
+            continue  # activations are all port_forward needs
+        proc = subprocess.run([sys.executable, script, "--model", world.ckpt, "--ref", ref,
+                               "--out", tmp_path / "p.st"], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
