@@ -229,12 +229,17 @@ def test_ctrl_c_in_perplexity_is_one_line_and_130(world, tmp_path, cached_tokeni
     (_cli.Terminated(), 143, "x.py: terminated (SIGTERM)"),
     (MemoryError(), 1, "x.py: error: out of memory; try a smaller model, input or batch"),
     (BrokenPipeError(), 1, None),
+    (_cli.OutputError("cannot write to standard output (out of disk space)"), 1,
+     "x.py: error: cannot write to standard output (out of disk space)"),
+    (OSError(28, "No space left on device", "f.bin"), 1, "x.py: error: f.bin: out of disk space"),
+    (RuntimeError("can't start new thread"), 1,
+     "x.py: error: out of memory or threads (cannot start a thread)"),
     (ZeroDivisionError("x"), 1, "x.py: internal error: ZeroDivisionError: x (a bug in numpy_gpt2: "
                                 "please report it with the command; NUMPY_GPT2_TRACEBACK=1 shows "
                                 "the traceback)"),
 ])
 def test_entry_turns_every_ending_into_a_status_and_at_most_one_line(raised, status, line, capsys):
-    @_cli.entry("x.py")
+    @_cli.entry("x")
     def main(argv=None):
         if raised is not None:
             raise raised

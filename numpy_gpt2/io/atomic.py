@@ -171,15 +171,16 @@ def _naming(error: BaseException, temp: str, path: str) -> BaseException:
     left as they are."""
     if isinstance(error, OSError) and error.errno is not None:
         if error.filename not in (None, temp):
-            return error
-        return OSError(error.errno, error.strerror or os.strerror(error.errno), path)
+            return error  # about another file (e.g. one to copy)
     return library_os_error(error, path) or error
 
 
 def library_os_error(error: BaseException, path) -> OSError | None:
-    """The OSError (errno, message, path) inside another library's error that reports it only
-    in its text, as the safetensors library's SafetensorError does ("... (os error 28)");
-    None when there is none."""
+    """error as an OSError (errno, message, path) about path: an OSError itself, or another
+    library's error that reports one only in its text, as the safetensors library's
+    SafetensorError does ("... (os error 28)"); None when there is none."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return OSError(error.errno, error.strerror or os.strerror(error.errno), os.fspath(path))
     match = _OS_ERROR_IN_TEXT.search(str(error)) if type(error).__name__ == "SafetensorError" else None
     if match:
         number = int(match.group(1))
