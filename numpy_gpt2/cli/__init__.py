@@ -10,6 +10,7 @@ library never knows about flags. scripts/<name>.py are shims that run the same m
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 from numpy_gpt2.cli import common
@@ -43,7 +44,10 @@ def run_script(name: str, argv=None, prog: str | None = None) -> int:
         except (OSError, ValueError, AttributeError):  # stderr closed or full
             pass
         return common.EXIT_FAILURE
-    return module.main(argv, prog=prog)
+    status = module.main(argv, prog=prog)
+    for signum in common.STOP_SIGNALS:  # decided and reported: Python's exit (which restores
+        signal.signal(signum, signal.SIG_IGN)  # the default handlers) must not be killed now
+    return status
 
 
 def usage() -> str:

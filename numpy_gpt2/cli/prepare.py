@@ -27,6 +27,7 @@ from numpy_gpt2.cli import common
 import argparse
 import codecs
 import collections
+import contextlib
 import json
 import os
 import re
@@ -189,9 +190,14 @@ def prepare(args, files, tokenizer, progress) -> dict:
         for name in counts:
             os.replace(temp[name], os.path.join(args.out, f"{name}.bin"))
         common.written(args.out)
+    except OSError as e:  # writing: name the output (not a temporary file, or nothing)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, args.out) from e
     finally:
         for f in outs.values():
-            f.close()
+            with contextlib.suppress(OSError):  # (closing flushes: a full disk fails again)
+                f.close()
         for path in temp.values():
             if os.path.exists(path):
                 os.remove(path)
