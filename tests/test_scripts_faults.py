@@ -385,3 +385,28 @@ def test_examples_one_line_for_a_bad_ref(example, extra, world, tmp_path):
                                "--out", tmp_path / "p.st"], capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["dump", "convert", "prepare"])
+@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), ("Terminated", 143)])
+def test_a_signal_after_the_commit_says_the_output_is_complete(name, stop, status, world, tmp_path,
+                                                               cached_tokenizer):
+    """Ctrl-C or SIGTERM right after the output was committed: the status of the signal, and
+    the line says the output was written whole (it is)."""
+    from numpy_gpt2.cli import common
+
+    stop = common.Terminated if stop == "Terminated" else stop
+    record = common.written
+
+    def written_then_stopped(path):
+        record(path)
+        raise stop
+    argv = command(name, world, tmp_path)
+    with mock.patch.object(common, "written", written_then_stopped):
+        r = in_process(name, argv, tmp_path, budget=60)
+    assert r.status == status, r.err
+    last = [ln.rsplit("\r", 1)[-1] for ln in r.err.splitlines() if ln.strip()][-1]
+    assert last.endswith("was written (complete)"), last
+    if name == "dump":
+        import numpy_gpt2
+        numpy_gpt2.load_dump(tmp_path / "d.safetensors")  # whole

@@ -64,15 +64,31 @@ def stop_quietly_during_imports() -> None:
                 pass
 
 
+THREADS_ENV = "NUMPY_GPT2_THREADS"
+BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def threads_from_argv(argv) -> None:
     """--threads N into the BLAS and thread-pool variables, before NumPy loads OpenBLAS
-    (which reads them once)."""
+    (which reads them once). Without --threads, $NUMPY_GPT2_THREADS does the same (the BLAS
+    variables already set win)."""
     for i, a in enumerate(argv):
         value = a.split("=", 1)[1] if a.startswith("--threads=") else \
             argv[i + 1] if a == "--threads" and i + 1 < len(argv) else None
         if value is not None and value.isdigit() and int(value) >= 1:
-            for name in ("NUMPY_GPT2_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            for name in (THREADS_ENV, *BLAS_THREADS_ENV):
                 os.environ[name] = value
+            return
+    value = os.environ.get(THREADS_ENV, "")
+    if value.isdigit() and int(value) >= 1:
+        for name in BLAS_THREADS_ENV:
+            os.environ.setdefault(name, value)
+
+
+def _check_threads_env() -> None:
+    value = os.environ.get(THREADS_ENV)
+    if value and not (value.isdigit() and int(value) >= 1):
+        raise UsageError(f"{THREADS_ENV}={value!r} in the environment: expected an integer >= 1")
 
 
 
@@ -348,6 +364,7 @@ def entry(name: str):
             _WRITTEN.clear()
             try:
                 try:
+                    _check_threads_env()
                     status = main(argv)
                     sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
                     return status
