@@ -257,7 +257,7 @@ def test_every_output_on_a_full_filesystem(world, small_tmpfs, tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
-@pytest.mark.parametrize("megabytes", [40, 140, 170])
+@pytest.mark.parametrize("megabytes", [40, 130, 140, 170])
 def test_little_memory_is_one_line_from_the_first_import_on(megabytes, world, tmp_path):
     import resource
 

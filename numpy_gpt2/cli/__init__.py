@@ -10,6 +10,7 @@ library never knows about flags. scripts/<name>.py are shims that run the same m
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 
@@ -34,13 +35,11 @@ def run_script(name: str, argv=None, prog: str | None = None) -> int:
     common.threads_from_argv(argv)
     try:
         module = importlib.import_module(f"numpy_gpt2.cli.{name}")
-    except (ImportError, MemoryError, OSError, RuntimeError) as e:  # NumPy, OpenBLAS, ...
-        what = common.resource_problem(e)
-        if what is None:
+    except Exception as e:  # NumPy, OpenBLAS, ... could not load: one line, status 1
+        if os.environ.get(common.TRACEBACK_ENV) == "1":
             raise
         try:
-            print(f"{prog or name + '.py'}: error: {what} while starting (loading its libraries)",
-                  file=sys.stderr)
+            print(f"{prog or name + '.py'}: error: {starting_failed(e)}", file=sys.stderr)
         except (OSError, ValueError, AttributeError):  # stderr closed or full
             pass
         return common.EXIT_FAILURE
@@ -48,6 +47,26 @@ def run_script(name: str, argv=None, prog: str | None = None) -> int:
     for signum in common.STOP_SIGNALS:  # decided and reported: Python's exit (which restores
         signal.signal(signum, signal.SIG_IGN)  # the default handlers) must not be killed now
     return status
+
+
+def starting_failed(error: Exception) -> str:
+    """Why a command's libraries could not load, in one line: a resource (memory: a C
+    extension that cannot allocate may fail in any way, so under a memory limit that is the
+    likely cause and is named), else a broken installation."""
+    what = common.resource_problem(error)
+    if what:
+        return f"{what} while starting (loading its libraries)"
+    detail = f"{type(error).__name__}: {common.one_line(error)}"
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        limit = None
+    if limit not in (None, getattr(resource, "RLIM_INFINITY", None)):
+        return (f"out of memory while starting (loading its libraries under a memory limit of "
+                f"{limit >> 20} MB, ulimit -v; {detail})")
+    return (f"cannot load its libraries ({detail}); reinstall numpy_gpt2 and its requirements "
+            f"(pip install numpy_gpt2)")
 
 
 def usage() -> str:
