@@ -406,6 +406,12 @@ def entry(name: str):
                            f"numpy_gpt2: please report it with the command; {TRACEBACK_ENV}=1 "
                            f"shows the traceback)")
                 return EXIT_FAILURE
+            except BaseException as e:  # a command's own stop exception (e.g. train's Stopped)
+                signum = getattr(e, "signum", None)
+                if not isinstance(signum, int):
+                    raise  # SystemExit (--help), ...
+                _say(prog, f"stopped by {signal.Signals(signum).name}{_after_written()}")
+                return 128 + signum
             finally:
                 sys.stdout, sys.stderr = streams
                 for s, handler in previous.items():
