@@ -465,3 +465,21 @@ def test_a_commands_own_stop_exception_is_its_signal(capsys):
 
     assert main([]) == 143
     assert capsys.readouterr().err == "x.py: stopped by SIGTERM\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_the_numpy_gpt2_command_itself(tmp_path):
+    """`python -m numpy_gpt2` --help / --version / an unknown subcommand: the same rules."""
+    def shell(args, redirect=""):
+        proc = subprocess.run(["sh", "-c", f'"$@" {redirect}', "sh", sys.executable, "-m", "numpy_gpt2",
+                               *args], capture_output=True, text=True, cwd=tmp_path)
+        return proc.returncode, proc.stdout, proc.stderr
+    status, out, err = shell(["--version"])
+    assert status == 0 and out.startswith("numpy_gpt2 ") and err == ""
+    assert shell(["bogus"])[0::2] == (2, "numpy-gpt2: error: unknown subcommand 'bogus'; choose from "
+                                         "generate, perplexity, train, prepare, convert, dump, compare "
+                                         "(see numpy-gpt2 --help)\n")
+    assert shell(["--help"], "> /dev/full")[0::2] == (
+        1, "numpy-gpt2: error: cannot write to standard output (out of disk space)\n")
+    assert shell(["--version"], ">&-")[0::2] == (
+        1, "numpy-gpt2: error: cannot write to standard output (it is closed)\n")

@@ -82,6 +82,14 @@ def main(argv=None) -> int:
     """The console entry point: dispatch to a subcommand. Exit status 2 for an unknown one."""
     common.stop_quietly_during_imports()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return run_script(argv[0], argv[1:], prog=f"numpy-gpt2 {argv[0]}")
+    return common.entry("numpy-gpt2")(_own_flags)(argv, prog="numpy-gpt2")
+
+
+def _own_flags(argv) -> int:
+    """--help, --version, or an unknown subcommand (under common.entry: its streams and
+    statuses, like every subcommand's)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else common.EXIT_BAD_INPUT
@@ -89,9 +97,5 @@ def main(argv=None) -> int:
         from numpy_gpt2 import __version__
         print(f"numpy_gpt2 {__version__}")
         return 0
-    name = argv[0]
-    if name not in COMMANDS:
-        print(f"numpy-gpt2: error: unknown subcommand {name!r}; choose from "
-              f"{', '.join(COMMANDS)} (see numpy-gpt2 --help)", file=sys.stderr)
-        return common.EXIT_BAD_INPUT
-    return run_script(name, argv[1:], prog=f"numpy-gpt2 {name}")
+    raise common.UsageError(f"unknown subcommand {argv[0]!r}; choose from {', '.join(COMMANDS)} "
+                            f"(see numpy-gpt2 --help)")
