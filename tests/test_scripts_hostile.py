@@ -12,6 +12,9 @@ argparse parsers (_cli.Parser), so a new script or flag is covered without chang
   and later).
 The matrix runs every script that is on the shared helper scripts/_cli.py; each script not on
 it is a failure of test_every_script_uses_the_shared_helper.
+Each KIND of fault for every command (standard streams closed, full or broken; outputs that
+are devices, symlinks, missing directories or a user's files; resources running out in any
+library; bursts of signals; integers beyond int64) is in test_scripts_faults.py.
 Asserted every time: the exit status is one docs/scripts.md lists for that script; stderr
 has no traceback, no "internal error" and (status 2) ends with one `NAME.py: error:` line;
 no temporary or partial file is left behind.
