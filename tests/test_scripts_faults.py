@@ -95,7 +95,6 @@ def test_closed_or_full_streams(case, world, tmp_path):
                 assert "was written (complete)" in last, last
 
 
-@pytest.mark.parametrize("stream", ["stdout", "stderr"])
 class _Full:
     """A stream on a full disk."""
     def write(self, text):
@@ -117,6 +116,7 @@ def test_closed_or_full_stderr_never_stops_a_command(stderr, world, tmp_path, ca
         assert r.status == 0, (name, r.out)
 
 
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
 def test_a_pipe_whose_reader_exits_mid_run(stream, world, tmp_path):
     """stdout `| head -c 1`: quiet, status 0 or 1 (head may win the race). stderr into such a
     pipe: the command goes on and ends as it would (0)."""
@@ -483,3 +483,19 @@ def test_the_numpy_gpt2_command_itself(tmp_path):
         1, "numpy-gpt2: error: cannot write to standard output (out of disk space)\n")
     assert shell(["--version"], ">&-")[0::2] == (
         1, "numpy-gpt2: error: cannot write to standard output (it is closed)\n")
+
+
+@pytest.mark.parametrize("name", ["dump", "convert"])
+def test_a_file_output_replaces_only_its_own_kind(name, world, tmp_path, cached_tokenizer):
+    """A user's file (or another command's) at the output's name is refused and untouched; the
+    command's own earlier output is replaced."""
+    mine = tmp_path / "mine"
+    for content in (b"notes", open(world.acts, "rb").read() if name == "convert" else b"\x00" * 64):
+        mine.write_bytes(content)
+        r = in_process(name, with_output(name, command(name, world, tmp_path), mine), tmp_path)
+        assert r.status == 2 and "was not written by this command" in r.err, r.err
+        assert mine.read_bytes() == content
+    own = tmp_path / "own"
+    argv = with_output(name, command(name, world, tmp_path), own)
+    assert in_process(name, argv, tmp_path, budget=60).status == 0
+    assert in_process(name, argv, tmp_path, budget=60).status == 0  # its own: replaced

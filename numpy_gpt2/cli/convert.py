@@ -34,8 +34,8 @@ import numpy_gpt2
 from tqdm import tqdm
 
 from numpy_gpt2.io.checkpoint import hf_config_dict, write_files_atomically
-from numpy_gpt2.io.formats.llmc import check_llmc_config, check_llmc_vocab, padded_vocab, write_llmc
-from numpy_gpt2.io.outputs import output_directory, output_file
+from numpy_gpt2.io.formats.llmc import MAGIC as LLMC_MAGIC, check_llmc_config, check_llmc_vocab, padded_vocab, write_llmc
+from numpy_gpt2.io.outputs import output_directory, output_file, safetensors_metadata
 from numpy_gpt2.io.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
 from numpy_gpt2.io.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir
@@ -96,12 +96,16 @@ MARK = {"written_by": "numpy_gpt2 convert"}  # model.safetensors' metadata: conv
 
 def converted_here(directory) -> bool:
     """directory's model.safetensors was written by convert (its files may be replaced)."""
+    metadata = safetensors_metadata(os.path.join(directory, "model.safetensors"))
+    return metadata.get("written_by") == MARK["written_by"]
+
+
+def is_llmc(path) -> bool:
+    """path holds an llm.c model file (its magic number): convert --to llmc may replace it."""
     try:
-        with open(os.path.join(directory, "model.safetensors"), "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(min(size, 1 << 24)))
-        return header.get("__metadata__", {}).get("written_by") == MARK["written_by"]
-    except (OSError, ValueError, AttributeError, TypeError, IndexError, KeyError):
+        with open(path, "rb") as f:
+            return int.from_bytes(f.read(4), "little") == LLMC_MAGIC
+    except OSError:
         return False
 
 
@@ -152,7 +156,7 @@ def main(argv=None) -> int:
             out = output_directory(args.out, ["model.safetensors", "config.json", *TOKENIZER_FILES],
                                    ours=converted_here)
         else:
-            out = output_file(args.out)
+            out = output_file(args.out, ours=is_llmc)
         params, config = numpy_gpt2.load(source_path)
         if args.to == "hf":
             total = sum(a.size for a in flatten_params(params).values())

@@ -46,8 +46,8 @@ from numpy_gpt2.debug.capture import (GRAD, IGNORE_INDEX, activation_names, acti
                                     gradients, next_token_targets, parameter_gradient_names,
                                     select_names)
 from numpy_gpt2.io.checkpoint import write_files_atomically
-from numpy_gpt2.io.outputs import output_file
-from numpy_gpt2.debug.dump_format import config_metadata, dump_order_key, package_version, save_activations
+from numpy_gpt2.io.outputs import output_file, safetensors_metadata
+from numpy_gpt2.debug.dump_format import DUMP_FORMAT, config_metadata, dump_order_key, package_version, save_activations
 
 
 def parse_ids(text: str, option: str) -> list[int]:
@@ -88,11 +88,16 @@ def choose_targets(args, tokens: np.ndarray) -> np.ndarray:
     return targets
 
 
+def is_dump(path) -> bool:
+    """path holds a dump (its safetensors metadata says so): dump may replace it."""
+    return safetensors_metadata(path).get("format") == DUMP_FORMAT
+
+
 def write_dump(path, tokens, tensors, metadata, targets, loss, on_commit=None) -> None:
     """save_activations into a temporary file next to `path` (a symlink's target), renamed
     onto it when complete (an interrupted or failed write leaves nothing), with the usual
     permissions (numpy_gpt2.io.outputs: where outputs go)."""
-    real = output_file(path)
+    real = output_file(path, ours=is_dump)
 
     def write(tmp):
         save_activations(tmp, tokens, tensors, metadata, targets=targets, loss=loss)
@@ -127,7 +132,7 @@ def main(argv=None) -> int:
     loss = targets = None
     try:
         try:
-            output_file(args.out)  # before any work
+            output_file(args.out, ours=is_dump)  # before any work
         except ValueError as e:
             raise UsageError(f"--out {e}") from None
         path = numpy_gpt2.resolve_model(args.model)

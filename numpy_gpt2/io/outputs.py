@@ -1,9 +1,9 @@
 """Where outputs go: the one rule every file or directory numpy_gpt2's commands write follows.
 
 A file output (a dump, an llm.c file) is written atomically (numpy_gpt2.io.atomic) as a
-regular file: an existing regular file of that name is replaced, a symlink is followed and its
-target replaced (the link stays), and a device, FIFO or socket is never replaced nor written
-(ValueError). A directory output (a converted checkpoint, prepared token files, a training run)
+regular file: an existing file of that name is replaced only when it is the same kind of
+output (or empty), a symlink is followed and its target replaced (the link stays), and a
+device, FIFO or socket is never replaced nor written (ValueError). A directory output (a converted checkpoint, prepared token files, a training run)
 gets its files the same way, and never replaces a file it holds that the command did not
 write. Missing parent directories are created when the output is written, and removed again
 if it fails. An output inside one of the command's own inputs is refused. Checked before any
@@ -12,6 +12,7 @@ work; ValueErrors name the path (the command line adds its flag). See docs/scrip
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -40,12 +41,16 @@ def _check_parents(real: str, path) -> None:
         raise ValueError(f"{path}: directory {d} is not writable")
 
 
-def output_file(path) -> str:
+def output_file(path, ours=None) -> str:
     """The path a file output is written to: path itself, or its symlink's final target.
 
     ValueError naming path when it (or its target) is a directory, a device, a FIFO or a
-    socket, or when its directory cannot be created or written."""
+    socket, when its directory cannot be created or written, or when it is a non-empty
+    file that ours(path) (given) does not recognise as this command's kind of output."""
     real = os.path.realpath(path)
+    if ours is not None and os.path.isfile(real) and os.path.getsize(real) and not ours(real):
+        raise ValueError(f"{path}: already exists and was not written by this command (not "
+                         f"its kind of file); remove it or choose another name")
     kind = _special(real)
     if kind:
         raise ValueError(f"{path}: is {kind}; only a regular file is written there (never a "
@@ -91,3 +96,17 @@ def check_outside_inputs(out, inputs) -> None:
         if inside:
             raise ValueError(f"{out}: is inside the input {item}; a later run would read the "
                              f"output as input: write it elsewhere")
+
+
+def safetensors_metadata(path) -> dict:
+    """The string metadata of a safetensors file ({} when it has none or is not one): how a
+    command recognises its own earlier output (e.g. {"format": "numpy_gpt2.activations"})."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if size > 1 << 26:  # not a safetensors header (or absurd)
+                return {}
+            metadata = json.loads(f.read(size)).get("__metadata__", {})
+        return metadata if isinstance(metadata, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
