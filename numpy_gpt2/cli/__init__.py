@@ -33,6 +33,14 @@ def run_script(name: str, argv=None, prog: str | None = None) -> int:
     common.stop_quietly_during_imports()  # before numpy and the rest are imported
     argv = sys.argv[1:] if argv is None else list(argv)
     common.threads_from_argv(argv)
+    watch = common.LibraryExitWatch(prog or f"{name}.py")
+    try:
+        return _run(name, argv, prog)
+    finally:
+        watch.disarm()
+
+
+def _run(name, argv, prog) -> int:
     try:
         module = importlib.import_module(f"numpy_gpt2.cli.{name}")
     except Exception as e:  # NumPy, OpenBLAS, ... could not load: one line, status 1
@@ -60,9 +68,10 @@ def starting_failed(error: Exception) -> str:
     try:
         import resource
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        limit = None if limit == resource.RLIM_INFINITY else limit
     except (ImportError, OSError, ValueError, AttributeError):
         limit = None
-    if limit not in (None, getattr(resource, "RLIM_INFINITY", None)):
+    if limit is not None:
         return (f"out of memory while starting (loading its libraries under a memory limit of "
                 f"{limit >> 20} MB, ulimit -v; {detail})")
     return (f"cannot load its libraries ({detail}); reinstall numpy_gpt2 and its requirements "

@@ -68,6 +68,45 @@ THREADS_ENV = "NUMPY_GPT2_THREADS"
 BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+class LibraryExitWatch:
+    """While armed: a C library that ends the process itself with exit() (OpenBLAS does when it
+    cannot allocate its buffers, after its own line) gets our line added, naming the resource,
+    from a handler in the C library's exit list (glibc's __cxa_atexit). disarm() removes the
+    handler again (__cxa_finalize) while Python still runs: after Python's own exit it must
+    not run. Where there is no such C function, nothing is watched."""
+
+    def __init__(self, prog: str):
+        self.prog, self.armed, self.handle = prog, True, None
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            self._finalize = getattr(libc, "__cxa_finalize")  # (getattr: no name mangling)
+            self._finalize.argtypes = [ctypes.c_void_p]
+            register = getattr(libc, "__cxa_atexit")
+            register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            self._hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._exiting)
+            self._token = ctypes.create_string_buffer(1)  # our "DSO handle": any unique address
+            if register(ctypes.cast(self._hook, ctypes.c_void_p), None,
+                        ctypes.addressof(self._token)) == 0:
+                self.handle = ctypes.addressof(self._token)
+        except (OSError, AttributeError, ImportError, MemoryError, TypeError):
+            pass
+
+    def _exiting(self, _):
+        if self.armed:
+            try:
+                os.write(2, f"{self.prog}: error: out of memory (a library gave up allocating "
+                            f"memory and ended the process)\n".encode())
+            except OSError:
+                pass
+
+    def disarm(self) -> None:
+        self.armed = False
+        if self.handle is not None:
+            self._finalize(self.handle)  # runs (disarmed) and removes our handler
+            self.handle = None
+
+
 def threads_from_argv(argv) -> None:
     """--threads N into the BLAS and thread-pool variables, before NumPy loads OpenBLAS
     (which reads them once). Without --threads, $NUMPY_GPT2_THREADS does the same (the BLAS
@@ -83,6 +122,26 @@ def threads_from_argv(argv) -> None:
     if value.isdigit() and int(value) >= 1:
         for name in BLAS_THREADS_ENV:
             os.environ.setdefault(name, value)
+    elif "OPENBLAS_NUM_THREADS" not in os.environ:
+        _blas_threads_for_memory_limit()
+
+
+def _blas_threads_for_memory_limit() -> None:
+    """Under a small address-space limit (ulimit -v), fewer OpenBLAS threads: each reserves
+    ~100 MB, and OpenBLAS answers a thread it cannot create by sending itself SIGINT (which
+    would read as Ctrl-C)."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        return
+    if limit != resource.RLIM_INFINITY and limit < BLAS_MB_PER_THREAD * 16 << 20:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        fit = max(1, ((limit >> 20) - 200) // BLAS_MB_PER_THREAD)
+        os.environ["OPENBLAS_NUM_THREADS"] = str(min(cpus or 1, fit))
+
+
+BLAS_MB_PER_THREAD = 100
 
 
 def _check_threads_env() -> None:
