@@ -50,7 +50,7 @@ def start(name, argv, cwd, shell_redirect="", env=None, preexec_fn=None):
     redirected)."""
     script = os.path.join(SCRIPTS, f"{name}.py")
     return subprocess.Popen(["sh", "-c", f'"$@" {shell_redirect}', "sh", sys.executable, script, *argv],
-                            cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+                            cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec_fn,
                             stdout=None if ">" in shell_redirect else subprocess.DEVNULL)
 
