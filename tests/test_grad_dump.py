@@ -460,7 +460,7 @@ def test_scripts_run_from_a_plain_checkout(ckpt, tmp_path):
     shutil.copytree(os.path.join(os.path.dirname(SCRIPTS), "numpy_gpt2"), repo / "numpy_gpt2",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "scripts").mkdir()
-    for name in ("dump.py", "compare.py", "_cli.py"):  # _cli.py: the scripts' shared helper
+    for name in ("dump.py", "compare.py"):  # (shims: the commands live in numpy_gpt2/cli/)
         shutil.copy(os.path.join(SCRIPTS, name), repo / "scripts" / name)
     env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"])
     python = [sys.executable, "-S"]
