@@ -19,6 +19,8 @@ With --bug it makes the classic porting mistake: the exact erf GELU instead of G
 approximation, and compare's FIRST FAILURE names h.0.mlp.gelu.
 """
 import argparse
+import os
+import sys
 import math
 
 import numpy as np
@@ -74,6 +76,11 @@ def gpt2(tokens, params, n_head, act=gelu):
     return acts
 
 
+def fail(error):
+    print(f"{os.path.basename(sys.argv[0])}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-gpt2", help="checkpoint directory, file or hub name")
@@ -81,8 +88,11 @@ def main():
     p.add_argument("--out", default="port.safetensors", help="where to write this port's dump")
     p.add_argument("--bug", action="store_true", help="use the exact erf GELU (a porting bug)")
     args = p.parse_args()
-    tokens, _, _ = load_activations(args.ref)  # the same input as the reference
-    params, config = load(resolve_model(args.model))
+    try:  # a missing or unreadable file, or a model that cannot load: one line, exit status 2
+        tokens, _, _ = load_activations(args.ref)  # the same input as the reference
+        params, config = load(resolve_model(args.model))
+    except (OSError, ValueError) as e:
+        fail(e)
     acts = gpt2(tokens, params, config.n_head, act=gelu_erf if args.bug else gelu)
     save_activations(args.out, tokens, {n: a.astype(np.float32) for n, a in acts.items()},
                      {"model": "my-port", "dtype": "float32"})

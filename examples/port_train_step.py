@@ -14,6 +14,8 @@ mistake), and compare.py's FIRST FAILURE names grad.h.{L-1}, the input of ln_f: 
 LayerNorm the backward pass meets.
 """
 import argparse
+import os
+import sys
 import math
 
 import numpy as np
@@ -108,6 +110,11 @@ def train_step(tokens, targets, params, n_head, bug=False):
     return loss, g
 
 
+def fail(error):
+    print(f"{os.path.basename(sys.argv[0])}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-gpt2", help="checkpoint directory, file or hub name")
@@ -115,9 +122,15 @@ def main():
     p.add_argument("--out", default="port.safetensors", help="where to write this port's dump")
     p.add_argument("--bug", action="store_true", help="LayerNorm backward without its mean terms")
     args = p.parse_args()
-    ref = load_dump(args.ref)  # the same tokens and targets as the reference
-    tokens, targets = ref["tokens"], ref["targets"]
-    params, config = load(resolve_model(args.model))
+    try:  # a missing or unreadable file, or a model that cannot load: one line, exit status 2
+        ref = load_dump(args.ref)  # the same tokens and targets as the reference
+        tokens, targets = ref["tokens"], ref["targets"]
+        if targets is None:
+            raise ValueError(f"--ref {args.ref}: no targets: not a gradient dump (make one with "
+                             f"scripts/dump.py --grads)")
+        params, config = load(resolve_model(args.model))
+    except (OSError, ValueError) as e:
+        fail(e)
     loss, g = train_step(tokens, targets, params, config.n_head, bug=args.bug)
     save_activations(args.out, tokens, {"grad." + n: a.astype(np.float32) for n, a in g.items()},
                      {"model": "my-port", "dtype": "float32"}, targets=targets, loss=loss)

@@ -10,6 +10,8 @@ library never knows about flags. scripts/<name>.py are shims that run the same m
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 
 from numpy_gpt2.cli import common
@@ -32,7 +34,49 @@ def run_script(name: str, argv=None, prog: str | None = None) -> int:
     common.stop_quietly_during_imports()  # before numpy and the rest are imported
     argv = sys.argv[1:] if argv is None else list(argv)
     common.threads_from_argv(argv)
-    return importlib.import_module(f"numpy_gpt2.cli.{name}").main(argv, prog=prog)
+    watch = common.LibraryExitWatch(prog or f"{name}.py")
+    try:
+        return _run(name, argv, prog)
+    finally:
+        watch.disarm()
+
+
+def _run(name, argv, prog) -> int:
+    try:
+        module = importlib.import_module(f"numpy_gpt2.cli.{name}")
+    except Exception as e:  # NumPy, OpenBLAS, ... could not load: one line, status 1
+        if os.environ.get(common.TRACEBACK_ENV) == "1":
+            raise
+        try:
+            print(f"{prog or name + '.py'}: error: {starting_failed(e)}", file=sys.stderr)
+        except (OSError, ValueError, AttributeError):  # stderr closed or full
+            pass
+        return common.EXIT_FAILURE
+    status = module.main(argv, prog=prog)
+    for signum in common.STOP_SIGNALS:  # decided and reported: Python's exit (which restores
+        signal.signal(signum, signal.SIG_IGN)  # the default handlers) must not be killed now
+    return status
+
+
+def starting_failed(error: Exception) -> str:
+    """Why a command's libraries could not load, in one line: a resource (memory: a C
+    extension that cannot allocate may fail in any way, so under a memory limit that is the
+    likely cause and is named), else a broken installation."""
+    what = common.resource_problem(error)
+    if what:
+        return f"{what} while starting (loading its libraries)"
+    detail = f"{type(error).__name__}: {common.one_line(error)}"
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        limit = None if limit == resource.RLIM_INFINITY else limit
+    except (ImportError, OSError, ValueError, AttributeError):
+        limit = None
+    if limit is not None:
+        return (f"out of memory while starting (loading its libraries under a memory limit of "
+                f"{limit >> 20} MB, ulimit -v; {detail})")
+    return (f"cannot load its libraries ({detail}); reinstall numpy_gpt2 and its requirements "
+            f"(pip install numpy_gpt2)")
 
 
 def usage() -> str:
@@ -48,6 +92,14 @@ def main(argv=None) -> int:
     """The console entry point: dispatch to a subcommand. Exit status 2 for an unknown one."""
     common.stop_quietly_during_imports()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return run_script(argv[0], argv[1:], prog=f"numpy-gpt2 {argv[0]}")
+    return common.entry("numpy-gpt2")(_own_flags)(argv, prog="numpy-gpt2")
+
+
+def _own_flags(argv) -> int:
+    """--help, --version, or an unknown subcommand (under common.entry: its streams and
+    statuses, like every subcommand's)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else common.EXIT_BAD_INPUT
@@ -55,9 +107,5 @@ def main(argv=None) -> int:
         from numpy_gpt2 import __version__
         print(f"numpy_gpt2 {__version__}")
         return 0
-    name = argv[0]
-    if name not in COMMANDS:
-        print(f"numpy-gpt2: error: unknown subcommand {name!r}; choose from "
-              f"{', '.join(COMMANDS)} (see numpy-gpt2 --help)", file=sys.stderr)
-        return common.EXIT_BAD_INPUT
-    return run_script(name, argv[1:], prog=f"numpy-gpt2 {name}")
+    raise common.UsageError(f"unknown subcommand {argv[0]!r}; choose from {', '.join(COMMANDS)} "
+                            f"(see numpy-gpt2 --help)")

@@ -13,11 +13,17 @@ to finish its step and save first.
 at once, quietly, with status 130 / 143 (nothing has been written yet).
 The library never knows the command line: its ValueErrors name arguments (`max_new_tokens`),
 and `flag_message` words them as the flags (`--max-new-tokens`).
+Streams: standard output that is closed or cannot be written (a full disk, /dev/full, an I/O
+error) stops a command with status 1 and one line (a reader that went away: quietly); standard
+error that is closed or cannot be written never stops one (its lines are dropped). Resources:
+out of memory, out of disk space, I/O errors and threads that cannot start, raised by any
+library, are one line naming the resource (and the file), status 1 (`resource_problem`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import signal
@@ -42,21 +48,124 @@ def _stop_now(signum, frame):
 
 def stop_quietly_during_imports() -> None:
     """SIGINT / SIGTERM end the process at once, quietly, until a command's entry() takes
-    over (its main then cleans up in `finally` blocks)."""
+    over (its main then cleans up in `finally` blocks). Also: a closed standard stream's
+    descriptor (0, 1, 2) gets /dev/null, so that no file the command opens later takes its
+    number (and receives what is printed); Python's sys.stdin/out/err stay None, as closed."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_now)
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                opened = os.open(os.devnull, os.O_RDWR)
+                if opened != fd:  # (a lower one was free: cannot happen in order 0, 1, 2)
+                    os.dup2(opened, fd)
+                    os.close(opened)
+            except OSError:
+                pass
+
+
+THREADS_ENV = "NUMPY_GPT2_THREADS"
+BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class LibraryExitWatch:
+    """While armed: a C library that ends the process itself with exit() (OpenBLAS does when it
+    cannot allocate its buffers, after its own line) gets our line added, naming the resource,
+    from a handler in the C library's exit list (glibc's __cxa_atexit). disarm() removes the
+    handler again (__cxa_finalize) while Python still runs: after Python's own exit it must
+    not run. Where there is no such C function, nothing is watched."""
+
+    def __init__(self, prog: str):
+        self.prog, self.armed, self.handle = prog, True, None
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            self._finalize = getattr(libc, "__cxa_finalize")  # (getattr: no name mangling)
+            self._finalize.argtypes = [ctypes.c_void_p]
+            register = getattr(libc, "__cxa_atexit")
+            register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            self._hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._exiting)
+            self._token = ctypes.create_string_buffer(1)  # our "DSO handle": any unique address
+            if register(ctypes.cast(self._hook, ctypes.c_void_p), None,
+                        ctypes.addressof(self._token)) == 0:
+                self.handle = ctypes.addressof(self._token)
+        except (OSError, AttributeError, ImportError, MemoryError, TypeError):
+            pass
+
+    def _exiting(self, _):
+        if self.armed:
+            try:
+                os.write(2, f"{self.prog}: error: out of memory (a library gave up allocating "
+                            f"memory and ended the process)\n".encode())
+            except OSError:
+                pass
+
+    def disarm(self) -> None:
+        self.armed = False
+        if self.handle is not None:
+            self._finalize(self.handle)  # runs (disarmed) and removes our handler
+            self.handle = None
 
 
 def threads_from_argv(argv) -> None:
     """--threads N into the BLAS and thread-pool variables, before NumPy loads OpenBLAS
-    (which reads them once)."""
+    (which reads them once). Without --threads, $NUMPY_GPT2_THREADS does the same (the BLAS
+    variables already set win)."""
     for i, a in enumerate(argv):
         value = a.split("=", 1)[1] if a.startswith("--threads=") else \
             argv[i + 1] if a == "--threads" and i + 1 < len(argv) else None
         if value is not None and value.isdigit() and int(value) >= 1:
-            for name in ("NUMPY_GPT2_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            for name in (THREADS_ENV, *BLAS_THREADS_ENV):
                 os.environ[name] = value
+            return
+    value = os.environ.get(THREADS_ENV, "")
+    if value.isdigit() and int(value) >= 1:
+        for name in BLAS_THREADS_ENV:
+            os.environ.setdefault(name, value)
+    elif "OPENBLAS_NUM_THREADS" not in os.environ:
+        _blas_threads_for_memory_limit()
 
+
+def _blas_threads_for_memory_limit() -> None:
+    """Under a small address-space limit (ulimit -v), fewer OpenBLAS threads: each reserves
+    ~100 MB, and OpenBLAS answers a thread it cannot create by sending itself SIGINT (which
+    would read as Ctrl-C)."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        return
+    if limit != resource.RLIM_INFINITY and limit < BLAS_MB_PER_THREAD * 16 << 20:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        fit = max(1, ((limit >> 20) - 200) // BLAS_MB_PER_THREAD)
+        os.environ["OPENBLAS_NUM_THREADS"] = str(min(cpus or 1, fit))
+
+
+BLAS_MB_PER_THREAD = 100
+
+
+def _check_threads_env() -> None:
+    value = os.environ.get(THREADS_ENV)
+    if value and not (value.isdigit() and int(value) >= 1):
+        raise UsageError(f"{THREADS_ENV}={value!r} in the environment: expected an integer >= 1")
+
+
+
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
+def add_threads_flag(parser) -> None:
+    """--threads N: BLAS and worker threads (read by threads_from_argv before NumPy loads;
+    here for --help and its check, check_threads)."""
+    parser.add_argument("--threads", type=int, help="BLAS and worker threads (default: the CPUs "
+                        "the process may use, or $NUMPY_GPT2_THREADS)")
+
+
+def check_threads(args) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads} is invalid: expected an integer >= 1")
 
 
 class UsageError(Exception):
@@ -124,6 +233,10 @@ class Parser(argparse.ArgumentParser):
             values = getattr(parsed, action.dest, None)
             name = "/".join(action.option_strings) or action.dest
             for value in values if isinstance(values, list) else [values]:
+                # NumPy's integers (and the arrays sized by them) stop at int64
+                if action.type is int and isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                    raise UsageError(f"argument {name}: {value} is out of range (integers from "
+                                     f"{INT64_MIN} to {INT64_MAX})")
                 where = not_utf8(value) if isinstance(value, str) else None
                 if where:
                     raise UsageError(f"argument {name}: not UTF-8 ({where}); the scripts take "
@@ -153,12 +266,142 @@ def one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+class OutputError(Exception):
+    """Standard output cannot be written (closed, a full disk, an I/O error): status 1, one
+    line. Not an OSError, so that a command's `except OSError` (its input files) never takes
+    it for bad input."""
+
+
+# Errors of resources (not of the input, not bugs): errno -> the words for them.
+RESOURCE_ERRNOS = {errno.ENOSPC: "out of disk space", errno.EDQUOT: "over the disk quota",
+                   errno.EFBIG: "the file is too large for the filesystem",
+                   errno.EIO: "an I/O error", errno.ENOMEM: "out of memory",
+                   errno.EMFILE: "too many open files", errno.ENFILE: "too many open files",
+                   errno.EAGAIN: "out of memory or processes (cannot start a thread)"}
+# The same when another library reports them only in its message (safetensors' Rust errors,
+# threads, shared libraries that cannot be mapped).
+_RESOURCE_WORDS = [(re.compile(p, re.I), what) for p, what in (
+    (r"os error (\d+)", None),  # Rust's io::Error, e.g. SafetensorError
+    (r"no space left on device", "out of disk space"),
+    (r"cannot allocate memory|out of memory|memory allocation|failed to map segment|"
+     r"mmap failed|std::bad_alloc", "out of memory"),
+    (r"can't start new thread|cannot start new thread|thread creation failed|"
+     r"pthread_create failed", "out of memory or threads (cannot start a thread)"))]
+
+
+def resource_problem(error: BaseException) -> str | None:
+    """"out of memory", "out of disk space", ... when error (or the error it came from) is a
+    resource running out or an I/O error, from any library; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, MemoryError):
+            return "out of memory"
+        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+            return RESOURCE_ERRNOS[error.errno]
+        if isinstance(error, (RuntimeError, ImportError, OSError)) or \
+                type(error).__name__ == "SafetensorError":
+            text = str(error)
+            for pattern, what in _RESOURCE_WORDS:
+                match = pattern.search(text)
+                if match and what is None:
+                    what = RESOURCE_ERRNOS.get(int(match.group(1)))
+                if match and what:
+                    return what
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def describe(error: BaseException) -> str:
+    """One line for an error: the resource when it is one (with the file it names), else its
+    message (never empty: the exception's name then)."""
+    what = resource_problem(error)
+    filename = getattr(error, "filename", None)
+    if what:
+        return f"{filename}: {what}" if filename else what
+    text = one_line(getattr(error, "strerror", None) or error)
+    if isinstance(error, OSError) and error.strerror and filename:
+        text = f"{filename}: {error.strerror}"
+    return text or type(error).__name__
+
+
+class ResourceError(Exception):
+    """Out of a resource (memory, disk space, threads) or an I/O error while `step`: status 1,
+    one line."""
+
+
+def input_error(error: BaseException, step: str | None = None) -> Exception:
+    """What to raise for an exception met while reading the input (a `except (ValueError,
+    OSError, RuntimeError)`): a UsageError (bad input, status 2), or a ResourceError (status 1)
+    when a resource ran out, which says nothing about the input."""
+    if resource_problem(error):
+        return ResourceError(f"{step + ': ' if step else ''}{describe(error)}")
+    return UsageError(describe(error) if isinstance(error, OSError) else str(error))
+
+
+_WRITTEN: list[str] = []  # outputs this run has committed (written whole)
+
+
+def written(path) -> None:
+    """Record that output path is committed (whole, in place): whatever stops the command
+    after this, its last line says so (rather than leave the user to think it was not)."""
+    _WRITTEN.append(str(path))
+
+
+def _after_written() -> str:
+    return f"; {', '.join(_WRITTEN)} was written (complete)" if _WRITTEN else ""
+
+
+class _Stream:
+    """sys.stdout or sys.stderr while a command runs. stdout: a write that fails (closed, full,
+    I/O error) raises OutputError, a reader gone BrokenPipeError. stderr: a failing write is
+    dropped (its lines are never worth stopping a command for)."""
+
+    def __init__(self, stream, name):
+        self._stream, self._name = stream, name
+
+    def _do(self, method, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            if self._name == "stderr":
+                return None
+            raise
+        except (OSError, ValueError, AttributeError) as e:  # AttributeError: None (closed)
+            if self._name == "stderr":
+                return None
+            reason = "it is closed" if self._stream is None or isinstance(e, ValueError) \
+                else describe(e)
+            raise OutputError(f"cannot write to standard output ({reason})") from None
+
+    def write(self, text):
+        result = self._do("write", text)
+        return len(text) if result is None else result
+
+    def flush(self):
+        if self._stream is not None:  # closed: nothing was written, nothing to flush (tqdm
+            self._do("flush")         # flushes stdout before drawing a bar on stderr)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _guard_streams():
+    """Install _Stream over sys.stdout and sys.stderr; returns the originals to restore."""
+    original = sys.stdout, sys.stderr
+    stderr = sys.stderr
+    if stderr is None:  # closed: its lines go nowhere
+        stderr = open(os.devnull, "w")
+    sys.stdout, sys.stderr = _Stream(sys.stdout, "stdout"), _Stream(stderr, "stderr")
+    return original
+
+
 def _quiet_stdout():
     """stdout's reader is gone (e.g. `| head`): send the rest, and Python's final flush, to
     /dev/null so that no 'Exception ignored ... BrokenPipeError' follows."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout has no file descriptor (e.g. a test's capture)
+    except (OSError, ValueError, AttributeError):  # no descriptor (closed, a test's capture)
         pass
 
 
@@ -173,18 +416,35 @@ def entry(name: str, hangup: bool = False):
             global _prog
             prog = _prog = prog or f"{name}.py"
             signals = StopSignals(STOP_SIGNALS + (HANGUP if hangup else ()))
+            streams = _guard_streams()
+            _WRITTEN.clear()
             try:
-                status = main(argv)
-                sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
-                return status
+                try:
+                    _check_threads_env()
+                    status = main(argv)
+                    sys.stdout.flush()  # a broken pipe shows here, not in Python's exit
+                    return status
+                except BaseException:
+                    # How it ended is decided: a signal now (a second Ctrl-C, a burst of
+                    # SIGTERMs) must not interrupt the report of it with a traceback.
+                    for s in STOP_SIGNALS:
+                        signal.signal(s, signal.SIG_IGN)
+                    raise
             except UsageError as e:
                 _say(prog, f"error: {one_line(e)}")
                 return EXIT_BAD_INPUT
+            except OutputError as e:
+                _quiet_stdout()  # (Python's own last flush must not fail again)
+                _say(prog, f"error: {e}{_after_written()}")
+                return EXIT_FAILURE
+            except ResourceError as e:
+                _say(prog, f"error: {one_line(e)}")
+                return EXIT_FAILURE
             except KeyboardInterrupt:
-                _say(prog, "interrupted (Ctrl-C)", newline=True)
+                _say(prog, f"interrupted (Ctrl-C){_after_written()}", newline=True)
                 return EXIT_SIGINT
             except Terminated:
-                _say(prog, "terminated (SIGTERM)")
+                _say(prog, f"terminated (SIGTERM){_after_written()}")
                 return EXIT_SIGTERM
             except HungUp:
                 _say(prog, "hung up (SIGHUP)")
@@ -198,11 +458,21 @@ def entry(name: str, hangup: bool = False):
             except Exception as e:  # a bug: still one line (the traceback on request)
                 if os.environ.get(TRACEBACK_ENV) == "1":
                     raise
+                if resource_problem(e):  # from any library: not a bug
+                    _say(prog, f"error: {describe(e)}")
+                    return EXIT_FAILURE
                 _say(prog, f"internal error: {type(e).__name__}: {one_line(e)} (a bug in "
                            f"numpy_gpt2: please report it with the command; {TRACEBACK_ENV}=1 "
                            f"shows the traceback)")
                 return EXIT_FAILURE
+            except BaseException as e:  # a command's own stop exception (e.g. train's Stopped)
+                signum = getattr(e, "signum", None)
+                if not isinstance(signum, int):
+                    raise  # SystemExit (--help), ...
+                _say(prog, f"stopped by {signal.Signals(signum).name}{_after_written()}")
+                return 128 + signum
             finally:
+                sys.stdout, sys.stderr = streams
                 signals.restore()
         run.__doc__, run.__name__ = main.__doc__, main.__name__
         return run

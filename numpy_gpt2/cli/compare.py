@@ -150,7 +150,8 @@ def fmt_num(x, spec=".2e") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def print_table(rows, out=sys.stdout):
+def print_table(rows, out=None):
+    out = out or sys.stdout  # (the one of the moment: the command's guarded stdout)
     header = ["name", "shape", "max abs err", "max rel err", "worst at", "reference",
               "candidate", "status"]
     lines = []
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
             raise ValueError(f"no tensor names in common (reference: {_short(list(ref['acts']))}; "
                              f"candidate: {_short(list(cand['acts']))})")
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(str(e)) from None
+        raise common.input_error(e) from None
 
     rows = compare_activations(ref["acts"], cand["acts"], args.atol, args.rtol)
     print(f"reference: {describe(ref)}")

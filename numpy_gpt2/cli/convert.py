@@ -24,6 +24,7 @@ status: 0 done, 2 bad arguments or input with a one-line message.
 from __future__ import annotations
 
 from numpy_gpt2.cli import common
+from numpy_gpt2.cli.common import UsageError
 
 import json
 import os
@@ -35,7 +36,8 @@ from tqdm import tqdm
 
 from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.io.checkpoint import hf_config_dict
-from numpy_gpt2.io.formats.llmc import check_llmc_config, padded_vocab, write_llmc
+from numpy_gpt2.io.formats.llmc import MAGIC as LLMC_MAGIC, check_llmc_config, check_llmc_vocab, padded_vocab, write_llmc
+from numpy_gpt2.io.outputs import output_directory, output_file, safetensors_metadata
 from numpy_gpt2.io.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
 from numpy_gpt2.io.tokenizer import TOKENIZER_ENV, TOKENIZER_FILES, tokenizer_dir, tokenizer_paths
@@ -84,11 +86,29 @@ def hf_writers(params, config, dtype, tokenizer, bar) -> dict:
             f.write("\n")
 
     writers = {"model.safetensors": lambda path: write_safetensors(
-                   path, flat, DTYPES[dtype], {"format": "pt"}, progress=lambda n: bar(n)),
+                   path, flat, DTYPES[dtype], {"format": "pt", **MARK}, progress=lambda n: bar(n)),
                "config.json": write_config}
     for name, src in tokenizer.items():
         writers[name] = lambda path, src=src: shutil.copyfile(src, path)
     return writers
+
+
+MARK = {"written_by": "numpy_gpt2 convert"}  # model.safetensors' metadata: convert's own output
+
+
+def converted_here(directory) -> bool:
+    """directory's model.safetensors was written by convert (its files may be replaced)."""
+    metadata = safetensors_metadata(os.path.join(directory, "model.safetensors"))
+    return metadata.get("written_by") == MARK["written_by"]
+
+
+def is_llmc(path) -> bool:
+    """path holds an llm.c model file (its magic number): convert --to llmc may replace it."""
+    try:
+        with open(path, "rb") as f:
+            return int.from_bytes(f.read(4), "little") == LLMC_MAGIC
+    except OSError:
+        return False
 
 
 def check_not_overwriting(source_path, out, to) -> None:
@@ -129,14 +149,21 @@ def main(argv=None) -> int:
         parser.error("llm.c files hold float32 (version 3) or bfloat16 (version 5), not float16")
     if args.to == "hf" and args.vocab_size is not None:
         parser.error("--vocab-size is for --to llmc")
+    if args.to == "llmc" and args.tokenizer is not None:
+        parser.error("--tokenizer is for --to hf (an llm.c model file holds no tokenizer)")
     try:
         source_path = numpy_gpt2.resolve_model(args.source)
         check_not_overwriting(source_path, args.out, args.to)
+        if args.to == "hf":
+            out = output_directory(args.out, ["model.safetensors", "config.json", *TOKENIZER_FILES],
+                                   ours=converted_here)
+        else:
+            out = output_file(args.out, ours=is_llmc)
         params, config = numpy_gpt2.load(source_path)
         if args.to == "hf":
             total = sum(a.size for a in flatten_params(params).values())
             tokenizer = tokenizer_files(args, source_path, config)
-            out_dir, writers = args.out, None
+            out_dir, writers = out, None
         else:
             check_llmc_config(config)  # before any file exists
             total = padded_vocab(config.vocab_size) * config.n_embd + sum(
@@ -153,23 +180,21 @@ def main(argv=None) -> int:
         if args.to == "hf":
             writers = hf_writers(params, config, args.dtype, tokenizer, advance)
         else:
-            if args.vocab_size is not None and not 1 <= args.vocab_size <= config.vocab_size:
-                raise ValueError(f"--vocab-size {args.vocab_size} must be in 1..{config.vocab_size} "
-                                 f"(the model's rows)")
-            out_dir = os.path.dirname(os.path.abspath(args.out))
-            writers = {os.path.basename(args.out): lambda path: write_llmc(
+            if args.vocab_size is not None:  # before any file exists
+                try:
+                    check_llmc_vocab(params, config, args.vocab_size)
+                except ValueError as e:
+                    raise UsageError(common.flag_message(e)) from None
+            out_dir = os.path.dirname(out)
+            writers = {os.path.basename(out): lambda path: write_llmc(
                 path, params, config, args.vocab_size, DTYPES[args.dtype], progress=advance)}
-        if os.path.isfile(out_dir):
-            raise ValueError(f"{out_dir}: is a file, not a directory")
         try:
-            write_files_atomically(out_dir, writers)
+            write_files_atomically(out_dir, writers, on_commit=lambda: common.written(args.out))
         finally:
             for bar in bars:  # erased (leave=False): the error, if any, is the only line left
                 bar.close()
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        message = " ".join(str(e).split())
-        print(f"convert.py: error: {message}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
+        raise common.input_error(e) from None
     n_params = sum(a.size for a in flatten_params(params).values())
     print(f"wrote {args.out} ({args.to}, {args.dtype}, {n_params:,} parameters, "
           f"{nbytes / 1e6:,.1f} MB of weights)")

@@ -27,7 +27,7 @@ loss are always written with --grads.
 Compare two such files with scripts/compare.py. The format is described in the README
 ("Debugging a port", "Gradients").
 Exit status: 0 written, 2 bad arguments or input, or an unwritable --out (one-line message
-on stderr).
+on stderr); docs/scripts.md lists them all.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from numpy_gpt2.debug.capture import (GRAD, IGNORE_INDEX, activation_names, acti
                                     gradients, next_token_targets, parameter_gradient_names,
                                     select_names)
 from numpy_gpt2.io.atomic import write_files_atomically
-from numpy_gpt2.debug.dump_format import config_metadata, dump_order_key, package_version, save_activations
+from numpy_gpt2.io.outputs import output_file, safetensors_metadata
+from numpy_gpt2.debug.dump_format import DUMP_FORMAT, config_metadata, dump_order_key, package_version, save_activations
 
 
 def parse_ids(text: str, option: str) -> list[int]:
@@ -74,19 +75,6 @@ def attach_negative_ids(argv: list[str]) -> list[str]:
     return out
 
 
-def check_output_path(path: str, example: str = "dump.safetensors") -> None:
-    """Fail before any work when --out cannot be written (example: a file name to suggest)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"--out {path} is a directory; give a file name, e.g. "
-                         f"{os.path.join(path, example)}")
-    if not os.path.isdir(directory):
-        what = "is not a directory" if os.path.exists(directory) else "does not exist"
-        raise ValueError(f"--out {path}: directory {directory} {what}")
-    if not os.access(directory, os.W_OK):
-        raise ValueError(f"--out {path}: directory {directory} is not writable")
-
-
 def choose_targets(args, tokens: np.ndarray) -> np.ndarray:
     if args.targets is None:
         if len(tokens) < 2:
@@ -100,15 +88,20 @@ def choose_targets(args, tokens: np.ndarray) -> np.ndarray:
     return targets
 
 
-def write_dump(path, tokens, tensors, metadata, targets, loss) -> None:
-    """save_activations into a temporary file next to `path`, renamed onto it when complete
-    (an interrupted or failed write leaves nothing), with the usual permissions."""
+def is_dump(path) -> bool:
+    """path holds a dump (its safetensors metadata says so): dump may replace it."""
+    return safetensors_metadata(path).get("format") == DUMP_FORMAT
+
+
+def write_dump(path, tokens, tensors, metadata, targets, loss, on_commit=None) -> None:
+    """save_activations into a temporary file next to `path` (a symlink's target), renamed
+    onto it when complete (an interrupted or failed write leaves nothing), with the usual
+    permissions (numpy_gpt2.io.outputs: where outputs go)."""
+    real = output_file(path, ours=is_dump)
+
     def write(tmp):
-        try:
-            save_activations(tmp, tokens, tensors, metadata, targets=targets, loss=loss)
-        except OSError as e:  # named after the temporary file: name --out instead
-            raise OSError(str(e).replace(tmp, path)) from None
-    write_files_atomically(os.path.dirname(os.path.abspath(path)), {os.path.basename(path): write})
+        save_activations(tmp, tokens, tensors, metadata, targets=targets, loss=loss)
+    write_files_atomically(os.path.dirname(real), {os.path.basename(real): write}, on_commit)
 
 
 @common.entry("dump")
@@ -138,7 +131,10 @@ def main(argv=None) -> int:
         parser.error(f"--names {args.names!r}: gradient names need --grads")
     loss = targets = None
     try:
-        check_output_path(args.out)
+        try:
+            output_file(args.out, ours=is_dump)  # before any work
+        except ValueError as e:
+            raise UsageError(f"--out {e}") from None
         path = numpy_gpt2.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
         if args.prompt is not None:
@@ -171,9 +167,10 @@ def main(argv=None) -> int:
             metadata.update(targets="given" if args.targets else "next tokens",
                             ignore_index=str(IGNORE_INDEX))
         tensors = {n: tensors[n] for n in sorted(tensors, key=dump_order_key)}  # backward order
-        write_dump(args.out, tokens, tensors, metadata, targets, loss)
+        write_dump(args.out, tokens, tensors, metadata, targets, loss,
+                   on_commit=lambda: common.written(args.out))
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(str(e)) from None
+        raise common.input_error(e) from None
     size = os.path.getsize(args.out)
     what = (f"{len(tensors)} tensors" + (f" (loss {loss:.6g})" if loss is not None else "")
             if args.grads else f"{len(tensors)} activations")

@@ -27,18 +27,31 @@ import numpy as np
 
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
-from numpy_gpt2.cli.dump import check_output_path
+from numpy_gpt2.explain.page import GENERATOR
+from numpy_gpt2.io.outputs import output_file
 from numpy_gpt2.io.atomic import write_files_atomically
 
 FLAGS = {"prompt": "PROMPT"}  # the library's argument names that are not --flags here
 
 
+def is_page(path) -> bool:
+    """path holds a page this command wrote (its <head> names the generator)."""
+    try:
+        with open(path, "rb") as f:
+            return f'<meta name="generator" content="{GENERATOR}">'.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
 def write_page(path: str, text: str) -> None:
-    """text into `path` atomically: a complete new file or the old one, never half of one."""
+    """text into `path` (a symlink's target) atomically: a complete new file or the old one,
+    never half of one (numpy_gpt2.io.outputs: where outputs go)."""
+    real = output_file(path, ours=is_page)
+
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    write_files_atomically(os.path.dirname(os.path.abspath(path)), {os.path.basename(path): write})
+    write_files_atomically(os.path.dirname(real), {os.path.basename(real): write})
 
 
 def load_bpe(path):
@@ -75,7 +88,10 @@ def main(argv=None) -> int:
         raise UsageError(f"--top-k must be an integer >= 0 (0 = no limit), got {args.top_k}")
     start = time.time()
     try:
-        check_output_path(args.out, example="walk.html")
+        try:
+            output_file(args.out, ours=is_page)  # before any work
+        except ValueError as e:
+            raise UsageError(f"--out {e}") from None
         path = numpy_gpt2.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
         tokenizer = load_bpe(path)

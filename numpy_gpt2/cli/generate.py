@@ -62,20 +62,24 @@ def parse_args(argv):
                    help="checkpoint directory, .safetensors file, or hub name: gpt2, gpt2-medium, "
                         "gpt2-large, gpt2-xl, distilgpt2, owner/repo (default: gpt2)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="default: 50")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the smallest set with probability >= p, 0 < p <= 1")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples")
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    common.add_threads_flag(p)
     add_generation_flags(p)
     args = p.parse_args(argv)
+    common.check_threads(args)
     try:  # the same checks as generate(), worded with the flags
+        check_flag_combinations(args)  # (before the default temperature is filled in)
+        if args.temperature is None:
+            args.temperature = 1.0
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                             args.num_samples, seed=args.seed)
         check_processor_args(sys.maxsize, **processor_options(args))  # ids: after loading
-        check_flag_combinations(args)
     except ValueError as e:
         raise UsageError(common.flag_message(e)) from None
     return args
@@ -153,7 +157,8 @@ def check_flag_combinations(args):
     if args.num_beams == 1:
         return
     unsupported = [flag for flag, value, off in [
-        ("--top-k", args.top_k, None), ("--top-p", args.top_p, None), ("--seed", args.seed, None),
+        ("--temperature", args.temperature, None), ("--top-k", args.top_k, None),
+        ("--top-p", args.top_p, None), ("--seed", args.seed, None),
         ("--logprobs", args.logprobs, None), ("--context", args.context, "stop")]
         + [("--" + k.replace("_", "-"), v, None) for k, v in processor_options(args).items()
            if k != "no_repeat_ngram_size"] if value != off]
@@ -179,7 +184,7 @@ def load_everything(model: str, dtype: str):
         params, config = numpy_gpt2.load(path, dtype=np.dtype(dtype))
         tokenizer = numpy_gpt2.load_tokenizer(path)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(str(e)) from None
+        raise common.input_error(e) from None
     source = tokenizer_dir(path) or 'tiktoken "gpt2"'
     n_params = sum(a.size for a in numpy_gpt2.flatten_params(params).values())
     return params, config, tokenizer, f"{path} ({n_params / 1e6:.1f}M parameters, {dtype}; tokenizer {source})"

@@ -57,7 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stride", type=int, help="tokens between window starts (default half "
                         "the window; at most the window)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    common.add_threads_flag(parser)
     args = parser.parse_args(argv)
+    common.check_threads(args)
     # NaN or inf in the model raises NonFiniteError (one line, below): no NumPy warnings too.
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
     try:
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
         close()
         seconds = time.perf_counter() - start
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError, NonFiniteError: ValueErrors
-        raise UsageError(str(e)) from None
+        raise common.input_error(e) from None
     print(f"model: {args.model} ({args.dtype})  file: {args.file}")
     windows = f"{result['n_windows']} window" + ("s" if result["n_windows"] != 1 else "")
     print(f"tokens: {len(tokens)} in the text, {result['n_scored']} scored in {windows} "

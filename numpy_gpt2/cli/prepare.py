@@ -29,6 +29,7 @@ from numpy_gpt2.cli import common
 import argparse
 import codecs
 import collections
+import contextlib
 import json
 import os
 import re
@@ -38,14 +39,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.fast.threads import thread_count
+from numpy_gpt2.io.atomic import make_directories, remove_directories
+from numpy_gpt2.io.outputs import check_outside_inputs, output_directory
 from numpy_gpt2.training.data import write_token_splits
 from numpy_gpt2.io.tokenizer import ENDOFTEXT
 
-EXIT_BAD_INPUT = common.EXIT_BAD_INPUT
-EXIT_INTERRUPTED = common.EXIT_SIGINT
 READ_BYTES = 1 << 20  # bytes read from a file at a time
 PIECE_CHARS = 1 << 20  # a document longer than this is tokenized in pieces
 META_FILE = "meta.json"
+FORMAT = "nanoGPT: headerless little-endian uint16 GPT-2 token ids"  # meta.json's "format"
 # Where a long document may be cut without changing its tokens: after a newline that follows
 # a non-space character, before an ASCII letter. GPT-2's pre-tokenizer always ends a chunk
 # there (the newline is a chunk of its own, the letter starts a new word), and BPE never
@@ -150,52 +152,80 @@ def tokenize(files, tokenizer, workers: int, progress):
 
 def prepare(args, files, tokenizer, progress) -> dict:
     """Write train.bin / val.bin of files (numpy_gpt2.training.data.write_token_splits: the
-    split rules) and return meta.json's contents."""
+    split rules), then meta.json, and return meta.json's contents."""
+    meta_path = os.path.join(args.out, META_FILE)
+    temp = os.path.join(args.out, f".{META_FILE}.tmp-{os.getpid()}")
+
+    def write_meta(meta):  # under a temporary name, renamed: meta.json is whole or absent
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+            f.write("\n")
+        os.replace(temp, meta_path)
+
     try:
-        counts = write_token_splits(
-            args.out, tokenize(files, tokenizer, args.workers, progress),
-            lambda: tokenize(files, tokenizer, args.workers, lambda n: None),
-            args.val_fraction, args.seed, tokenizer.eot_token, tokenizer.encode_ordinary)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return {"format": "nanoGPT: headerless little-endian uint16 GPT-2 token ids",
-            "separator": {"text": ENDOFTEXT, "id": int(tokenizer.eot_token)},
-            "vocab_size": int(tokenizer.n_vocab), **counts, "val_fraction": args.val_fraction,
-            "seed": args.seed, "inputs": [os.path.abspath(i) for i in args.inputs]}
+        if not os.path.exists(meta_path):  # first: the directory is prepare's own from now on
+            write_meta({"format": FORMAT})
+        try:
+            counts = write_token_splits(
+                args.out, tokenize(files, tokenizer, args.workers, progress),
+                lambda: tokenize(files, tokenizer, args.workers, lambda n: None),
+                args.val_fraction, args.seed, tokenizer.eot_token, tokenizer.encode_ordinary)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        meta = {"format": FORMAT, "separator": {"text": ENDOFTEXT, "id": int(tokenizer.eot_token)},
+                "vocab_size": int(tokenizer.n_vocab), **counts, "val_fraction": args.val_fraction,
+                "seed": args.seed, "inputs": [os.path.abspath(i) for i in args.inputs]}
+        write_meta(meta)
+        common.written(args.out)
+    except OSError as e:  # writing: name the output (not a temporary file, or nothing)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, args.out) from e
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return meta
+
+
+def prepared_here(directory) -> bool:
+    """directory's meta.json says prepare wrote it (its files may be replaced)."""
+    try:
+        with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @common.entry("prepare")
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    bar = None
+    args = parse_args(argv)
+    files = list_files(args.inputs)
+    try:  # where outputs go (numpy_gpt2.io.outputs): checked before any work
+        output_directory(args.out, ["train.bin", "val.bin", META_FILE], ours=prepared_here)
+        check_outside_inputs(args.out, args.inputs)
+    except ValueError as e:
+        raise UsageError(f"--out {e}") from None
     try:
-        args = parse_args(argv)
-        files = list_files(args.inputs)
-        try:
-            tokenizer = numpy_gpt2.load_tokenizer()
-        except (ValueError, OSError, RuntimeError, FileNotFoundError) as e:
-            raise UsageError(str(e)) from None
+        tokenizer = numpy_gpt2.load_tokenizer()
+    except (ValueError, OSError, RuntimeError) as e:
+        raise common.input_error(e) from None
+    made, bar = None, None
+    try:
+        made = make_directories(args.out)
         bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True,
                    desc="prepare", file=sys.stderr, dynamic_ncols=True)
         meta = prepare(args, files, tokenizer, bar.update)
-        bar.close()
-        with open(os.path.join(args.out, META_FILE), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-            f.write("\n")
-    except UsageError as e:
+    except BaseException as e:
+        if made:
+            remove_directories(made)  # a failed run leaves no new empty directory
+        if isinstance(e, OSError):
+            raise common.input_error(e) from None
+        raise
+    finally:
         if bar is not None:
             bar.close()
-        print(f"prepare.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as e:  # writing the output
-        if bar is not None:
-            bar.close()
-        print(f"prepare.py: error: {args.out}: cannot write ({e.strerror})", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("\nprepare.py: interrupted; no output files written", file=sys.stderr)
-        return EXIT_INTERRUPTED
     print(f"{args.out}: train.bin {meta['train']['tokens']:,} tokens ({meta['train']['documents']:,} "
           f"documents), val.bin {meta['val']['tokens']:,} tokens ({meta['val']['documents']:,} documents)")
     return 0

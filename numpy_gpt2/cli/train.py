@@ -263,7 +263,9 @@ def prepare(args, dirs: RunDirectory, world=distributed.Solo()):
                        f"--max-iters {e.step}; to train it further, give a larger --max-iters, "
                        f"e.g. train.py --resume {e.directory} --max-iters {2 * max(1, e.step)}") from None
     except (ValueError, OSError, RuntimeError) as e:  # a checkpoint's or a file's, as they say it
-        raise UsageError(flags(e) if type(e) is ValueError else str(e)) from None
+        if type(e) is ValueError:
+            raise UsageError(flags(e)) from None
+        raise common.input_error(e) from None  # (out of memory or disk space: status 1, not 2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -282,12 +284,12 @@ def report(message) -> None:
     (or a terminal that hung up: EIO), the run goes on and stdout goes to /dev/null."""
     try:
         print(message, flush=True)
-    except (OSError, ValueError):
+    except (OSError, ValueError, common.OutputError):  # (closed, full: the run goes on)
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # (AttributeError: closed, no descriptor)
             pass
 
 

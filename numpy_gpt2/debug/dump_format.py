@@ -74,6 +74,10 @@ def save_activations(path, tokens, acts: dict, metadata: dict | None = None, *,
     try:  # safetensors writes a temporary file and renames it: no half-written dump
         save_file(tensors, str(path), metadata=meta)
     except Exception as e:  # its own error type, with a multi-part message
+        from numpy_gpt2.io.atomic import library_os_error
+
+        if library_os_error(e, path) is not None:  # a full disk, an I/O error: say which
+            raise library_os_error(e, path) from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OSError(f"{path}: cannot write ({reason})") from None
 

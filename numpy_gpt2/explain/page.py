@@ -24,6 +24,9 @@ WHOLE = 12       # a (T, T) stage with T <= WHOLE is shown whole as numbers
 
 # ---- the JSON: what the page shows, machine-readable -----------------------------------------
 
+GENERATOR = "numpy_gpt2 explain"  # in every page's <head>: the command replaces only its own pages
+
+
 def to_json(value):
     """walk()'s dict as plain JSON values: arrays to lists, floats to SIGNIFICANT digits,
     -inf/inf/nan to the strings "-inf"/"inf"/"nan"; keys starting with "img" (arrays shown
@@ -449,6 +452,7 @@ def render(d: dict, meta: dict) -> str:
     data_json = json.dumps(j, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<meta name=\"generator\" content=\"{GENERATOR}\">"
             f"<title>GPT-2 explained: {esc(meta['prompt'][:60])}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(s) +
             f"\n<script type=\"application/json\" id=\"data\">{data_json}</script>\n"

@@ -150,7 +150,45 @@ def recover(directory, names=()) -> None:
             os.close(fd)
 
 
-def write_files_atomically(directory, writers: dict) -> None:
+def make_directories(directory) -> list[str]:
+    """Create directory and its missing parents (like mkdir -p); returns the ones created,
+    deepest first, for remove_directories."""
+    missing, d = [], os.path.abspath(directory)
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        missing.append(d)
+        d = os.path.dirname(d)
+    os.makedirs(directory, exist_ok=True)
+    return missing
+
+
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")  # Rust's io::Error (the safetensors library)
+
+
+def _naming(error: BaseException, temp: str, path: str) -> BaseException:
+    """A writer's failure as an OSError naming the file being saved (not its temporary name,
+    nor nothing): also the safetensors library's SafetensorError, which reports a full disk
+    only in its text ("... (os error 28)"). Errors about other files (e.g. a file to copy) are
+    left as they are."""
+    if isinstance(error, OSError) and error.errno is not None:
+        if error.filename not in (None, temp):
+            return error  # about another file (e.g. one to copy)
+    return library_os_error(error, path) or error
+
+
+def library_os_error(error: BaseException, path) -> OSError | None:
+    """error as an OSError (errno, message, path) about path: an OSError itself, or another
+    library's error that reports one only in its text, as the safetensors library's
+    SafetensorError does ("... (os error 28)"); None when there is none."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return OSError(error.errno, error.strerror or os.strerror(error.errno), os.fspath(path))
+    match = _OS_ERROR_IN_TEXT.search(str(error)) if type(error).__name__ == "SafetensorError" else None
+    if match:
+        number = int(match.group(1))
+        return OSError(number, os.strerror(number), os.fspath(path))
+    return None
+
+
+def write_files_atomically(directory, writers: dict, on_commit=None) -> None:
     """Write several files into directory as one atomic commit (see module doc).
 
     writers: {file name: write(path)}; each writer must write its complete file at the path
@@ -159,10 +197,31 @@ def write_files_atomically(directory, writers: dict) -> None:
     the next save has run); readers never see a half-written file.
     If a writer raises (a full disk: OSError ENOSPC; Ctrl-C: KeyboardInterrupt), nothing of
     the new save remains, the old files are untouched, and the exception propagates.
-    Raises IsADirectoryError, before writing, when a name is taken by a directory.
+    Raises IsADirectoryError, before writing, when a name is taken by a directory. A writer's
+    I/O error (also one the safetensors library reports as SafetensorError) is raised as an
+    OSError naming the file's own path in directory. Directories created for the save (directory
+    and missing parents) are removed again when it fails before its commit. on_commit(): called
+    right after the commit (the new save exists from then on, whatever happens next).
     """
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    made = make_directories(directory)
+    try:
+        _write_files(directory, writers, on_commit)
+    except BaseException:
+        remove_directories(made)  # (a save that committed is in the deepest: it stays)
+        raise
+
+
+def remove_directories(made) -> None:
+    """Remove the directories make_directories created, deepest first, while they are empty."""
+    for d in made:
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+
+
+def _write_files(directory, writers: dict, on_commit) -> None:
     recover(directory, names=tuple(writers))
     for name in writers:
         if os.path.isdir(os.path.join(directory, name)):
@@ -176,7 +235,13 @@ def write_files_atomically(directory, writers: dict) -> None:
     try:
         for index, (name, write) in enumerate(writers.items()):
             path = os.path.join(staging, f"{index}-{name}")
-            write(path)
+            try:
+                write(path)
+            except Exception as e:
+                named = _naming(e, path, os.path.join(directory, name))
+                if named is e:
+                    raise
+                raise named from e
             # the usual permissions (0644 under umask 022), whatever the writer made (the
             # safetensors library creates its files 0600)
             os.chmod(path, 0o666 & ~umask)
@@ -185,6 +250,8 @@ def write_files_atomically(directory, writers: dict) -> None:
         target = staging[:-len(STAGING)] + COMMITTED
         os.rename(staging, target)  # the commit
         committed = target
+        if on_commit is not None:
+            on_commit()
         fsync_directory(directory)
         _install(committed, directory)
     except BaseException:

@@ -104,14 +104,21 @@ def test_atomic_nothing_is_written_on_error(tmp_path, capsys):
     config, sd = small()
     sd["h.1.mlp.c_fc.weight"][0, 0] = 1e6  # finite in float32, too large for float16
     hf_model(config, sd).save_pretrained(tmp_path / "src")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "config.json").write_text("old")
+    status, out, err = run_script("convert", [tmp_path / "src", tmp_path / "out", "--to", "hf"], capsys)
+    assert status == 0, err
+    before = {n: (tmp_path / "out" / n).read_bytes() for n in os.listdir(tmp_path / "out")}
     status, out, err = run_script("convert", [tmp_path / "src", tmp_path / "out", "--to", "hf",
                                               "--dtype", "float16"], capsys)
     one_line_error(status, out, err, "h.1.mlp.c_fc.weight",
                    "value 1000000.0 cannot be stored as F16 (too large)")
-    assert os.listdir(tmp_path / "out") == ["config.json"]
-    assert (tmp_path / "out" / "config.json").read_text() == "old"
+    assert {n: (tmp_path / "out" / n).read_bytes() for n in os.listdir(tmp_path / "out")} == before
+    # a user's own file there is never replaced (docs/scripts.md, "Where outputs go")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("old")
+    status, out, err = run_script("convert", [tmp_path / "src", tmp_path / "mine", "--to", "hf"], capsys)
+    one_line_error(status, out, err, "already holds config.json, which this command did not write")
+    assert os.listdir(tmp_path / "mine") == ["config.json"]
+    assert (tmp_path / "mine" / "config.json").read_text() == "old"
 
 
 @pytest.mark.parametrize("args,parts", [

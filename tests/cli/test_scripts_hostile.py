@@ -12,6 +12,9 @@ argparse parsers (_cli.Parser), so a new script or flag is covered without chang
   and later).
 The matrix runs every script that is on the shared helper scripts/_cli.py; each script not on
 it is a failure of test_every_script_uses_the_shared_helper.
+Each KIND of fault for every command (standard streams closed, full or broken; outputs that
+are devices, symlinks, missing directories or a user's files; resources running out in any
+library; bursts of signals; integers beyond int64) is in test_scripts_faults.py.
 Asserted every time: the exit status is one docs/scripts.md lists for that script; stderr
 has no traceback, no "internal error" and (status 2) ends with one `NAME.py: error:` line;
 no temporary or partial file is left behind.
@@ -36,6 +39,7 @@ import numpy_gpt2
 from helpers.run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_process,  # noqa: F401
                          make_world, parser_of, script_names, uses_cli, with_value)
 from helpers import REPO_ROOT
+from helpers.hostile import OUTPUTS, STATUSES, _handler_installed, check_run  # noqa: F401
 
 ROOT = REPO_ROOT
 NAMES = script_names()
@@ -43,16 +47,6 @@ NAMES = script_names()
 # hostile matrix runs those. A script not on it fails test_every_script_uses_the_shared_helper.
 CLI_NAMES = [n for n in NAMES if uses_cli(n)]
 NOT_YET = {}  # name -> reason, for a script not yet on _cli (strict xfail: none today)
-
-
-def documented_statuses() -> dict[str, set[int]]:
-    """{script: exit statuses} from the table in docs/scripts.md."""
-    with open(os.path.join(ROOT, "docs", "scripts.md"), encoding="utf-8") as f:
-        rows = re.findall(r"^\| `(\w+)\.py` \| ([\d, ]+) \|$", f.read(), flags=re.M)
-    return {name: {int(s) for s in statuses.split(",")} for name, statuses in rows}
-
-
-STATUSES = documented_statuses()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +68,6 @@ LONG = {
     "train": lambda w, out: BASE["train"](w, out)[:-6] + ["--max-iters", "200", "--eval-interval",
                                                           "50", "--eval-iters", "1"],
 }
-OUTPUTS = ("d.safetensors",)  # files in `out` that must be whole if they exist
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET[n], strict=True))
@@ -90,26 +83,6 @@ def test_every_script_has_commands_and_documented_statuses():
 
 
 # ---- the checks every run must pass --------------------------------------------------------
-
-def check_run(name, status, err, out_dir, what):
-    assert status in STATUSES[name], f"{what}: exit status {status}, documented {STATUSES[name]}\n{err}"
-    assert "Traceback" not in err and "Exception ignored" not in err, f"{what}:\n{err}"
-    assert "internal error" not in err, f"{what}: an unexpected exception:\n{err}"
-    # Lines as a terminal shows them (a progress bar erased with \r leaves nothing).
-    lines = [ln.rsplit("\r", 1)[-1] for ln in err.split("\n")]
-    lines = [ln for ln in lines if ln.strip()]
-    if status == 2:
-        errors = [ln for ln in lines if ": error:" in ln]
-        assert len(errors) == 1 and lines[-1] == errors[0], f"{what}: not one error line:\n{err}"
-        assert errors[0].startswith(f"{name}.py: error: "), f"{what}:\n{err}"
-    left = [os.path.join(d, f) for d, _, files in os.walk(out_dir) for f in files
-            if f.endswith(".tmp") or f.startswith(".write-test")]
-    assert not left, f"{what}: temporary files left: {left}"
-    for path in (os.path.join(out_dir, f) for f in OUTPUTS):
-        if os.path.exists(path):  # whole (written before stdout broke, say), never partial
-            assert status != 2, f"{what}: bad input, yet {path} was written"
-            numpy_gpt2.load_dump(path)
-
 
 # ---- in-process runs ------------------------------------------------------------------------
 
@@ -217,16 +190,6 @@ def test_stdin_closed_or_empty_and_stdout_a_closed_pipe(world, tmp_path):
             assert status == 2 and "stdin is closed" in err, err
         else:
             assert status == 0, (name, case, err)
-
-
-def _handler_installed(pid) -> bool:
-    """The script's first line has run: it catches SIGTERM (Python alone does not)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
-    except (OSError, StopIteration):
-        return False
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc/PID/status")

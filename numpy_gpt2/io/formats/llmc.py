@@ -106,6 +106,25 @@ def llmc_tensors(path: str) -> tuple[dict, GPT2Config]:
     return out, config
 
 
+def last_nonzero_row(wte) -> int:
+    """The index of wte's last row that is not all zeros (-1 for none): the rows after it
+    may be llm.c's zero padding."""
+    nonzero = np.flatnonzero(np.any(wte != 0, axis=1))
+    return int(nonzero[-1]) if nonzero.size else -1
+
+
+def check_llmc_vocab(params: dict, config: GPT2Config, vocab_size: int) -> None:
+    """ValueError unless vocab_size (the header's real vocabulary) is in 1..config.vocab_size
+    and keeps every trained row: the rows past it are llm.c's padding, zeros."""
+    if not 1 <= vocab_size <= config.vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} must be in 1..{config.vocab_size} (the "
+                         f"model's rows)")
+    trained = last_nonzero_row(params["wte"]["weight"]) + 1
+    if vocab_size < trained:
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the model's vocabulary: wte "
+                         f"row {trained - 1} is trained (not zero padding); give at least {trained}")
+
+
 def padded_vocab(V: int) -> int:
     """llm.c's padded vocabulary: V rounded up to a multiple of 128 (50257 -> 50304)."""
     return -(-V // PAD_MULTIPLE) * PAD_MULTIPLE
@@ -158,9 +177,7 @@ def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | No
     check_llmc_config(config)
     if "lm_head" in params:
         raise ValueError("llm.c ties the output head to wte; this model has its own lm_head")
-    if not 1 <= vocab_size <= config.vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} must be in 1..{config.vocab_size} (the "
-                         f"model's rows)")
+    check_llmc_vocab(params, config, vocab_size)
     version = {v: k for k, v in VERSIONS.items()}.get(dtype)
     if version is None:
         raise ValueError(f"llm.c files hold F32 (version 3) or BF16 (version 5), not {dtype!r}")

@@ -1,0 +1,499 @@
+"""Every command under each KIND of fault, as processes (docs/scripts.md, "Exit statuses"):
+standard output closed, full (/dev/full) or a pipe whose reader has gone; standard error
+closed or full; outputs that are devices, FIFOs, sockets, symlinks, missing directories, a
+user's files, or inside the input; resource errors (a full filesystem, RLIMIT_AS) from any
+library; bursts of signals during start-up; integer flags beyond int64.
+Commands come from run_scripts.BASE (one per command), so a new command is covered by adding
+it there. Asserted every time: a documented status, no traceback or "internal error", and the
+one-line message of the kind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from unittest import mock
+
+import pytest
+
+from helpers.run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_process,  # noqa: F401
+                         make_world, script_names)
+from helpers.hostile import STATUSES, _handler_installed, check_run
+
+NAMES = script_names()
+# The command's file or directory outputs: flag or positional index in BASE's argv.
+OUTPUTS = {"dump": "--out", "convert": 1, "prepare": "--out", "train": "--out"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer_dir):
+    return make_world(tmp_path_factory.mktemp("faults"), tokenizer_dir)
+
+
+def command(name, world, out, **replace):
+    argv = [str(a) for a in BASE[name](world, StrPath(out))]
+    if name == "prepare":  # enough documents for both splits
+        argv[0] = str(world.documents)
+    return argv
+
+
+def start(name, argv, cwd, shell_redirect="", env=None, preexec_fn=None):
+    """`python scripts/NAME.py ARGV REDIRECTS` started in a shell (stderr: a pipe unless
+    redirected)."""
+    script = os.path.join(SCRIPTS, f"{name}.py")
+    return subprocess.Popen(["sh", "-c", f'"$@" {shell_redirect}', "sh", sys.executable, script, *argv],
+                            cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec_fn,
+                            stdout=None if ">" in shell_redirect else subprocess.DEVNULL)
+
+
+def finish(proc, timeout=180):
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err.decode(errors="replace")
+
+
+def run(name, argv, cwd, shell_redirect="", env=None, preexec_fn=None):
+    """(status, stderr) of `python scripts/NAME.py ARGV REDIRECTS` in a shell."""
+    return finish(start(name, argv, cwd, shell_redirect, env, preexec_fn))
+
+
+# ---- 1. standard streams -------------------------------------------------------------------
+
+STREAMS = {"stdout closed": ">&-", "stdout full": "> /dev/full"}  # case -> shell redirection
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("case", list(STREAMS))
+def test_closed_or_full_streams(case, world, tmp_path):
+    """stdout closed or full: status 1 and one line saying so (never 'internal error'); a file
+    output is complete and the line says so."""
+    procs = []
+    for name in NAMES:  # all at once
+        out = tmp_path / name
+        out.mkdir()
+        procs.append((name, out, start(name, command(name, world, out), out, STREAMS[case])))
+    for name, out, proc in procs:
+        status, err = finish(proc)
+        check_run(name, status, err, out, f"{name}.py, {case}")
+        if name == "train":  # the run is its output; its stdout lines are in metrics.jsonl
+            assert status == 0, (name, err)
+        else:
+            lines = [ln.rsplit("\r", 1)[-1] for ln in err.splitlines()]
+            last = [ln for ln in lines if ln.strip()][-1]
+            reason = "it is closed" if "closed" in case else "out of disk space"
+            assert status == 1 and last.startswith(
+                f"{name}.py: error: cannot write to standard output ({reason})"), (name, err)
+            if name in OUTPUTS:
+                assert "was written (complete)" in last, last
+
+
+class _Full:
+    """A stream on a full disk."""
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("stderr", [None, _Full()], ids=["stderr closed", "stderr full"])
+def test_closed_or_full_stderr_never_stops_a_command(stderr, world, tmp_path, cached_tokenizer):
+    """(In-process: sys.stderr None is what Python makes of a closed descriptor 2.) Every
+    command, progress bars and all, runs to status 0."""
+    for name in NAMES:
+        out = tmp_path / name
+        out.mkdir()
+        with mock.patch("sys.stderr", stderr), mock.patch("contextlib.redirect_stderr"):
+            r = in_process(name, command(name, world, out), out, budget=120)
+        assert r.status == 0, (name, r.out)
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_pipe_whose_reader_exits_mid_run(stream, world, tmp_path):
+    """stdout `| head -c 1`: quiet, status 0 or 1 (head may win the race). stderr into such a
+    pipe: the command goes on and ends as it would (0)."""
+    redirect = "| head -c 1 >/dev/null" if stream == "stdout" else "2>&1 >/dev/null | head -c 1 >/dev/null"
+    procs = []
+    for name in NAMES:
+        out = tmp_path / name
+        out.mkdir()
+        script = os.path.join(SCRIPTS, f"{name}.py")
+        shell = f'"$@" 2>"{out}/err" {redirect}' if stream == "stdout" else f'"$@" {redirect}'
+        procs.append((name, out, subprocess.Popen(
+            ["bash", "-c", shell + "; exit ${PIPESTATUS[0]}", "bash", sys.executable, script,
+             *command(name, world, out)], cwd=out, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, OMP_NUM_THREADS="1"))))
+    for name, out, proc in procs:
+        status = proc.wait(timeout=180)
+        if stream == "stdout":
+            with open(out / "err", encoding="utf-8", errors="replace") as f:
+                err = f.read()
+            assert status in (0, 1), (name, status, err)
+            assert "Traceback" not in err and "error" not in err, (name, err)
+        else:
+            assert status == 0, (name, status)
+
+
+# ---- 2. where outputs go -------------------------------------------------------------------
+
+def with_output(name, argv, path):
+    where = OUTPUTS[name]
+    argv = list(argv)
+    if isinstance(where, int):
+        slots = [i for i, a in enumerate(argv) if not a.startswith("-")
+                 and (i == 0 or not argv[i - 1].startswith("--"))]
+        argv[slots[where]] = str(path)
+    else:
+        argv[argv.index(where) + 1] = str(path)
+    return argv
+
+
+def special_files(d):
+    """{kind: path} of a FIFO, a socket and (as root) a character device, made in d."""
+    made = {}
+    os.mkfifo(d / "fifo")
+    made["FIFO"] = d / "fifo"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock"))
+    made["socket"] = d / "sock"
+    if os.geteuid() == 0:  # a copy of /dev/null (never the real device: a bug would replace it)
+        os.mknod(d / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        made["character device"] = d / "null"
+    return made, sock
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUTS))
+def test_devices_fifos_and_sockets_are_never_replaced(name, world, tmp_path, cached_tokenizer):
+    made, sock = special_files(tmp_path)
+    try:
+        for kind, path in made.items():
+            before = os.stat(path)
+            for target in (path, tmp_path / f"link-to-{path.name}"):
+                if target != path:
+                    os.symlink(path, target)
+                argv = with_output(name, command(name, world, tmp_path), target)
+                r = in_process(name, argv, tmp_path, budget=60)
+                check_run(name, r.status, r.err, tmp_path, f"{name} --out {kind}")
+                assert r.status == 2, (name, kind, r.err)
+                after = os.stat(path)
+                assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), (name, kind)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("name", ["dump", "convert"])
+def test_a_symlinked_output_file_writes_its_target(name, world, tmp_path, cached_tokenizer):
+    target, link = tmp_path / "target", tmp_path / "link"
+    os.symlink(target, link)
+    argv = with_output(name, command(name, world, tmp_path), link)
+    r = in_process(name, argv, tmp_path, budget=60)
+    assert r.status == 0, r.err
+    assert os.path.islink(link) and os.path.isfile(target) and os.path.getsize(target) > 0
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUTS))
+def test_missing_parents_are_created_and_removed_when_the_command_fails(name, world, tmp_path,
+                                                                          cached_tokenizer):
+    deep = tmp_path / "a" / "b" / ("run" if name in ("train", "prepare", "convert") else "d.st")
+    argv = with_output(name, command(name, world, tmp_path), deep)
+    if name == "convert":
+        argv = [a if a != "llmc" else "hf" for a in argv]
+    r = in_process(name, argv, tmp_path, budget=120)
+    assert r.status == 0 and os.path.exists(deep), (name, r.err)
+    # the same command failing while it writes (a full disk): no new directory is left
+    failing = tmp_path / "x" / "y" / deep.name
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with mock.patch("numpy_gpt2.io.atomic._fsync_file", full), \
+            mock.patch("numpy_gpt2.io.token_files.write_tokens", full):
+        r = in_process(name, with_output(name, argv, failing), tmp_path, budget=120)
+    assert r.status == 1 and "out of disk space" in r.err, (name, r.err)
+    assert not os.path.exists(tmp_path / "x"), (name, os.listdir(tmp_path / "x"))
+
+
+def test_no_command_replaces_a_file_it_did_not_write(world, tmp_path, cached_tokenizer):
+    """convert --to hf into a directory with a user's config.json; prepare into one with a
+    user's train.bin: refused, the files untouched. prepare's own output is replaced."""
+    for name, argv_out, own in (("convert", "hf", "config.json"), ("prepare", "prep", "train.bin")):
+        d = tmp_path / argv_out
+        d.mkdir()
+        (d / own).write_text("mine")
+        argv = with_output(name, command(name, world, tmp_path), d)
+        if name == "convert":
+            argv = [a if a != "llmc" else "hf" for a in argv]
+        r = in_process(name, argv, tmp_path, budget=60)
+        assert r.status == 2 and "did not write" in r.err, (name, r.err)
+        assert (d / own).read_text() == "mine"
+    os.remove(tmp_path / "prep" / "train.bin")
+    argv = with_output("prepare", command("prepare", world, tmp_path), tmp_path / "prep")
+    assert in_process("prepare", argv, tmp_path, budget=60).status == 0
+    assert in_process("prepare", argv, tmp_path, budget=60).status == 0  # its own: replaced
+
+
+def test_prepare_refuses_an_output_inside_its_input(world, tmp_path, cached_tokenizer):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text(open(world.documents).read())
+    r = in_process("prepare", [tmp_path / "corpus", "--out", tmp_path / "corpus" / "tokens"], tmp_path)
+    assert r.status == 2 and "inside the input" in r.err, r.err
+    assert os.listdir(tmp_path / "corpus") == ["a.txt"]
+
+
+# ---- 3. resources --------------------------------------------------------------------------
+
+def test_a_full_disk_inside_the_safetensors_library_names_the_file(world, tmp_path):
+    """The safetensors library reports ENOSPC as SafetensorError (not an OSError)."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    out = tmp_path / "d.safetensors"
+    with mock.patch("safetensors.numpy.save_file", full):
+        r = in_process("dump", ["--model", world.ckpt, "--tokens", "5,6", "--out", out], tmp_path)
+    assert r.status == 1, r.err
+    assert r.err.strip().splitlines()[-1] == f"dump.py: error: {out}: out of disk space", r.err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 kB tmpfs (root only), unmounted after the test."""
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs",
+                                             str(d)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield StrPath(d)
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_every_output_on_a_full_filesystem(world, small_tmpfs, tmp_path):
+    """Each command writing into a full filesystem: status 1, one line naming the file and
+    'out of disk space', nothing left there (no empty directory either)."""
+    for name in sorted(OUTPUTS):
+        target = small_tmpfs / "new" / ("out" if name != "dump" else "d.st")
+        argv = with_output(name, command(name, world, tmp_path), target)
+        if name == "convert":
+            argv = [a if a != "llmc" else "hf" for a in argv]
+        if name == "prepare":  # more than a page of tokens
+            argv = [str(world.long)] * 3 + argv
+        status, err = run(name, argv, tmp_path)
+        check_run(name, status, err, small_tmpfs, f"{name} on a full disk")
+        assert status == 1 and "out of disk space" in err and "internal error" not in err, (name, err)
+        if name != "train":  # (train's run directory: its own rules, see docs/runs.md)
+            assert os.listdir(small_tmpfs) == [], (name, os.listdir(small_tmpfs))
+        subprocess.run(["rm", "-rf", *[os.path.join(small_tmpfs, f) for f in os.listdir(small_tmpfs)]])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
+@pytest.mark.parametrize("megabytes", [40, 90, 100, 120, 130, 150])
+def test_little_memory_is_one_line_from_the_first_import_on(megabytes, world, tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (megabytes << 20, megabytes << 20))
+    for name in ("convert", "generate", "dump"):
+        out = tmp_path / f"{name}{megabytes}"
+        out.mkdir()
+        status, err = run(name, command(name, world, out), out, preexec_fn=limit,
+                          env={"OMP_NUM_THREADS": ""})  # (OpenBLAS's own thread count)
+        if status == 0:
+            continue  # enough after all
+        assert "Traceback" not in err and "internal error" not in err, (name, megabytes, err)
+        # (when OpenBLAS ends the process itself, after its own line, ours follows)
+        last = [ln.rsplit("\r", 1)[-1] for ln in err.splitlines() if ln.strip()][-1]
+        assert status == 1 and last.startswith(f"{name}.py: error: out of memory"), (name, megabytes, err)
+
+
+def test_resource_errors_from_libraries_are_not_bugs():
+    from numpy_gpt2.cli import common
+
+    cases = [(MemoryError(), "out of memory"),
+             (OSError(errno.ENOSPC, "No space left on device", "/x"), "/x: out of disk space"),
+             (RuntimeError("can't start new thread"), "out of memory or threads (cannot start a thread)"),
+             (ImportError("libopenblas.so: failed to map segment from shared object"), "out of memory"),
+             (OSError(errno.EIO, "Input/output error", "/y"), "/y: an I/O error")]
+    for error, words in cases:
+        assert common.describe(error) == words
+        assert isinstance(common.input_error(error), common.ResourceError)
+    assert isinstance(common.input_error(OSError(errno.ENOENT, "No such file", "/z")), common.UsageError)
+
+
+# ---- 4. signals during start-up ------------------------------------------------------------
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_bursts_of_signals_during_start_up(world, tmp_path):
+    """Each command gets 2-3 SIGTERM or SIGINT quickly, at a random instant in the first
+    second after its script's first line (what runs before is Python's own start): status 0 or 128 + the first signal, one line, no traceback, no output left
+    behind unless whole, no empty directory."""
+    seed = random.randrange(2**32)  # (in every failure's message: rerun with it)
+    rng = random.Random(seed)
+    for trial in range(3):
+        procs = []
+        for name in NAMES:
+            out = tmp_path / f"{name}-{trial}"
+            out.mkdir()
+            argv = command(name, world, out)
+            proc = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *argv],
+                                    cwd=out, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            procs.append((name, out, proc, rng.choice([signal.SIGINT, signal.SIGTERM]),
+                          rng.uniform(0.05, 1.0), rng.randint(2, 3)))
+        due = {}  # pid -> when: `delay` after the script's first line set its handlers
+        pending, deadline = list(procs), time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for p in list(pending):
+                name, out, proc, signum, delay, count = p
+                if proc.pid not in due and _handler_installed(proc.pid):
+                    due[proc.pid] = time.monotonic() + delay
+                if proc.poll() is not None:
+                    pending.remove(p)
+                elif proc.pid in due and time.monotonic() >= due[proc.pid]:
+                    for _ in range(count):
+                        proc.send_signal(signum)
+                        time.sleep(0.003)
+                    pending.remove(p)
+            time.sleep(0.002)
+        for name, out, proc, signum, delay, count in procs:
+            _, err = proc.communicate(timeout=120)
+            err = err.decode(errors="replace")
+            what = f"{name}.py, {count} x {signal.Signals(signum).name} at {delay:.2f} s (seed {seed})"
+            check_run(name, proc.returncode, err, out, what)
+            assert proc.returncode in (0, 128 + signum), (what, proc.returncode, err)
+            empty = [d for d, dirs, files in os.walk(out) if not dirs and not files and d != str(out)]
+            assert not empty, (what, empty)
+
+
+# ---- 5. flags ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_integer_flag_beyond_int64_is_one_line(name, world, tmp_path):
+    from helpers.run_scripts import parser_of, with_value
+
+    parser = parser_of(name)
+    for action in [a for a in parser._actions if a.type is int]:
+        for value in ("9223372036854775808", "-9223372036854775809"):
+            argv = with_value(command(name, world, tmp_path), action, value, parser)
+            r = in_process(name, argv, tmp_path)
+            assert r.status == 2 and "out of range" in r.err, (name, action.dest, r.err)
+
+
+@pytest.mark.parametrize("flag", ["--temperature=0.5", "--temperature=1", "--top-k=5",
+                                  "--top-p=0.9", "--seed=1", "--min-p=0.1"])
+def test_beams_refuse_every_sampling_flag(flag, world, tmp_path):
+    r = in_process("generate", ["Hi", "--model", world.ckpt, "--num-beams", "2", flag], tmp_path)
+    assert r.status == 2 and "does not apply to beam search" in r.err, r.err
+
+
+def test_convert_llmc_vocab_size_keeps_trained_rows_and_refuses_tokenizer(world, tmp_path):
+    out = tmp_path / "m.bin"
+    r = in_process("convert", [world.ckpt, out, "--to", "llmc", "--vocab-size", "10"], tmp_path)
+    assert r.status == 2 and "--vocab-size 10 is smaller than the model's vocabulary" in r.err, r.err
+    r = in_process("convert", [world.ckpt, out, "--to", "llmc", "--tokenizer", world.ckpt], tmp_path)
+    assert r.status == 2 and "--tokenizer is for --to hf" in r.err, r.err
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("name", ["generate", "perplexity"])
+def test_threads_flag(name, world, tmp_path):
+    r = in_process(name, BASE[name](world, StrPath(tmp_path)) + ["--threads", "0"], tmp_path)
+    assert r.status == 2 and "--threads 0" in r.err
+    r = in_process(name, BASE[name](world, StrPath(tmp_path)) + ["--threads", "1"], tmp_path)
+    assert r.status == 0, r.err
+
+
+@pytest.mark.parametrize("example, extra", [("port_forward", []), ("port_train_step", [])])
+def test_examples_one_line_for_a_bad_ref(example, extra, world, tmp_path):
+    script = os.path.join(os.path.dirname(SCRIPTS), "examples", f"{example}.py")
+    for ref in (tmp_path / "missing.safetensors", world.acts):
+        if example == "port_forward" and ref == world.acts:
+            continue  # activations are all port_forward needs
+        proc = subprocess.run([sys.executable, script, "--model", world.ckpt, "--ref", ref,
+                               "--out", tmp_path / "p.st"], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["dump", "convert", "prepare"])
+@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), ("Terminated", 143)])
+def test_a_signal_after_the_commit_says_the_output_is_complete(name, stop, status, world, tmp_path,
+                                                               cached_tokenizer):
+    """Ctrl-C or SIGTERM right after the output was committed: the status of the signal, and
+    the line says the output was written whole (it is)."""
+    from numpy_gpt2.cli import common
+
+    stop = common.Terminated if stop == "Terminated" else stop
+    record = common.written
+
+    def written_then_stopped(path):
+        record(path)
+        raise stop
+    argv = command(name, world, tmp_path)
+    with mock.patch.object(common, "written", written_then_stopped):
+        r = in_process(name, argv, tmp_path, budget=60)
+    assert r.status == status, r.err
+    last = [ln.rsplit("\r", 1)[-1] for ln in r.err.splitlines() if ln.strip()][-1]
+    assert last.endswith("was written (complete)"), last
+    if name == "dump":
+        import numpy_gpt2
+        numpy_gpt2.load_dump(tmp_path / "d.safetensors")  # whole
+
+
+def test_a_commands_own_stop_exception_is_its_signal(capsys):
+    """A BaseException carrying `signum` (train's Stopped, raised by a second signal) that
+    escapes a command: 128 + signum and one line, never a traceback."""
+    from numpy_gpt2.cli import common
+
+    class Stopped(BaseException):
+        def __init__(self, signum):
+            super().__init__(signum)
+            self.signum = signum
+
+    @common.entry("x")
+    def main(argv=None):
+        raise Stopped(signal.SIGTERM)
+
+    assert main([]) == 143
+    assert capsys.readouterr().err == "x.py: stopped by SIGTERM\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_the_numpy_gpt2_command_itself(tmp_path):
+    """`python -m numpy_gpt2` --help / --version / an unknown subcommand: the same rules."""
+    def shell(args, redirect=""):
+        proc = subprocess.run(["sh", "-c", f'"$@" {redirect}', "sh", sys.executable, "-m", "numpy_gpt2",
+                               *args], capture_output=True, text=True, cwd=tmp_path)
+        return proc.returncode, proc.stdout, proc.stderr
+    status, out, err = shell(["--version"])
+    assert status == 0 and out.startswith("numpy_gpt2 ") and err == ""
+    assert shell(["bogus"])[0::2] == (2, "numpy-gpt2: error: unknown subcommand 'bogus'; choose from "
+                                         "generate, perplexity, train, prepare, convert, dump, compare "
+                                         "(see numpy-gpt2 --help)\n")
+    assert shell(["--help"], "> /dev/full")[0::2] == (
+        1, "numpy-gpt2: error: cannot write to standard output (out of disk space)\n")
+    assert shell(["--version"], ">&-")[0::2] == (
+        1, "numpy-gpt2: error: cannot write to standard output (it is closed)\n")
+
+
+@pytest.mark.parametrize("name", ["dump", "convert"])
+def test_a_file_output_replaces_only_its_own_kind(name, world, tmp_path, cached_tokenizer):
+    """A user's file (or another command's) at the output's name is refused and untouched; the
+    command's own earlier output is replaced."""
+    mine = tmp_path / "mine"
+    for content in (b"notes", open(world.acts, "rb").read() if name == "convert" else b"\x00" * 64):
+        mine.write_bytes(content)
+        r = in_process(name, with_output(name, command(name, world, tmp_path), mine), tmp_path)
+        assert r.status == 2 and "was not written by this command" in r.err, r.err
+        assert mine.read_bytes() == content
+    own = tmp_path / "own"
+    argv = with_output(name, command(name, world, tmp_path), own)
+    assert in_process(name, argv, tmp_path, budget=60).status == 0
+    assert in_process(name, argv, tmp_path, budget=60).status == 0  # its own: replaced
