@@ -214,7 +214,8 @@ def test_missing_parents_are_created_and_removed_when_the_command_fails(name, wo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     with mock.patch("numpy_gpt2.io.atomic._fsync_file", full), \
-            mock.patch("numpy_gpt2.io.token_files.write_tokens", full):
+            mock.patch("numpy_gpt2.io.token_files.write_tokens", full), \
+            mock.patch("numpy_gpt2.training.data.write_tokens", full):  # (prepare writes through it)
         r = in_process(name, with_output(name, argv, failing), tmp_path, budget=120)
     assert r.status == 1 and "out of disk space" in r.err, (name, r.err)
     assert not os.path.exists(tmp_path / "x"), (name, os.listdir(tmp_path / "x"))
