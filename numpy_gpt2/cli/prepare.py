@@ -162,9 +162,11 @@ def prepare(args, files, tokenizer, progress) -> dict:
             f.write("\n")
         os.replace(temp, meta_path)
 
+    marked = False  # this run wrote the provisional meta.json (removed again if it fails)
     try:
         if not os.path.exists(meta_path):  # first: the directory is prepare's own from now on
             write_meta({"format": FORMAT})
+            marked = True
         try:
             counts = write_token_splits(
                 args.out, tokenize(files, tokenizer, args.workers, progress),
@@ -176,14 +178,16 @@ def prepare(args, files, tokenizer, progress) -> dict:
                 "vocab_size": int(tokenizer.n_vocab), **counts, "val_fraction": args.val_fraction,
                 "seed": args.seed, "inputs": [os.path.abspath(i) for i in args.inputs]}
         write_meta(meta)
+        marked = False
         common.written(args.out)
     except OSError as e:  # writing: name the output (not a temporary file, or nothing)
         if e.errno is None:
             raise
         raise OSError(e.errno, e.strerror, args.out) from e
     finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+        for path in (temp, meta_path if marked else None):
+            if path and os.path.exists(path):
+                os.remove(path)
     return meta
 
 

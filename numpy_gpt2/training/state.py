@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from numpy_gpt2.errors import describe
+
 from numpy_gpt2.checks import is_int, show
 from numpy_gpt2.finite import all_finite, non_finite_weights
 from numpy_gpt2.io import atomic
@@ -237,7 +239,7 @@ class SaveError(Exception):
 
 
 def _reason(e: BaseException) -> str:
-    return " ".join(str(getattr(e, "strerror", None) or e or type(e).__name__).split())
+    return describe(e)  # "out of disk space", ... or the error's own message; never empty
 
 
 def _step_on_disk(directory, step: int) -> tuple[int | None, bool]:

@@ -475,9 +475,9 @@ def test_the_numpy_gpt2_command_itself(tmp_path):
         return proc.returncode, proc.stdout, proc.stderr
     status, out, err = shell(["--version"])
     assert status == 0 and out.startswith("numpy_gpt2 ") and err == ""
+    from numpy_gpt2.cli import COMMANDS
     assert shell(["bogus"])[0::2] == (2, "numpy-gpt2: error: unknown subcommand 'bogus'; choose from "
-                                         "generate, perplexity, train, prepare, convert, dump, compare "
-                                         "(see numpy-gpt2 --help)\n")
+                                         f"{', '.join(COMMANDS)} (see numpy-gpt2 --help)\n")
     assert shell(["--help"], "> /dev/full")[0::2] == (
         1, "numpy-gpt2: error: cannot write to standard output (out of disk space)\n")
     assert shell(["--version"], ">&-")[0::2] == (
