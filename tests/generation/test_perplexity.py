@@ -187,8 +187,11 @@ def test_script_input_errors(ckpt, tokenizer_dir, tmp_path, capsys):
     binary.write_bytes(b"\xff\xfe\x00abc")
     cases = [([empty], "the file is empty"),
              ([one], "the text is 1 token long; perplexity needs at least 2 tokens"),
-             ([text, "--stride", "33"], "stride must be in 1..max_length=32, got 33"),
-             ([text, "--max-length", "64"], "max_length=64 is longer than the model's context"),
+             ([text, "--stride", "33"], "--stride must be in 1..32 (the window, --max-length), got 33"),
+             ([text, "--max-length", "8", "--stride", "0"], "--stride must be in 1..8 (the window"),
+             ([text, "--max-length", "64"], "--max-length must be in 2..32 (the model's context, n_ctx), got 64"),
+             ([text, "--max-length", "1"], "--max-length must be in 2..32 (the model's context"),
+             ([text, "--max-length", "99999999999999999999"], "--max-length must be in 2..32"),
              ([tmp_path / "nope.txt"], "No such file"),
              ([binary], "not UTF-8 text"),
              ([text, "--bogus"], "perplexity.py: error: unrecognized arguments: --bogus (see --help)"),
