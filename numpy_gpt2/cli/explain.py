@@ -71,8 +71,10 @@ def main(argv=None) -> int:
     parser.add_argument("--top-p", type=float, default=0.95, help="default: 0.95 (1 = off)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.top_k is not None and args.top_k < 0:
-        raise UsageError(f"--top-k must be an integer >= 0 (0 = no limit), got {args.top_k}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be an integer >= 0 (0 = off), got {args.top_k}")
+    if not 0 < args.top_p <= 1:  # (here the default is 0.95: leaving it out is no way to turn it off)
+        raise UsageError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
     start = time.time()
     try:
         check_output_path(args.out, example="walk.html")
