@@ -20,6 +20,7 @@ from __future__ import annotations
 from numpy_gpt2.cli import common
 
 import os
+import re
 import sys
 import time
 
@@ -31,6 +32,13 @@ from numpy_gpt2.cli.dump import check_output_path
 from numpy_gpt2.io.atomic import write_files_atomically
 
 FLAGS = {"prompt": "PROMPT"}  # the library's argument names that are not --flags here
+ARGUMENTS = re.compile(r"(prompt|target|layer|head|temperature|top_k|top_p)\b")  # explain_page's
+
+
+def worded(error) -> str:
+    """An error as one line: worded with the flags when it names one of explain_page's
+    arguments, else as it is (a file's or a checkpoint's message: "cannot read ..." is no flag)."""
+    return common.flag_message(error, FLAGS) if ARGUMENTS.match(str(error)) else str(error)
 
 
 def write_page(path: str, text: str) -> None:
@@ -86,7 +94,7 @@ def main(argv=None) -> int:
                                        temperature=args.temperature, top_p=args.top_p, model=args.model)
         write_page(args.out, page)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(common.flag_message(e, FLAGS)) from None
+        raise UsageError(worded(e)) from None
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB): {args.model}, {args.dtype}, "
           f"layer {args.layer} head {args.head} in detail, {time.time() - start:.1f} s")
     return 0

@@ -394,6 +394,22 @@ def test_command_refuses_bad_input(checkpoint, tmp_path, argv, message):
     assert sorted(os.listdir(tmp_path)) == ["readonly", "walk.html"]
 
 
+@pytest.mark.parametrize("damage, message", [
+    (("vocab.json", '{"a": '), "cannot read GPT-2 BPE files"),
+    (("config.json", '{"n_layer": 2,'), "config.json: not valid JSON"),
+])
+def test_file_errors_are_not_worded_as_flags(checkpoint, tmp_path, damage, message):
+    """Only explain_page's own arguments become flags: "cannot read ..." stays a sentence."""
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / damage[0]).write_text(damage[1])
+    run = in_process("explain", ["Hi", "--model", broken, "--out", tmp_path / "walk.html"],
+                     tmp_path, budget=60)
+    assert run.status == 2
+    line = run.err.strip()
+    assert line.startswith(f"explain.py: error: ") and message in line and "--" not in line, run.err
+
+
 def test_interrupted_write_leaves_the_previous_page(checkpoint, tmp_path, monkeypatch):
     from numpy_gpt2.cli import explain as cli_explain
     out = tmp_path / "walk.html"
