@@ -54,8 +54,9 @@ def check_windows(args, n_ctx: int) -> None:
         raise UsageError(f"--max-length must be in 2..{n_ctx} (the model's context, n_ctx), "
                          f"got {args.max_length}")
     if args.stride is not None and not 1 <= args.stride <= max_length:
+        why = "; a longer stride would skip the tokens between windows" if args.stride > 1 else ""
         raise UsageError(f"--stride must be in 1..{max_length} (the window, --max-length), got "
-                         f"{args.stride}; a longer stride would skip the tokens between windows")
+                         f"{args.stride}{why}")
 
 
 @common.entry("perplexity")
