@@ -11,9 +11,7 @@ The public API below is loaded on first use (`numpy_gpt2.forward` imports numpy_
 then), so `import numpy_gpt2` and the command's start-up stay quick.
 """
 
-from __future__ import annotations
-
-import importlib
+import importlib as _importlib  # (private: dir(numpy_gpt2) lists the API and the modules)
 
 __version__ = "0.2.0"
 
@@ -50,12 +48,12 @@ def __getattr__(name: str):
     module = _API.get(name)
     if module is None:
         try:  # a submodule or subpackage: numpy_gpt2.layers, numpy_gpt2.io
-            return importlib.import_module(f"numpy_gpt2.{name}")
+            return _importlib.import_module(f"numpy_gpt2.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"numpy_gpt2.{name}":
                 raise
         raise AttributeError(f"module 'numpy_gpt2' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

@@ -29,9 +29,16 @@ def token_nll(logits, targets):
 
     logits: (..., T, V) scores predicting the tokens `targets`: (..., T) int ids (already
     shifted: targets[t] is the token that follows the input at position t). Returns (..., T)
-    in the logits' dtype.
+    in the logits' dtype. ValueError when targets do not match the logits' leading shape or
+    are not ids in [0, V) (a negative id would silently index from the end).
     """
     targets = np.asarray(targets)
+    if targets.shape != np.shape(logits)[:-1] or (targets.size and targets.dtype.kind not in "iu"):
+        raise ValueError(f"targets must be token ids of shape {np.shape(logits)[:-1]} (the "
+                         f"logits' shape without V), got {targets.dtype} of shape {targets.shape}")
+    if targets.size and not 0 <= targets.min() <= targets.max() < np.shape(logits)[-1]:
+        bad = targets[(targets < 0) | (targets >= np.shape(logits)[-1])].flat[0]
+        raise ValueError(f"targets must be ids in [0, {np.shape(logits)[-1]}) (V), got {bad}")
     logp = log_softmax(logits)
     return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from numpy_gpt2.cli import common
 
 import os
+import re
 import sys
 import time
 
@@ -32,6 +33,13 @@ from numpy_gpt2.io.outputs import output_file
 from numpy_gpt2.io.atomic import write_files_atomically
 
 FLAGS = {"prompt": "PROMPT"}  # the library's argument names that are not --flags here
+ARGUMENTS = re.compile(r"(prompt|target|layer|head|temperature|top_k|top_p)\b")  # explain_page's
+
+
+def worded(error) -> str:
+    """An error as one line: worded with the flags when it names one of explain_page's
+    arguments, else as it is (a file's or a checkpoint's message: "cannot read ..." is no flag)."""
+    return common.flag_message(error, FLAGS) if ARGUMENTS.match(str(error)) else str(error)
 
 
 def is_page(path) -> bool:
@@ -84,8 +92,10 @@ def main(argv=None) -> int:
     parser.add_argument("--top-p", type=float, default=0.95, help="default: 0.95 (1 = off)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.top_k is not None and args.top_k < 0:
-        raise UsageError(f"--top-k must be an integer >= 0 (0 = no limit), got {args.top_k}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be an integer >= 0 (0 = off), got {args.top_k}")
+    if not 0 < args.top_p <= 1:  # (here the default is 0.95: leaving it out is no way to turn it off)
+        raise UsageError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
     start = time.time()
     try:
         try:
@@ -100,7 +110,7 @@ def main(argv=None) -> int:
                                        temperature=args.temperature, top_p=args.top_p, model=args.model)
         write_page(args.out, page)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(common.flag_message(e, FLAGS)) from None
+        raise UsageError(worded(e)) from None
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB): {args.model}, {args.dtype}, "
           f"layer {args.layer} head {args.head} in detail, {time.time() - start:.1f} s")
     return 0

@@ -149,7 +149,7 @@ def processor_options(args, tokenizer=None, config=None) -> dict:
 def check_flag_combinations(args):
     """Beam search takes only its own flags; a prompt and a prompts file exclude each other."""
     if args.prompts_file is not None and args.prompt is not None:
-        raise ValueError("give either a prompt or --prompts-file, not both")
+        raise UsageError("give either a prompt or --prompts-file, not both")  # (no argument name to map)
     if args.logprobs is not None:
         args.json = True
     if args.num_beams < 1:

@@ -46,6 +46,19 @@ def progress_bar():
     return show, close
 
 
+def check_windows(args, n_ctx: int) -> None:
+    """--max-length and --stride against the model's context, worded as the flags (the
+    library's own checks name its arguments)."""
+    max_length = n_ctx if args.max_length is None else args.max_length
+    if not 2 <= max_length <= n_ctx:
+        raise UsageError(f"--max-length must be in 2..{n_ctx} (the model's context, n_ctx), "
+                         f"got {args.max_length}")
+    if args.stride is not None and not 1 <= args.stride <= max_length:
+        why = "; a longer stride would skip the tokens between windows" if args.stride > 1 else ""
+        raise UsageError(f"--stride must be in 1..{max_length} (the window, --max-length), got "
+                         f"{args.stride}{why}")
+
+
 @common.entry("perplexity")
 def main(argv=None) -> int:
     parser = common.Parser(description=__doc__.split("\n\n")[0])
@@ -68,6 +81,7 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.file}: the file is empty; nothing to score")
         path = numpy_gpt2.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
+        check_windows(args, config.n_ctx)  # before tokenizing a long text
         tokens = encode(numpy_gpt2.load_tokenizer(path), text)  # train.py's rule for <|endoftext|>
         if len(tokens) < 2:
             raise ValueError(f"{args.file}: the text is {len(tokens)} token long; perplexity "

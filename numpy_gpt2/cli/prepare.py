@@ -1,7 +1,7 @@
-"""Tokenize text files into uint16 token files for train.py --data DIR (nanoGPT's format).
+"""Tokenize text files into uint16 token files for `numpy-gpt2 train --data DIR` (nanoGPT's format).
 
-    python scripts/prepare.py corpus/ more.txt --out data/mycorpus
-    python scripts/train.py --data data/mycorpus --out out-mycorpus
+    numpy-gpt2 prepare corpus/ more.txt --out data/mycorpus
+    numpy-gpt2 train --data data/mycorpus --out out-mycorpus
 
 Every INPUT is a UTF-8 text file or a directory (its files, recursively, in sorted order;
 names starting with "." are skipped). A document is one input file, split further wherever
@@ -11,7 +11,7 @@ followed by the separator token <|endoftext|> (50256), as in nanoGPT's
 data/openwebtext/prepare.py. Each document goes to the validation split with probability
 --val-fraction, drawn from a generator seeded with --seed, so the same inputs always give
 the same files; a split left without documents gets the last one. A single document (one
-file, e.g. Tiny Shakespeare) is cut by characters instead, as train.py --data FILE.txt and
+file, e.g. Tiny Shakespeare) is cut by characters instead, as train --data FILE.txt and
 nanoGPT's data/shakespeare/prepare.py do: the first 90% train, the rest validate.
 
 Writes DIR/train.bin and DIR/val.bin (headerless little-endian uint16, nanoGPT's format) and

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 
@@ -94,6 +95,8 @@ def load_dump(path) -> dict:
     """
     from safetensors import safe_open
 
+    if os.path.isdir(path):  # (safetensors would say "No such device")
+        raise ValueError(f"{path}: a directory, not a dump file (.safetensors)")
     try:
         with safe_open(str(path), framework="np") as f:
             metadata = dict(f.metadata() or {})

@@ -314,6 +314,13 @@ def _left_pad(prompts, width, steps, pad):
     return seqs, real
 
 
+def _widen(seqs, real, pad):
+    """seqs and real (B, W) -> (B, 2 W): the same columns, then W of padding (real True),
+    so a sliding run of any length holds only the tokens made so far."""
+    return (np.concatenate([seqs, np.full_like(seqs, pad)], axis=1),
+            np.concatenate([real, np.ones_like(real)], axis=1))
+
+
 def _next_logits(params, config, tokens, real, **kw):
     """forward's logits (B, V) for the last position; the attention mask `real` is passed
     only where there is padding (without one, forward takes its plain path)."""
@@ -353,11 +360,14 @@ def _generate(params, config, prompts, max_new_tokens, choice, rng, stop_at_eos,
     B, n_ctx, eos = len(prompts), config.n_ctx, choice.eos
     lengths = np.array([len(p) for p in prompts])
     T = int(lengths.max())
-    room = np.full(B, max_new_tokens) if slide else np.minimum(max_new_tokens, n_ctx - lengths + 1)
+    # (a Python int first: max_new_tokens may exceed int64; with context="stop" no row makes
+    # more than n_ctx + 1 tokens, and a sliding run ends long before 2**62 steps)
+    room = np.full(B, min(max_new_tokens, 2**62)) if slide else \
+        np.minimum(min(max_new_tokens, n_ctx + 1), n_ctx - lengths + 1)
     steps = int(room.max())
     if steps <= 0:
         return
-    seqs, real = _left_pad(prompts, T, steps, eos)
+    seqs, real = _left_pad(prompts, T, min(steps, n_ctx + 1), eos)  # slide: grown as needed
     off = T - min(T, n_ctx)  # the first column the model sees (slide: prompts past n_ctx)
     # Room for the prompts and every token that will be fed back (all but the last one made).
     cache = new_kv_cache(config, B, params["wte"]["weight"].dtype, max_len=min(n_ctx, T - off + steps - 1))
@@ -386,6 +396,8 @@ def _generate(params, config, prompts, max_new_tokens, choice, rng, stop_at_eos,
         done = room <= step + 1  # rows that made their last token
         if step == steps - 1 or (done | finished).all():
             return
+        if cur == seqs.shape[1]:  # (slide) full: room for as many columns again
+            seqs, real = _widen(seqs, real, eos)
         seqs[active, cur] = new
         leave = done[active] | (finished[active] if compact else False)
         if leave.any():

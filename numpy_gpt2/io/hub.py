@@ -62,7 +62,13 @@ def resolve_model(model) -> str:
     sharded .bin (OTHER_WEIGHTS), each a download of its own.
     """
     model = os.path.expanduser(os.fspath(model))
+    if not model.strip():
+        raise CheckpointError(f"{model!r}: an empty model name; expected a checkpoint directory "
+                              f"or weights file, or a hub name such as gpt2")
     if os.path.exists(model):
+        if not (os.path.isdir(model) or os.path.isfile(model)):  # /dev/null, a FIFO, a socket
+            raise CheckpointError(f"{model}: not a checkpoint: neither a directory nor a "
+                                  f"regular file")
         return model
     if _looks_like_path(model):
         raise CheckpointError(f"{model}: no such file or directory")

@@ -331,6 +331,7 @@ def test_input_errors_exit_2_with_one_line(ckpt, reference_dump, tmp_path, capsy
     save_activations(no_model, TOKENS, {"logits": np.zeros((11, 97), np.float32)})
     cases = [([garbage, reference_dump], "cannot read as safetensors"),
              ([tmp_path / "nope.safetensors", reference_dump], "no such file"),
+             ([tmp_path, reference_dump], f"{tmp_path}: a directory, not a dump file (.safetensors)"),
              ([reference_dump, other_tokens], "different tokens"),
              ([reference_dump, unrelated], "no tensor names in common"),
              ([no_model, "live"], "pass --model"),

@@ -370,7 +370,9 @@ def test_command_writes_the_page(checkpoint, tmp_path):
     (["Hi", "--out", "{out}", "--target", "x" + " y" * 24], "PROMPT is 1 tokens plus 24 target tokens, longer"),
     (["Hi", "--out", "{out}", "--layer", "2"], "--layer must be an integer in 0..1"),
     (["Hi", "--out", "{out}", "--head", "-1"], "--head must be an integer in 0..1"),
-    (["Hi", "--out", "{out}", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["Hi", "--out", "{out}", "--top-p", "0"], "--top-p must be in (0, 1] (1 = off), got 0.0"),
+    (["Hi", "--out", "{out}", "--top-p", "nan"], "--top-p must be in (0, 1] (1 = off), got nan"),
+    (["Hi", "--out", "{out}", "--top-k", "-1"], "--top-k must be an integer >= 0 (0 = off), got -1"),
     (["Hi", "--out", "{out}", "--target", ""], "--target is empty"),
     (["Hi", "--out", "{dir}/missing/walk.html"], "does not exist"),
     (["Hi", "--out", "{dir}/readonly/walk.html"], "is not writable"),
@@ -390,6 +392,22 @@ def test_command_refuses_bad_input(checkpoint, tmp_path, argv, message):
     assert len(lines) == 1 and lines[0].startswith("explain.py: error: ") and message in lines[0], run.err
     assert out.read_text() == "the previous page"  # untouched, no half-written page
     assert sorted(os.listdir(tmp_path)) == ["readonly", "walk.html"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (("vocab.json", '{"a": '), "cannot read GPT-2 BPE files"),
+    (("config.json", '{"n_layer": 2,'), "config.json: not valid JSON"),
+])
+def test_file_errors_are_not_worded_as_flags(checkpoint, tmp_path, damage, message):
+    """Only explain_page's own arguments become flags: "cannot read ..." stays a sentence."""
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / damage[0]).write_text(damage[1])
+    run = in_process("explain", ["Hi", "--model", broken, "--out", tmp_path / "walk.html"],
+                     tmp_path, budget=60)
+    assert run.status == 2
+    line = run.err.strip()
+    assert line.startswith(f"explain.py: error: ") and message in line and "--" not in line, run.err
 
 
 def test_interrupted_write_leaves_the_previous_page(checkpoint, tmp_path, monkeypatch):

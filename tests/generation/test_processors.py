@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers.generation import logits_process as lp
 
+from numpy_gpt2.cli.common import flag_message
 from numpy_gpt2.generation.checks import check_processor_args
 from numpy_gpt2.generation.processors import (apply_processors, apply_warpers,
                                    frequency_penalty, logit_bias, min_new_tokens, min_p_filter,
@@ -206,8 +207,9 @@ def test_bad_options_are_value_errors_naming_them(kwargs, message):
 
 
 def test_cli_messages_name_the_flags_and_off_values_are_dropped():
-    with pytest.raises(ValueError, match="^--no-repeat-ngram-size must"):
-        check_processor_args(10, cli=True, no_repeat_ngram_size=-1)
+    with pytest.raises(ValueError, match="^no_repeat_ngram_size must") as error:
+        check_processor_args(10, no_repeat_ngram_size=-1)
+    assert flag_message(error.value).startswith("--no-repeat-ngram-size must")  # the command's wording
     assert check_processor_args(10, repetition_penalty=1.0, frequency_penalty=0.0, no_repeat_ngram_size=0,
                                 min_new_tokens=0, typical_p=1.0, min_p=None) == {}
     assert check_processor_args(10, typical_p=0.5, repetition_penalty=2) == {"repetition_penalty": 2,

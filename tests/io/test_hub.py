@@ -73,6 +73,22 @@ def test_missing_local_paths_are_not_sent_to_the_hub(model, monkeypatch):
         numpy_gpt2.resolve_model(model)
 
 
+@pytest.mark.parametrize("model, message", [
+    ("", "'': an empty model name; expected a checkpoint directory or weights file, or a hub name"),
+    ("  ", "'  ': an empty model name"),
+    ("/dev/null", "/dev/null: not a checkpoint: neither a directory nor a regular file"),
+    ("{fifo}", "{fifo}: not a checkpoint: neither a directory nor a regular file"),
+])
+def test_empty_names_and_special_files_are_refused_where_they_enter(model, message, tmp_path, monkeypatch):
+    """Not sent to the hub, and not reported as missing: they exist, but hold no checkpoint."""
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _must_not_be_called)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError) as error:
+        numpy_gpt2.resolve_model(model.format(fifo=fifo))
+    assert str(error.value).startswith(message.format(fifo=fifo))
+
+
 def _must_not_be_called(*args, **kwargs):
     raise AssertionError("snapshot_download was called")
 

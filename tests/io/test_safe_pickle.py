@@ -293,3 +293,16 @@ def test_memo_indices_and_deep_nesting_stay_cheap():
     deep = b"\x80\x02}N" + b"\x85" * 100_000 + b"Ns."
     with pytest.raises(CheckpointError, match="dict key of type tuple"):
         unpickle(deep, 0, "x", {})
+
+
+def test_broken_archive_and_pickle_messages_quote_the_error_plainly(tmp_path):
+    """The reader's own error text is quoted as text, not tagged with a JSON type ("(a string)")."""
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(b"PK\x03\x04junk")
+    with pytest.raises(CheckpointError) as error:
+        numpy_gpt2.load(path)
+    assert str(error.value) == f"{path}: not a readable zip archive (BadZipFile: File is not a zip file)"
+    path.write_bytes(zip_archive(b"\x85.", {"0": bytes(24)}))  # TUPLE1 on an empty stack
+    with pytest.raises(CheckpointError, match=r"corrupted pickle at byte \d+: \w+: ") as error:
+        numpy_gpt2.load(path)
+    assert "(a string)" not in str(error.value)

@@ -73,7 +73,7 @@ def unpickle(data, start: int, where: str, allowed: dict, persistent_load=None) 
     except (IndexError, KeyError, TypeError, ValueError, AttributeError, OverflowError,
             RecursionError, MemoryError, struct.error, UnicodeDecodeError) as e:
         raise CheckpointError(f"{where}: corrupted pickle at byte {vm.op_pos}: "
-                              f"{type(e).__name__}: {show(str(e))}") from None
+                              f"{type(e).__name__}: {cut(str(e))}") from None
 
 
 class _Machine:

@@ -24,7 +24,7 @@ import re
 import zipfile
 import zlib
 
-from numpy_gpt2.checks import show
+from numpy_gpt2.checks import cut, show
 from numpy_gpt2.errors import CheckpointError
 from numpy_gpt2.io.formats.safe_pickle import PickleRefused, unpickle
 from numpy_gpt2.io.formats.tensor_copy import ITEMSIZE, Stored
@@ -168,7 +168,7 @@ def _read_zip(path: str, size: int):
             infos = z.infolist()
     except Exception as e:  # zipfile raises many types on a damaged archive; all mean "corrupt"
         raise CheckpointError(f"{path}: not a readable zip archive ({type(e).__name__}: "
-                              f"{show(str(e))})") from None
+                              f"{cut(str(e))})") from None
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
         raise CheckpointError(f"{path}: zip archive lists a file twice")
