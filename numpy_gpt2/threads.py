@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import itertools
 import os
 import threading
 
@@ -44,8 +45,14 @@ _local = threading.local()  # .count: this thread's override (blas_threads_only)
 
 def threads() -> int:
     """Threads to share work between: 1 inside blas_threads_only() on this thread, else
-    set_threads(n)'s n, else thread_count()."""
-    return getattr(_local, "count", None) or _count or thread_count()
+    pool_threads()."""
+    return getattr(_local, "count", None) or pool_threads()
+
+
+def pool_threads() -> int:
+    """The pool's size: set_threads(n)'s n, else thread_count() (blas_threads_only() does
+    not change it: attention shares its heads out between the pool's threads even there)."""
+    return _count or thread_count()
 
 
 @contextlib.contextmanager
@@ -98,22 +105,42 @@ def _pool(n):
 
 
 def thread_pool():
-    """The shared pool: threads() worker threads, made on first use."""
-    return _pool(threads())
+    """The shared pool: pool_threads() worker threads, made on first use."""
+    return _pool(pool_threads())
 
 
 def run_shares(work, n):
-    """work(0), ..., work(n - 1) at the same time: work(0) on the calling thread (which would
-    otherwise only wait), the others in the pool. Returns their results in order; the first
-    exception raised is raised here, after all have finished."""
+    """work(0), ..., work(n - 1) at the same time, on the calling thread and up to n - 1 pool
+    threads. Returns their results in order; the first exception raised is raised here,
+    after all have finished.
+
+    Shares are claimed, not assigned: each thread takes the next share nobody has started,
+    the calling thread included, so a pool thread that the system does not run soon (another
+    process keeping its core busy) is not waited for: the caller does its share too, and
+    waits only for shares already under way. Which thread runs a share never changes its
+    result (every caller's work is the same arithmetic on the same numbers)."""
     if n == 1:
         return [work(0)]
-    futures = [thread_pool().submit(work, i) for i in range(1, n)]
+    results = [None] * n
+    claim = itertools.count()  # next(claim) is atomic under the GIL
+
+    def run():
+        for i in iter(lambda: next(claim), None):
+            if i >= n:
+                return
+            results[i] = work(i)
+
+    helpers = [thread_pool().submit(run) for _ in range(n - 1)]
     try:
-        first = work(0)
+        run()
     finally:
-        concurrent.futures.wait(futures)
-    return [first] + [f.result() for f in futures]
+        for h in helpers:
+            h.cancel()  # not started yet: every share is taken, nothing left for it
+        concurrent.futures.wait(helpers)
+    for h in helpers:
+        if not h.cancelled():
+            h.result()  # a helper's exception
+    return results
 
 
 def for_each_piece(work, n_pieces, min_pieces=2):
