@@ -56,7 +56,7 @@ def matmul_fast(a, b, out=None, bias=None):
     M, N = a.shape[0], b.shape[1]
     if out is None:
         out = np.empty((M, N), dtype=np.result_type(a, b))
-    if threads() == 1 or not can_limit_blas():
+    if not can_limit_blas() or threads() == 1:  # (can_limit_blas first: it applies $NUMPY_GPT2_THREADS)
         np.matmul(a, b, out=out)
         if bias is not None:
             out += bias

@@ -4,11 +4,13 @@ BLAS library's own threads.
 NumPy runs a ufunc on one core, but releases the GIL while it runs, so pieces of one array
 handed to threads use every core.
 
-How many: set_threads(n)'s n when set (the benchmarks match PyTorch's thread count), else
-$NUMPY_GPT2_THREADS when set (scripts/train.py --threads sets it, with OPENBLAS_NUM_THREADS
-for BLAS), else the CPUs this process may run on (its affinity mask, os.sched_getaffinity:
+How many: set_threads(n)'s n when set (the benchmarks match PyTorch's thread count; a
+--threads option calls it), else $NUMPY_GPT2_THREADS when set (scripts/train.py --threads
+sets it), else the CPUs this process may run on (its affinity mask, os.sched_getaffinity:
 mpiexec -bind-to core, taskset, a Slurm allocation), not the machine's core count, so a
-process pinned to one core does not run two busy threads on it.
+process pinned to one core does not run two busy threads on it. set_threads(n) and
+$NUMPY_GPT2_THREADS set OpenBLAS's own thread count to n as well. See docs/speed.md
+("Threads") for when to use fewer threads than cores.
 
 Many small matmuls (attention: one per head and query block) are faster shared out between
 the pool's threads with a single-threaded BLAS inside each than each one split by BLAS over
@@ -75,13 +77,20 @@ def blas_threads_only():
 
 
 def set_threads(n: int | None) -> None:
-    """Use n worker threads from now on (None: back to thread_count()). Raises ValueError
-    unless n is a positive integer or None. The pool is made again on its next use."""
+    """Use n threads from now on, for the pool AND for BLAS's own threads (OpenBLAS: its
+    thread count is set to n too, so set_threads(1) makes everything single-threaded);
+    None: back to thread_count() for the pool and BLAS's count from before the first call.
+    What a --threads command-line option should call. Raises ValueError unless n is a
+    positive integer or None. The pool is made again on its next use."""
     global _count
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"threads must be a positive integer or None, got {n!r}")
     _count = n
     _pool.cache_clear()
+    blas = _blas()
+    if blas is not None:
+        with _blas_lock:
+            blas[1](n if n is not None else _blas_default())
 
 
 THREADS_ENV = "NUMPY_GPT2_THREADS"
@@ -186,7 +195,22 @@ def _openblas_functions():
 
 @functools.lru_cache(maxsize=1)
 def _blas():
-    return _openblas_functions()  # callers have imported NumPy, so its BLAS is mapped
+    """The loaded OpenBLAS's (get, set), or None. On first sight, $NUMPY_GPT2_THREADS (when
+    set) becomes BLAS's thread count too."""
+    found = _openblas_functions()  # callers have imported NumPy, so its BLAS is mapped
+    if found is not None:
+        _blas_default.value = found[0]()
+        if os.environ.get(THREADS_ENV) and _count is None:
+            found[1](thread_count())
+    return found
+
+
+def _blas_default():
+    """BLAS's own thread count as the process started (OPENBLAS_NUM_THREADS, else its CPUs)."""
+    return _blas_default.value
+
+
+_blas_default.value = 1
 
 
 _blas_lock = threading.Lock()
