@@ -201,14 +201,15 @@ def worker_argv(side, directory, threads):
     return [os.path.abspath(__file__), "--worker", side, "--dir", directory, "--threads", str(threads)]
 
 
-def side_limits(side_name, shapes, threads):
+def side_limits(side_name, shapes, threads, min_time=0.15, nbytes=1 << 29):
     """This side's best SGEMM rate per (M, K, N) (GFLOP/s, its own BLAS and thread count)
-    and, on the NumPy side, the streaming read bandwidth (GB/s)."""
+    and, on the NumPy side, the streaming read bandwidth (GB/s) over nbytes."""
     shapes = [tuple(s) for s in shapes]
     if side_name == "numpy":
-        return {"gemm": bench_limits.numpy_gemm(shapes), "bandwidth": bench_limits.numpy_bandwidth(threads=threads)}
+        return {"gemm": bench_limits.numpy_gemm(shapes, min_time),
+                "bandwidth": bench_limits.numpy_bandwidth(nbytes, threads=threads)}
     import torch
-    return {"gemm": bench_limits.torch_gemm(torch, shapes)}
+    return {"gemm": bench_limits.torch_gemm(torch, shapes, min_time)}
 
 
 def worker(side_name, directory, threads):
@@ -229,7 +230,7 @@ def worker(side_name, directory, threads):
         if request["op"] == "rss":
             reply = {"peak_rss": peak_rss_bytes()}
         elif request["op"] == "limits":
-            reply = side_limits(side_name, request["shapes"], threads)
+            reply = side_limits(side_name, request["shapes"], threads, request["min_time"], request["nbytes"])
         else:
             tokens = prompt_tokens(request["batch"], request["T"], vocab_size)
             start = time.perf_counter()
@@ -323,7 +324,9 @@ def measure_limits(workers, model, cfg):
     rows = cfg["prefill"] + cfg["prefill_all"] + cfg["batches"]
     head_rows = [1] + cfg["prefill_all"] + cfg["batches"]
     shapes = bench_limits.forward_shapes(model, rows, head_rows, cfg["prefill"] + cfg["prefill_all"])
-    measured = {s: w.ask(op="limits", shapes=shapes) for s, w in workers.items()}
+    smoke = cfg["n_embd"] < 128  # seconds, not precision
+    measured = {s: w.ask(op="limits", shapes=shapes, min_time=0.01 if smoke else 0.15,
+                         nbytes=1 << (26 if smoke else 29)) for s, w in workers.items()}
     limits = {"gemm": bench_limits.best_rates(*(m["gemm"] for m in measured.values())),
               "bandwidth": measured["numpy"]["bandwidth"],
               "gemm_by_side": {s: m["gemm"] for s, m in measured.items()}}

@@ -179,8 +179,9 @@ def blas_kernel():
 def torch_blas(torch):
     """PyTorch's BLAS (from its build configuration) and the CPU kernels it dispatches to."""
     config = torch.__config__.show()
-    blas = next((part.split("=", 1)[1] for part in config.replace("\n", ",").split(",")
-                 if part.strip().startswith("BLAS_INFO=")), "unknown")
+    import re
+    found = re.search(r"BLAS_INFO=(\w+)", config)  # "Build settings: BLAS_INFO=mkl, ..."
+    blas = found.group(1) if found else "unknown"
     return {"blas": blas, "cpu capability": torch.backends.cpu.get_cpu_capability()}
 
 

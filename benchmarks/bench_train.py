@@ -117,11 +117,13 @@ def worker(side_name, cfg, threads):
             reply = {"peak_rss": peak_rss_bytes()}
         elif request["op"] == "limits":  # the machine's limits (bench_limits), this side's BLAS
             shapes = [tuple(sh) for sh in request["shapes"]]
+            smoke = cfg["n_embd"] < 128  # seconds, not precision
+            min_time, nbytes = (0.01, 1 << 26) if smoke else (0.15, 1 << 29)
             if side_name == "numpy":
-                reply = {"gemm": bench_limits.numpy_gemm(shapes),
-                         "bandwidth": bench_limits.numpy_bandwidth(threads=threads)}
+                reply = {"gemm": bench_limits.numpy_gemm(shapes, min_time),
+                         "bandwidth": bench_limits.numpy_bandwidth(nbytes, threads=threads)}
             else:
-                reply = {"gemm": bench_limits.torch_gemm(side.torch, shapes)}
+                reply = {"gemm": bench_limits.torch_gemm(side.torch, shapes, min_time)}
         else:
             x, y = random_batch(cfg, seed=n)
             start = time.perf_counter()
