@@ -62,11 +62,10 @@ def blas_threads_only():
     """Within the block, on the calling thread, threads() is 1: the fast layers share no work
     with the pool, and matmuls run on BLAS's own threads (layers_fast.matmul_fast).
 
-    The inference forward pass runs so (model.forward). On a quiet 2-core Xeon (OpenBLAS
-    SkylakeX), a 124M prefill of 128 tokens ran at ~890 tokens/s so, ~500 with its work shared
-    out by the pool: BLAS's idle threads keep spinning on the cores for a while after each
-    call, where the pool's threads then wait for them. Training keeps the pool: there the
-    backward pass's elementwise work is larger and the pool paid (1.4x on the Shakespeare row).
+    For callers that want BLAS's own threads for their matmuls. model.forward used it until
+    measured on a busy 2-core AMD EPYC, where BLAS's threads lost up to 10x to the pool's
+    (they meet many times per call, each meeting waiting for a time slice); now nothing in
+    the library does (docs/speed.md, "Threads").
     """
     before = getattr(_local, "count", None)
     _local.count = 1
