@@ -47,6 +47,7 @@ import time
 
 import numpy as np
 
+import bench_limits
 import bench_startup
 import bench_train
 from bench_common import (Worker, checkpoint_shapes, comparison_row, ensure_checkpoint,
@@ -59,6 +60,12 @@ FULL = dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257,
             prefill=[128, 512, 1024], prefill_all=[128, 1024], prompt=16, new_tokens=128, batches=[1, 8], reps=3)
 SMOKE = dict(n_layer=2, n_head=2, n_embd=64, n_ctx=128, vocab_size=512,
              prefill=[16, 64, 128], prefill_all=[16, 128], prompt=4, new_tokens=8, batches=[1, 2], reps=2)
+# --quick: the rows the speed table quotes, fewer repetitions, no generate() rows (~4 min here)
+QUICK = dict(FULL, prefill=[128, 1024], prefill_all=[], new_tokens=32, reps=2, extras=False)
+# The small model of the competing-load row: 3.4M parameters (mostly wte), 64 wide, so its
+# block matmuls are (rows, 64) @ (64, 256)-sized; scored like scripts/perplexity.py does.
+SMALL = dict(n_layer=4, n_head=4, n_embd=64, n_ctx=256, vocab_size=50257, text=1024, window=256)
+SMALL_SMOKE = dict(SMALL, n_ctx=64, vocab_size=512, text=128, window=64)
 
 
 # ----------------------------------------------------------------------------------------
@@ -194,6 +201,17 @@ def worker_argv(side, directory, threads):
     return [os.path.abspath(__file__), "--worker", side, "--dir", directory, "--threads", str(threads)]
 
 
+def side_limits(side_name, shapes, threads, min_time=0.15, nbytes=1 << 29):
+    """This side's best SGEMM rate per (M, K, N) (GFLOP/s, its own BLAS and thread count)
+    and, on the NumPy side, the streaming read bandwidth (GB/s) over nbytes."""
+    shapes = [tuple(s) for s in shapes]
+    if side_name == "numpy":
+        return {"gemm": bench_limits.numpy_gemm(shapes, min_time),
+                "bandwidth": bench_limits.numpy_bandwidth(nbytes, threads=threads)}
+    import torch
+    return {"gemm": bench_limits.torch_gemm(torch, shapes, min_time)}
+
+
 def worker(side_name, directory, threads):
     """Load, report the load time to first logits, then answer timing requests until EOF."""
     if side_name == "numpy":
@@ -211,6 +229,8 @@ def worker(side_name, directory, threads):
         request = json.loads(line)
         if request["op"] == "rss":
             reply = {"peak_rss": peak_rss_bytes()}
+        elif request["op"] == "limits":
+            reply = side_limits(side_name, request["shapes"], threads, request["min_time"], request["nbytes"])
         else:
             tokens = prompt_tokens(request["batch"], request["T"], vocab_size)
             start = time.perf_counter()
@@ -238,14 +258,23 @@ def run(cfg, directory, threads, with_torch):
     warm_page_cache(os.path.join(directory, "model.safetensors"))
     workers = {s: Worker(worker_argv(s, directory, threads), threads) for s in sides}
     load = {s: [workers[s].ready["load_seconds"]] for s in sides}
+    model = model_part(cfg)
     rows = []
-    tasks = [("prefill", f"prefill T={T}", dict(op="prefill", batch=1, T=T), T) for T in cfg["prefill"]]
-    tasks += [("prefill", f"prefill T={T}, all logits", dict(op="prefill_all", batch=1, T=T), T)
+    # floor(limits): the machine's limit for the row's work (bench_limits), from limits measured
+    # at the end (the bandwidth test's big array must not count in the peak RSS row)
+    tasks = [("prefill", f"prefill T={T}", dict(op="prefill", batch=1, T=T), T,
+              lambda lim, T=T: bench_limits.forward_floor(model, T, T, 0, 1, lim["gemm"], lim["bandwidth"]))
+             for T in cfg["prefill"]]
+    tasks += [("prefill", f"prefill T={T}, all logits", dict(op="prefill_all", batch=1, T=T), T,
+               lambda lim, T=T: bench_limits.forward_floor(model, T, T, 0, T, lim["gemm"], lim["bandwidth"]))
               for T in cfg["prefill_all"]]
-    tasks += [("decode", f"decode b{B}", dict(op="decode", batch=B, T=cfg["prompt"],
-                                               new_tokens=cfg["new_tokens"]), B * cfg["new_tokens"])
+    # decode: the floor of the new tokens' steps (the prompt's forward left out)
+    tasks += [("decode", f"decode b{B}", dict(op="decode", batch=B, T=cfg["prompt"], new_tokens=cfg["new_tokens"]),
+               B * cfg["new_tokens"], lambda lim, B=B: cfg["new_tokens"] * bench_limits.forward_floor(
+                   model, B, 1, cfg["prompt"], B, lim["gemm"], lim["bandwidth"], batch=B))
               for B in cfg["batches"]]
-    for kind, label, request, n_tokens in tasks:
+    floors = []
+    for kind, label, request, n_tokens, floor in tasks:
         for s in sides:  # warm-up (first-touch allocations, BLAS thread start); decode: a short one
             workers[s].ask(**dict(request, new_tokens=min(8, request.get("new_tokens", 0))))
         seconds = {s: [] for s in sides}
@@ -254,16 +283,25 @@ def run(cfg, directory, threads, with_torch):
                 seconds[s].append(workers[s].ask(**request)["seconds"])
         rows.append(comparison_row(label, "tokens/s" if kind == "prefill" else "new tokens/s",
                          {s: n_tokens / statistics.median(v) for s, v in seconds.items()}, higher=True))
-        r = rows[-1]  # progress on stderr, for people watching a long run
+        r = rows[-1]
+        floors.append((r, floor, {name: statistics.median(seconds[s]) for s, name in
+                                  (("numpy", "numpy_gpt2"), ("torch", "pytorch")) if s in seconds}))
         print(f"  {label}: numpy_gpt2 {r['numpy_gpt2']:.1f}, PyTorch {r['pytorch'] or 0:.1f}, "
               f"ratio {r.get('ratio', 0):.2f}", file=sys.stderr, flush=True)
-    compaction = early_stop_rows(workers["numpy"], cfg)
-    ragged = ragged_rows(workers, cfg)
+    extras = cfg.get("extras", True)
+    compaction = early_stop_rows(workers["numpy"], cfg) if extras else None
+    ragged = ragged_rows(workers, cfg) if extras else None
     rss = {s: workers[s].ask(op="rss")["peak_rss"] / 2**20 for s in sides}
+    limits = measure_limits(workers, model, cfg)
+    for r, floor, medians in floors:
+        r["floor_seconds"] = floor(limits)
+        r["fraction"] = {name: r["floor_seconds"] / t for name, t in medians.items()}
+        print(f"  {r['what']}: of the limit " + ", ".join(f"{k} {v:.0%}" for k, v in r["fraction"].items()),
+              file=sys.stderr, flush=True)
     info = {s: workers[s].ready["info"] for s in sides}
     for w in workers.values():
         w.close()
-    for _ in range(cfg["reps"] - 1):  # more load samples: fresh processes, load and exit
+    for _ in range(cfg["reps"] - 1 if extras else 0):  # more load samples: fresh processes, load and exit
         for s in sides:
             w = Worker(worker_argv(s, directory, threads), threads)
             load[s].append(w.ready["load_seconds"])
@@ -273,10 +311,84 @@ def run(cfg, directory, threads, with_torch):
     rows.append(comparison_row("peak RSS", "MiB", rss, higher=False))
     weight_bytes = 4 * sum(int(np.prod(shape)) for name, shape in checkpoint_shapes(**model_part(cfg)).items()
                            if not name.endswith(".attn.bias"))
+    small = small_model_rows(cfg.get("small", SMALL), threads, cfg["reps"])
     return {"rows": rows, "compaction": compaction, "ragged": ragged, "info": info, "threads": threads,
-            "weights_mib": weight_bytes / 2**20,
+            "weights_mib": weight_bytes / 2**20, "limits": limits, "small_model": small,
             "pytorch": with_torch, "machine": machine_info(), "model": model_part(cfg),
             "reps": cfg["reps"]}
+
+
+def measure_limits(workers, model, cfg):
+    """The machine's limits for this run's rows, measured by the workers themselves: the best
+    SGEMM rate per matmul shape (the better of the two BLASes) and the read bandwidth."""
+    rows = cfg["prefill"] + cfg["prefill_all"] + cfg["batches"]
+    head_rows = [1] + cfg["prefill_all"] + cfg["batches"]
+    shapes = bench_limits.forward_shapes(model, rows, head_rows, cfg["prefill"] + cfg["prefill_all"])
+    smoke = cfg["n_embd"] < 128  # seconds, not precision
+    measured = {s: w.ask(op="limits", shapes=shapes, min_time=0.01 if smoke else 0.15,
+                         nbytes=1 << (26 if smoke else 29)) for s, w in workers.items()}
+    limits = {"gemm": bench_limits.best_rates(*(m["gemm"] for m in measured.values())),
+              "bandwidth": measured["numpy"]["bandwidth"],
+              "gemm_by_side": {s: m["gemm"] for s, m in measured.items()}}
+    print(f"  limits: read bandwidth {limits['bandwidth']:.1f} GB/s; SGEMM GFLOP/s "
+          + ", ".join(f"{k} {v:.0f}" for k, v in limits["gemm"].items()), file=sys.stderr, flush=True)
+    return limits
+
+
+def small_model_rows(small, threads, reps):
+    """A small model (SMALL) scoring a text (numpy_gpt2.perplexity) while another process keeps
+    one core busy: seconds with 1 thread, with `threads` threads, and with the default (no
+    setting at all), each in its own worker, interleaved; the default's time over the best."""
+    import subprocess
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    settings = sorted({1, threads}) + ["default"]
+    workers = {}
+    try:
+        for n in settings:
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMPY_GPT2_THREADS")}
+            argv = [sys.executable, os.path.abspath(__file__), "--worker", "small", "--small", json.dumps(small),
+                    "--threads", "0" if n == "default" else str(n)]
+            workers[n] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            json.loads(workers[n].stdout.readline())  # built and warmed up
+        seconds = {n: [] for n in settings}
+        for _ in range(max(reps, 2)):
+            for n in settings:
+                workers[n].stdin.write("{}\n")
+                workers[n].stdin.flush()
+                seconds[n].append(json.loads(workers[n].stdout.readline())["seconds"])
+    finally:
+        spinner.kill()
+        spinner.wait()
+        for w in workers.values():
+            w.stdin.close()
+            w.wait()
+    median = {str(n): statistics.median(v) for n, v in seconds.items()}
+    best = min(v for k, v in median.items() if k != "default")
+    result = {"what": "small model, perplexity, one core busy", "model": small, "seconds": median,
+              "default_over_best": median["default"] / best}
+    print(f"  {result['what']}: " + ", ".join(f"{k} threads {v:.2f} s" for k, v in median.items())
+          + f"; default / best {result['default_over_best']:.2f}", file=sys.stderr, flush=True)
+    return result
+
+
+def small_worker(small, threads):
+    """Build SMALL with init_params, then time numpy_gpt2.perplexity over a random text per
+    request. threads 0: the library's defaults untouched."""
+    from numpy_gpt2.evaluate import perplexity
+    from numpy_gpt2.initialization import init_params
+    if threads:
+        numpy_gpt2.fast.threads.set_threads(threads)
+    config = numpy_gpt2.GPT2Config(n_layer=small["n_layer"], n_head=small["n_head"], n_embd=small["n_embd"],
+                                   n_ctx=small["n_ctx"], vocab_size=small["vocab_size"])
+    params = init_params(config, seed=0)
+    text = np.random.default_rng(0).integers(0, small["vocab_size"], small["text"])
+    perplexity(params, config, text, max_length=small["window"])
+    print(json.dumps({"ready": True}), flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        perplexity(params, config, text, max_length=small["window"])
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
 def early_stop_rows(numpy_worker, cfg):
@@ -330,21 +442,33 @@ def print_table(result):
         print(f"  {side}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     if not result["pytorch"]:
         print("PyTorch/transformers not measured (not installed or --numpy-only): numpy_gpt2 alone.")
-    print(f"medians of {result['reps']} repetitions; ratio = numpy_gpt2 / PyTorch")
-    print(f"{'':22} {'unit':>13} {'numpy_gpt2':>11} {'PyTorch':>9} {'ratio':>7}")
+    lim = result["limits"]
+    print(f"limits measured in this run: read bandwidth {lim['bandwidth']:.1f} GB/s; best SGEMM GFLOP/s "
+          "per (M, K, N) (" + " / ".join(lim["gemm_by_side"]) + "): "
+          + ", ".join(f"{k} {' / '.join(f'{g[k]:.0f}' for g in lim['gemm_by_side'].values())}" for k in lim["gemm"]))
+    print(f"medians of {result['reps']} repetitions; ratio = numpy_gpt2 / PyTorch; "
+          "% limit = the row's floor (matmuls at the best SGEMM rate, bytes at the read bandwidth) / its time")
+    print(f"{'':26} {'unit':>13} {'numpy_gpt2':>11} {'PyTorch':>9} {'ratio':>7} {'% limit':>15}")
     for r in result["rows"]:
         fmt = "{:.3f}" if r["unit"] == "s" else "{:.1f}"
         torch_val = fmt.format(r["pytorch"]) if r["pytorch"] else "-"
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
-        print(f"{r['what']:22} {r['unit']:>13} {fmt.format(r['numpy_gpt2']):>11} {torch_val:>9} {ratio:>7}")
+        frac = " / ".join(f"{v:.0%}" for v in r.get("fraction", {}).values()) or "-"
+        print(f"{r['what']:26} {r['unit']:>13} {fmt.format(r['numpy_gpt2']):>11} {torch_val:>9} {ratio:>7} {frac:>15}")
     c = result["compaction"]
-    print(f"{c['what']} (numpy_gpt2.generate, greedy, {c['stopped']} rows stopped at step {c['stop_step']} "
-          f"of {c['new_tokens']}): finished rows dropped {c['seconds_compact']:.3f} s, computed to the end "
-          f"{c['seconds_no_compact']:.3f} s, speed-up {c['speedup']:.2f}x")
+    if c:
+        print(f"{c['what']} (numpy_gpt2.generate, greedy, {c['stopped']} rows stopped at step {c['stop_step']} "
+              f"of {c['new_tokens']}): finished rows dropped {c['seconds_compact']:.3f} s, computed to the end "
+              f"{c['seconds_no_compact']:.3f} s, speed-up {c['speedup']:.2f}x")
     g = result["ragged"]
-    torch_part = f", PyTorch generate() left-padded {g['pytorch_batched']:.1f}" if g["pytorch_batched"] else ""
-    print(f"{g['what']} (greedy, {g['new_tokens']} new tokens each): numpy_gpt2 as one batch {g['batched']:.1f}, "
-          f"one by one {g['one_by_one']:.1f} new tokens/s, speed-up {g['speedup']:.2f}x{torch_part}")
+    if g:
+        torch_part = f", PyTorch generate() left-padded {g['pytorch_batched']:.1f}" if g["pytorch_batched"] else ""
+        print(f"{g['what']} (greedy, {g['new_tokens']} new tokens each): numpy_gpt2 as one batch {g['batched']:.1f}, "
+              f"one by one {g['one_by_one']:.1f} new tokens/s, speed-up {g['speedup']:.2f}x{torch_part}")
+    sm = result["small_model"]
+    print(f"{sm['what']} ({sm['model']['n_layer']} layers x {sm['model']['n_embd']}, {sm['model']['text']} tokens, "
+          f"windows of {sm['model']['window']}): " + ", ".join(f"{k} threads {v:.2f} s" for k, v in sm["seconds"].items())
+          + f"; default / best {sm['default_over_best']:.2f}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
 
 
@@ -362,7 +486,10 @@ def main(argv=None):
     ap.add_argument("--rows", help="with --train: comma-separated subset of shakespeare,124M-T64,124M-T1024")
     ap.add_argument("--xl-dir", metavar="DIR", help="start-up rows instead: process start to the first "
                     "token, gpt2-xl shape (6.4 GB, written once into DIR) and 124M (benchmarks/bench_startup.py)")
-    ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="the rows the speed table quotes, 2 repetitions, "
+                    "no generate() rows (under 5 minutes on 2 quiet cores)")
+    ap.add_argument("--worker", choices=["numpy", "torch", "small"], help=argparse.SUPPRESS)
+    ap.add_argument("--small", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.xl_dir:
         with_torch = not args.numpy_only and all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
@@ -370,9 +497,13 @@ def main(argv=None):
         return print(json.dumps(result, indent=1)) if args.json else bench_startup.print_startup_table(result)
     if args.train:
         return bench_train.main(args)
+    if args.worker == "small":
+        return small_worker(json.loads(args.small), args.threads)
     if args.worker:
         return worker(args.worker, args.dir, args.threads)
-    cfg = dict(SMOKE if args.smoke else FULL)
+    cfg = dict(SMOKE if args.smoke else QUICK if args.quick else FULL)
+    if args.smoke:
+        cfg["small"] = SMALL_SMOKE
     if args.reps:
         cfg["reps"] = args.reps
     with_torch = not args.numpy_only and all(importlib.util.find_spec(m) for m in ("torch", "transformers"))

@@ -25,6 +25,7 @@ def import_numpy_gpt2():
     except ImportError:  # not pip-installed
         sys.path.insert(0, ROOT)
         import numpy_gpt2
+    import numpy_gpt2.fast.forward  # noqa: F401
     import numpy_gpt2.fast.threads  # noqa: F401  (the public API loads lazily; the benchmarks
     import numpy_gpt2.io.formats.tensor_copy  # noqa: F401  also use these modules by their full names)
     return numpy_gpt2
@@ -181,8 +182,9 @@ def blas_kernel():
 def torch_blas(torch):
     """PyTorch's BLAS (from its build configuration) and the CPU kernels it dispatches to."""
     config = torch.__config__.show()
-    blas = next((part.split("=", 1)[1] for part in config.replace("\n", ",").split(",")
-                 if part.strip().startswith("BLAS_INFO=")), "unknown")
+    import re
+    found = re.search(r"BLAS_INFO=(\w+)", config)  # "Build settings: BLAS_INFO=mkl, ..."
+    blas = found.group(1) if found else "unknown"
     return {"blas": blas, "cpu capability": torch.backends.cpu.get_cpu_capability()}
 
 

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+import bench_limits
 from bench_common import (Worker, comparison_row, import_numpy_gpt2, machine_info, numpy_info,
                           peak_rss_bytes, torch_blas)
 
@@ -114,6 +115,15 @@ def worker(side_name, cfg, threads):
         request = json.loads(line)
         if request["op"] == "rss":
             reply = {"peak_rss": peak_rss_bytes()}
+        elif request["op"] == "limits":  # the machine's limits (bench_limits), this side's BLAS
+            shapes = [tuple(sh) for sh in request["shapes"]]
+            smoke = cfg["n_embd"] < 128  # seconds, not precision
+            min_time, nbytes = (0.01, 1 << 26) if smoke else (0.15, 1 << 29)
+            if side_name == "numpy":
+                reply = {"gemm": bench_limits.numpy_gemm(shapes, min_time),
+                         "bandwidth": bench_limits.numpy_bandwidth(nbytes, threads=threads)}
+            else:
+                reply = {"gemm": bench_limits.torch_gemm(side.torch, shapes, min_time)}
         else:
             x, y = random_batch(cfg, seed=n)
             start = time.perf_counter()
@@ -145,17 +155,27 @@ def run(rows, threads, reps, with_torch):
             for s in sides:
                 seconds[s].append(workers[s].ask(op="step")["seconds"])
         rss = {s: workers[s].ask(op="rss")["peak_rss"] / 2**20 for s in sides}
+        shapes = bench_limits.train_shapes(cfg, cfg["batch"] * cfg["T"], cfg["T"])
+        measured = {s: workers[s].ask(op="limits", shapes=shapes) for s in sides}
         for w in workers.values():
             w.close()
+        rates = bench_limits.best_rates(*(m["gemm"] for m in measured.values()))
+        floor = bench_limits.train_floor(cfg, cfg["batch"], cfg["T"], rates, measured["numpy"]["bandwidth"])
         tokens = cfg["batch"] * cfg["T"]
         label = row_label(name, cfg)
         speed = comparison_row(label, "tokens/s", {s: tokens / statistics.median(v) for s, v in seconds.items()},
                            higher=True)
+        speed["floor_seconds"] = floor
+        speed["fraction"] = {name_: floor / statistics.median(seconds[s]) for s, name_ in
+                             (("numpy", "numpy_gpt2"), ("torch", "pytorch")) if s in seconds}
+        speed["limits"] = {"bandwidth": measured["numpy"]["bandwidth"],
+                           "gemm_by_side": {s: m["gemm"] for s, m in measured.items()}}
         memory = comparison_row(f"{label} peak RSS", "MiB", rss, higher=False)
         result_rows += [speed, memory]
         print(f"  {label}: numpy_gpt2 {speed['numpy_gpt2']:.0f} tok/s, PyTorch "
               f"{speed['pytorch'] or 0:.0f} tok/s, ratio {speed.get('ratio', 0):.2f}; peak RSS ratio "
-              f"{memory.get('ratio', 0):.2f}", file=sys.stderr, flush=True)
+              f"{memory.get('ratio', 0):.2f}; of the limit (floor {floor:.2f} s): "
+              + ", ".join(f"{k} {v:.0%}" for k, v in speed["fraction"].items()), file=sys.stderr, flush=True)
     return {"rows": result_rows, "info": info, "threads": threads, "reps": reps, "pytorch": with_torch,
             "machine": machine_info(), "configs": rows}
 
@@ -168,11 +188,16 @@ def print_table(result):
     for side, info in result["info"].items():
         print(f"  {side}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"medians of {result['reps']} steps after a warm-up step; ratio = numpy_gpt2 / PyTorch")
-    print(f"{'':34} {'unit':>9} {'numpy_gpt2':>11} {'PyTorch':>9} {'ratio':>7}")
+    print("% limit: the step's floor (its matmuls at the best SGEMM rate measured for each shape in this "
+          "run, AdamW's and the norm's 8 passes over the parameters at the read bandwidth) / its time")
+    print(f"{'':34} {'unit':>9} {'numpy_gpt2':>11} {'PyTorch':>9} {'ratio':>7} {'% limit':>13}")
     for r in result["rows"]:
         torch_val = f"{r['pytorch']:.1f}" if r["pytorch"] else "-"
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
-        print(f"{r['what']:34} {r['unit']:>9} {r['numpy_gpt2']:>11.1f} {torch_val:>9} {ratio:>7}")
+        frac = " / ".join(f"{v:.0%}" for v in r.get("fraction", {}).values()) or "-"
+        print(f"{r['what']:34} {r['unit']:>9} {r['numpy_gpt2']:>11.1f} {torch_val:>9} {ratio:>7} {frac:>13}")
+        if "limits" in r:
+            print(f"{'':34} read bandwidth {r['limits']['bandwidth']:.1f} GB/s")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}")
 
 

@@ -12,7 +12,6 @@ from numpy_gpt2.finite import check_finite_logits
 from numpy_gpt2.hooks import no_record, prefixed
 from numpy_gpt2.layers import layer_norm, padding_bias, transformer_block
 from numpy_gpt2.fast.forward import layer_norm_fast, matmul_fast, transformer_block_fast
-from numpy_gpt2.fast.threads import blas_threads_only
 
 
 def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, position_ids=None,
@@ -70,32 +69,32 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
     record("wpe", pos_emb)
     x = tok_emb + pos_emb  # a new array: the fast blocks update it in place
     key_bias = None if mask is None else padding_bias(mask, x.dtype)  # (B, S)
-    # Inference: BLAS keeps the cores (see numpy_gpt2.fast.threads.blas_threads_only).
-    with blas_threads_only():
-        for i, block in enumerate(params["h"]):
-            kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
-            if reference:
-                x = transformer_block(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
-                                      record=prefixed(record, f"h.{i}."), key_bias=key_bias,
-                                      **config.block_options(i))
-            else:
-                last = last_only and i == config.n_layer - 1  # only the last position needed here
-                x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
-                                           last_only=last, record=prefixed(record, f"h.{i}."),
-                                           key_bias=key_bias, **config.block_options(i))
-            if record is not no_record:
-                record(f"h.{i}", x.copy() if not reference else x)  # the next block updates x in place
-        if kv_cache is not None:
-            kv_cache["length"] = past + T
-        if last_only:
-            x = x[:, -1:]
-        norm = layer_norm if reference else layer_norm_fast
-        x = norm(x, **params["ln_f"], eps=config.layer_norm_epsilon)
-        record("ln_f", x)
-        head = params["lm_head"]["weight"] if "lm_head" in params else wte  # tied: the usual case
-        # One 2-D matmul over all B*T rows: (B, T, E) @ (E, V) would read the head (a third of
-        # the weights) once per sequence.
-        logits = matmul_fast(x.reshape(-1, x.shape[-1]), head.T).reshape(B, x.shape[1], head.shape[0])
+    # The work is shared out between numpy_gpt2.fast.threads' pool, single-threaded BLAS in each
+    # thread (fast/forward.matmul_fast, run_head_groups): see docs/speed.md for why.
+    for i, block in enumerate(params["h"]):
+        kv = None if kv_cache is None else (kv_cache["keys"][i], kv_cache["values"][i], past)
+        if reference:
+            x = transformer_block(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
+                                  record=prefixed(record, f"h.{i}."), key_bias=key_bias,
+                                  **config.block_options(i))
+        else:
+            last = last_only and i == config.n_layer - 1  # only the last position needed here
+            x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
+                                       last_only=last, record=prefixed(record, f"h.{i}."),
+                                       key_bias=key_bias, **config.block_options(i))
+        if record is not no_record:
+            record(f"h.{i}", x.copy() if not reference else x)  # the next block updates x in place
+    if kv_cache is not None:
+        kv_cache["length"] = past + T
+    if last_only:
+        x = x[:, -1:]
+    norm = layer_norm if reference else layer_norm_fast
+    x = norm(x, **params["ln_f"], eps=config.layer_norm_epsilon)
+    record("ln_f", x)
+    head = params["lm_head"]["weight"] if "lm_head" in params else wte  # tied: the usual case
+    # One 2-D matmul over all B*T rows: (B, T, E) @ (E, V) would read the head (a third of
+    # the weights) once per sequence.
+    logits = matmul_fast(x.reshape(-1, x.shape[-1]), head.T).reshape(B, x.shape[1], head.shape[0])
     record("logits", logits)
     if single:
         logits, tokens = logits[0], tokens[0]

@@ -46,20 +46,17 @@ def matmul_fast(a, b, out=None, bias=None):
     The columns of b are shared out between the threads (numpy_gpt2.fast.threads), each running a
     single-threaded BLAS on its share and adding its part of bias while it is in the cache:
     one meeting of the threads per matmul, where BLAS's own threads meet many times inside
-    one call (on a busy machine each meeting can cost a time slice: a decode step's
-    (1, 768) @ (768, 2304) took 40 ms that way, 1 ms single-threaded). A plain matmul on
-    BLAS's own threads instead for one row (a matrix-vector product), inside
-    threads.blas_threads_only() (the inference forward pass), and when BLAS cannot be
-    limited (not OpenBLAS).
+    one call, and a share that no thread has started yet is taken by the caller
+    (threads.run_shares), so a thread the system does not run soon is not waited for. On a
+    2-core AMD EPYC with other processes busy, a (128, 768) @ (768, 768) took 40 ms on
+    average on OpenBLAS's 2 threads, 5-8 ms on one (docs/speed.md). Below SPLIT_FLOPS, one
+    thread. A plain matmul on BLAS's own threads when threads() == 1
+    (threads.blas_threads_only) or BLAS cannot be limited (not OpenBLAS).
     """
     M, N = a.shape[0], b.shape[1]
     if out is None:
         out = np.empty((M, N), dtype=np.result_type(a, b))
-    # One row (a decode step at batch 1) is a matrix-vector product, bound by reading b from
-    # memory: BLAS's own threads stream it best (measured on a quiet 2-core Xeon: 20 ms for
-    # the 48 block matmuls of 124M, 44 ms shared out by columns). threads() == 1: BLAS owns
-    # the threads (threads.blas_threads_only, or a single worker thread).
-    if M == 1 or threads() == 1 or not can_limit_blas():
+    if not can_limit_blas() or threads() == 1:  # (can_limit_blas first: it applies $NUMPY_GPT2_THREADS)
         np.matmul(a, b, out=out)
         if bias is not None:
             out += bias
@@ -209,7 +206,8 @@ def run_head_groups(work, B, H, flops):
     heads), with single-threaded BLAS inside."""
     n = threads()
     if n == 1 or flops < PARALLEL_FLOPS or not can_limit_blas():
-        return work(slice(None), slice(None))
+        with blas_single_threaded():
+            return work(slice(None), slice(None))
     bounds = [round(i * B * H / n) for i in range(n + 1)]
 
     def share(i):
@@ -226,29 +224,66 @@ def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask):
     """causal_attention_fast for some heads: q (..., h, T, D), k, v (..., h, S, D); writes
     out (..., T, h, D) and, when given, lse (..., h, T) and probs (..., h, T, S).
     key_bias: these heads' sequences' rows of the padding bias, (..., past + T), or None.
-    mask: None, or mask(t0, S, dtype) -> the dropout mask (..., h, n, S) of the block from t0."""
+    mask: None, or mask(t0, S, dtype) -> the dropout mask (..., h, n, S) of the block from t0.
+
+    A block of FUSE_SCORES scores or more per head runs one head at a time, fused: its
+    (n, S) scores, their softmax and `@ v` stay in one cache-sized buffer (256 KB at n = 64,
+    S = 1024) instead of h such blocks streaming through memory between the passes. Smaller
+    blocks (decoding: one query) run every head at once (fewer NumPy calls). The choice
+    depends on n and S only, never on h, so any split of the heads computes the same bits."""
     T = q.shape[-2]
+    lead = q.shape[:-2]
+    fused = None
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
         S = past + t1  # keys this block can see
-        # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
-        scores = (q[..., t0:t1, :] * scale) @ np.swapaxes(k[..., :S, :], -1, -2)
-        if t1 - t0 > 1:  # a single query sees every key so far: nothing to mask
-            scores[..., S - (t1 - t0):] += _future_mask(t1 - t0, scores.dtype)
-        if key_bias is not None:  # (..., S) -> (..., 1, 1, S): the same for every head, query
-            scores += key_bias[..., None, None, :S]
-        top = scores.max(axis=-1, keepdims=True)
-        scores -= top
-        np.exp(scores, out=scores)
-        sums = scores.sum(axis=-1, keepdims=True)
-        if lse is not None:
-            lse[..., t0:t1] = (top + np.log(sums))[..., 0]
-        if probs is not None:
-            probs[..., t0:t1, :S] = scores / sums
-        dropped = scores if mask is None else scores * mask(t0, S, scores.dtype)
-        heads = dropped @ v[..., :S, :]  # (..., h, n, D), unnormalized
-        heads /= sums
-        out[..., t0:t1, :, :] = np.swapaxes(heads, -2, -3)
+        m = None if mask is None else mask(t0, S, q.dtype)
+        if (t1 - t0) * S < FUSE_SCORES:
+            _attend_block(q[..., t0:t1, :], k[..., :S, :], v[..., :S, :], out[..., t0:t1, :, :],
+                          None if lse is None else lse[..., t0:t1],
+                          None if probs is None else probs[..., t0:t1, :S], scale,
+                          None if key_bias is None else key_bias[..., None, None, :S], m, heads_axis=-3)
+            continue
+        if fused is None:  # one scores buffer for every block and head of this call
+            fused = np.empty(min(block, T) * (past + T), dtype=q.dtype)
+        scores = fused[:(t1 - t0) * S].reshape(t1 - t0, S)
+        for idx in np.ndindex(*lead):  # idx = (..., head)
+            pre = idx[:-1]
+            _attend_block(q[idx][t0:t1], k[idx][:S], v[idx][:S], out[pre + (slice(t0, t1), idx[-1])],
+                          None if lse is None else lse[idx][t0:t1],
+                          None if probs is None else probs[idx][t0:t1, :S], scale,
+                          None if key_bias is None else key_bias[pre][:S], None if m is None else m[idx],
+                          heads_axis=None, scores=scores)
+
+
+FUSE_SCORES = 1 << 14  # scores per head and block (64 KB) from which heads run one at a time: below,
+# every head at once fits the cache anyway and saves the per-head NumPy calls (T = 64 training)
+
+
+def _attend_block(q, k, v, out, lse, probs, scale, key_bias, mask, heads_axis, scores=None):
+    """One query block: q (..., n, D) against keys k, v (..., S, D), the causal mask on the
+    last n keys; writes out (..., n, D) given as (..., n, h, D) when heads_axis (the heads'
+    axis in q) is set, else (n, D); lse (..., n) and probs (..., n, S) when given. scores: an
+    (n, S) buffer to compute in (one head), else a new array."""
+    n, S = q.shape[-2], k.shape[-2]
+    # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
+    scores = np.matmul(q * scale, np.swapaxes(k, -1, -2), out=scores)
+    if n > 1:  # a single query sees every key so far: nothing to mask
+        scores[..., S - n:] += _future_mask(n, scores.dtype)
+    if key_bias is not None:  # the same for every head and query
+        scores += key_bias
+    top = np.maximum.reduce(scores, axis=-1, keepdims=True)
+    scores -= top
+    np.exp(scores, out=scores)
+    sums = np.add.reduce(scores, axis=-1, keepdims=True)
+    if lse is not None:
+        lse[...] = (top + np.log(sums))[..., 0]
+    if probs is not None:
+        np.divide(scores, sums, out=probs)
+    dropped = scores if mask is None else scores * mask
+    heads = dropped @ v  # (..., n, D), unnormalized
+    heads /= sums
+    out[...] = heads if heads_axis is None else np.swapaxes(heads, -2, -3)
 
 
 def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=no_record,

@@ -4,11 +4,13 @@ BLAS library's own threads.
 NumPy runs a ufunc on one core, but releases the GIL while it runs, so pieces of one array
 handed to threads use every core.
 
-How many: set_threads(n)'s n when set (the benchmarks match PyTorch's thread count), else
-$NUMPY_GPT2_THREADS when set (scripts/train.py --threads sets it, with OPENBLAS_NUM_THREADS
-for BLAS), else the CPUs this process may run on (its affinity mask, os.sched_getaffinity:
+How many: set_threads(n)'s n when set (the benchmarks match PyTorch's thread count; a
+--threads option calls it), else $NUMPY_GPT2_THREADS when set (scripts/train.py --threads
+sets it), else the CPUs this process may run on (its affinity mask, os.sched_getaffinity:
 mpiexec -bind-to core, taskset, a Slurm allocation), not the machine's core count, so a
-process pinned to one core does not run two busy threads on it.
+process pinned to one core does not run two busy threads on it. set_threads(n) and
+$NUMPY_GPT2_THREADS set OpenBLAS's own thread count to n as well. See docs/speed.md
+("Threads") for when to use fewer threads than cores.
 
 Many small matmuls (attention: one per head and query block) are faster shared out between
 the pool's threads with a single-threaded BLAS inside each than each one split by BLAS over
@@ -25,6 +27,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import itertools
 import os
 import threading
 
@@ -44,8 +47,14 @@ _local = threading.local()  # .count: this thread's override (blas_threads_only)
 
 def threads() -> int:
     """Threads to share work between: 1 inside blas_threads_only() on this thread, else
-    set_threads(n)'s n, else thread_count()."""
-    return getattr(_local, "count", None) or _count or thread_count()
+    pool_threads()."""
+    return getattr(_local, "count", None) or pool_threads()
+
+
+def pool_threads() -> int:
+    """The pool's size: set_threads(n)'s n, else thread_count() (blas_threads_only() does
+    not change it: attention shares its heads out between the pool's threads even there)."""
+    return _count or thread_count()
 
 
 @contextlib.contextmanager
@@ -53,11 +62,10 @@ def blas_threads_only():
     """Within the block, on the calling thread, threads() is 1: the fast layers share no work
     with the pool, and matmuls run on BLAS's own threads (layers_fast.matmul_fast).
 
-    The inference forward pass runs so (model.forward). On a quiet 2-core Xeon (OpenBLAS
-    SkylakeX), a 124M prefill of 128 tokens ran at ~890 tokens/s so, ~500 with its work shared
-    out by the pool: BLAS's idle threads keep spinning on the cores for a while after each
-    call, where the pool's threads then wait for them. Training keeps the pool: there the
-    backward pass's elementwise work is larger and the pool paid (1.4x on the Shakespeare row).
+    For callers that want BLAS's own threads for their matmuls. model.forward used it until
+    measured on a busy 2-core AMD EPYC, where BLAS's threads lost up to 10x to the pool's
+    (they meet many times per call, each meeting waiting for a time slice); now nothing in
+    the library does (docs/speed.md, "Threads").
     """
     before = getattr(_local, "count", None)
     _local.count = 1
@@ -68,13 +76,20 @@ def blas_threads_only():
 
 
 def set_threads(n: int | None) -> None:
-    """Use n worker threads from now on (None: back to thread_count()). Raises ValueError
-    unless n is a positive integer or None. The pool is made again on its next use."""
+    """Use n threads from now on, for the pool AND for BLAS's own threads (OpenBLAS: its
+    thread count is set to n too, so set_threads(1) makes everything single-threaded);
+    None: back to thread_count() for the pool and BLAS's count from before the first call.
+    What a --threads command-line option should call. Raises ValueError unless n is a
+    positive integer or None. The pool is made again on its next use."""
     global _count
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"threads must be a positive integer or None, got {n!r}")
     _count = n
     _pool.cache_clear()
+    blas = _blas()
+    if blas is not None:
+        with _blas_lock:
+            blas[1](n if n is not None else _blas_default())
 
 
 THREADS_ENV = "NUMPY_GPT2_THREADS"
@@ -98,22 +113,42 @@ def _pool(n):
 
 
 def thread_pool():
-    """The shared pool: threads() worker threads, made on first use."""
-    return _pool(threads())
+    """The shared pool: pool_threads() worker threads, made on first use."""
+    return _pool(pool_threads())
 
 
 def run_shares(work, n):
-    """work(0), ..., work(n - 1) at the same time: work(0) on the calling thread (which would
-    otherwise only wait), the others in the pool. Returns their results in order; the first
-    exception raised is raised here, after all have finished."""
+    """work(0), ..., work(n - 1) at the same time, on the calling thread and up to n - 1 pool
+    threads. Returns their results in order; the first exception raised is raised here,
+    after all have finished.
+
+    Shares are claimed, not assigned: each thread takes the next share nobody has started,
+    the calling thread included, so a pool thread that the system does not run soon (another
+    process keeping its core busy) is not waited for: the caller does its share too, and
+    waits only for shares already under way. Which thread runs a share never changes its
+    result (every caller's work is the same arithmetic on the same numbers)."""
     if n == 1:
         return [work(0)]
-    futures = [thread_pool().submit(work, i) for i in range(1, n)]
+    results = [None] * n
+    claim = itertools.count()  # next(claim) is atomic under the GIL
+
+    def run():
+        for i in iter(lambda: next(claim), None):
+            if i >= n:
+                return
+            results[i] = work(i)
+
+    helpers = [thread_pool().submit(run) for _ in range(n - 1)]
     try:
-        first = work(0)
+        run()
     finally:
-        concurrent.futures.wait(futures)
-    return [first] + [f.result() for f in futures]
+        for h in helpers:
+            h.cancel()  # not started yet: every share is taken, nothing left for it
+        concurrent.futures.wait(helpers)
+    for h in helpers:
+        if not h.cancelled():
+            h.result()  # a helper's exception
+    return results
 
 
 def for_each_piece(work, n_pieces, min_pieces=2):
@@ -159,7 +194,22 @@ def _openblas_functions():
 
 @functools.lru_cache(maxsize=1)
 def _blas():
-    return _openblas_functions()  # callers have imported NumPy, so its BLAS is mapped
+    """The loaded OpenBLAS's (get, set), or None. On first sight, $NUMPY_GPT2_THREADS (when
+    set) becomes BLAS's thread count too."""
+    found = _openblas_functions()  # callers have imported NumPy, so its BLAS is mapped
+    if found is not None:
+        _blas_default.value = found[0]()
+        if os.environ.get(THREADS_ENV) and _count is None:
+            found[1](thread_count())
+    return found
+
+
+def _blas_default():
+    """BLAS's own thread count as the process started (OPENBLAS_NUM_THREADS, else its CPUs)."""
+    return _blas_default.value
+
+
+_blas_default.value = 1
 
 
 _blas_lock = threading.Lock()

@@ -24,7 +24,7 @@ from numpy_gpt2.checks import check_targets, show
 from numpy_gpt2.finite import non_finite_weights
 from numpy_gpt2.fast.training import cross_entropy_sum_fast
 from numpy_gpt2.model import forward
-from numpy_gpt2.training.optim import adamw_update, clip_grad_norm, grad_norm
+from numpy_gpt2.training.optim import adamw_update, clip_coefficient, grad_norm
 from numpy_gpt2.params import flatten_params, frozen_keys
 
 
@@ -93,13 +93,18 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
     discarded (scripts/train.py stops without saving them; its last save is intact).
     A diverged run must never silently continue with, or save, non-finite weights."""
     loss, grads = accumulate(params, config, micro_batches)
-    norm = clip_grad_norm(grads, grad_clip) if grad_clip else grad_norm(grads)
+    norm = grad_norm(grads)
+    if grad_clip and not grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 (or 0: no clipping), got {grad_clip!r}")
+    # Clipping's scaling runs inside the AdamW update (grad_scale), while each piece of the
+    # gradient is in the cache: the same numbers as clip_grad_norm, one pass less.
+    scale = clip_coefficient(norm, grad_clip) if grad_clip and math.isfinite(norm) else None
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise FloatingPointError(f"loss {loss} / gradient norm {norm} is not finite "
                                  f"(lr {lr:g} too high?); weights left as they were")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
         adamw_update(params, grads, opt_state, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                     frozen=frozen_keys(params, config))
+                     frozen=frozen_keys(params, config), grad_scale=scale)
     bad = non_finite_weights(params)
     if bad:
         raise FloatingPointError(f"the AdamW update with lr {lr:g} made weights non-finite "

@@ -379,3 +379,80 @@ def test_recorded_activations_fast_equal_readable(n_layer, n_head, D, B, T, dtyp
         assert np.array_equal(fast[name], snapshot[name]), f"{name} was overwritten after recording"
         assert_close(fast[name], slow[name].astype(np.float64), dtype, name)
     assert np.array_equal(logits, numpy_gpt2.forward(params, config, tokens))
+
+
+@settings(max_examples=15, deadline=None)
+@given(B=st.integers(1, 2), H=st.integers(1, 4), T=st.integers(1, 70), past=st.integers(0, 40),
+       block=st.sampled_from([1, 5, 16, 64]), fuse=st.sampled_from([0, 50, 1 << 30]),
+       padded=st.booleans(), scale=st.sampled_from([None, 0.3]), p_drop=st.sampled_from([0.0, 0.25]),
+       n_threads=st.integers(1, 3), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_causal_attention_fused_per_head_equals_all_heads_and_readable(B, H, T, past, block, fuse, padded,
+                                                                        scale, p_drop, n_threads, dtype, seed):
+    """The per-head fused blocks (scores, softmax and `@ v` in one buffer: blocks of at least
+    FUSE_SCORES scores per head) against every head at once (FUSE_SCORES huge): the same
+    output, lse and recorded probabilities bit for bit, over T, past (S = past + T), block
+    sizes, padding, a config's scale, dropout, and 1-3 threads; and the readable attention."""
+    from numpy_gpt2.dropout import Dropout
+
+    rng = np.random.default_rng(seed)
+    q = normal(rng, (B, H, T, 8), dtype, 2.0)
+    k, v = normal(rng, (B, H, past + T, 8), dtype, 2.0), normal(rng, (B, H, past + T, 8), dtype)
+    mask = np.ones((B, past + T), bool)
+    if padded:
+        mask[-1, :min(3, past)] = False
+    key_bias = layers.padding_bias(mask, dtype) if padded else None
+    dropout = Dropout(p_drop, seed) if p_drop else None
+
+    def run(fuse_scores, n):
+        saved = layers_fast.FUSE_SCORES
+        layers_fast.FUSE_SCORES = fuse_scores
+        lse, seen = np.empty((B, H, T), dtype), {}
+        try:
+            with sharing_out_heads(n):
+                out = layers_fast.causal_attention_fast(q, k, v, past, block=block, lse=lse, key_bias=key_bias,
+                                                        scale=scale, dropout=dropout, layer=0,
+                                                        record=lambda name, a: seen.update({name: a}))
+        finally:
+            layers_fast.FUSE_SCORES = saved
+        return np.swapaxes(out, 1, 2), lse, seen["softmax"]
+
+    stacked, fused = run(1 << 30, 1), run(fuse, n_threads)
+    for a, b in zip(fused, stacked):
+        assert np.array_equal(a, b)
+    if dropout is None:
+        ref = layers.attention(q, k, v, layers.causal_mask(T, past + T), key_bias=key_bias, scale=scale)
+        assert_close(fused[0], ref.astype(np.float64), dtype, f"fuse {fuse}")
+
+
+def test_run_shares_caller_takes_shares_nobody_started():
+    """run_shares: every share runs exactly once and results come back in order, also when the
+    pool's threads is busy elsewhere (the caller takes the shares it would have run)."""
+    import threading
+
+    threads.set_threads(2)
+    try:
+        release = threading.Event()
+        blocker = threads.thread_pool().submit(release.wait)  # the pool's one other thread, busy
+        ran = []
+        assert threads.run_shares(lambda i: ran.append(i) or i * i, 5) == [0, 1, 4, 9, 16]
+        assert sorted(ran) == [0, 1, 2, 3, 4] and not blocker.done()
+        release.set()
+        with pytest.raises(ZeroDivisionError):
+            threads.run_shares(lambda i: 1 // (i - 3), 4)
+    finally:
+        threads.set_threads(None)
+
+
+def test_set_threads_sets_blas_threads_too():
+    """set_threads(n) sets OpenBLAS's own thread count to n (set_threads(1): everything on one
+    thread), set_threads(None) restores it."""
+    if not threads.can_limit_blas():
+        pytest.skip("NumPy's BLAS is not OpenBLAS")
+    get = threads._blas()[0]
+    before = get()
+    try:
+        threads.set_threads(1)
+        assert get() == 1 and threads.threads() == 1
+    finally:
+        threads.set_threads(None)
+    assert get() == before

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import numpy_gpt2
 
@@ -24,7 +25,7 @@ import bench  # noqa: E402
 
 def run_bench(*args):
     done = subprocess.run([sys.executable, BENCH, "--smoke", *args], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -42,6 +43,20 @@ def check_rows(result, with_torch):
             assert abs(row["ratio"] - row["numpy_gpt2"] / row["pytorch"]) < 1e-9 * row["ratio"]
         else:
             assert row["pytorch"] is None and "ratio" not in row
+    # Each timed row's share of the machine's limit (its floor: matmuls at the best SGEMM rate
+    # measured in the same run, weights at the read bandwidth) for each side measured.
+    for row in list(rows.values())[:-2]:
+        assert row["floor_seconds"] > 0 and set(row["fraction"]) == ({"numpy_gpt2", "pytorch"} if with_torch
+                                                                      else {"numpy_gpt2"})
+        tokens = int(row["what"].split("=")[1].split(",")[0]) if row["what"].startswith("prefill") else None
+        if tokens:  # fraction = floor / median time, time = tokens / speed
+            assert abs(row["fraction"]["numpy_gpt2"] - row["floor_seconds"] * row["numpy_gpt2"] / tokens) < 1e-9
+    assert result["limits"]["bandwidth"] > 0 and all(r > 0 for r in result["limits"]["gemm"].values())
+    small = result["small_model"]  # the small model under a competing load: 1 thread, N, default
+    assert set(small["seconds"]) == {"1", str(result["threads"]), "default"}
+    assert all(t > 0 for t in small["seconds"].values())
+    assert small["default_over_best"] == pytest.approx(
+        small["seconds"]["default"] / min(v for k, v in small["seconds"].items() if k != "default"))
     # A process that loaded weights and ran a model holds at least them, and far less than 10 GB.
     assert result["weights_mib"] < rows["peak RSS"]["numpy_gpt2"] < 10_000
     assert rows["load to first logits"]["numpy_gpt2"] < 60
@@ -68,6 +83,25 @@ def test_smoke_table_numpy_only(tmp_path):
     params, config = numpy_gpt2.load(tmp_path)
     assert (config.n_layer, config.n_embd, config.vocab_size) == (2, 64, 512)
     assert not bench.ensure_checkpoint(str(tmp_path), dict(bench.SMOKE))
+
+
+def test_quick_rows_are_the_quoted_ones():
+    """--quick runs the rows the speed tables quote (prefill 128 and 1024, decode b1 and b8)."""
+    assert bench.QUICK["prefill"] == [128, 1024] and bench.QUICK["batches"] == [1, 8]
+    assert bench.QUICK["n_embd"] == 768 and bench.QUICK["extras"] is False
+
+
+def test_limit_floor_of_a_prefill_counts_every_matmul():
+    """bench_limits.forward_floor: every block matmul and the head at a flat 100 GFLOP/s, the
+    attention's causal half at its rate, or the weights at the bandwidth if that is longer."""
+    import bench_limits
+    model = dict(n_layer=2, n_head=2, n_embd=64, n_ctx=128, vocab_size=512)
+    shapes = bench_limits.forward_shapes(model, [16], [1], [16])
+    rates = {bench_limits.key(s): 100.0 for s in shapes}
+    flops = 2 * (2 * 16 * 12 * 64 * 64 + 64 * 512) + 4 * 2 * 16 * 8 * 32 * 2
+    assert bench_limits.forward_floor(model, 16, 16, 0, 1, rates, 1e6) == pytest.approx(flops / 100e9)
+    weight_bytes = 4 * (2 * 12 * 64 * 64 + 512 * 64)
+    assert bench_limits.forward_floor(model, 16, 16, 0, 1, rates, 1e-3) == pytest.approx(weight_bytes / 1e6)
 
 
 def test_checkpoint_has_the_hub_layout(tmp_path):

@@ -187,3 +187,40 @@ def test_get_lr_nanogpt_schedule():
     assert {get_lr(s, 1e-3, 1e-3, 0, 50) for s in range(100)} == {1e-3}
     # decay_iters == warmup_iters: straight to min_lr after warmup (no division by zero).
     assert get_lr(5, lr, min_lr, 5, 5) == min_lr
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), max_norm=st.sampled_from([1e-3, 0.5, 1e4]),
+       dtype=st.sampled_from([np.float32, np.float64]), chunk=st.sampled_from([7, 64, 1 << 16]))
+def test_adamw_grad_scale_is_clip_then_update_bit_for_bit(seed, max_norm, dtype, chunk):
+    """adamw_update(grad_scale=clip_coefficient(norm)) (what train_step runs: clipping's
+    scaling inside the update's cache-sized pieces) gives the very bits of clip_grad_norm then
+    adamw_update, with any piece size; the gradients it was given are left unscaled."""
+    from numpy_gpt2 import optim
+    saved, optim._UPDATE_CHUNK = optim._UPDATE_CHUNK, chunk
+    try:
+        _check_grad_scale(seed, max_norm, dtype)
+    finally:
+        optim._UPDATE_CHUNK = saved
+
+
+def _check_grad_scale(seed, max_norm, dtype):
+    from numpy_gpt2 import optim
+    rng = np.random.default_rng(seed)
+    params = init_params(TINY, seed=seed, dtype=dtype)
+    fused_params = numpy_gpt2.params.nest_params({k: p.copy() for k, p in numpy_gpt2.flatten_params(params).items()})
+    grads = random_grads(params, rng, 1.0)
+    kept = {k: g.copy() for k, g in numpy_gpt2.flatten_params(grads).items()}
+    states = [numpy_gpt2.adamw_init(params), numpy_gpt2.adamw_init(params)]
+    scale = optim.clip_coefficient(grad_norm(grads), max_norm)
+    optim.adamw_update(fused_params, grads, states[1], 1e-2, grad_scale=scale)
+    for key, g in numpy_gpt2.flatten_params(grads).items():
+        np.testing.assert_array_equal(g, kept[key], err_msg=key)
+    numpy_gpt2.clip_grad_norm(grads, max_norm)
+    numpy_gpt2.adamw_update(params, grads, states[0], 1e-2)
+    for tree in ("m", "v"):
+        for key, a in numpy_gpt2.flatten_params(states[0][tree]).items():
+            np.testing.assert_array_equal(a, numpy_gpt2.flatten_params(states[1][tree])[key], err_msg=key)
+    for key, a in numpy_gpt2.flatten_params(params).items():
+        np.testing.assert_array_equal(a, numpy_gpt2.flatten_params(fused_params)[key], err_msg=key)
+    assert (scale is None) == (max_norm == 1e4)
