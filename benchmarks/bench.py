@@ -375,7 +375,7 @@ def small_model_rows(small, threads, reps):
 def small_worker(small, threads):
     """Build SMALL with init_params, then time numpy_gpt2.perplexity over a random text per
     request. threads 0: the library's defaults untouched."""
-    from numpy_gpt2.evaluate import perplexity
+    from numpy_gpt2.generation.perplexity import perplexity
     from numpy_gpt2.initialization import init_params
     if threads:
         numpy_gpt2.fast.threads.set_threads(threads)

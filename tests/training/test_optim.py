@@ -196,7 +196,7 @@ def test_adamw_grad_scale_is_clip_then_update_bit_for_bit(seed, max_norm, dtype,
     """adamw_update(grad_scale=clip_coefficient(norm)) (what train_step runs: clipping's
     scaling inside the update's cache-sized pieces) gives the very bits of clip_grad_norm then
     adamw_update, with any piece size; the gradients it was given are left unscaled."""
-    from numpy_gpt2 import optim
+    from numpy_gpt2.training import optim
     saved, optim._UPDATE_CHUNK = optim._UPDATE_CHUNK, chunk
     try:
         _check_grad_scale(seed, max_norm, dtype)
@@ -205,7 +205,7 @@ def test_adamw_grad_scale_is_clip_then_update_bit_for_bit(seed, max_norm, dtype,
 
 
 def _check_grad_scale(seed, max_norm, dtype):
-    from numpy_gpt2 import optim
+    from numpy_gpt2.training import optim
     rng = np.random.default_rng(seed)
     params = init_params(TINY, seed=seed, dtype=dtype)
     fused_params = numpy_gpt2.params.nest_params({k: p.copy() for k, p in numpy_gpt2.flatten_params(params).items()})
