@@ -24,7 +24,7 @@ import pytest
 import numpy_gpt2
 from numpy_gpt2 import bpe
 from numpy_gpt2.explain import explain_page
-from numpy_gpt2.explain.page import cell_text, fmt, resolve
+from numpy_gpt2.explain.page import GENERATOR, cell_text, fmt, resolve
 from numpy_gpt2.explain.png import colors
 from numpy_gpt2.explain.walk import head_stages, logit_gradient, walk
 from numpy_gpt2.generation.sampling import filter_logits, softmax
@@ -374,7 +374,7 @@ def test_command_writes_the_page(checkpoint, tmp_path):
     (["Hi", "--out", "{out}", "--top-p", "nan"], "--top-p must be in (0, 1] (1 = off), got nan"),
     (["Hi", "--out", "{out}", "--top-k", "-1"], "--top-k must be an integer >= 0 (0 = off), got -1"),
     (["Hi", "--out", "{out}", "--target", ""], "--target is empty"),
-    (["Hi", "--out", "{dir}/missing/walk.html"], "does not exist"),
+    (["Hi", "--out", "{dir}/mine.txt"], "already exists and was not written by this command"),
     (["Hi", "--out", "{dir}/readonly/walk.html"], "is not writable"),
     (["Hi", "--out", "{out}/walk.html"], "is not a directory"),
     (["Hi", "--out", "{dir}"], "is a directory"),
@@ -384,14 +384,17 @@ def test_command_refuses_bad_input(checkpoint, tmp_path, argv, message):
     if "readonly" in argv[2] and os.access(tmp_path / "readonly", os.W_OK):
         pytest.skip("this user (root) may write into a read-only directory")
     out = tmp_path / "walk.html"
-    out.write_text("the previous page")
+    previous = f'<!DOCTYPE html><head><meta name="generator" content="{GENERATOR}"></head>the previous page'
+    out.write_text(previous)  # a page explain wrote before: it may replace that one only
+    (tmp_path / "mine.txt").write_text("a user's file")
     argv = [a.format(out=out, dir=tmp_path) for a in argv] + ["--model", checkpoint]
     run = in_process("explain", argv, tmp_path, budget=60)
     assert run.status == 2
     lines = run.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("explain.py: error: ") and message in lines[0], run.err
-    assert out.read_text() == "the previous page"  # untouched, no half-written page
-    assert sorted(os.listdir(tmp_path)) == ["readonly", "walk.html"]
+    assert out.read_text() == previous  # untouched, no half-written page
+    assert (tmp_path / "mine.txt").read_text() == "a user's file"
+    assert sorted(os.listdir(tmp_path)) == ["mine.txt", "readonly", "walk.html"]
 
 
 @pytest.mark.parametrize("damage, message", [
