@@ -126,9 +126,14 @@ class RunDirectory:
             while not os.path.exists(d):
                 missing.append(d)
                 d = os.path.dirname(d)
+            made = []  # the parents THIS process made (another may make some meanwhile)
             try:
-                if missing:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                for parent in reversed(missing):
+                    try:
+                        os.mkdir(parent)
+                        made.insert(0, parent)
+                    except FileExistsError:
+                        pass
             except FileNotFoundError:  # a parent was removed meanwhile
                 continue
             except OSError as e:
@@ -152,7 +157,7 @@ class RunDirectory:
                 os.close(fd)
                 continue
             self.locks[os.path.realpath(path)] = fd
-            self.created = ([path] if created else []) + missing
+            self.created = ([path] if created else []) + made
             self._recover(path)
             return
         raise RunDirectoryError(path, f"cannot create the directory (other processes keep removing it)")
