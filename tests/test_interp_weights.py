@@ -1,9 +1,10 @@
 """numpy_gpt2.interp.weights against TransformerLens' weight processing, and its identities.
 
 process_weights then numpy_gpt2.forward equals a HookedTransformer with TransformerLens'
-default processing, hook by hook (float64: 1e-10; float32 with TL's own process_weights:
-2e-4), and the documented identities hold in float64: log-probs unchanged (1e-12), logits
-shifted by their per-position mean, residual stream centred, v and z shifted by b_V.
+default processing, hook by hook (relative to each array's largest value: float64 1e-12,
+measured 2.4e-15; float32 with TL's own process_weights 3e-5, measured 1.3e-6), and the
+documented identities hold in float64: log-probs unchanged (1e-12), logits shifted by their
+per-position mean, residual stream centred, v and z shifted by b_V.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def max_rel(a, b):
     return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
 
 
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 3e-4)])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2 ** 16), shape=st.sampled_from([(1, 1, 8), (2, 2, 16), (3, 4, 24)]),
        T=st.integers(2, 12))
