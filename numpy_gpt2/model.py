@@ -24,7 +24,8 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
         x      = x + attn(ln_1(x));  x = x + mlp(ln_2(x))       in each block i = 0 .. L-1
         logits = ln_f(x) @ wte^T                                (B, T, V)
 
-    (the output head is wte itself unless params has an untied "lm_head").
+    (the output head is wte itself unless params has an untied "lm_head"; its optional
+    "bias" (V,), which folding ln_f into it makes (numpy_gpt2.interp), is added).
     tokens: int array (T,) or (B, T) in [0, vocab_size), past + T <= n_ctx. Returns (T, V)
         or (B, T, V) in the weights' dtype (E = n_embd, V = vocab_size, L = n_layer).
     attention_mask: optional (B, S) of 0/1 ((S,) for one sequence) over every position seen
@@ -104,6 +105,8 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
         # One 2-D matmul over all B*T rows: (B, T, E) @ (E, V) would read the head (a third of
         # the weights) once per sequence.
         logits = matmul_fast(x.reshape(-1, x.shape[-1]), head.T).reshape(B, x.shape[1], head.shape[0])
+        if "bias" in params.get("lm_head", {}):  # an unembedding bias (folded ln_f: numpy_gpt2.interp)
+            logits += params["lm_head"]["bias"]
     logits = record("logits", logits)
     if single:
         logits, tokens = logits[0], tokens[0]
