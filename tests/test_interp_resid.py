@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from transformer_lens import head_detector
 
-from numpy_gpt2.debug.capture import activations
+from numpy_gpt2.debug.capture import activation_names, activations
 from numpy_gpt2.interp.heads import (detect_heads, detection_pattern, head_results, induction_scores,
                                      repeated_random_tokens)
 from numpy_gpt2.interp.resid import (accumulated_resid, apply_ln_to_stack, decompose_resid,
@@ -90,7 +90,7 @@ def test_stacks_equal_transformer_lens(dtype, seed, shape):
 @given(seed=st.integers(0, 2 ** 16), T=st.integers(1, 10))
 def test_identities_float64(seed, T):
     config, params, tokens, cache, _ = setup(np.float64, seed, T=T, batch=False)
-    logits = cache["logits"] + unembedding_bias(params)
+    logits = cache["logits"]  # forward adds the unembedding bias
     for layer in [None] + list(range(config.n_layer)):
         _, stack = decompose_resid(cache, config, layer)
         _, acc = accumulated_resid(cache, config, layer)
@@ -112,6 +112,19 @@ def test_identities_float64(seed, T):
     assert lens.shape == (config.n_layer + 1, T, config.vocab_size)
     assert np.abs(lens[-1] - logits).max() < 1e-12 * np.abs(logits).max()
     assert np.abs(logit_lens(cache, params, config, recompute=False)[-1] - logits).max() < 1e-12 * np.abs(logits).max()
+    # a cache with every hook point (resid_pre, resid_mid, the LayerNorm scales, z, result)
+    # gives the same numbers as the one they are derived from
+    full = activations(params, config, tokens, names=activation_names(config, points=True))
+    for layer in [None] + list(range(config.n_layer)):
+        for mlp_input in ([False] if layer is None else [False, True]):
+            _, acc_full = accumulated_resid(full, config, layer, incl_mid=True)
+            _, acc = accumulated_resid(cache, config, layer, incl_mid=True)
+            assert np.abs(acc_full - acc).max() < 1e-13
+            a = apply_ln_to_stack(acc, cache, config, layer, mlp_input=mlp_input)
+            b = apply_ln_to_stack(acc, full, config, layer, mlp_input=mlp_input)
+            assert np.abs(a - b).max() < 1e-12 * np.abs(a).max()
+    for i in range(config.n_layer):
+        assert np.abs(head_results(full, config, i) - head_results(cache, config, i, params)).max() < 1e-13
     # heads sum, with the output bias, to the attention output
     for i in range(config.n_layer):
         total = head_results(cache, config, i, params).sum(0) + params["h"][i]["attn"]["c_proj"]["bias"]
@@ -154,6 +167,10 @@ def test_detect_heads_equals_transformer_lens(dtype, error_measure, seed, excl):
             exclude_bos=exclude_bos, exclude_current_token=exclude_current, error_measure=error_measure)
             for h in range(config.n_head)] for i in range(config.n_layer)])
         assert ours.shape == (config.n_layer, config.n_head)
+        if isinstance(kind, str) and kind == "previous_token":  # needs no tokens
+            assert np.array_equal(ours, detect_heads(
+                cache, config, kind, exclude_bos=exclude_bos, exclude_current_token=exclude_current,
+                error_measure=error_measure))
         assert np.abs(ours - theirs).max() < 1e-12 if error_measure == "mul" else np.array_equal(ours, theirs)
 
 
@@ -166,8 +183,12 @@ def test_induction_scores_on_a_constructed_stripe():
     # the stripe of repeated_random_tokens is part of TL's induction pattern
     q = np.arange(8, 15)
     assert np.all(pattern[q, q - 7 + 1] == 1)
-    scores = induction_scores(random_params(config, 0), config, seq_len=7, batch=3, seed=1)
-    assert scores.shape == (1, 1) and 0 <= scores[0, 0] <= 1
+    params = random_params(config, 0, scale=1.0)
+    scores = induction_scores(params, config, seq_len=7, batch=3, seed=1)
+    # the same number, written as loops over the sequences and the second copy's queries
+    expected = np.mean([[activations(params, config, row, names="*softmax")["h.0.attn.softmax"][0, q, q - 6]
+                         for q in range(7, 14)] for row in repeated_random_tokens(7, 3, 1, config.vocab_size)])
+    assert scores.shape == (1, 1) and abs(scores[0, 0] - expected) < 1e-12
 
 
 def test_bad_arguments():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from numpy_gpt2 import layers
 from numpy_gpt2.checks import is_int
 from numpy_gpt2.interp.resid import _check_cache, _need, check_bool, check_layer
 
@@ -44,9 +45,9 @@ def head_results(cache, config, layer, params=None):
     if params is None:
         raise ValueError(f"params is required: the cache has no 'h.{layer}.attn.result'")
     z = head_z(cache, config, layer)  # (..., H, T, D)
-    H, D = config.n_head, config.head_size
-    W_O = params["h"][layer]["attn"]["c_proj"]["weight"].reshape(H, D, config.n_embd)
-    return np.moveaxis(np.einsum("...htd,hde->...hte", z, W_O), -3, 0)
+    result = layers.head_results(z.reshape(-1, *z.shape[-3:]),  # it takes (B, H, T, D)
+                                 params["h"][layer]["attn"]["c_proj"]["weight"])
+    return np.moveaxis(result.reshape(*z.shape[:-1], config.n_embd), -3, 0)
 
 
 # ---- detecting kinds of heads ------------------------------------------------------------
@@ -103,7 +104,7 @@ def detect_heads(cache, config, kind, tokens=None, exclude_bos=False, exclude_cu
             if tokens is None or tokens.shape != (T,):
                 raise ValueError(f"tokens must be the cache's sequence, shape ({T},), for kind="
                                  f"{kind!r}, got {None if tokens is None else tokens.shape}")
-        target = detection_pattern(kind, tokens)
+        target = np.eye(T, k=-1) if kind == "previous_token" else detection_pattern(kind, tokens)
     else:
         target = np.asarray(kind, dtype=float)
         if target.shape != (T, T) or np.any(np.triu(target, 1)):
@@ -169,7 +170,10 @@ def induction_scores(params, config, seq_len=50, batch=10, seed=0, prefix=None):
     if tokens.shape[1] > config.n_ctx:
         raise ValueError(f"seq_len={seq_len}: 2 * seq_len{' + 1' if prefix is not None else ''} "
                          f"tokens exceed n_ctx={config.n_ctx}")
-    cache = activations(params, config, tokens, names="*softmax")
     offset = 0 if prefix is None else 1
-    return np.stack([induction_stripe(cache[f"h.{i}.attn.softmax"], seq_len, offset)
-                     for i in range(config.n_layer)])
+    total = np.zeros((config.n_layer, config.n_head))
+    for row in tokens:  # one sequence at a time: the (T, V) logits of a batch can be large
+        cache = activations(params, config, row, names="*softmax")
+        total += [induction_stripe(cache[f"h.{i}.attn.softmax"], seq_len, offset)
+                  for i in range(config.n_layer)]
+    return total / len(tokens)

@@ -41,13 +41,8 @@ def _check(params, config, clean_tokens, corrupted_tokens, metric, point):
 
 
 def _logits(params, config, tokens, hooks=None):
-    """forward's logits, plus the unembedding bias b_U of processed weights (lm_head.bias,
-    numpy_gpt2.interp.weights), added here whether or not forward knows it."""
-    head = params.get("lm_head", {})
-    if "bias" not in head:
-        return forward(params, config, tokens, hooks=hooks or None)
-    without = dict(params, lm_head={"weight": head["weight"]})
-    return forward(without, config, tokens, hooks=hooks or None) + head["bias"]
+    """forward's logits (with the unembedding bias of processed weights, lm_head.bias)."""
+    return forward(params, config, tokens, hooks=hooks or None)
 
 
 def _value(out):

@@ -11,8 +11,8 @@ weight_processing.py / HookedTransformer.load_and_process_state_dict; Elhage et 
     fold_value_biases       the value bias moved into the attention output bias
 
 Where the unembedding changes, the result has an untied `lm_head` ({"weight": (V, E),
-"bias": (V,)}: folding ln_f's bias gives the unembedding a bias). Nothing here changes
-the caller's arrays. See docs/interp.md.
+"bias": (V,)}: folding ln_f's bias gives the unembedding a bias, which forward adds to the
+logits). Nothing here changes the caller's arrays. See docs/interp.md.
 """
 
 from __future__ import annotations
