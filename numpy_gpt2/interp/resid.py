@@ -18,8 +18,9 @@ from numpy_gpt2.checks import is_int
 
 def _need(cache, name):
     if name not in cache:
-        raise ValueError(f"cache has no {name!r} (record it: numpy_gpt2.activations(params, config, "
-                         f"tokens) keeps every name this needs)")
+        hint = "'*,*softmax'" if name.endswith("softmax") else "'*' (the default)"
+        raise ValueError(f"cache has no {name!r}: make the cache with numpy_gpt2.activations(params, "
+                         f"config, tokens, names={hint})")
     return cache[name]
 
 
