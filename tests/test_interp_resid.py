@@ -201,6 +201,8 @@ def test_bad_arguments():
         accumulated_resid(cache, config, incl_mid=1)
     with pytest.raises(ValueError, match="recompute"):
         apply_ln_to_stack(np.zeros((1, 9, 16)), cache, config, recompute="yes")
+    with pytest.raises(ValueError, match="recompute"):
+        logit_lens(cache, params, config, recompute=None)
     with pytest.raises(ValueError, match="stack"):
         apply_ln_to_stack(np.zeros((1, 9, 15)), cache, config)
     with pytest.raises(ValueError, match="tokens"):

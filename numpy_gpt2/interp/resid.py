@@ -178,6 +178,7 @@ def logit_lens(cache, params, config, recompute=True):
     uses it); False divides by the final LayerNorm's cached scale. Raises ValueError for bad
     arguments.
     """
+    check_bool(recompute, "recompute")
     _, stack = accumulated_resid(cache, config)
     normed = apply_ln_to_stack(stack, cache, config, recompute=recompute)
     return unembed(params, normed * params["ln_f"]["weight"] + params["ln_f"]["bias"])
