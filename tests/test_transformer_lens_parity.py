@@ -170,3 +170,79 @@ def test_interventions_equal_run_with_hooks(dtype, batch):
             ours = forward(params, config, corrupt, hooks=hooks, reference=reference)
             assert_close(ours, theirs, dtype, f"{what} (reference={reference})")
         assert not np.allclose(ours, unhooked), f"{what} changed nothing: the test could not fail"
+
+
+# ---- gradients at every hook point -------------------------------------------------------------
+
+def tl_gradients(model, tokens, targets):
+    """dloss/d(every hook point's value) by torch autograd, the loss the mean cross-entropy of
+    targets (-100 not scored). ln1 runs three times (for q, k and v), so its hooks' gradients
+    are summed over the calls: the gradient of the one value they share."""
+    grads = {}
+
+    def keep(tensor, hook):
+        def add(g, name=hook.name):
+            grads[name] = grads.get(name, 0) + g.detach().numpy()
+        tensor.register_hook(add)
+
+    for point in model.hook_dict.values():
+        point.add_hook(keep)
+    try:
+        logits = model(torch.as_tensor(tokens))
+        V = logits.shape[-1]
+        torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.as_tensor(targets).reshape(-1),
+                                          ignore_index=-100).backward()
+    finally:
+        model.reset_hooks()
+    return grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reference", [False, True])
+def test_gradients_at_every_hook_equal_transformer_lens(dtype, reference):
+    from numpy_gpt2.debug.capture import GRAD, gradient_names, gradients, next_token_targets
+
+    config = small_config(n_layer=2, n_head=3, n_embd=24, n_ctx=32, vocab_size=61)
+    params = random_params(config, seed=1, dtype=dtype, scale=0.5)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 9))
+    targets = next_token_targets(tokens)
+    theirs = tl_gradients(oracle(params, config), tokens, targets)
+    _, grads, _ = gradients(params, config, tokens, targets, gradient_names(config, points=True),
+                            reference=reference)
+    ours = to_transformer_lens({name[len(GRAD):]: g for name, g in grads.items()}, config)
+    assert sorted(ours) == sorted(theirs)
+    for name, g in theirs.items():
+        assert_close(ours[name], g, dtype, f"grad of {name}")
+
+
+# ---- numpy-gpt2 compare reads a TransformerLens cache --------------------------------------------
+
+def test_compare_reads_a_transformer_lens_cache(tmp_path, capsys, tokenizer_dir):
+    from numpy_gpt2.debug.dump_format import save_activations
+    from numpy_gpt2.io.checkpoint import save_checkpoint
+    from run_scripts import run_script
+
+    config = small_config(n_layer=2, n_head=3, n_embd=24, n_ctx=32, vocab_size=61)
+    params = random_params(config, seed=4, dtype=np.float64, scale=0.5)
+    tokens = np.random.default_rng(1).integers(0, config.vocab_size, size=10)
+    model = oracle(params, config)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.as_tensor(tokens)[None])  # with the batch axis
+    tl = {name: value.numpy() for name, value in cache.items()}
+    np.savez(tmp_path / "tl.npz", tokens=tokens, **tl)
+    ours = activations(params, config, tokens, activation_names(config, points=True))
+    save_activations(tmp_path / "ours.safetensors", tokens, ours)
+    save_checkpoint(tmp_path / "model", params, config, tokenizer_dir)
+
+    status, out, _ = run_script("compare", [tmp_path / "ours.safetensors", tmp_path / "tl.npz",
+                                            "--atol", "1e-12", "--rtol", "1e-12"], capsys)
+    assert status == 0, out
+    assert f"OK: all {len(cache)} compared tensors" in out
+    status, out, _ = run_script("compare", [tmp_path / "tl.npz", "live", "--model", tmp_path / "model",
+                                            "--dtype", "float64", "--atol", "1e-12", "--rtol", "1e-12"], capsys)
+    assert status == 0, out
+    tl["blocks.1.attn.hook_z"][0, 3, 2, 1] += 1e-3  # (batch, pos, head, d_head)
+    np.savez(tmp_path / "tl.npz", tokens=tokens, **tl)
+    status, out, _ = run_script("compare", [tmp_path / "ours.safetensors", tmp_path / "tl.npz"], capsys)
+    assert status == 1
+    assert "FIRST FAILURE: h.1.attn.z" in out and "at (2,3,1)" in out  # ours: (head, pos, d_head)

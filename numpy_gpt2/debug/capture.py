@@ -222,11 +222,11 @@ GRAD = "grad."  # prefix of gradient names: "grad.h.0.ln_1", "grad.h.0.attn.c_at
 IGNORE_INDEX = -100  # a target that is not scored (torch's cross_entropy default)
 
 
-def gradient_names(config: GPT2Config, softmax: bool = True) -> list[str]:
+def gradient_names(config: GPT2Config, softmax: bool = True, points: bool = False) -> list[str]:
     """"grad.<activation name>" for every activation, in BACKWARD order: the forward order
     reversed, from grad.logits back to grad.wpe, grad.wte (softmax=False leaves out the
-    gradients of the (H, T, T) attention probabilities)."""
-    return [GRAD + name for name in reversed(activation_names(config, softmax))]
+    gradients of the large per-head arrays; points=True: of every hook point)."""
+    return [GRAD + name for name in reversed(activation_names(config, softmax, points))]
 
 
 def parameter_gradient_names(params: dict, config: GPT2Config | None = None) -> list[str]:
@@ -250,7 +250,11 @@ def backward_pass_order() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, 
                         tie_word_embeddings=False)
     params = init_params(config)
     seen = []
-    loss_and_grads(params, config, [[0, 1]], [[1, 2]], record_grad=lambda name, _: seen.append(name))
+
+    def see(name, _):
+        seen.append(name)
+    see.wants = lambda name: True  # every point, the finer ones too
+    loss_and_grads(params, config, [[0, 1]], [[1, 2]], record_grad=see)
     blocks = [i for i, name in enumerate(seen) if name.startswith("h.")]
     before, after = tuple(seen[:blocks[0]]), tuple(seen[blocks[-1] + 1:])
     block = [[re.sub(r"^h\.\d+\.?", "", n) for n in seen if n.startswith(f"h.{i}.") or n == f"h.{i}"]
@@ -311,10 +315,11 @@ def gradients(params: dict, config: GPT2Config, tokens, targets, names="*",
     have the weights' shapes (none for the biases of a model without biases, config.bias
     False: they are not parameters). names: fnmatch pattern(s) over the "grad.*" names, as in
     select_names ("*" = all but grad.h.{i}.attn.softmax; "grad.h.0.*" = block 0's
-    activation and weight gradients). reference=True runs the readable backward functions.
+    activation and weight gradients; the finer points as in select_names: "grad.*resid_pre",
+    "grad.h.*.attn.z"). reference=True runs the readable backward functions.
     """
     tokens = np.asarray(tokens)
-    act_names = gradient_names(config)
+    act_names = gradient_names(config, points=True)
     wanted = select_names(act_names + parameter_gradient_names(params, config), names)
     keep = set(wanted)
     single = tokens.ndim == 1
@@ -325,6 +330,7 @@ def gradients(params: dict, config: GPT2Config, tokens, targets, names="*",
     def record_grad(name, value):  # value: (B, T, ...) always (weights' come from grads below)
         if GRAD + name in wanted_acts:
             captured[GRAD + name] = np.array(value[0] if single else value)  # may be reused
+    record_grad.wants = lambda name: GRAD + name in wanted_acts
 
     loss, grads = loss_and_grads(params, config, tokens, targets, ignore_index,
                                  reference=reference, record_grad=record_grad if wanted_acts else None)
