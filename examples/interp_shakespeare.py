@@ -85,8 +85,10 @@ def main():
           [[f"{i}.{h}", f"{scores[i, h]:.3f}", f"{previous[i, h]:.3f}"] for i in range(L) for h in range(H)])
     top = np.unravel_index(np.argmax(scores), scores.shape)
     uniform = np.mean(1 / np.arange(args.seq_len + 1, 2 * args.seq_len + 1))  # query q sees q + 1 keys
-    print(f"top induction head: {top[0]}.{top[1]} (score {scores[top]:.3f}; a head attending "
-          f"uniformly to every earlier token would score {uniform:.3f})\n")
+    uniform_previous = np.sum(1 / np.arange(2, len(line) + 1)) / len(line)
+    print(f"top induction head: {top[0]}.{top[1]} (score {scores[top]:.3f}). A head attending "
+          f"uniformly to every token so far would score {uniform:.3f} (induction) and "
+          f"{uniform_previous:.3f} (previous token).\n")
 
     # 2. The logit lens of the line: each layer's top next-token guess, and the loss.
     lens = logit_lens(cache, params, config)  # (L + 1, T, V)
