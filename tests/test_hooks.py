@@ -219,3 +219,19 @@ def test_an_unembedding_bias_is_added(models):
     for reference in (False, True):
         assert np.allclose(forward(params, CONFIG, toks, reference=reference), plain + bias, rtol=0, atol=1e-12)
     assert np.allclose(forward(params, CONFIG, toks, last_only=True), (plain + bias)[-1:], rtol=0, atol=1e-12)
+
+
+def test_fine_points_are_selected_by_name_only():
+    from numpy_gpt2.debug.capture import select_names
+
+    every = activation_names(CONFIG, points=True)
+    assert select_names(every, "*") == activation_names(CONFIG, softmax=False)  # as before
+    assert select_names(every, "h.0.*") == [n for n in activation_names(CONFIG, softmax=False)
+                                            if n.startswith("h.0.")]
+    assert select_names(every, "*resid_pre") == ["h.0.resid_pre", "h.1.resid_pre"]
+    assert select_names(every, "h.*.attn.z,*.scale") == [
+        "h.0.ln_1.scale", "h.0.attn.z", "h.0.ln_2.scale", "h.1.ln_1.scale", "h.1.attn.z",
+        "h.1.ln_2.scale", "ln_f.scale"]
+    assert select_names(every, "h.1.attn.*scores,h.1.attn.result") == ["h.1.attn.scores", "h.1.attn.result"]
+    with pytest.raises(ValueError, match="spelled out"):
+        select_names(every, "h.0.ln_1.*")

@@ -119,7 +119,8 @@ def select_names(all_names: list[str], patterns="*") -> list[str]:
         if not hits:
             raise ValueError(f"activation name pattern {pattern!r} matches no name; names are "
                              f"{all_names[0]}, {all_names[1]}, h.0.ln_1, ..., {all_names[-1]} "
-                             f"(see numpy_gpt2.activation_names)")
+                             f"(see numpy_gpt2.activation_names; the finer points and the large "
+                             f"ones need their last part spelled out: '*resid_pre', 'h.*.attn.z')")
         chosen.update(hits)
     return [n for n in all_names if n in chosen]
 
