@@ -140,7 +140,7 @@ def activations(params: dict, config: GPT2Config, tokens, names="*", *, hooks=No
     generated tokens as generation computes them: the prompt, then one token at a time
     through the kv cache, joined along the positions (scores padded with -inf, softmax
     with 0 on the keys a step did not have yet). They equal one forward pass over the whole
-    sequence to rounding.
+    sequence to rounding. Hooks run in both passes (generating, then capturing).
     """
     tokens = np.asarray(tokens)
     wanted = select_names(activation_names(config, points=True), names)
