@@ -122,3 +122,25 @@ def test_bad_params():
         process_weights({"wte": {}}, config)
     with pytest.raises(ValueError, match="center_weights"):
         fold_layer_norm(random_params(config), config, center_weights="no")
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
+def test_process_weights_every_hook_point(dtype, tol):
+    # every TransformerLens hook (resid_pre/mid, LayerNorm scale and normalized, q, k, v in
+    # its layout, scores, z, ...) of the processed model, through numpy_gpt2.interp.names
+    from numpy_gpt2.debug.capture import activation_names
+    from numpy_gpt2.interp import to_transformer_lens
+
+    config = small_config(2, 4, 24)
+    params = random_params(config, 11, dtype)
+    tokens = np.random.default_rng(11).integers(0, config.vocab_size, 10)
+    ours = to_transformer_lens(activations(process_weights(params, config), config, tokens,
+                                           activation_names(config, points=True)), config)
+    _, theirs = tl_cache(tl_model(params, config), tokens)
+    assert set(theirs.keys()) <= set(ours)  # all 40 of TransformerLens' hooks here
+    for name in theirs.keys():
+        a, b = ours[name], theirs[name].numpy()
+        assert a.shape == b.shape, name
+        finite = np.isfinite(b)
+        assert np.array_equal(finite, np.isfinite(a)), name  # the masked scores: -inf on both sides
+        assert np.abs(a[finite] - b[finite]).max() <= tol * np.abs(b[finite]).max(), name
