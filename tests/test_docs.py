@@ -88,6 +88,7 @@ SHORTENED = {
     "training.md": [("--max-iters 2000 ", "--max-iters 2 "), ("--eval-iters 20 ", "--eval-iters 1 "),
                     ("--max-iters 1000 ", "--max-iters 1 "), ("--eval-iters 5 ", "--eval-iters 1 ")],
     "interp.md": [("--max-iters 500 ", "--max-iters 1 "), ("--max-iters 1000", "--max-iters 2"),
+                  ("--max-iters 2000", "--max-iters 3"),
                   ("--eval-iters 5", "--eval-iters 1"), ("--batch 10 ", "--batch 1 ")],
 }
 
