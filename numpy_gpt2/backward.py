@@ -23,11 +23,11 @@ from numpy_gpt2.config import GPT2Config
 from numpy_gpt2.dropout import apply as apply_dropout
 from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.finite import all_finite, check_finite_logits
-from numpy_gpt2.hooks import is_weight_name, no_record, prefixed, record_weights
+from numpy_gpt2.hooks import is_weight_name, no_record, prefixed, record_weights, wants
 from numpy_gpt2.layers import layer_norm, transformer_block
 from numpy_gpt2.layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
-                              position_embedding_backward, transformer_block_backward)
-from numpy_gpt2.fast.training import (layer_norm_backward_fast, lm_head_cross_entropy_fast,
+                              position_embedding_backward, record_layer_norm_inner, transformer_block_backward)
+from numpy_gpt2.fast.training import (layer_norm_backward_fast, lm_head_cross_entropy_fast, record_layer_norm_inner_fast,
                                    transformer_block_backward_fast, transformer_block_saving_fast)
 from numpy_gpt2.fast.forward import normalize
 from numpy_gpt2.loss import cross_entropy_backward, masked_cross_entropy
@@ -104,6 +104,7 @@ def _skipping(record_grad, names):
     def see(name, value):
         if name not in names:
             record_grad(name, value)
+    see.wants = lambda name: wants(record_grad, name)  # the finer points too, when it asks for them
     return see
 
 
@@ -155,6 +156,7 @@ def _loss_and_grads_reference(params, config, tokens, targets, ignore_index, rec
     if head is not wte:
         record_grad("lm_head.weight", dhead)
     record_grad("ln_f", dh)
+    record_layer_norm_inner(prefixed(record_grad, "ln_f."), dh, x, params["ln_f"]["weight"], eps)
     dx, dln_f = layer_norm_backward(dh, x, params["ln_f"]["weight"], eps)
     record_weights(record_grad, "ln_f", dln_f)
     dblocks = [None] * config.n_layer
@@ -213,6 +215,7 @@ def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, 
     if head is not wte:
         record_grad("lm_head.weight", dhead)
     record_grad("ln_f", dh)
+    record_layer_norm_inner_fast(prefixed(record_grad, "ln_f."), dh, xhat, std, params["ln_f"]["weight"])
     dx, dln_f = layer_norm_backward_fast(dh, xhat, std, params["ln_f"]["weight"])
     record_weights(record_grad, "ln_f", dln_f)
     del x, xhat, h, dh
@@ -240,4 +243,5 @@ def _batched(record, B, T):
         rows = a.ndim == 2 and a.shape[0] == B * T and not is_weight_name(name)
         a = a.reshape(B, T, *a.shape[1:]) if rows else a
         record(name, np.array(a))
+    see.wants = lambda name: wants(record, name)
     return see

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from numpy_gpt2.activation_functions import activation, tanh_gelu_derivative
-from numpy_gpt2.hooks import no_record, prefixed, record_weights
+from numpy_gpt2.hooks import no_record, prefixed, record_weights, wants
 from numpy_gpt2.layers import (attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax,
                      split_heads)
 
@@ -54,6 +54,18 @@ def layer_norm_backward(dout, x, weight, eps=1e-5):
     return dx, {"weight": (dout * xhat).sum(axis=rows), "bias": dout.sum(axis=rows)}
 
 
+def record_layer_norm_inner(record, dout, x, weight, eps=1e-5):
+    """Pass the gradients at a LayerNorm's inner points through record, when wanted:
+    "normalized" g = dL/dxhat = dout * weight (..., E) and "scale" dL/d sqrt(var + eps) =
+    -sum(g * xhat) / sqrt(var + eps) (..., 1), since xhat = centered / sqrt(var + eps)."""
+    if wants(record, "normalized") or wants(record, "scale"):
+        centered = x - x.mean(axis=-1, keepdims=True)
+        scale = np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+        g = dout * weight
+        record("normalized", g)
+        record("scale", -(g * (centered / scale)).sum(axis=-1, keepdims=True) / scale)
+
+
 def linear_backward(dout, x, weight):
     """Backward of y = x W + b (W: (n_in, n_out), GPT-2's Conv1D layout):
 
@@ -83,13 +95,15 @@ def attention_backward(dout, q, k, v, mask, record=no_record, scale=None):
         dq = dS k * scale,   dk = dS^T q * scale
 
     dout: (..., T, D); q: (..., T, D); k, v: (..., S, D); mask: (T, S) -> (dq, dk, dv).
-    P is recomputed from q and k. record sees "softmax": dL/dP.
+    P is recomputed from q and k. record sees "softmax": dL/dP, and "scores": dL/dS.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     probs = softmax(np.where(mask, q @ np.swapaxes(k, -1, -2) * scale, -np.inf))
     dprobs = dout @ np.swapaxes(v, -1, -2)
     record("softmax", dprobs)
-    dscores = softmax_backward(dprobs, probs) * scale  # dL/d(q k^T)
+    dscores = softmax_backward(dprobs, probs)
+    record("scores", dscores)
+    dscores = dscores * scale  # dL/d(q k^T)
     return dscores @ k, np.swapaxes(dscores, -1, -2) @ q, np.swapaxes(probs, -1, -2) @ dout
 
 
@@ -108,17 +122,24 @@ def causal_self_attention_backward(dout, x, c_attn, c_proj, n_head, record=no_re
 
     Each step's backward in reverse order; the [q | k | v] gradients are concatenated back
     into one (B, T, 3E) gradient of c_attn's output. dout, x: (B, T, E) ->
-    (dx, {"c_attn": {...}, "c_proj": {...}}). record sees "softmax" (dL/dP) and "c_attn".
+    (dx, {"c_attn": {...}, "c_proj": {...}}). record sees "result" (dout, the same for every
+    head: (B, H, T, E)), "z", "softmax" (dL/dP), "scores", "q", "k", "v" and "c_attn".
     """
     qkv = linear(x, **c_attn)
     q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
     mask = causal_mask(x.shape[1], x.shape[1])
     merged = merge_heads(attention(q, k, v, mask, scale=scale))
 
+    if wants(record, "result"):  # attn = sum of the heads' results + bias
+        record("result", np.broadcast_to(dout[:, None], (dout.shape[0], n_head) + dout.shape[1:]))
     dmerged, dc_proj = linear_backward(dout, merged, c_proj["weight"])
     record_weights(record, "c_proj", dc_proj)
-    dq, dk, dv = attention_backward(merge_heads_backward(dmerged, n_head), q, k, v, mask, record,
-                                    scale)
+    dz = merge_heads_backward(dmerged, n_head)
+    record("z", dz)
+    dq, dk, dv = attention_backward(dz, q, k, v, mask, record, scale)
+    record("q", dq)
+    record("k", dk)
+    record("v", dv)
     dqkv = np.concatenate([split_heads_backward(d) for d in (dq, dk, dv)], axis=-1)
     record("c_attn", dqkv)
     dx, dc_attn = linear_backward(dqkv, x, c_attn["weight"])
@@ -153,8 +174,10 @@ def transformer_block_backward(dout, x, block, n_head, eps, record=no_record, *,
 
     x is the block's INPUT (B, T, E); the block's forward is recomputed from it.
     Returns (dx, grads with the structure of block). record sees the activation names
-    inside the block in backward order: mlp.c_proj, mlp.gelu, mlp.c_fc, ln_2, attn,
-    attn.softmax, attn.c_attn, ln_1. act, scale: as in layers.transformer_block.
+    inside the block in backward order: mlp.c_proj, mlp.gelu, mlp.c_fc, ln_2, ln_2.normalized,
+    ln_2.scale, resid_mid, attn, attn.result, attn.z, attn.softmax, attn.scores, attn.q, .k,
+    .v, attn.c_attn, ln_1, ln_1.normalized, ln_1.scale, resid_pre. act, scale: as in
+    layers.transformer_block.
     """
     h1 = layer_norm(x, **block["ln_1"], eps=eps)
     x1 = x + linear(merge_heads(_attention_heads(h1, block["attn"]["c_attn"], n_head, scale)),
@@ -164,16 +187,21 @@ def transformer_block_backward(dout, x, block, n_head, eps, record=no_record, *,
     record("mlp.c_proj", dout)
     dh2, dmlp = mlp_backward(dout, h2, **block["mlp"], record=prefixed(record, "mlp."), act=act)
     record("ln_2", dh2)
+    record_layer_norm_inner(prefixed(record, "ln_2."), dh2, x1, block["ln_2"]["weight"], eps)
     dx1_ln, dln_2 = layer_norm_backward(dh2, x1, block["ln_2"]["weight"], eps)
     record_weights(record, "ln_2", dln_2)
     dx1 = dout + dx1_ln
+    record("resid_mid", dx1)
     record("attn", dx1)
     dh1, dattn = causal_self_attention_backward(dx1, h1, **block["attn"], n_head=n_head,
                                                 record=prefixed(record, "attn."), scale=scale)
     record("ln_1", dh1)
+    record_layer_norm_inner(prefixed(record, "ln_1."), dh1, x, block["ln_1"]["weight"], eps)
     dx_ln, dln_1 = layer_norm_backward(dh1, x, block["ln_1"]["weight"], eps)
     record_weights(record, "ln_1", dln_1)
-    return dx1 + dx_ln, {"ln_1": dln_1, "attn": dattn, "ln_2": dln_2, "mlp": dmlp}
+    dx = dx1 + dx_ln
+    record("resid_pre", dx)
+    return dx, {"ln_1": dln_1, "attn": dattn, "ln_2": dln_2, "mlp": dmlp}
 
 
 def _attention_heads(x, c_attn, n_head, scale=None):

@@ -9,21 +9,22 @@ import numpy as np
 from numpy_gpt2.checks import check_attention_mask, check_forward_tokens, check_position_ids
 from numpy_gpt2.config import GPT2Config
 from numpy_gpt2.finite import check_finite_logits
-from numpy_gpt2.hooks import no_record, prefixed
+from numpy_gpt2.hooks import Hooks, prefixed, record_copy, recorder
 from numpy_gpt2.layers import layer_norm, padding_bias, transformer_block
 from numpy_gpt2.fast.forward import layer_norm_fast, matmul_fast, transformer_block_fast
 
 
 def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, position_ids=None,
             kv_cache: dict | None = None, last_only: bool = False, record=None,
-            reference: bool = False) -> np.ndarray:
+            reference: bool = False, hooks=None) -> np.ndarray:
     """Logits for every position of GPT-2 (Radford et al. 2019; transformers' GPT2LMHeadModel):
 
         x      = wte[tokens] + wpe[positions]                  (B, T, E)
         x      = x + attn(ln_1(x));  x = x + mlp(ln_2(x))       in each block i = 0 .. L-1
         logits = ln_f(x) @ wte^T                                (B, T, V)
 
-    (the output head is wte itself unless params has an untied "lm_head").
+    (the output head is wte itself unless params has an untied "lm_head"; its optional
+    "bias" (V,), which folding ln_f into it makes (numpy_gpt2.interp), is added).
     tokens: int array (T,) or (B, T) in [0, vocab_size), past + T <= n_ctx. Returns (T, V)
         or (B, T, V) in the weights' dtype (E = n_embd, V = vocab_size, L = n_layer).
     attention_mask: optional (B, S) of 0/1 ((S,) for one sequence) over every position seen
@@ -44,8 +45,14 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
         are the same bits with or without it. Arrays may be reused after the call returns
         (copy what you keep). With last_only, the last block records the last position only.
     reference: run the readable layers (layers.transformer_block: the equations as written)
-        instead of the fast ones (layers_fast.transformer_block_fast: same math, arranged for
+        instead of the fast ones (fast.forward.transformer_block_fast: same math, arranged for
         speed, tested equal to rounding). For learners and tests.
+    hooks: optional {pattern: fn} over every hook point (the names above and the finer ones:
+        "h.3.resid_pre", "h.3.attn.z", ...; docs/debugging.md), patterns fnmatch globs:
+        fn(name, array) returns None (observe) or an array of the same shape and dtype that
+        replaces the value (numpy_gpt2.hooks.Hooks; else ValueError naming the hook). Arrays
+        have the tokens' batch axis or none; with kv_cache, the new positions only. Hooks
+        that return None or their argument change no bit of the logits, on either path.
     Raises ValueError for bad tokens, masks or positions, and NonFiniteError (a ValueError) when the logits hold
     NaN or inf, naming the first named activation that did (see numpy_gpt2.finite).
     """
@@ -57,7 +64,7 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
     positions = check_position_ids(position_ids, batch, T, single, config)
     if single:
         tokens = tokens[None]
-    record = record or no_record
+    record = Hooks(hooks, observe=record, single=single) if hooks else recorder(record)
     B = tokens.shape[0]
 
     wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]
@@ -65,8 +72,10 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
         positions = np.maximum(np.cumsum(mask, axis=1)[:, past:] - 1, 0)
     # (B, T, E), and (T, E) or (B, T, E)
     tok_emb, pos_emb = wte[tokens], wpe[past:past + T] if positions is None else wpe[positions]
-    record("wte", tok_emb)
-    record("wpe", pos_emb)
+    tok_emb = record("wte", tok_emb)
+    if hooks and pos_emb.ndim == 2:  # hooks see every name with the tokens' batch axis
+        pos_emb = np.broadcast_to(pos_emb, (B,) + pos_emb.shape)
+    pos_emb = record("wpe", pos_emb)
     x = tok_emb + pos_emb  # a new array: the fast blocks update it in place
     key_bias = None if mask is None else padding_bias(mask, x.dtype)  # (B, S)
     # The work is shared out between numpy_gpt2.fast.threads' pool, single-threaded BLAS in each
@@ -82,26 +91,28 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
             x = transformer_block_fast(x, block, config.n_head, config.layer_norm_epsilon, kv=kv,
                                        last_only=last, record=prefixed(record, f"h.{i}."),
                                        key_bias=key_bias, **config.block_options(i))
-        if record is not no_record:
-            record(f"h.{i}", x.copy() if not reference else x)  # the next block updates x in place
+        # the next fast block updates x in place; the readable one makes a new array
+        x = record(f"h.{i}", x) if reference else record_copy(record, f"h.{i}", x)
     if kv_cache is not None:
         kv_cache["length"] = past + T
     if last_only:
         x = x[:, -1:]
     norm = layer_norm if reference else layer_norm_fast
-    x = norm(x, **params["ln_f"], eps=config.layer_norm_epsilon)
-    record("ln_f", x)
+    x = norm(x, **params["ln_f"], eps=config.layer_norm_epsilon, record=prefixed(record, "ln_f."))
+    x = record("ln_f", x)
     head = params["lm_head"]["weight"] if "lm_head" in params else wte  # tied: the usual case
     # One 2-D matmul over all B*T rows: (B, T, E) @ (E, V) would read the head (a third of
     # the weights) once per sequence.
     logits = matmul_fast(x.reshape(-1, x.shape[-1]), head.T).reshape(B, x.shape[1], head.shape[0])
-    record("logits", logits)
+    if "bias" in params.get("lm_head", {}):  # an unembedding bias (folded ln_f: numpy_gpt2.interp)
+        logits += params["lm_head"]["bias"]
+    logits = record("logits", logits)
     if single:
         logits, tokens = logits[0], tokens[0]
     # NaN or inf would otherwise flow on silently (argmax of NaN is token 0): one sum over the
     # logits here; on failure the error names the first non-finite activation.
-    again = forward if mask is None and position_ids is None else functools.partial(
-        forward, attention_mask=attention_mask, position_ids=position_ids)
+    again = forward if mask is None and position_ids is None and not hooks else functools.partial(
+        forward, attention_mask=attention_mask, position_ids=position_ids, hooks=hooks)
     check_finite_logits(logits, params, config, tokens, kv_cache=kv_cache, reference=reference,
                         forward=again)
     return logits

@@ -4,10 +4,12 @@
 
 REFERENCE and CANDIDATE are safetensors files (from scripts/dump.py, or written by a port:
 "tokens" int64 (T,) plus one tensor per activation name; a gradient dump adds "targets",
-"loss" and "grad.*" tensors). Either one may instead be the word `live`: a fresh numpy_gpt2
-run on the other file's tokens (and targets: loss_and_grads, for a gradient dump),
-capturing the names that file holds (--model, default: the model in the other file's
-metadata; --dtype, default: its dtype).
+"loss" and "grad.*" tensors), or .npz files holding the same. A file may instead hold a
+TransformerLens cache under its hook names ("blocks.0.attn.hook_z", ...; a batch axis of 1
+is dropped): it is compared under our names and layouts (numpy_gpt2.interp.names). Either
+one may instead be the word `live`: a fresh numpy_gpt2 run on the other file's tokens (and
+targets: loss_and_grads, for a gradient dump), capturing the names that file holds
+(--model, default: the model in the other file's metadata; --dtype, default: its dtype).
 
 A tensor passes when every element has |candidate - reference| <= atol + rtol * |reference|
 (numpy.isclose's rule); for a gradient, atol is multiplied by the reference tensor's largest
@@ -39,7 +41,8 @@ from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.debug.capture import (GRAD, activation_names, activations, gradient_names, gradients,
                                     parameter_gradient_names)
 from numpy_gpt2.debug.compare import compare_activations
-from numpy_gpt2.debug.dump_format import dump_order_key, load_dump
+from numpy_gpt2.debug.dump_format import RESERVED, dump_order_key, load_dump
+from numpy_gpt2.interp.names import from_transformer_lens, is_transformer_lens_name
 
 DEFAULT_ATOL = 1e-4  # float32 vs float32: both round at ~6e-8 per op, in different orders
 DEFAULT_RTOL = 1e-4
@@ -47,9 +50,49 @@ LIVE = "live"
 
 
 def load_side(path):
-    dump = load_dump(path)
+    dump = load_npz(path) if str(path).endswith(".npz") else load_dump(path)
+    acts = dump["tensors"]
+    if any(is_transformer_lens_name(n) for n in acts):
+        acts = ours_from_transformer_lens(acts)
     return {"path": path, "tokens": dump["tokens"], "targets": dump["targets"],
-            "acts": dump["tensors"], "meta": dump["metadata"]}
+            "acts": {n: acts[n] for n in sorted(acts, key=dump_order_key)}, "meta": dump["metadata"]}
+
+
+def load_npz(path) -> dict:
+    """A dump stored as .npz (numpy.savez): load_dump's dict, without metadata."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            tensors = {name: f[name] for name in f.files}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except Exception as e:  # zipfile and pickle errors: keep one line
+        raise ValueError(f"{path}: cannot read as .npz ({type(e).__name__}: {e})") from None
+    ints = {name: tensors.pop(name, None) for name in RESERVED}
+    for name, a in ints.items():
+        if a is not None and a.dtype.kind not in "iu":
+            raise ValueError(f"{path}: {name!r} must hold integers, got {a.dtype}")
+    return {"tokens": ints["tokens"], "targets": ints["targets"], "tensors": tensors, "metadata": {}}
+
+
+PER_HEAD = ("q", "k", "v", "z", "result", "scores", "softmax")  # (H, T, X) for one sequence
+
+
+def ours_from_transformer_lens(tensors: dict) -> dict:
+    """A TransformerLens cache's tensors under our names and layouts; a leading batch axis of
+    1 (run_with_cache without remove_batch_dim) dropped, as our dumps are of one sequence.
+    Names TransformerLens has and we do not stay as they are (listed as extra)."""
+    known = {n: a for n, a in tensors.items() if is_transformer_lens_name(n)}
+    out = {n: a for n, a in tensors.items() if n not in known}
+    for tl, a in known.items():
+        try:
+            converted = from_transformer_lens({tl: a})
+        except ValueError:
+            out[tl] = a
+            continue
+        (name, a), = converted.items()
+        single_ndim = 3 if name.rsplit(".", 1)[-1] in PER_HEAD else 2
+        out[name] = a[0] if a.ndim == single_ndim + 1 and a.shape[0] == 1 else a
+    return out
 
 
 def is_step_tensor(name: str) -> bool:
@@ -73,8 +116,8 @@ def live_side(other: dict, model: str | None, dtype: str | None) -> dict:
             dtype = "float64" if first is not None and first.dtype == np.float64 else "float32"
     params, config = numpy_gpt2.load(numpy_gpt2.resolve_model(model), dtype=np.dtype(dtype))
     tokens = other["tokens"].astype(np.int64).reshape(-1)
-    known = set(activation_names(config))
-    known_grads = set(gradient_names(config) + parameter_gradient_names(params, config))
+    known = set(activation_names(config, points=True))
+    known_grads = set(gradient_names(config, points=True) + parameter_gradient_names(params, config))
     names = [n for n in other["acts"] if n in known]
     grad_names = [n for n in other["acts"] if n in known_grads]
     if not names and not grad_names and "loss" not in other["acts"]:
@@ -198,8 +241,9 @@ def main(argv=None) -> int:
         epilog="Either file may be the word 'live': numpy_gpt2 run on the other file's tokens "
                "(and targets, for gradients). Exit status: 0 all compared tensors pass, 1 some "
                "tensor fails, 2 bad arguments or input.")
-    parser.add_argument("reference", help="reference dump (.safetensors) or 'live'")
-    parser.add_argument("candidate", help="candidate dump (.safetensors) or 'live'")
+    parser.add_argument("reference", help="reference dump (.safetensors or .npz; our names or "
+                                          "TransformerLens' hook names) or 'live'")
+    parser.add_argument("candidate", help="candidate dump (.safetensors or .npz) or 'live'")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                         help=f"absolute tolerance (default {DEFAULT_ATOL:g}); for a gradient "
                              f"(grad.*) it is relative to the tensor's largest |reference|")

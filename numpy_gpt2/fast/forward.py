@@ -13,7 +13,7 @@ twin. The tricks, each one small:
   * softmax left unnormalized until after `@ v`: dividing (T, D) outputs is cheaper than
     dividing (T, S) probabilities.
 The fast forward of training, which also saves what the backward pass needs, is
-layers_backward_fast.transformer_block_saving_fast.
+fast.training.transformer_block_saving_fast.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import math
 import numpy as np
 
 from numpy_gpt2.activation_functions import TANH_GELU_NAMES, activation_fast
-from numpy_gpt2.hooks import no_record, prefixed
-from numpy_gpt2.layers import split_heads
+from numpy_gpt2.hooks import changed, no_record, prefixed, record_copy, recorder, wants
+from numpy_gpt2.layers import head_results, softmax, split_heads
 from numpy_gpt2.fast.threads import blas_single_threaded, can_limit_blas, for_each_piece, run_shares, threads
 
 QUERY_BLOCK = 64  # queries per attention block: a block's scores are <= 3 MB at S = 1024
@@ -112,10 +112,11 @@ def _gelu_inplace(x):
     return x
 
 
-def normalize(x, eps):
+def normalize(x, eps, record=no_record):
     """LayerNorm's normalization of x (..., E), in one new array: (xhat, std) with
     xhat = (x - mean) / std and std = sqrt(var + eps) (..., 1). layer_norm(x) = xhat * weight
-    + bias; the backward pass (layers_backward_fast.layer_norm_backward_fast) needs xhat and std."""
+    + bias; the backward pass (fast.training.layer_norm_backward_fast) needs xhat and std.
+    record sees (and a hook may replace) std as "scale" and xhat as "normalized"."""
     # np.add.reduce and a division: the bits of x.mean(), without its Python-level wrapper
     # (a decode step normalizes 25 single rows, where that wrapper was most of the time).
     n = x.shape[-1]
@@ -126,16 +127,24 @@ def normalize(x, eps):
     std /= n
     std += eps
     np.sqrt(std, out=std)
+    std = record("scale", std)
     xhat /= std
+    xhat = record("normalized", xhat)
     return xhat, std
 
 
 LN_ROWS = 64  # rows per layer_norm_fast piece: 192 KB of float32 at E = 768, cache-sized
 
 
-def layer_norm_fast(x, weight, bias, eps=1e-5):
+def layer_norm_fast(x, weight, bias, eps=1e-5, record=no_record):
     """layer_norm(): normalize(), then the affine map in place, in pieces of LN_ROWS rows
-    shared out between the threads (each piece's passes stay in the cache)."""
+    shared out between the threads (each piece's passes stay in the cache). In one piece
+    when someone wants its "scale" or "normalized" (the same numbers: rows are independent)."""
+    if wants(record, "scale") or wants(record, "normalized"):
+        xhat, _ = normalize(x, eps, recorder(record))
+        out = xhat * weight  # a new array: a hook may keep xhat
+        out += bias
+        return out
     rows = x.reshape(-1, x.shape[-1])
     out = np.empty_like(rows)
 
@@ -170,6 +179,9 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     dropout: a dropout.Dropout for training (None: none): each block's probabilities are
     multiplied by its mask (1, layer, 2, t0) before `@ v`; lse and the recorded
     probabilities are those before dropout.
+    record sees "scores" and "softmax" (B, H, T, past + T), made whole only when someone
+    wants them; when a hook changes either, the output is recomputed from it as written
+    (softmax(scores) @ v), else it stays the fused computation's, bit for bit.
     key_bias: optional (B, past + T) layers.padding_bias, added to every query's scores.
     scale: the scores' factor (1 / sqrt(D) unless the config changes it).
     Enough work (PARALLEL_FLOPS) is shared out by heads between the thread pool's threads,
@@ -179,8 +191,10 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     out = np.empty((B, T, H, D), dtype=q.dtype)
-    # The (B, H, T, S) probabilities exist only when someone records them.
-    probs = None if record is no_record else np.zeros((B, H, T, past + T), dtype=q.dtype)
+    # The (B, H, T, S) scores and probabilities exist only when someone wants them.
+    want = wants(record, "scores")
+    scores = np.full((B, H, T, past + T), -np.inf, dtype=q.dtype) if want else None
+    probs = np.zeros((B, H, T, past + T), dtype=q.dtype) if wants(record, "softmax") else None
 
     def attend(b, heads):
         def mask(t0, S, dtype):  # the full block's mask cut to these heads: the same in any share
@@ -188,12 +202,26 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
 
         _attend_heads(q[b, heads], k[b, heads], v[b, heads], past, block, out[b, :, heads],
                       None if lse is None else lse[b, heads], None if probs is None else probs[b, heads],
-                      scale, None if key_bias is None else key_bias[b], None if dropout is None else mask)
+                      scale, None if key_bias is None else key_bias[b], None if dropout is None else mask,
+                      None if scores is None else scores[b, heads])
 
     run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D)
-    if probs is not None:
-        record("softmax", probs)
+    if scores is not None or probs is not None:
+        _attention_hooks(out, scores, probs, v, recorder(record))
     return out
+
+
+def _attention_hooks(out, scores, probs, v, record):
+    """Pass the whole scores and probabilities (B, H, T, S) through record; if a hook changed
+    either, recompute out (B, T, H, D) from them as the equations say."""
+    seen, scores_changed = changed(record, "scores", lambda: scores)
+    if scores_changed:
+        probs = softmax(seen)
+    seen, probs_changed = changed(record, "softmax", lambda: probs)
+    if probs_changed:
+        probs = seen
+    if scores_changed or probs_changed:
+        out[...] = np.swapaxes(probs @ v, 1, 2)
 
 
 PARALLEL_FLOPS = 1 << 23  # attention work below this runs on the calling thread (threads cost ~0.1 ms)
@@ -220,9 +248,10 @@ def run_head_groups(work, B, H, flops):
         run_shares(share, n)
 
 
-def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask):
+def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask, scores_out=None):
     """causal_attention_fast for some heads: q (..., h, T, D), k, v (..., h, S, D); writes
-    out (..., T, h, D) and, when given, lse (..., h, T) and probs (..., h, T, S).
+    out (..., T, h, D) and, when given, lse (..., h, T), probs and scores_out (..., h, T, S)
+    (the masked scores: its entries after a block's last key stay as they were, -inf).
     key_bias: these heads' sequences' rows of the padding bias, (..., past + T), or None.
     mask: None, or mask(t0, S, dtype) -> the dropout mask (..., h, n, S) of the block from t0.
 
@@ -242,7 +271,8 @@ def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask):
             _attend_block(q[..., t0:t1, :], k[..., :S, :], v[..., :S, :], out[..., t0:t1, :, :],
                           None if lse is None else lse[..., t0:t1],
                           None if probs is None else probs[..., t0:t1, :S], scale,
-                          None if key_bias is None else key_bias[..., None, None, :S], m, heads_axis=-3)
+                          None if key_bias is None else key_bias[..., None, None, :S], m, heads_axis=-3,
+                          scores_out=None if scores_out is None else scores_out[..., t0:t1, :S])
             continue
         if fused is None:  # one scores buffer for every block and head of this call
             fused = np.empty(min(block, T) * (past + T), dtype=q.dtype)
@@ -253,18 +283,21 @@ def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask):
                           None if lse is None else lse[idx][t0:t1],
                           None if probs is None else probs[idx][t0:t1, :S], scale,
                           None if key_bias is None else key_bias[pre][:S], None if m is None else m[idx],
-                          heads_axis=None, scores=scores)
+                          heads_axis=None, scores=scores,
+                          scores_out=None if scores_out is None else scores_out[idx][t0:t1, :S])
 
 
 FUSE_SCORES = 1 << 14  # scores per head and block (64 KB) from which heads run one at a time: below,
 # every head at once fits the cache anyway and saves the per-head NumPy calls (T = 64 training)
 
 
-def _attend_block(q, k, v, out, lse, probs, scale, key_bias, mask, heads_axis, scores=None):
+def _attend_block(q, k, v, out, lse, probs, scale, key_bias, mask, heads_axis, scores=None,
+                  scores_out=None):
     """One query block: q (..., n, D) against keys k, v (..., S, D), the causal mask on the
     last n keys; writes out (..., n, D) given as (..., n, h, D) when heads_axis (the heads'
-    axis in q) is set, else (n, D); lse (..., n) and probs (..., n, S) when given. scores: an
-    (n, S) buffer to compute in (one head), else a new array."""
+    axis in q) is set, else (n, D); lse (..., n), probs (..., n, S) and the masked scores
+    scores_out (..., n, S) when given. scores: an (n, S) buffer to compute in (one head),
+    else a new array."""
     n, S = q.shape[-2], k.shape[-2]
     # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
     scores = np.matmul(q * scale, np.swapaxes(k, -1, -2), out=scores)
@@ -272,6 +305,8 @@ def _attend_block(q, k, v, out, lse, probs, scale, key_bias, mask, heads_axis, s
         scores[..., S - n:] += _future_mask(n, scores.dtype)
     if key_bias is not None:  # the same for every head and query
         scores += key_bias
+    if scores_out is not None:
+        scores_out[...] = scores
     top = np.maximum.reduce(scores, axis=-1, keepdims=True)
     scores -= top
     np.exp(scores, out=scores)
@@ -291,12 +326,16 @@ def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=Fal
     """causal_self_attention(), fast. x: (B, T, E) -> (B, T, E); kv, record, key_bias, scale as there.
 
     last_only: the output for the last position only, (B, 1, E); every position's keys and
-    values are still computed (and cached), only the other queries are skipped.
+    values are still computed (and cached), only the other queries are skipped (the hooks
+    at q, k, v see every position, those after them the last one).
     """
     B, T, E = x.shape
-    qkv = linear_fast(x, **c_attn)
-    record("c_attn", qkv)
+    record = recorder(record)
+    qkv = record("c_attn", linear_fast(x, **c_attn))
     q, k, v = (split_heads(qkv[..., i * E:(i + 1) * E], n_head) for i in range(3))  # views, no copies
+    q = record("q", q)
+    k = record("k", k)
+    v = record("v", v)
     past = 0
     if kv is not None:
         keys, values, past = kv
@@ -305,19 +344,25 @@ def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=Fal
         k, v = keys[:, :, :past + T], values[:, :, :past + T]
     if last_only:
         q, past, T = q[:, :, -1:], past + T - 1, 1
-    out = causal_attention_fast(q, k, v, past, record=record, key_bias=key_bias,
-                                scale=scale).reshape(B, T, E)
-    return linear_fast(out, **c_proj)
+    out = causal_attention_fast(q, k, v, past, record=record, key_bias=key_bias, scale=scale)
+    if wants(record, "z"):
+        z = np.swapaxes(out, 1, 2)  # (B, H, T, D), a view: edits in place reach out
+        seen = record("z", z)
+        if seen is not z:
+            out[...] = np.swapaxes(seen, 1, 2)
+    result, edited = changed(record, "result", lambda: head_results(np.swapaxes(out, 1, 2), c_proj["weight"]))
+    if edited:  # a hook changed some head's result: the output is their sum
+        return result.sum(axis=1) + c_proj["bias"]
+    return linear_fast(out.reshape(B, T, E), **c_proj)
 
 
 def mlp_fast(x, c_fc, c_proj, record=no_record, act="gelu_new"):
     """mlp(), fast: the tanh GELU overwrites the hidden (..., 4E) array in place; other
     activation functions make a new one (activation_functions.activation_fast)."""
-    h = linear_fast(x, **c_fc)
-    if record is not no_record:
-        record("c_fc", h.copy())  # a copy: gelu_fast is about to overwrite h
+    record = recorder(record)
+    h = record_copy(record, "c_fc", linear_fast(x, **c_fc))  # gelu_fast is about to overwrite h
     h = gelu_fast(h) if act in TANH_GELU_NAMES else activation_fast(act)[0](h)
-    record("gelu", h)
+    h = record("gelu", h)
     return linear_fast(h, **c_proj)
 
 
@@ -329,18 +374,21 @@ def transformer_block_fast(x, block, n_head, eps, kv=None, last_only=False, reco
     The model's last block uses it when only the next token's logits are wanted: after the
     keys/values, nothing there depends on the other positions.
     """
-    h = layer_norm_fast(x, **block["ln_1"], eps=eps)
-    record("ln_1", h)
+    record = recorder(record)
+    x = record_copy(record, "resid_pre", x)  # x is updated in place below
+    h = layer_norm_fast(x, **block["ln_1"], eps=eps, record=prefixed(record, "ln_1."))
+    h = record("ln_1", h)
     a = causal_self_attention_fast(h, **block["attn"], n_head=n_head, kv=kv, last_only=last_only,
                                    record=prefixed(record, "attn."), key_bias=key_bias, scale=scale)
-    record("attn", a)
+    a = record("attn", a)
     if last_only:
         x = x[:, -1:].copy()
     x += a
-    h = layer_norm_fast(x, **block["ln_2"], eps=eps)
-    record("ln_2", h)
+    x = record_copy(record, "resid_mid", x)  # the MLP's output is added to x in place
+    h = layer_norm_fast(x, **block["ln_2"], eps=eps, record=prefixed(record, "ln_2."))
+    h = record("ln_2", h)
     m = mlp_fast(h, **block["mlp"], record=prefixed(record, "mlp."), act=act)
-    record("mlp.c_proj", m)
+    m = record("mlp.c_proj", m)
     x += m
     return x
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from numpy_gpt2.activation_functions import TANH_GELU_NAMES, activation_fast
 from numpy_gpt2.dropout import apply as apply_dropout
-from numpy_gpt2.hooks import no_record, prefixed, record_weights
+from numpy_gpt2.hooks import no_record, prefixed, record_weights, wants
 from numpy_gpt2.layers import split_heads
 from numpy_gpt2.activation_functions import SQRT_2_OVER_PI as GELU_C
 from numpy_gpt2.fast.forward import (GELU_CHUNK, PARALLEL_PIECES, QUERY_BLOCK, _future_mask, causal_attention_fast,
@@ -142,7 +142,8 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     0 .. t1-1 matter; its probabilities are recomputed as P = exp(q k^T / sqrt(D) - lse), and
     the softmax's row-sum term uses sum_j dP_ij P_ij = sum_d dout_id out_id (P v = out), so
     it needs no second pass over the block.
-    record sees "softmax": dL/dP = dout v^T, (B, H, T, T), computed only when recording.
+    record sees "softmax": dL/dP = dout v^T, (B, H, T, T), computed only when recording, and
+    "scores": dL/dS (B, H, T, T), when someone wants it.
     dropout: the forward's (causal_attention_fast): each block's mask M is regenerated, and
     P M replaces P in dv, dL/dP = (dout v^T) M; the row-sum term is unchanged (it is
     dout . out, out being the output after dropout).
@@ -151,23 +152,27 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     delta = np.einsum("bhtd,bhtd->bht", dout, out)[..., None]  # (B, H, T, 1)
-    if record is not no_record:  # dL/dP for every (query, key), masked keys too, as autograd has it
+    if wants(record, "softmax"):  # dL/dP for every (query, key), masked keys too, as autograd has it
         record("softmax", dout @ np.swapaxes(v, -1, -2))
+    dscores = np.zeros((B, H, T, T), dtype=q.dtype) if wants(record, "scores") else None
 
     def heads(b, h):
         def mask(t0, t1, dtype):  # the forward's full-block mask cut to these heads, as it did
             return dropout.mask((1, layer, 2, t0), (B, H, t1 - t0, t1), dtype)[b, h]
 
         _attention_backward_heads(dout[b, h], q[b, h], k[b, h], v[b, h], lse[b, h], delta[b, h],
-                                  dq[b, h], dk[b, h], dv[b, h], block, scale, None if dropout is None else mask)
+                                  dq[b, h], dk[b, h], dv[b, h], block, scale, None if dropout is None else mask,
+                                  None if dscores is None else dscores[b, h])
 
     run_head_groups(heads, B, H, 8 * B * H * T * (T / 2) * D)
+    if dscores is not None:
+        record("scores", dscores)
 
 
-def _attention_backward_heads(dout, q, k, v, lse, delta, dq, dk, dv, block, scale, mask):
+def _attention_backward_heads(dout, q, k, v, lse, delta, dq, dk, dv, block, scale, mask, dscores=None):
     """causal_attention_backward_fast for some heads: every array (..., h, T, ...).
     mask: None, or mask(t0, t1, dtype) -> the forward's dropout mask (..., h, t1 - t0, t1)
-    of query block [t0, t1)."""
+    of query block [t0, t1). dscores: None, or (..., h, T, T) zeros to write dL/dS into."""
     T = q.shape[-2]
     dk[...] = 0.0
     dv[...] = 0.0
@@ -187,6 +192,8 @@ def _attention_backward_heads(dout, q, k, v, lse, delta, dq, dk, dv, block, scal
             dp *= m
         dp -= delta[..., t0:t1, :]
         dp *= p                                                                # dS (of the scaled scores)
+        if dscores is not None:
+            dscores[..., t0:t1, :t1] = dp
         dq[..., t0:t1, :] = (dp @ k[..., :t1, :]) * scale
         dk[..., :t1, :] += np.swapaxes(dp, -1, -2) @ qb                        # qb carries the scale
 
@@ -201,6 +208,14 @@ def _linear_grads(dout, x):
     return {"weight": matmul_fast(x.T, dout), "bias": dout.sum(axis=0)}
 
 
+def record_layer_norm_inner_fast(record, dout, xhat, std, weight):
+    """layers_backward.record_layer_norm_inner from the forward's own (xhat, std)."""
+    if wants(record, "normalized") or wants(record, "scale"):
+        g = dout * weight
+        record("normalized", g)
+        record("scale", -(g * xhat).sum(axis=-1, keepdims=True) / std)
+
+
 def _layer_norm_linear_backward(dy, x, ln, weight, eps, record, ln_name, linear_name):
     """Backward through y = linear(layer_norm(x)) (a block's ln_1 -> c_attn and ln_2 -> c_fc):
     dy (N, n_out), x (N, E) the LayerNorm's input, weight (E, n_out). The LayerNorm output is
@@ -211,6 +226,7 @@ def _layer_norm_linear_backward(dy, x, ln, weight, eps, record, ln_name, linear_
     dlinear = record_weights(record, linear_name, _linear_grads(dy, xhat * ln["weight"] + ln["bias"]))
     dh = matmul_fast(dy, weight.T)
     record(ln_name, dh)
+    record_layer_norm_inner_fast(prefixed(record, ln_name + "."), dh, xhat, std, ln["weight"])
     dx, dln = layer_norm_backward_fast(dh, xhat, std, ln["weight"])
     record_weights(record, ln_name, dln)
     return dx, dln, dlinear
@@ -241,20 +257,31 @@ def transformer_block_backward_fast(dout, saved, block, n_head, eps, record=no_r
     dx1, dln_2, dc_fc = _layer_norm_linear_backward(dg, x1, ln_2, mlp["c_fc"]["weight"], eps, record,
                                                     "ln_2", "mlp.c_fc")
     dout += dx1                                            # dout := dL/dx1
+    record("resid_mid", dout)
     record("attn", dout)
 
     dbranch = dout if dropout is None else dout * saved["m_attn"]
+    if wants(record, "attn.result"):  # attn = sum of the heads' results + bias: each gets dbranch
+        branch = dbranch.reshape(B, 1, -1, dbranch.shape[-1])
+        record("attn.result", np.broadcast_to(branch, (B, n_head) + branch.shape[2:]))
     dattn_proj = record_weights(record, "attn.c_proj", _linear_grads(dbranch, y))
     dy = matmul_fast(dbranch, attn["c_proj"]["weight"].T)
+    if wants(record, "attn.z"):
+        record("attn.z", _heads(dy, B, n_head))
     dqkv = np.empty_like(qkv)
+    dq, dk, dv = (_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1))
     causal_attention_backward_fast(
         _heads(dy, B, n_head), *(_heads(a, B, n_head) for a in np.split(qkv, 3, axis=-1)),
-        _heads(y, B, n_head), lse, *(_heads(a, B, n_head) for a in np.split(dqkv, 3, axis=-1)),
+        _heads(y, B, n_head), lse, dq, dk, dv,
         record=prefixed(record, "attn."), dropout=dropout, layer=layer, scale=scale)
+    for name, grad in (("attn.q", dq), ("attn.k", dk), ("attn.v", dv)):
+        if wants(record, name):
+            record(name, grad)
     record("attn.c_attn", dqkv)
     dx, dln_1, dattn_c = _layer_norm_linear_backward(dqkv, x, ln_1, attn["c_attn"]["weight"], eps,
                                                      record, "ln_1", "attn.c_attn")
     dout += dx
+    record("resid_pre", dout)
     return dout, {"ln_1": dln_1, "attn": {"c_attn": dattn_c, "c_proj": dattn_proj},
                   "ln_2": dln_2, "mlp": {"c_fc": dc_fc, "c_proj": dc_proj}}
 

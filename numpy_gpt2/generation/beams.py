@@ -44,10 +44,10 @@ def _reorder_cache(cache, rows):
             a[:, :, :length] = a[rows, :, :length]
 
 
-def _beam_cache(params, config, prompt, num_beams, max_len):
+def _beam_cache(params, config, prompt, num_beams, max_len, hooks=None):
     """Prefill the prompt once and give every beam a copy of its keys/values -> (logits (V,), cache)."""
     one = new_kv_cache(config, 1, params["wte"]["weight"].dtype, max_len=max_len)
-    logits = forward(params, config, prompt[None], kv_cache=one, last_only=True)[0, -1]
+    logits = forward(params, config, prompt[None], kv_cache=one, last_only=True, hooks=hooks)[0, -1]
     cache = {"keys": [np.repeat(k, num_beams, axis=0) for k in one["keys"]],
              "values": [np.repeat(v, num_beams, axis=0) for v in one["values"]],
              "length": one["length"]}
@@ -74,7 +74,8 @@ class _Finished:
 
 def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, num_beams: int, *,
                 length_penalty: float = 1.0, early_stopping=False, num_return_sequences: int = 1,
-                no_repeat_ngram_size: int = 0, eos_token_id: int | None = None, suppress_tokens=None):
+                no_repeat_ngram_size: int = 0, eos_token_id: int | None = None, suppress_tokens=None,
+                hooks=None):
     """The num_return_sequences best continuations of `prompt` by beam search, best first.
 
     prompt: token ids (T,), 1 <= T <= n_ctx. max_new_tokens (>= 1): the length limit (also
@@ -88,6 +89,8 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
     eos_token_id: default config.eos_token_id. suppress_tokens: token ids never chosen (their
     log probabilities set to -inf, transformers' SuppressTokensLogitsProcessor; ids outside
     the vocabulary are ignored), e.g. the ids of a padded vocabulary the tokenizer cannot decode.
+    hooks: forward's hooks, used at every step: they see the prompt's pass (1, T, ...), then
+    each step's (num_beams, 1, ...) new positions (numpy_gpt2.generate's hooks says more).
 
     Returns [(tokens, score), ...]: tokens an int64 array (n,) of the new tokens (ending
     with eos if the beam finished on it), score transformers' sequences_scores (sum of the
@@ -104,7 +107,8 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
     T, n, V = len(prompt), num_beams, config.vocab_size
     steps = min(max_new_tokens, config.n_ctx - T + 1)  # the last token is never fed back
-    logits, cache = _beam_cache(params, config, prompt, n, max_len=min(config.n_ctx, T + steps - 1))
+    logits, cache = _beam_cache(params, config, prompt, n, max_len=min(config.n_ctx, T + steps - 1),
+                                hooks=hooks)
     logits = np.broadcast_to(logits, (n, V))
 
     seqs = np.tile(prompt, (n, 1))  # (n, T + t): prompt and each running beam's tokens
@@ -139,5 +143,6 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
         if not improvable or (early_stopping is True and finished.done.all()) or ends.all():
             break
         _reorder_cache(cache, beam[keep])
-        logits = forward(params, config, token[keep, None], kv_cache=cache, last_only=True)[:, -1]
+        logits = forward(params, config, token[keep, None], kv_cache=cache, last_only=True,
+                         hooks=hooks)[:, -1]
     return [(finished.tokens[i], float(finished.scores[i])) for i in range(num_return_sequences)]

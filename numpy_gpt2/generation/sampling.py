@@ -149,7 +149,7 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
              eos_token_id: int | None = None, compact: bool = True, suppress_tokens=None, *,
              repetition_penalty=None, frequency_penalty=None, presence_penalty=None,
              no_repeat_ngram_size=None, min_new_tokens=None, logit_bias=None, min_p=None,
-             typical_p=None, logprobs=None, context="stop"):
+             typical_p=None, logprobs=None, context="stop", hooks=None):
     """Generate tokens after a prompt; returns a generator yielding each new token as it is made.
 
         for token in generate(params, config, enc.encode("Hello"), 20, temperature=0):
@@ -206,6 +206,12 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
         prompt per token (GPT-2 124M at n_ctx 1024: ~55 cached steps). In a batch, once one
         row's window is full, every row is re-run from its own last n_ctx tokens.
 
+    hooks: forward's hooks ({pattern: fn}, numpy_gpt2.hooks.Hooks), used at every step.
+        They see arrays with the batch axis of the running rows (B, ...), even for one
+        prompt: the prompt's step, then each new token's (the new positions only; in the
+        last block, after the keys and values, the last position only). The rows are
+        left-padded prompts; finished rows leave the batch (compact).
+
     Yields: an int per step for a single prompt (T,) with num_samples == 1, else an int64
     array (B * num_samples,) per step (with logprobs: a (token(s), info) pair).
 
@@ -228,7 +234,7 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
     batch = [p for p in prompts for _ in range(num_samples)]  # row b * num_samples + s
     choice = Choice(float(temperature), top_k, top_p, options, eos)
     return _generate(params, config, batch, max_new_tokens, choice, rng, stop_at_eos, single,
-                     compact, logprobs, context == "slide")
+                     compact, logprobs, context == "slide", hooks)
 
 
 def keep_cache_rows(kv_cache: dict, rows) -> dict:
@@ -340,7 +346,7 @@ def _drop_columns(cache, n):
 
 
 def _generate(params, config, prompts, max_new_tokens, choice, rng, stop_at_eos, single,
-              compact, logprobs, slide):
+              compact, logprobs, slide, hooks=None):
     """The decoding loop over prompts, a list of B int arrays (T_b,).
 
     Prompts of different lengths are left-padded to T = max T_b (seqs, real: see _left_pad)
@@ -371,7 +377,7 @@ def _generate(params, config, prompts, max_new_tokens, choice, rng, stop_at_eos,
     off = T - min(T, n_ctx)  # the first column the model sees (slide: prompts past n_ctx)
     # Room for the prompts and every token that will be fed back (all but the last one made).
     cache = new_kv_cache(config, B, params["wte"]["weight"].dtype, max_len=min(n_ctx, T - off + steps - 1))
-    logits = _next_logits(params, config, seqs[:, off:T], real[:, off:T], kv_cache=cache)
+    logits = _next_logits(params, config, seqs[:, off:T], real[:, off:T], kv_cache=cache, hooks=hooks)
     active = np.arange(B)  # original row of each row still in the batch
     finished = np.zeros(B, dtype=bool)  # by original row; finished rows yield eos from then on
     for step in range(steps):
@@ -410,9 +416,10 @@ def _generate(params, config, prompts, max_new_tokens, choice, rng, stop_at_eos,
                 off = new_off
         longest = int(lengths[active].max()) + step + 1  # tokens of the longest row now
         if cache is not None and longest <= n_ctx:  # feed the new tokens through the cache
-            logits = _next_logits(params, config, new[:, None], real[active, off:cur + 1], kv_cache=cache)
+            logits = _next_logits(params, config, new[:, None], real[active, off:cur + 1], kv_cache=cache,
+                                 hooks=hooks)
         else:  # sliding: each row's last n_ctx tokens again, from position 0
             cache = None  # its keys and values belong to positions that have moved
             window = min(n_ctx, longest)
             columns = slice(cur + 1 - window, cur + 1)
-            logits = _next_logits(params, config, seqs[active, columns], real[active, columns])
+            logits = _next_logits(params, config, seqs[active, columns], real[active, columns], hooks=hooks)

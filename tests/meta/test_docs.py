@@ -30,7 +30,8 @@ What is deliberately not executed, or changed
   into the test suite.
 - For speed, the training commands of README.md and docs/training.md run for a step or two
   instead of minutes: SHORTENED below lists, per file, each text replaced (`--max-iters`
-  and `--eval-iters` values only; every other flag runs as written). Other files run
+  and `--eval-iters` values, and docs/interp.md's example's `--batch`, only; every other flag
+  runs as written). Other files run
   exactly as written.
 - Benchmark commands (minutes each, and PyTorch) are shown in ```text blocks in
   docs/speed.md and not run here; tests/test_bench.py and tests/test_bench_train.py run their
@@ -88,6 +89,9 @@ SHORTENED = {
     "README.md": [("--max-iters 300 ", "--max-iters 1 "), ("--eval-iters 5", "--eval-iters 1")],
     "training.md": [("--max-iters 2000 ", "--max-iters 2 "), ("--eval-iters 20 ", "--eval-iters 1 "),
                     ("--max-iters 1000 ", "--max-iters 1 "), ("--eval-iters 5 ", "--eval-iters 1 ")],
+    "interp.md": [("--max-iters 500 ", "--max-iters 1 "), ("--max-iters 1000", "--max-iters 2"),
+                  ("--max-iters 2000", "--max-iters 3"),
+                  ("--eval-iters 5", "--eval-iters 1"), ("--batch 10 ", "--batch 1 ")],
 }
 
 
