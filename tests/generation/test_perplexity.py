@@ -192,7 +192,7 @@ def test_script_input_errors(ckpt, tokenizer_dir, tmp_path, capsys):
              ([text, "--stride", "33"], "got 33; a longer stride would skip the tokens between windows\n"),
              ([text, "--max-length", "64"], "--max-length must be in 2..32 (the model's context, n_ctx), got 64"),
              ([text, "--max-length", "1"], "--max-length must be in 2..32 (the model's context"),
-             ([text, "--max-length", "99999999999999999999"], "--max-length must be in 2..32"),
+             ([text, "--max-length", "99999999999999999999"], "--max-length: 99999999999999999999 is out of range"),
              ([tmp_path / "nope.txt"], "No such file"),
              ([binary], "not UTF-8 text"),
              ([text, "--bogus"], "perplexity.py: error: unrecognized arguments: --bogus (see --help)"),

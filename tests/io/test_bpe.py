@@ -71,12 +71,17 @@ FRAGMENTS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "’s", "
              ENDOFTEXT, "<|endoftext", "\x00", "\x7f", "\ufeff", "\ufffd",
              "\ud800", "\udfff", "\ud83d", "\ude00"]  # lone surrogates, and halves that pair up
 
+# Code points unassigned in Python's Unicode tables (category Cn) are left out: newer Unicode
+# versions assign some of them as letters, and the `regex` package (newer tables) and tiktoken's
+# regex engine (older ones) then disagree about \p{L}, which is a Unicode version, not a BPE,
+# difference (e.g. U+3D000 before "'s"). docs/tokenizer.md says so.
+ASSIGNED = st.characters(codec=None, exclude_categories=["Cn"])
 texts = st.one_of(
     st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join),
-    st.text(max_size=60),  # any code point but surrogates
+    st.text(ASSIGNED, max_size=60),  # any assigned code point but surrogates
     st.text(st.characters(codec=None, categories=["Zs", "Cc", "Mn", "Nd", "No", "Po", "Cs", "So"]),
             max_size=40),
-    st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=5)), max_size=20).map("".join),
+    st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(ASSIGNED, max_size=5)), max_size=20).map("".join),
 )
 SETTINGS = settings(max_examples=300, deadline=None)
 

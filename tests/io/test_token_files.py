@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpy_gpt2
+from helpers import REPO_ROOT
 from numpy_gpt2.io import token_files
 from numpy_gpt2.training import data
 
@@ -246,7 +247,7 @@ def test_memory_stays_flat_over_a_token_file_larger_than_the_budget(tmp_path, to
                 f.write(block)
         (np.arange(1000) % 50257).astype("<u2").tofile(tmp_path / name / "val.bin")
     env = dict(os.environ, NUMPY_GPT2_TOKENIZER=tokenizer_dir, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    peaks = {name: peak_memory([os.path.join(os.path.dirname(__file__), "..", "scripts", "train.py"),
+    peaks = {name: peak_memory([os.path.join(REPO_ROOT, "scripts", "train.py"),
                                 "--data", tmp_path / name, "--out", tmp_path / f"out-{name}", *TINY],
                                env, budget=256 * mb)
              for name in ("small", "big")}
