@@ -209,6 +209,6 @@ def test_a_failed_start_of_train_leaves_no_out_directory(tmp_path, monkeypatch, 
         "--batch-size", "2", "--eval-iters", "1", "--max-iters", "2"])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert ("error at step 0: saving the best checkpoint to " in err and "No space left on device; "
+    assert ("error at step 0: saving the best checkpoint to " in err and "out of disk space; "
             "nothing was saved in " in err)
     assert os.listdir(tmp_path) == ["text.txt"]
