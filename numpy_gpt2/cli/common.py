@@ -23,6 +23,7 @@ library, are one line naming the resource (and the file), status 1 (`resource_pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -470,7 +471,7 @@ class StopSignals:
     active = None  # the StopSignals of the command running now (entry's)
 
     def __init__(self, signums):
-        self.received, self.announce, self.previous = None, None, {}
+        self.received, self.announce, self.previous, self.holding = None, None, {}, False
         for signum in signums:
             try:
                 current = signal.getsignal(signum)
@@ -488,7 +489,27 @@ class StopSignals:
         """From now on the first signal is recorded (and announced), not raised."""
         self.announce = announce or (lambda signum: None)
 
+    @contextlib.contextmanager
+    def held(self):
+        """Signals during the block are recorded, not raised (a burst too); the first is raised
+        when the block ends, so that what it does (create and lock a directory, release it)
+        is never left half done."""
+        if self.holding:
+            yield
+            return
+        self.holding, before = True, self.received
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.received is not None and self.received != before and self.announce is None:
+                signum, self.received = self.received, None
+                raise stop_exception(signum)
+
     def handle(self, signum, frame):
+        if self.holding:
+            self.received = self.received or signum
+            return
         if self.announce is not None and self.received is None:
             self.received = signum
             self.announce(signum)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from numpy_gpt2.cli import common
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -197,8 +198,10 @@ def library(function, *args):
 
 def lock(dirs: RunDirectory, path, flag, create=False) -> None:
     """Lock (and with create, first make) a run directory; UsageError naming the flag."""
+    held = common.StopSignals.active.held() if common.StopSignals.active else contextlib.nullcontext()
     try:
-        dirs.create_and_lock(path) if create else dirs.lock(path)
+        with held:  # a signal now would leave a directory made but not locked (or not removed)
+            dirs.create_and_lock(path) if create else dirs.lock(path)
     except DirectoryLocked:
         raise UsageError(f"{flag} {path}: another train.py is training in this directory right "
                          f"now (it holds the directory's lock); wait for it to end or stop it") from None
@@ -372,7 +375,8 @@ def main(argv=None) -> int:
             say(stopped_before(common.signal_number(e)))
             status, together = 128 + common.signal_number(e), False
         finally:
-            dirs.release()
+            with signals.held() if signals else contextlib.nullcontext():
+                dirs.release()  # (a signal meanwhile: after the empty directories are gone)
         if together:  # every rank returns the same status; a rank stopped at once does not wait
             world.finish()  # for the others (the launcher ends the job when it exits)
         return status
