@@ -5,7 +5,9 @@ layers (one equation each), model (forward), loss, layers_backward, backward (lo
 activation_functions, dropout, initialization, finite, checks. The subpackages hold the rest:
 fast/ (fast twins of the layers, tested equal), io/ (files: checkpoints, tokenizer, hub),
 generation/ (sampling, beams, perplexity), training/ (AdamW, the step, the training loop),
-debug/ (named activations and gradients, dump files, compare), cli/ (the `numpy-gpt2` command).
+debug/ (named activations and gradients, dump files, compare), interp/ (hooks' names, weight
+processing, the residual stream, heads, patching: TransformerLens' toolkit), explain/ (the
+explain page), cli/ (the `numpy-gpt2` command); bpe.py (the tokenizer, readable) and plots.py.
 
 The public API below is loaded on first use (`numpy_gpt2.forward` imports numpy_gpt2.model
 then), so `import numpy_gpt2` and the command's start-up stay quick.
