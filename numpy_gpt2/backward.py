@@ -40,33 +40,15 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
                    dropout=None, num_items_in_batch: int | None = None):
     """The mean cross-entropy of the targets and its gradient for every parameter.
 
-    tokens: int (T,) or (B, T); targets: ints of the same shape, targets[..., t] the token
-        that should follow position t; targets equal to ignore_index are not scored.
-    Returns (loss, grads): loss a Python float, the mean over the kept targets (as
-        torch.nn.functional.cross_entropy(..., ignore_index=-100)); grads a dict with the
-        structure and key names of params, in their dtype; with config.bias False the
-        bias entries are zeros (the biases are constants: nanoGPT model.py's bias=False
-        has no such parameters, so nothing may train them).
-    reference: run the readable layers and their readable backward twins (they recompute
-        each block from its input) instead of the fast path. Same numbers, to rounding.
-    record(name, array): sees the forward activations (names as numpy_gpt2.activations).
-    record_grad(name, array): sees dloss/d(activation) for every activation name, in
-        backward order (logits, ln_f, h.{L-1}, h.{L-1}.mlp.c_proj, ..., h.0.ln_1, wpe, wte),
-        every array with a batch axis; and dloss/d(weight) under the weight's checkpoint key
-        (h.3.mlp.c_fc.weight; lm_head.weight only when untied) where the backward pass
-        computes it, between the gradients of that module's output and input (wpe.weight,
-        wte.weight last, after the whole pass: wte's sums the tied head's part); not the
-        biases of a model without biases (config.bias False: they are not parameters).
-        Arrays may be reused after the call: copy what you keep.
-    grads: a gradient dict to add this batch's gradients into (gradient accumulation).
-    dropout: a numpy_gpt2.dropout.Dropout(p, seed) for training with dropout (embeddings,
-        attention probabilities, residual branches; the backward applies the same masks);
-        None or p = 0: none, every number as without it. Fast path only.
-    num_items_in_batch: divide the summed loss by this many targets instead of this batch's
-        kept ones (transformers' name): the kept targets of ALL the micro-batches of a step,
-        so that their losses and gradients add up to those of one big batch
-        (train_step.accumulate_grads; docs/training.md). A batch with no kept target is then
-        allowed: loss 0, gradients 0.
+    tokens: ints (T,) or (B, T); targets: the same shape, targets[..., t] the token that should
+        follow position t; ignore_index targets are not scored.
+    Returns (loss, grads): the mean over the kept targets (torch's cross_entropy(...,
+        ignore_index=-100)) as a float, and a dict mirroring params (zero biases when config.bias
+        is False: they are constants). num_items_in_batch: divide by the kept targets of a whole
+        step instead (gradient accumulation, docs/training.md). grads: a dict to add into.
+    record / record_grad(name, array): the activations and dloss/d(activation or weight) in
+        backward order; dropout: a numpy_gpt2.dropout.Dropout; reference: the readable layers and
+        their backward twins (same numbers to rounding). More: docs/debugging.md, docs/learn.md.
     Raises ValueError for bad tokens or targets, before any work.
     """
     given = np.asarray(tokens)  # as the caller gave them: error messages use this shape

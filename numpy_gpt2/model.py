@@ -21,40 +21,15 @@ def forward(params: dict, config: GPT2Config, tokens, *, attention_mask=None, po
 
         x      = wte[tokens] + wpe[positions]                  (B, T, E)
         x      = x + attn(ln_1(x));  x = x + mlp(ln_2(x))       in each block i = 0 .. L-1
-        logits = ln_f(x) @ wte^T                                (B, T, V)
+        logits = ln_f(x) @ wte^T (+ lm_head's bias, if any)     (B, T, V)
 
-    (the output head is wte itself unless params has an untied "lm_head"; its optional
-    "bias" (V,), which folding ln_f into it makes (numpy_gpt2.interp), is added).
-    tokens: int array (T,) or (B, T) in [0, vocab_size), past + T <= n_ctx. Returns (T, V)
-        or (B, T, V) in the weights' dtype (E = n_embd, V = vocab_size, L = n_layer).
-    attention_mask: optional (B, S) of 0/1 ((S,) for one sequence) over every position seen
-        so far, S = cached + new: 1 = a real token, 0 = padding, which no query attends to
-        (a padding query's logits are finite and meaningless). No row may be all padding.
-    position_ids: optional (B, T) ints in [0, n_ctx), the new tokens' positions. Default:
-        with a mask, each row counts its real tokens only (cumsum(mask) - 1, so a left-padded
-        row computes exactly what it computes alone, as transformers' generate() does; its
-        forward() would need them passed); without one, past .. past + T - 1.
-    kv_cache: from new_kv_cache(); positions continue from kv_cache["length"], the new
-        keys/values are appended and the length advanced. (B must match the cache.)
-    last_only: compute logits for the last position only -> (1, V) or (B, 1, V);
-        the output head is a third of GPT-2 124M's weights, so generation skips the rest
-        (and the last block, once its keys/values are cached, skips the other positions).
-    record: optional callable(name, array) that sees every named activation
-        ("wte", "wpe", "h.3.ln_1", "h.3.attn.c_attn", ..., "ln_f", "logits");
-        see numpy_gpt2.activations. Recording does not change the computation: the logits
-        are the same bits with or without it. Arrays may be reused after the call returns
-        (copy what you keep). With last_only, the last block records the last position only.
-    reference: run the readable layers (layers.transformer_block: the equations as written)
-        instead of the fast ones (fast.forward.transformer_block_fast: same math, arranged for
-        speed, tested equal to rounding). For learners and tests.
-    hooks: optional {pattern: fn} over every hook point (the names above and the finer ones:
-        "h.3.resid_pre", "h.3.attn.z", ...; docs/debugging.md), patterns fnmatch globs:
-        fn(name, array) returns None (observe) or an array of the same shape and dtype that
-        replaces the value (numpy_gpt2.hooks.Hooks; else ValueError naming the hook). Arrays
-        have the tokens' batch axis or none; with kv_cache, the new positions only. Hooks
-        that return None or their argument change no bit of the logits, on either path.
-    Raises ValueError for bad tokens, masks or positions, and NonFiniteError (a ValueError) when the logits hold
-    NaN or inf, naming the first named activation that did (see numpy_gpt2.finite).
+    tokens: ints (T,) or (B, T), past + T <= n_ctx -> (T, V) or (B, T, V) in the weights' dtype.
+    attention_mask (B, S) 0/1, position_ids (B, T), kv_cache (new_kv_cache), last_only (the last
+    position's logits only), record(name, array) and hooks ({pattern: fn}: fn returns None to
+    observe or an array that replaces the value) over the named points, reference (the readable
+    layers instead of the fast ones, tested equal): docs/loading.md, docs/debugging.md.
+    Raises ValueError for bad tokens, masks or positions, NonFiniteError (a ValueError) naming the
+    first non-finite activation when the logits hold NaN or inf.
     """
     tokens = check_forward_tokens(tokens, config, kv_cache)
     past = 0 if kv_cache is None else kv_cache["length"]

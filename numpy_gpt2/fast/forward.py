@@ -173,20 +173,16 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
     q: (B, H, T, D); k, v: (B, H, past + T, D). Returns (B, T, H, D), the layout in which
     merging the heads to (B, T, E) is a free reshape. Query block [t0, t1) needs keys
     0 .. past+t1-1 only, and only its last t1-t0 keys need masking. block: queries per block.
-    lse: optional (B, H, T) array, filled with each query's log sum_j exp(score_j): with it,
-    the backward pass recomputes any block of probabilities as exp(score - lse), so no
-    (B, H, T, S) array needs to be kept for it.
-    dropout: a dropout.Dropout for training (None: none): each block's probabilities are
-    multiplied by its mask (1, layer, 2, t0) before `@ v`; lse and the recorded
-    probabilities are those before dropout.
+    lse: optional (B, H, T), filled with each query's log-sum-exp (the backward pass
+    recomputes probabilities from it). dropout: a Dropout (mask (1, layer, 2, t0) per block,
+    applied before `@ v`; lse and the recorded probabilities are those before dropout).
     record sees "scores" and "softmax" (B, H, T, past + T), made whole only when someone
     wants them; when a hook changes either, the output is recomputed from it as written
     (softmax(scores) @ v), else it stays the fused computation's, bit for bit.
     key_bias: optional (B, past + T) layers.padding_bias, added to every query's scores.
     scale: the scores' factor (1 / sqrt(D) unless the config changes it).
-    Enough work (PARALLEL_FLOPS) is shared out by heads between the thread pool's threads,
-    each running single-threaded BLAS (numpy_gpt2.fast.threads.blas_single_threaded); the
-    result, dropout masks included, is the same either way.
+    Enough work (PARALLEL_FLOPS) is shared out by heads between the pool's threads; the
+    result is the same either way.
     """
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale

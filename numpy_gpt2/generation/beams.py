@@ -78,24 +78,14 @@ def beam_search(params: dict, config: GPT2Config, prompt, max_new_tokens: int, n
                 hooks=None):
     """The num_return_sequences best continuations of `prompt` by beam search, best first.
 
-    prompt: token ids (T,), 1 <= T <= n_ctx. max_new_tokens (>= 1): the length limit (also
-    n_ctx - T + 1 at most). num_beams (>= 1; 1 is beam search with one beam, not greedy:
-    an eos candidate is set aside and the beam continues with the next best token).
-    length_penalty: finished scores are s / L ** length_penalty (> 0 favours longer ones).
-    early_stopping: True stops once num_beams hypotheses are finished; False (default) stops
-    when the best running beam, scored at its current length, cannot beat the worst finished
-    one; "never" scores it at the longest possible length when length_penalty > 0 (the exact
-    condition for that case). no_repeat_ngram_size: as in generate (0 = off), on prompt + beam.
-    eos_token_id: default config.eos_token_id. suppress_tokens: token ids never chosen (their
-    log probabilities set to -inf, transformers' SuppressTokensLogitsProcessor; ids outside
-    the vocabulary are ignored), e.g. the ids of a padded vocabulary the tokenizer cannot decode.
-    hooks: forward's hooks, used at every step: they see the prompt's pass (1, T, ...), then
-    each step's (num_beams, 1, ...) new positions (numpy_gpt2.generate's hooks says more).
-
-    Returns [(tokens, score), ...]: tokens an int64 array (n,) of the new tokens (ending
-    with eos if the beam finished on it), score transformers' sequences_scores (sum of the
-    new tokens' log probabilities / n ** length_penalty). Raises ValueError for bad arguments
-    (before any computation). Source: transformers GenerationMixin._beam_search.
+    prompt: token ids (T,), 1 <= T <= n_ctx; max_new_tokens >= 1; num_beams >= 1 (1 is beam
+    search with one beam, not greedy); length_penalty (finished scores s / L ** length_penalty);
+    early_stopping (True, False or "never"); no_repeat_ngram_size; eos_token_id (default
+    config's); suppress_tokens (ids never chosen); hooks (forward's, at every step: the prompt's
+    pass (1, T, ...), then (num_beams, 1, ...)). Transformers' semantics: docs/sampling.md.
+    Returns [(tokens, score), ...]: the new tokens (int64, ending with eos if the beam finished on
+    it) and transformers' sequences_scores (sum of their log probabilities / n ** length_penalty).
+    Raises ValueError for bad arguments, before any work. Source: GenerationMixin._beam_search.
     """
     check_beam_args(config, max_new_tokens, num_beams, length_penalty, early_stopping,
                     num_return_sequences, no_repeat_ngram_size, eos_token_id)

@@ -152,73 +152,18 @@ def generate(params: dict, config: GPT2Config, tokens, max_new_tokens: int, temp
              typical_p=None, logprobs=None, context="stop", hooks=None):
     """Generate tokens after a prompt; returns a generator yielding each new token as it is made.
 
-        for token in generate(params, config, enc.encode("Hello"), 20, temperature=0):
-            print(enc.decode([token]), end="", flush=True)
+        for token in generate(params, config, enc.encode("Hello"), 20, temperature=0): ...
 
-    tokens: the prompt, ints (T,); a batch (B, T) of equally long prompts; or a list of B
-        prompts of different lengths, left-padded inside and run with an attention mask, so
-        that every row yields what its prompt yields alone (greedy: the same tokens; sampling:
-        the same tokens for the same uniform numbers). 1 <= T <= n_ctx (see context). Each
-        row runs to its own context limit, then yields eos as padding (and leaves the batch).
-    max_new_tokens: at most this many steps (>= 0).
-    temperature: 0 = greedy (argmax; top_k, top_p, min_p, typical_p and seed then do
-        nothing, as in transformers), else > 0.
-    top_k: keep only the k most likely tokens (None = all). top_p: nucleus, in (0, 1].
-    seed: int, None (fresh randomness) or a numpy Generator; the same seed gives the same tokens
-        (draws come from numpy.random.default_rng(seed)).
-    num_samples: samples per prompt, run as one batch: row b * num_samples + s is sample s
-        of prompt b.
-    stop_at_eos: a row that produces eos_token_id (default config.eos_token_id, 50256 =
-        <|endoftext|>) is finished: the eos token is yielded, and from then on that row yields
-        eos again at every step (as padding) while the other rows continue; the generator
-        ends when every row has finished. stop_at_eos=False samples straight through eos.
-    suppress_tokens: token ids never to produce (transformers' SuppressTokensLogitsProcessor,
-        one of the processors below): their logits are set to -inf at every step, greedy
-        included; ids outside [0, vocab_size) are ignored. E.g. tokenizer.undecodable_ids(enc,
-        config.vocab_size) for a padded vocabulary (ids the tokenizer cannot decode).
-    compact: finished rows leave the batch (and their rows of the kv cache), so the model
-        only computes the rows still running; compact=False computes every row until all are
-        done (the slower way, kept for comparison: the same tokens come out, see _generate).
-
-    Logits processors (numpy_gpt2.generation.processors; transformers' names and semantics, applied in
-    its order, before the temperature; None or the neutral value = off):
-    repetition_penalty (> 0, CTRL, over prompt + generated tokens), frequency_penalty,
-    presence_penalty (additive, over the generated tokens), no_repeat_ngram_size (int),
-    min_new_tokens (eos banned until then), logit_bias ({token_id: bias}, -inf bans),
-    suppress_tokens (ids never generated); and when sampling, after top_k and top_p:
-    min_p ([0, 1]) and typical_p ((0, 1]).
-
-    logprobs: None, or k (0..vocab_size): yield (tokens, info) instead of tokens, where info
-        is a dict of arrays with the same leading shape as tokens (see _logprob_info):
-        "logprob" (log softmax of the model's logits at the chosen token), "processed_logprob"
-        (the same for the distribution the token was chosen from: after the processors, and
-        when sampling the temperature and filters too), "top_ids" and "top_logprobs" (..., k)
-        (the k most likely tokens under the model, most likely first). Rows that finished at
-        an earlier step get NaN logprobs and top_ids -1.
-    context: "stop" (default): a sequence never grows past n_ctx positions. With a prompt of
-        T tokens, at most n_ctx - T + 1 tokens can be made (the last one is predicted from a
-        full window and cannot be fed back); the generator then ends normally, even if
-        max_new_tokens was larger.
-        "slide": continue past n_ctx, each new token predicted from the last n_ctx tokens
-        (nanoGPT's idx[:, -block_size:]); prompts may be longer than n_ctx. Until the window
-        is full, steps use the kv cache; after that every step runs the whole window again
-        (positions shift, so no cached key or value stays valid): the work of an n_ctx-token
-        prompt per token (GPT-2 124M at n_ctx 1024: ~55 cached steps). In a batch, once one
-        row's window is full, every row is re-run from its own last n_ctx tokens.
-
-    hooks: forward's hooks ({pattern: fn}, numpy_gpt2.hooks.Hooks), used at every step.
-        They see arrays with the batch axis of the running rows (B, ...), even for one
-        prompt: the prompt's step, then each new token's (the new positions only; in the
-        last block, after the keys and values, the last position only). The rows are
-        left-padded prompts; finished rows leave the batch (compact).
-
-    Yields: an int per step for a single prompt (T,) with num_samples == 1, else an int64
-    array (B * num_samples,) per step (with logprobs: a (token(s), info) pair).
-
-    Every argument is checked here, before any computation: invalid ones raise ValueError.
-    Non-finite logits (a NaN or inf weight, a float32 overflow) raise NonFiniteError from the
-    step that meets them, naming where they started; nothing is ever sampled from NaN. A step
-    where the processors leave a row no token at all raises ValueError.
+    tokens: the prompt (T,), a batch (B, T), or a list of B prompts of different lengths
+        (left-padded and masked: each row yields what its prompt yields alone).
+    max_new_tokens >= 0; temperature (0 = greedy), top_k, top_p, seed, num_samples (samples per
+    prompt, one batch), stop_at_eos, suppress_tokens, compact, the logits processors
+    (repetition_penalty, frequency_penalty, presence_penalty, no_repeat_ngram_size,
+    min_new_tokens, logit_bias, min_p, typical_p), logprobs (k: yield (tokens, info)),
+    context ("stop" at n_ctx, or "slide" nanoGPT's window) and hooks (forward's, at every step):
+    transformers' names and semantics, docs/generation.md and docs/sampling.md.
+    Yields an int per step for one prompt, else an int64 array (B * num_samples,).
+    Raises ValueError for any bad argument before any work, NonFiniteError at a non-finite step.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, num_samples)
     options = check_processor_args(
