@@ -26,9 +26,9 @@ from numpy_gpt2.finite import all_finite, check_finite_logits
 from numpy_gpt2.hooks import is_weight_name, no_record, prefixed, record_weights, wants
 from numpy_gpt2.layers import layer_norm, transformer_block
 from numpy_gpt2.layers_backward import (embedding_backward, layer_norm_backward, lm_head_backward,
-                              position_embedding_backward, record_layer_norm_inner, transformer_block_backward)
+                                        position_embedding_backward, record_layer_norm_inner, transformer_block_backward)
 from numpy_gpt2.fast.training import (layer_norm_backward_fast, lm_head_cross_entropy_fast, record_layer_norm_inner_fast,
-                                   transformer_block_backward_fast, transformer_block_saving_fast)
+                                      transformer_block_backward_fast, transformer_block_saving_fast)
 from numpy_gpt2.fast.forward import normalize
 from numpy_gpt2.loss import cross_entropy_backward, masked_cross_entropy
 from numpy_gpt2.model import forward

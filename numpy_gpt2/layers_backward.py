@@ -24,7 +24,7 @@ import numpy as np
 from numpy_gpt2.activation_functions import activation, tanh_gelu_derivative
 from numpy_gpt2.hooks import no_record, prefixed, record_weights, wants
 from numpy_gpt2.layers import (attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax,
-                     split_heads)
+                               split_heads)
 
 def gelu_backward(dout, x):
     """Derivative of the tanh GELU, gelu(x) = 0.5 x (1 + tanh u), u = c (x + 0.044715 x^3):

@@ -39,7 +39,7 @@ import numpy as np
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.debug.capture import (GRAD, activation_names, activations, gradient_names, gradients,
-                                    parameter_gradient_names)
+                                      parameter_gradient_names)
 from numpy_gpt2.debug.compare import compare_activations
 from numpy_gpt2.debug.dump_format import RESERVED, dump_order_key, load_dump
 from numpy_gpt2.interp.names import from_transformer_lens, is_transformer_lens_name

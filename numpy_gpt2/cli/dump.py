@@ -43,8 +43,8 @@ import numpy as np
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.debug.capture import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
-                                    gradients, next_token_targets, parameter_gradient_names,
-                                    select_names)
+                                      gradients, next_token_targets, parameter_gradient_names,
+                                      select_names)
 from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.io.outputs import output_file, safetensors_metadata
 from numpy_gpt2.debug.dump_format import DUMP_FORMAT, config_metadata, dump_order_key, package_version, save_activations

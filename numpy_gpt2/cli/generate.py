@@ -48,7 +48,7 @@ from tqdm import tqdm
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.generation.checks import (check_beam_args, check_generation_args, check_processor_args,
-                              check_sampling_args)
+                                          check_sampling_args)
 from numpy_gpt2.io.tokenizer import ENDOFTEXT, tokenizer_dir, undecodable_ids
 from numpy_gpt2.training.memory import available_memory, memory_needed
 

@@ -26,7 +26,7 @@ from numpy_gpt2.hooks import no_record, prefixed, record_weights, wants
 from numpy_gpt2.layers import split_heads
 from numpy_gpt2.activation_functions import SQRT_2_OVER_PI as GELU_C
 from numpy_gpt2.fast.forward import (GELU_CHUNK, PARALLEL_PIECES, QUERY_BLOCK, _future_mask, causal_attention_fast,
-                          gelu_fast, layer_norm_fast, linear_fast, matmul_fast, normalize, run_head_groups)
+                                     gelu_fast, layer_norm_fast, linear_fast, matmul_fast, normalize, run_head_groups)
 from numpy_gpt2.fast.threads import for_each_piece, thread_pool
 
 

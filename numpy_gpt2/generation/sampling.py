@@ -19,7 +19,7 @@ import numpy as np
 from numpy_gpt2 import layers
 from numpy_gpt2.checks import check_seed
 from numpy_gpt2.generation.checks import (check_generation_args, check_processor_args, check_prompts,
-                                         check_sampling_args)
+                                          check_sampling_args)
 from numpy_gpt2.config import GPT2Config
 from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.loss import log_softmax

@@ -19,8 +19,8 @@ import pytest
 
 import numpy_gpt2
 from helpers.run_scripts import (BASE, StrPath, cached_tokenizer, in_process, load_script,  # noqa: F401
-                         make_world, parser_of, script_names, uses_cli,
-                         with_value)
+                                 make_world, parser_of, script_names, uses_cli,
+                                 with_value)
 
 from numpy_gpt2.cli import common as _cli  # noqa: E402
 

@@ -25,7 +25,7 @@ from unittest import mock
 import pytest
 
 from helpers.run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_process,  # noqa: F401
-                         make_world, script_names)
+                                 make_world, script_names)
 from helpers.hostile import STATUSES, _handler_installed, check_run
 
 NAMES = script_names()

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from helpers.run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_process,  # noqa: F401
-                         make_world, parser_of, script_names, uses_cli, with_value)
+                                 make_world, parser_of, script_names, uses_cli, with_value)
 from helpers import REPO_ROOT
 from helpers.hostile import OUTPUTS, STATUSES, _handler_installed, check_run  # noqa: F401
 

@@ -21,7 +21,7 @@ import numpy_gpt2
 import numpy_gpt2.layers as layers
 import numpy_gpt2.fast.forward as layers_fast
 from helpers.checkpoints import (checkpoint_tensors, make_config, random_state_dict, reference_model,
-                         write_checkpoint, write_safetensors)
+                                 write_checkpoint, write_safetensors)
 from numpy_gpt2.debug.capture import activation_names, activations
 from numpy_gpt2.debug.dump_format import load_activations, save_activations
 from helpers.oracle_activations import one_torch_thread, write_oracle_dump  # noqa: F401  (autouse fixture)

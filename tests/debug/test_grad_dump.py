@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import numpy_gpt2
 from helpers.checkpoints import make_config, reference_model, write_checkpoint
 from numpy_gpt2.debug.capture import (activation_names, gradient_names, gradient_order_key, gradients,
-                                    next_token_targets, parameter_gradient_names)
+                                      next_token_targets, parameter_gradient_names)
 from numpy_gpt2.debug.dump_format import dump_order_key, load_dump, save_activations
 from helpers.oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers.oracle_gradients import oracle_gradients, write_oracle_gradient_dump

@@ -19,9 +19,9 @@ from transformers.generation import logits_process as lp
 from numpy_gpt2.cli.common import flag_message
 from numpy_gpt2.generation.checks import check_processor_args
 from numpy_gpt2.generation.processors import (apply_processors, apply_warpers,
-                                   frequency_penalty, logit_bias, min_new_tokens, min_p_filter,
-                                   no_repeat_ngram, presence_penalty, repetition_penalty,
-                                   suppress_tokens, token_counts, typical_p_filter)
+                                              frequency_penalty, logit_bias, min_new_tokens, min_p_filter,
+                                              no_repeat_ngram, presence_penalty, repetition_penalty,
+                                              suppress_tokens, token_counts, typical_p_filter)
 
 
 @st.composite

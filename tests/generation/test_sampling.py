@@ -18,7 +18,7 @@ import numpy_gpt2
 from helpers.checkpoints import reference_model
 from helpers.generation_checkpoint import write_generation_checkpoint
 from numpy_gpt2.generation.sampling import (apply_temperature, filter_logits, keep_cache_rows, next_token, sample,
-                                 softmax, top_k_filter, top_p_filter)
+                                            softmax, top_k_filter, top_p_filter)
 
 N_CTX = 128
 PROMPTS = np.array([[5, 17, 3, 40], [1, 2, 3, 4]])

@@ -20,7 +20,7 @@ import transformers
 
 import numpy_gpt2
 from helpers.checkpoints import (checkpoint_tensors, make_config, random_state_dict, reference_model,
-                         write_checkpoint, write_safetensors)
+                                 write_checkpoint, write_safetensors)
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.io.checkpoint import expected_shapes
 from numpy_gpt2.io.formats.tensor_copy import _convert

@@ -22,7 +22,7 @@ import torch
 
 import numpy_gpt2
 from helpers.format_files import (bf16_rounded, hf_model, llmc_bytes, logits, nanogpt_checkpoint,
-                          save_torch, small)
+                                  save_torch, small)
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.params import flatten_params
 from numpy_gpt2.io.formats.llmc import write_llmc

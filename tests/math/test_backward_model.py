@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 import numpy_gpt2
 from helpers.checkpoints import make_config, reference_model, write_checkpoint
 from helpers.grad_oracle import (TORCH, assert_grad_close, grad_error, random_model, torch_loss_and_grads,
-                         torch_model)
+                                 torch_model)
 from numpy_gpt2 import flatten_params
 from numpy_gpt2.params import nest_params
 from helpers.oracle_activations import one_torch_thread  # noqa: F401  (fixture: one torch thread)

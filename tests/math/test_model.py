@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import numpy_gpt2
 from helpers.checkpoints import (checkpoint_tensors, make_config, random_state_dict, reference_model, write_checkpoint,
-                         write_safetensors)
+                                 write_safetensors)
 
 # max |Δlogit| <= RTOL * max |logit|: float32 sums over 768..3072 terms per layer in a
 # different order than torch, ~1e-7 relative per op adding up over layers; measured
