@@ -301,7 +301,7 @@ def activation(name: str):
 
 def activation_fast(name: str):
     """(f, f') for the fast layers: the same functions, with erf_fast in place of the
-    per-element math.erf (the tanh GELU has its own in-place fast forms in layers_fast)."""
+    per-element math.erf (the tanh GELU has its own in-place fast forms in fast/forward.py)."""
     f, df = ACTIVATIONS[name]
     if name in USES_ERF:
         f = functools.partial(f, erf_=erf_fast)

@@ -168,7 +168,7 @@ def _assemble(params, config, tokens, dx0, dhead, dln_f, dblocks, record_grad):
 def _loss_and_grads_fast(params, config, tokens, targets, ignore_index, record, record_grad, dropout=None,
                          num_items=None):
     """The fast path: each block keeps what its backward needs (10 E numbers per position,
-    see layers_backward_fast.transformer_block_saving_fast); the output head and the loss run fused, in
+    see fast.training.transformer_block_saving_fast); the output head and the loss run fused, in
     chunks of rows. Everything is 2-D (N = B*T rows) inside."""
     eps, n_head = config.layer_norm_epsilon, config.n_head
     wte, wpe = params["wte"]["weight"], params["wpe"]["weight"]

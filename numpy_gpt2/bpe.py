@@ -2,7 +2,7 @@
 (Radford et al. 2019, section 2.2 "Input Representation") and OpenAI's encoder.py
 (github.com/openai/gpt-2, src/encoder.py), which it follows step by step. It is the reference,
 not the fast path: the rest of numpy_gpt2 tokenizes with tiktoken (numpy_gpt2.io.tokenizer), and
-tests/test_bpe.py checks that both give the same ids. explain(text) shows every merge, so a
+tests/io/test_bpe.py checks that both give the same ids. explain(text) shows every merge, so a
 port can be diffed step by step. More: docs/tokenizer.md.
 """
 

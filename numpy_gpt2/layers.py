@@ -1,8 +1,8 @@
 """The math of GPT-2, one short function per equation: the REFERENCE.
 
 These functions are the equations as written, for reading and for checking: the fast twins
-that model.forward runs live in numpy_gpt2/fast/forward.py, and tests/test_fast_paths.py
-tests each of them equal to its reference here (which tests/test_layers.py tests against
+that model.forward runs live in numpy_gpt2/fast/forward.py, and tests/math/test_fast_paths.py
+tests each of them equal to its reference here (which tests/math/test_layers.py tests against
 PyTorch). forward(..., reference=True) runs these.
 
 Shapes: B batch, T new positions, S = past + T key positions, E = n_embd, H = n_head,

@@ -9,7 +9,7 @@ with weights, the weights' gradients in a dict named like the weights ({"weight"
 so the gradient dicts of a block or a model have exactly the structure of the params.
 These readable functions recompute what they need from the inputs (the forward's
 intermediates are not kept). They are the reference: the fast twins, which take what the
-training forward saved, live in numpy_gpt2/layers_backward_fast.py and are tested equal to them.
+training forward saved, live in numpy_gpt2/fast/training.py and are tested equal to them.
 
 Shapes: B batch, T positions, E = n_embd, H = n_head, D = E // H, V = vocab size.
 `record(name, array)` sees dL/d(activation) under the forward's activation names.

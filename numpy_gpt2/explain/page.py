@@ -3,7 +3,7 @@ data: URIs, a few lines of JavaScript to enlarge an attention head) rendered fro
 of numpy_gpt2.explain.walk. The numbers are embedded once, as JSON in
 <script type="application/json" id="data">, and every number shown is formatted from that
 same JSON value (fmt, token_label): each table names its source (data-src="detail.probs",
-data-rows, data-cols), so tests/test_explain.py can check the visible text against it.
+data-rows, data-cols), so tests/explain/test_explain.py can check the visible text against it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ prompt, gathered into one JSON-able dict, section by section. Every number comes
 library's own functions (numpy_gpt2.activations and .gradients, layers.layer_norm and
 .softmax, the sampling filters, layers_backward); the few values that the forward pass does
 not record yet (one head's q, k, v, its score stages, the LayerNorm statistics) are
-recomputed here from the recorded ones, and tests/test_explain.py checks that they rebuild
+recomputed here from the recorded ones, and tests/explain/test_explain.py checks that they rebuild
 the recorded values. The HTML is numpy_gpt2.explain.page's job; this module knows no HTML.
 """
 

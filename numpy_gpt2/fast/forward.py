@@ -2,7 +2,7 @@
 
 model.forward runs these (recording or not, so a recorded activation is exactly what
 generation computes); the readable functions of layers.py are the reference they are
-checked against: tests/test_fast_paths.py tests every function here against its readable
+checked against: tests/math/test_fast_paths.py tests every function here against its readable
 twin. The tricks, each one small:
   * matmuls see 2-D inputs: (B, T, E) @ (E, N) would call BLAS once per sequence and read
     the weights B times; (B*T, E) @ (E, N) reads them once (decoding is weight-bandwidth bound);

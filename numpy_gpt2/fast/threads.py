@@ -60,7 +60,7 @@ def pool_threads() -> int:
 @contextlib.contextmanager
 def blas_threads_only():
     """Within the block, on the calling thread, threads() is 1: the fast layers share no work
-    with the pool, and matmuls run on BLAS's own threads (layers_fast.matmul_fast).
+    with the pool, and matmuls run on BLAS's own threads (fast.forward.matmul_fast).
 
     For callers that want BLAS's own threads for their matmuls. model.forward used it until
     measured on a busy 2-core AMD EPYC, where BLAS's threads lost up to 10x to the pool's

@@ -1,7 +1,7 @@
 """The fast path of the backward pass: the gradients of numpy_gpt2/layers_backward.py arranged
-for speed, as layers_fast.py arranges the forward (2-D matmuls over the N = B*T rows,
+for speed, as fast/forward.py arranges the forward (2-D matmuls over the N = B*T rows,
 in-place updates, attention in query blocks), each tested equal to its readable twin
-(tests/test_fast_backward.py).
+(tests/math/test_fast_backward.py).
 
 The training forward, transformer_block_saving_fast (first below), keeps per block only
 what the backward needs: the block's input x, c_attn's output [q | k | v], each query's
@@ -76,7 +76,7 @@ def transformer_block_saving_fast(x, block, n_head, eps, record=no_record, dropo
 
 
 def layer_norm_backward_fast(dout, xhat, std, weight):
-    """layer_norm_backward() from layers_fast.normalize()'s (xhat, std): the forward's own
+    """layer_norm_backward() from fast.forward.normalize()'s (xhat, std): the forward's own
     normalization, so nothing is recomputed differently. dout, xhat: (N, E).
 
     Returns (dx (N, E), {"weight", "bias"}); dx is a new array.
@@ -97,8 +97,8 @@ def gelu_and_derivative_fast(x):
 
     With s = 1 / (1 + exp(-2u)) = 0.5 (1 + tanh u), u = c (x + 0.044715 x^3), c = sqrt(2/pi):
         gelu(x) = x s,   gelu'(x) = s + 2 c x s (1 - s) (1 + 3 * 0.044715 x^2)
-    (the forms of gelu() and gelu_backward() with tanh written through exp, as layers_fast.gelu_fast).
-    x: C-contiguous float array, processed in cache-sized chunks (layers_fast.GELU_CHUNK).
+    (the forms of gelu() and gelu_backward() with tanh written through exp, as fast.forward.gelu_fast).
+    x: C-contiguous float array, processed in cache-sized chunks (fast.forward.GELU_CHUNK).
     """
     out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
