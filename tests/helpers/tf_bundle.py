@@ -24,8 +24,8 @@ import os
 import numpy as np
 
 from numpy_gpt2.io.checkpoint import expected_shapes
-from numpy_gpt2.io.formats.openai_tf import (FOOTER_BYTES, GLOBAL_KEYS, LAYER_KEYS, TABLE_MAGIC,
-                                             crc32c, data_filename, mask)
+from numpy_gpt2.io.formats.openai_tf import GLOBAL_KEYS, LAYER_KEYS, data_filename
+from numpy_gpt2.io.formats.tf_table import FOOTER_BYTES, TABLE_MAGIC, crc32c, mask
 
 BLOCK_SIZE = 262144  # tensorflow/core/lib/io/table_options.h
 RESTART_INTERVAL = 16

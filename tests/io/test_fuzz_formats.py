@@ -35,7 +35,7 @@ from helpers.format_files import hf_model, llmc_bytes, nanogpt_checkpoint, save_
 from helpers.tf_bundle import random_flat, write_openai_checkpoint
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.io.checkpoint import expected_shapes
-from numpy_gpt2.io.formats.openai_tf import block_entries, block_handle, crc32c, mask
+from numpy_gpt2.io.formats.tf_table import block_entries, block_handle, crc32c, mask
 from numpy_gpt2.params import flatten_params
 from helpers.timeouts import alarm
 

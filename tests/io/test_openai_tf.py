@@ -31,7 +31,8 @@ from helpers.tf_bundle import (openai_gpt2_variables, random_flat, write_bundle,
 from helpers.tolerances import MODEL_RTOL, OPENAI_EXPECTED_ATOL
 from numpy_gpt2 import CheckpointError
 from numpy_gpt2.io.checkpoint import hf_config_dict
-from numpy_gpt2.io.formats.openai_tf import read_entry, read_table
+from numpy_gpt2.io.formats.openai_tf import read_entry
+from numpy_gpt2.io.formats.tf_table import read_table
 from numpy_gpt2.io.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
 
