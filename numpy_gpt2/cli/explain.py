@@ -28,7 +28,7 @@ import numpy as np
 
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
-from numpy_gpt2.explain.page import GENERATOR
+from numpy_gpt2.explain.values import GENERATOR
 from numpy_gpt2.io.outputs import output_file
 from numpy_gpt2.io.atomic import write_files_atomically
 

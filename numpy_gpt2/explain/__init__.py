@@ -1,7 +1,8 @@
 """See GPT-2 think: one prompt through the model, every step shown with its equation, its
 shapes and the prompt's real numbers, in one self-contained HTML page (no network, no
 plotting package). It is for learners, next to docs/learn.md: the numbers come from the
-library's own functions (walk.py gathers them), the page only shows them (page.py, png.py).
+library's own functions (walk.py gathers them), the page only shows them (page.py lays it out
+from widgets.py's tables, heatmaps and charts; values.py writes the numbers; png.py draws).
 Ports are debugged with numpy_gpt2.debug instead; the `numpy-gpt2 explain` command writes the
 page (docs/explain.md).
 """

@@ -24,7 +24,7 @@ import pytest
 import numpy_gpt2
 from numpy_gpt2 import bpe
 from numpy_gpt2.explain import explain_page
-from numpy_gpt2.explain.page import GENERATOR, cell_text, fmt, resolve
+from numpy_gpt2.explain.values import GENERATOR, cell_text, fmt, resolve
 from numpy_gpt2.explain.png import colors
 from numpy_gpt2.explain.walk import head_stages, logit_gradient, walk
 from numpy_gpt2.generation.sampling import filter_logits, softmax
