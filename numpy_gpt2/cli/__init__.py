@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from numpy_gpt2.cli import common
+from numpy_gpt2.cli import common, stopping
 
 # subcommand -> one line of --help (the module numpy_gpt2.cli.<subcommand> runs it)
 COMMANDS = {
@@ -53,7 +53,7 @@ def _run(name, argv, prog) -> int:
             pass
         return common.EXIT_FAILURE
     status = module.main(argv, prog=prog)
-    for signum in common.STOP_SIGNALS:  # decided and reported: Python's exit (which restores
+    for signum in stopping.STOP_SIGNALS:  # decided and reported: Python's exit (which restores
         signal.signal(signum, signal.SIG_IGN)  # the default handlers) must not be killed now
     return status
 

@@ -6,7 +6,7 @@ one line on stderr (docs/scripts.md):
   0 done; 1 failure (the run could not finish: e.g. out of memory; stdout closed early,
   quietly); 2 bad input (UsageError, argparse's errors, unreadable or non-UTF-8 input);
   130 Ctrl-C (SIGINT); 143 SIGTERM; 129 SIGHUP (a command that asks: train).
-One signal system serves every command (StopSignals, at the end): train defers the signals
+One signal system serves every command (StopSignals, cli/stopping.py): train defers the signals
 to finish its step and save first.
 `stop_quietly_during_imports()` runs first, before anything slow is imported (numpy_gpt2.cli's
 `main` and `run_script` call it), so that Ctrl-C or SIGTERM during the imports end the command
@@ -23,17 +23,16 @@ library, are one line naming the resource (and the file), status 1 (`resource_pr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import signal
 import sys
 
+from numpy_gpt2.cli.stopping import HANGUP, STOP_SIGNALS, HungUp, StopSignals, Terminated
 from numpy_gpt2.errors import RESOURCE_ERRNOS, describe, resource_problem  # noqa: F401 (the commands use them as common.X)
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # the shell's 128 + N
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TRACEBACK_ENV = "NUMPY_GPT2_TRACEBACK"  # =1: show the traceback of an unexpected error
 _prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "numpy-gpt2"  # in messages
 
@@ -172,10 +171,6 @@ def check_threads(args) -> None:
 
 class UsageError(Exception):
     """Bad input from the user: reported in one line, exit status 2."""
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (raised in the main thread, like KeyboardInterrupt for Ctrl-C)."""
 
 
 def not_utf8(value: str) -> str | None:
@@ -433,91 +428,3 @@ def _say(prog, message, newline=False):
         print(("\n" if newline else "") + f"{prog}: {message}", file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr closed too: the exit status still tells
         pass
-
-
-# ----------------------------------------------------------------------------------------
-# Stop signals: one system for every command (entry() installs it). SIGINT, SIGTERM (and
-# SIGHUP for a command that asks for it) raise an exception in the main thread at once; a
-# command that can stop at a safe point (train: the end of a step, then a save) defers them:
-# the first is only recorded, a second raises.
-
-HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
-
-
-class HungUp(BaseException):
-    """SIGHUP arrived: the terminal or SSH session is gone (like Terminated, for SIGHUP)."""
-    signum = int(HANGUP[0]) if HANGUP else 1
-
-
-def stop_exception(signum: int) -> BaseException:
-    """The exception a stop signal raises: KeyboardInterrupt, Terminated or HungUp."""
-    return {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}.get(signum, HungUp)()
-
-
-def signal_number(stop: BaseException) -> int:
-    """The signal behind a stop exception (KeyboardInterrupt: SIGINT)."""
-    if isinstance(stop, KeyboardInterrupt):
-        return int(signal.SIGINT)
-    return int(signal.SIGTERM) if isinstance(stop, Terminated) else HungUp.signum
-
-
-class StopSignals:
-    """Handlers for the stop signals of one command run; restore() puts the previous ones back.
-    A SIGHUP that was ignored when the command started (nohup) stays ignored. After
-    defer(announce), the first signal sets `received` (its number) and calls announce(signum)
-    instead of raising; the command checks `received` at its safe point; a second signal
-    raises at once. From a thread other than the main one nothing is installed."""
-
-    active = None  # the StopSignals of the command running now (entry's)
-
-    def __init__(self, signums):
-        self.received, self.announce, self.previous, self.holding = None, None, {}, False
-        for signum in signums:
-            try:
-                current = signal.getsignal(signum)
-                if signum in HANGUP and current == signal.SIG_IGN:
-                    continue  # nohup: the user asked to survive the hang-up
-                self.previous[signum] = signal.signal(signum, self.handle)
-            except (ValueError, OSError):  # not the main thread: leave the defaults
-                pass
-        self.outer, StopSignals.active = StopSignals.active, self
-
-    def handles(self, signum) -> bool:
-        return signum in self.previous
-
-    def defer(self, announce=None) -> None:
-        """From now on the first signal is recorded (and announced), not raised."""
-        self.announce = announce or (lambda signum: None)
-
-    @contextlib.contextmanager
-    def held(self):
-        """Signals during the block are recorded, not raised (a burst too); the first is raised
-        when the block ends, so that what it does (create and lock a directory, release it)
-        is never left half done."""
-        if self.holding:
-            yield
-            return
-        self.holding, before = True, self.received
-        try:
-            yield
-        finally:
-            self.holding = False
-            if self.received is not None and self.received != before and self.announce is None:
-                signum, self.received = self.received, None
-                raise stop_exception(signum)
-
-    def handle(self, signum, frame):
-        if self.holding:
-            self.received = self.received or signum
-            return
-        if self.announce is not None and self.received is None:
-            self.received = signum
-            self.announce(signum)
-            return
-        raise stop_exception(signum)
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.previous = {}
-        StopSignals.active = self.outer

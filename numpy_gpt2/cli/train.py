@@ -27,7 +27,7 @@ module is the command line around it, its flags, messages and exit statuses.
 
 from __future__ import annotations
 
-from numpy_gpt2.cli import common
+from numpy_gpt2.cli import common, stopping
 
 import argparse
 import contextlib
@@ -198,7 +198,7 @@ def library(function, *args):
 
 def lock(dirs: RunDirectory, path, flag, create=False) -> None:
     """Lock (and with create, first make) a run directory; UsageError naming the flag."""
-    held = common.StopSignals.active.held() if common.StopSignals.active else contextlib.nullcontext()
+    held = stopping.StopSignals.active.held() if stopping.StopSignals.active else contextlib.nullcontext()
     try:
         with held:  # a signal now would leave a directory made but not locked (or not removed)
             dirs.create_and_lock(path) if create else dirs.lock(path)
@@ -353,7 +353,7 @@ def stopped_before(signum) -> str:
 
 @common.entry("train", hangup=True)
 def main(argv=None) -> int:
-    signals = common.StopSignals.active
+    signals = stopping.StopSignals.active
     stderr = sys.stderr
     keep_stderr()
     try:
@@ -362,18 +362,18 @@ def main(argv=None) -> int:
         except RuntimeError as e:
             say(f"train.py: error: {one_line(e)}")
             return EXIT_BAD_INPUT
-        except (KeyboardInterrupt, common.Terminated, common.HungUp) as e:
-            say(stopped_before(common.signal_number(e)))
-            return 128 + common.signal_number(e)
+        except (KeyboardInterrupt, stopping.Terminated, stopping.HungUp) as e:
+            say(stopped_before(stopping.signal_number(e)))
+            return 128 + stopping.signal_number(e)
         if not world.is_root:  # rank 0 speaks for all; tracebacks still reach the real stderr
             sys.stdout = sys.stderr = open(os.devnull, "w")
         dirs = RunDirectory(owner=world.is_root)  # rank 0 alone locks, recovers and saves
         try:
             status, together = run_training(argv, world, signals, dirs)
-        except (KeyboardInterrupt, common.Terminated, common.HungUp) as e:
+        except (KeyboardInterrupt, stopping.Terminated, stopping.HungUp) as e:
             # a signal during a collective start-up check: this rank stops at once
-            say(stopped_before(common.signal_number(e)))
-            status, together = 128 + common.signal_number(e), False
+            say(stopped_before(stopping.signal_number(e)))
+            status, together = 128 + stopping.signal_number(e), False
         finally:
             with signals.held() if signals else contextlib.nullcontext():
                 dirs.release()  # (a signal meanwhile: after the empty directories are gone)
@@ -407,9 +407,9 @@ def run_training(argv, world, signals, dirs: RunDirectory) -> tuple[int, bool]:
             finished = one_line(e)
         except MemoryError as e:
             error, out_of_memory = f"out of memory while loading ({one_line(e) or 'MemoryError'})", True
-        except (KeyboardInterrupt, common.Terminated, common.HungUp) as e:
-            say(stopped_before(common.signal_number(e)))
-            return 128 + common.signal_number(e), False
+        except (KeyboardInterrupt, stopping.Terminated, stopping.HungUp) as e:
+            say(stopped_before(stopping.signal_number(e)))
+            return 128 + stopping.signal_number(e), False
         error = world.first_error(error)  # bad input on any rank stops every rank
     if error is not None:
         say(f"train.py: error: {error}")
@@ -440,10 +440,10 @@ def train(run, signals) -> int:
     except loop.TrainingFailed as e:
         say(f"train.py: error at step {e.step}: {e.reason}; {last_save(run.out, e.saved_step, e.installed)}")
         return EXIT_FAILED
-    except (KeyboardInterrupt, common.Terminated, common.HungUp) as e:  # a second signal
-        say(f"\ntrain.py: {signal.Signals(common.signal_number(e)).name}: stopped at once; "
+    except (KeyboardInterrupt, stopping.Terminated, stopping.HungUp) as e:  # a second signal
+        say(f"\ntrain.py: {signal.Signals(stopping.signal_number(e)).name}: stopped at once; "
             f"{last_save(run.out, run.saved_step)}")
-        return 128 + common.signal_number(e)
+        return 128 + stopping.signal_number(e)
     if signum:
         say(f"train.py: {signal.Signals(signum).name}: stopped at step {run.step}; saved to {run.out}; "
             f"continue with python scripts/train.py --resume {run.out}")

@@ -22,7 +22,7 @@ from helpers.run_scripts import (BASE, StrPath, cached_tokenizer, in_process, lo
                                  make_world, parser_of, script_names, uses_cli,
                                  with_value)
 
-from numpy_gpt2.cli import common as _cli  # noqa: E402
+from numpy_gpt2.cli import common as _cli, stopping  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_dump_files_get_the_usual_permissions(umask, world, tmp_path):
     assert os.listdir(tmp_path) == ["d.safetensors"]
 
 
-@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), (_cli.Terminated, 143),
+@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), (stopping.Terminated, 143),
                                           (OSError(28, "No space left on device"), 1)])
 def test_an_interrupted_or_failed_dump_leaves_no_file(stop, status, world, tmp_path):
     """The writer is stopped after writing part of its file: no dump, no temporary file, the
@@ -226,7 +226,7 @@ def test_ctrl_c_in_perplexity_is_one_line_and_130(world, tmp_path, cached_tokeni
     (None, 0, None),
     (_cli.UsageError("bad\n  input"), 2, "x.py: error: bad input"),
     (KeyboardInterrupt(), 130, "x.py: interrupted (Ctrl-C)"),
-    (_cli.Terminated(), 143, "x.py: terminated (SIGTERM)"),
+    (stopping.Terminated(), 143, "x.py: terminated (SIGTERM)"),
     (MemoryError(), 1, "x.py: error: out of memory; try a smaller model, input or batch"),
     (BrokenPipeError(), 1, None),
     (_cli.OutputError("cannot write to standard output (out of disk space)"), 1,
