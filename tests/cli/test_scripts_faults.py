@@ -315,7 +315,7 @@ def test_little_memory_is_one_line_from_the_first_import_on(megabytes, world, tm
 
 
 def test_resource_errors_from_libraries_are_not_bugs():
-    from numpy_gpt2.cli import common, stopping
+    from numpy_gpt2.cli import common
 
     cases = [(MemoryError(), "out of memory"),
              (OSError(errno.ENOSPC, "No space left on device", "/x"), "/x: out of disk space"),
@@ -434,7 +434,7 @@ def test_a_signal_after_the_commit_says_the_output_is_complete(name, stop, statu
                                                                cached_tokenizer):
     """Ctrl-C or SIGTERM right after the output was committed: the status of the signal, and
     the line says the output was written whole (it is)."""
-    from numpy_gpt2.cli import common
+    from numpy_gpt2.cli import common, stopping
 
     stop = stopping.Terminated if stop == "Terminated" else stop
     record = common.written
