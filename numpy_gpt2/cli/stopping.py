@@ -51,6 +51,7 @@ class StopSignals:
 
     def __init__(self, signums):
         self.received, self.announce, self.previous, self.holding = None, None, {}, False
+        self.restoring = False
         for signum in signums:
             try:
                 current = signal.getsignal(signum)
@@ -86,6 +87,8 @@ class StopSignals:
                 raise stop_exception(signum)
 
     def handle(self, signum, frame):
+        if self.restoring:
+            return
         if self.holding:
             self.received = self.received or signum
             return
@@ -96,6 +99,7 @@ class StopSignals:
         raise stop_exception(signum)
 
     def restore(self) -> None:
+        self.restoring = True  # how the run ended is decided: a signal now changes nothing
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous = {}
