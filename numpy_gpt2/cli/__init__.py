@@ -42,9 +42,15 @@ def run_script(name: str, argv=None, prog: str | None = None) -> int:
 
 
 def _run(name, argv, prog) -> int:
+    held = None
     try:
+        held = common.HeldLogs()  # (a library's own log lines while it loads)
+        import hashlib  # noqa: F401 (now, held: it logs a traceback per hash it cannot load,
+        # and tiktoken, huggingface_hub, ... would import it later, outside the hold)
         module = importlib.import_module(f"numpy_gpt2.cli.{name}")
     except Exception as e:  # NumPy, OpenBLAS, ... could not load: one line, status 1
+        if held is not None:
+            held.release(None)
         if os.environ.get(common.TRACEBACK_ENV) == "1":
             raise
         try:
@@ -52,6 +58,7 @@ def _run(name, argv, prog) -> int:
         except (OSError, ValueError, AttributeError):  # stderr closed or full
             pass
         return common.EXIT_FAILURE
+    held.release(prog or f"{name}.py")
     status = module.main(argv, prog=prog)
     for signum in stopping.STOP_SIGNALS:  # decided and reported: Python's exit (which restores
         signal.signal(signum, signal.SIG_IGN)  # the default handlers) must not be killed now

@@ -110,6 +110,39 @@ class LibraryExitWatch:
             self.handle = None
 
 
+class HeldLogs:
+    """While a command's libraries load: log records that a library sends to Python's root
+    logger are held, not printed. Under a memory limit the standard library's hashlib logs a
+    traceback for every hash it cannot load (`ERROR:root:code for hash md5 was not found.`,
+    seen at `ulimit -v 102400`), before the import that fails is reported in our one line.
+    If loading fails, the records are dropped (the one line names the cause); if it succeeds,
+    each held warning or error is one line on stderr (`PROG: warning: while starting: ...`)."""
+
+    def __init__(self):
+        import logging  # (hashlib imports it anyway; about 5 ms)
+
+        class Hold(logging.Handler):
+            def emit(handler, record):
+                handler.records.append(record)
+
+        self.root, self.hold = logging.getLogger(), Hold(logging.WARNING)
+        self.hold.records = []
+        self.root.addHandler(self.hold)  # (a root logger with a handler: no basicConfig())
+
+    def release(self, prog: str | None) -> None:
+        """Stop holding; with prog, print the held records as one-line warnings."""
+        self.root.removeHandler(self.hold)
+        for record in self.hold.records if prog else ():
+            why = record.exc_info[1] if record.exc_info else None
+            because = f" ({type(why).__name__}: {one_line(why)})" if why is not None else ""
+            try:
+                print(f"{prog}: warning: while starting: {one_line(record.getMessage())}"
+                      f"{because}", file=sys.stderr)
+            except (OSError, ValueError, AttributeError):  # stderr closed or full
+                break
+        self.hold.records = []
+
+
 def threads_from_argv(argv) -> None:
     """--threads N into the BLAS and thread-pool variables, before NumPy loads OpenBLAS
     (which reads them once). Without --threads, $NUMPY_GPT2_THREADS does the same (the BLAS

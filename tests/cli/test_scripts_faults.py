@@ -314,6 +314,44 @@ def test_little_memory_is_one_line_from_the_first_import_on(megabytes, world, tm
         assert status == 1 and last.startswith(f"{name}.py: error: out of memory"), (name, megabytes, err)
 
 
+BREAK_HASHES = ("import sys\n"
+                "for m in ('_hashlib', '_md5', '_sha1', '_sha256', '_sha2', '_sha512', '_sha3', '_blake2'):\n"
+                "    sys.modules[m] = None\n")  # as a low memory limit does: no hash can load
+
+
+def test_a_library_logging_while_it_loads_is_not_printed_before_the_one_line(tmp_path):
+    # Under a memory limit hashlib logs a traceback per hash it cannot load (ERROR:root:...),
+    # then `random` cannot import: the same without a limit, by breaking the hash modules.
+    code = BREAK_HASHES + ("from numpy_gpt2.cli import run_script\n"
+                           "sys.exit(run_script('dump', ['--help']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("dump.py: error: cannot load its libraries (ImportError:")
+
+
+def test_held_library_logs_are_one_line_warnings_when_loading_succeeds(capsys):
+    import logging
+
+    from numpy_gpt2.cli import common
+
+    held = common.HeldLogs()
+    try:
+        raise ValueError("unsupported hash type md5")
+    except ValueError:
+        logging.exception("code for hash %s was not found.", "md5")
+    logging.getLogger("quiet").info("not a warning")
+    held.release("dump.py")
+    assert capsys.readouterr().err == ("dump.py: warning: while starting: code for hash md5 "
+                                       "was not found. (ValueError: unsupported hash type md5)\n")
+    assert held.hold not in logging.getLogger().handlers  # released: logging is the user's again
+    held = common.HeldLogs()
+    logging.error("dropped")
+    held.release(None)
+    assert capsys.readouterr().err == ""
+
+
 def test_resource_errors_from_libraries_are_not_bugs():
     from numpy_gpt2.cli import common
 
