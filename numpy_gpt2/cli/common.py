@@ -287,9 +287,23 @@ def flag_message(error, flags: dict | None = None) -> str:
     rest = message[match.end():]
     if name == "seed" and rest.startswith(" must be"):  # the flag takes integers only
         return f"{flag} must be an integer >= 0, got {rest.rpartition(', got ')[2]}"
+    # another argument the message names, as `name (value)`: its flag too
+    rest = re.sub(r"\b([a-z]+(?:_[a-z]+)+)(?= \()", lambda m: (flags or {}).get(
+        m.group(1), "--" + m.group(1).replace("_", "-")), rest)
     rest = rest.replace("(or None for no limit)", "(leave it out for no limit)")
     rest = re.sub(r"\(vocab_size\) or None, got", "(vocab_size), got", rest)
     return flag + rest
+
+
+def resolve_model(value: str, flag: str = "--model") -> str:
+    """numpy_gpt2.resolve_model(value), its advice (`model=PATH`) worded as the flag that
+    gave the value (`--model PATH`, `--init PATH`; "" for a positional argument: `PATH`)."""
+    import numpy_gpt2
+    try:
+        return numpy_gpt2.resolve_model(value)
+    except ValueError as e:
+        e.args = (str(e).replace("model=PATH", f"{flag} PATH".strip()), *e.args[1:])
+        raise
 
 
 def one_line(text) -> str:

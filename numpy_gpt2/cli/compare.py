@@ -114,7 +114,7 @@ def live_side(other: dict, model: str | None, dtype: str | None) -> dict:
         if dtype not in ("float32", "float64"):
             first = next(iter(other["acts"].values()), None)
             dtype = "float64" if first is not None and first.dtype == np.float64 else "float32"
-    params, config = numpy_gpt2.load(numpy_gpt2.resolve_model(model), dtype=np.dtype(dtype))
+    params, config = numpy_gpt2.load(common.resolve_model(model), dtype=np.dtype(dtype))
     tokens = other["tokens"].astype(np.int64).reshape(-1)
     known = set(activation_names(config, points=True))
     known_grads = set(gradient_names(config, points=True) + parameter_gradient_names(params, config))

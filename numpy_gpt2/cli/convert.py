@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     if args.to == "llmc" and args.tokenizer is not None:
         parser.error("--tokenizer is for --to hf (an llm.c model file holds no tokenizer)")
     try:
-        source_path = numpy_gpt2.resolve_model(args.source)
+        source_path = common.resolve_model(args.source, flag="")
         check_not_overwriting(source_path, args.out, args.to)
         if args.to == "hf":
             out = output_directory(args.out, ["model.safetensors", "config.json", *TOKENIZER_FILES],

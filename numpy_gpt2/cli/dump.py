@@ -135,7 +135,7 @@ def main(argv=None) -> int:
             output_file(args.out, ours=is_dump)  # before any work
         except ValueError as e:
             raise UsageError(f"--out {e}") from None
-        path = numpy_gpt2.resolve_model(args.model)
+        path = common.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
         if args.prompt is not None:
             if not args.prompt:

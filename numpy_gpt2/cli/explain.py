@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             output_file(args.out, ours=is_page)  # before any work
         except ValueError as e:
             raise UsageError(f"--out {e}") from None
-        path = numpy_gpt2.resolve_model(args.model)
+        path = common.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
         tokenizer = load_bpe(path)
         page = numpy_gpt2.explain_page(params, config, tokenizer, args.prompt, layer=args.layer,

@@ -180,7 +180,7 @@ def read_prompt(args) -> str:
 def load_everything(model: str, dtype: str):
     """--model -> (params, config, tokenizer, description for stderr)."""
     try:
-        path = numpy_gpt2.resolve_model(model)
+        path = common.resolve_model(model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(dtype))
         tokenizer = numpy_gpt2.load_tokenizer(path)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError

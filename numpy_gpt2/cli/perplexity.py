@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         text = common.read_text(args.file)
         if not text:
             raise ValueError(f"{args.file}: the file is empty; nothing to score")
-        path = numpy_gpt2.resolve_model(args.model)
+        path = common.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
         check_windows(args, config.n_ctx)  # before tokenizing a long text
         tokens = encode(numpy_gpt2.load_tokenizer(path), text)  # train.py's rule for <|endoftext|>

@@ -247,9 +247,9 @@ def prepare(args, dirs: RunDirectory, world=distributed.Solo()):
         init_path = None
         if resume_dir is None and s.init is not None:
             try:
-                init_path = numpy_gpt2.resolve_model(s.init)
-            except ValueError as e:  # the hub's advice names generate's flag
-                raise UsageError(str(e).replace("--model PATH", "--init PATH")) from None
+                init_path = common.resolve_model(s.init, flag="--init")
+            except ValueError as e:
+                raise UsageError(str(e)) from None
             init_dir = init_path if os.path.isdir(init_path) else os.path.dirname(init_path) or "."
             if out is not None and same_directory(init_dir, out):
                 raise UsageError(f"--init {s.init} and --out {out} are the same directory: "

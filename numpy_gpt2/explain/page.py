@@ -110,7 +110,7 @@ def render(d: dict, meta: dict) -> str:
     # 4. one layer and head in detail
     D = det["D"]
     add(f'<h2 id="detail">4. Layer {li}, head {hi}, step by step</h2>')
-    add(f'<p class="note">Choose another with --layer and --head. D = E / H = {D}.</p>')
+    add(f'<p class="note">Any other layer and head: render the page again with that layer and head. D = E / H = {D}.</p>')
     add("<h3>LayerNorm LN₁ of the block's input x</h3>")
     add('<div class="eq">μ = mean(x),  σ² = mean((x − μ)²),  LN₁(x) = (x − μ) / √(σ² + ε) · γ + β</div>')
     add(table(j, "detail.ln_1.mean|detail.ln_1.var|detail.ln_1.scale", ["μ", "σ²", "1/√(σ²+ε)"], labels,

@@ -175,8 +175,8 @@ def check_beam_args(config, max_new_tokens, num_beams, length_penalty, early_sto
         raise ValueError(f"early_stopping must be True, False or \"never\", "
                          f"got {early_stopping!r}")
     if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
-        raise ValueError(f"num_return_sequences must be an integer in 1..num_beams="
-                         f"{num_beams}, got {num_return_sequences!r}")
+        raise ValueError(f"num_return_sequences must be an integer from 1 to num_beams "
+                         f"({num_beams}), got {num_return_sequences!r}")
     if not is_int(no_repeat_ngram_size) or no_repeat_ngram_size < 0:
         raise ValueError(f"no_repeat_ngram_size must be an integer >= 0 (0 = off), "
                          f"got {no_repeat_ngram_size!r}")

@@ -1,4 +1,4 @@
-"""Resolve a --model argument (local path or Hugging Face hub name) to a local checkpoint path.
+"""Resolve a model argument (local path or Hugging Face hub name) to a local checkpoint path.
 
 Hub downloads go through huggingface_hub, so they share the standard cache
 (~/.cache/huggingface/hub, or $HF_HUB_CACHE, or $HF_HOME/hub) with transformers: a model
@@ -73,7 +73,7 @@ def resolve_model(model) -> str:
     if _looks_like_path(model):
         raise CheckpointError(f"{model}: no such file or directory")
     repo = HUB_ALIASES.get(model, model)
-    how_to = ("pass a local checkpoint instead: --model PATH, a directory holding "
+    how_to = ("pass a local checkpoint instead: model=PATH, a directory holding "
               "model.safetensors and config.json (or the .safetensors file itself)")
     try:
         from huggingface_hub import constants, snapshot_download

@@ -96,7 +96,7 @@ def check_split_length(tokens: np.ndarray, block_size: int, name: str) -> None:
     if len(tokens) < block_size + 1:
         raise ValueError(f"the {name} split has {len(tokens)} tokens, fewer than block_size + 1 = "
                          f"{block_size + 1} (one window of inputs and next-token targets); "
-                         f"use more text or a smaller --block-size")
+                         f"use more text or a smaller block_size")
 
 
 def draw_starts(n_tokens: int, block_size: int, batch_size: int,

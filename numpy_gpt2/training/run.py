@@ -220,8 +220,8 @@ def find_tokenizer_files(source) -> str:
         from huggingface_hub import snapshot_download
         return snapshot_download("openai-community/gpt2", allow_patterns=list(TOKENIZER_FILES))
     except Exception:  # offline, no cache, hub down, huggingface_hub missing
-        raise ValueError(f"GPT-2's {' and '.join(TOKENIZER_FILES)} are needed (train.py copies "
-                         f"them into every save) and could not be fetched from the Hugging Face "
+        raise ValueError(f"GPT-2's {' and '.join(TOKENIZER_FILES)} are needed (every save "
+                         f"holds a copy) and could not be fetched from the Hugging Face "
                          f"hub (offline?): to work offline, set {TOKENIZER_ENV} to a directory "
                          f"holding them, or init from a checkpoint directory that has them") from None
 

@@ -94,7 +94,7 @@ def read_train_state(directory) -> dict:
             info = json.load(f)
     except FileNotFoundError:
         raise ValueError(f"{directory}: no {STATE_FILE}; not a training run saved by "
-                         f"scripts/train.py") from None
+                         f"numpy_gpt2's training") from None
     except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON
         raise ValueError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(info, dict):

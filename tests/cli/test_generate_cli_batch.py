@@ -141,7 +141,7 @@ def test_context_slide_goes_past_n_ctx(ckpt, model, enc, tmp_path):
     (["--logit-bias", "5:inf"], "--logit-bias[5] must be a finite number or -inf"),
     (["--suppress-tokens", "1,a"], "argument --suppress-tokens: expected token ids separated by commas"),
     (["--num-beams", "0"], "--num-beams must be an integer >= 1"),
-    (["--num-beams", "2", "--num-samples", "3"], "--num-samples must be an integer in 1..num_beams=2"),
+    (["--num-beams", "2", "--num-samples", "3"], "--num-samples must be an integer from 1 to --num-beams (2), got 3"),
     (["--num-beams", "2", "--top-k", "5"], "--top-k does not apply to beam search"),
     (["--num-beams", "2", "--repetition-penalty", "1.2"], "--repetition-penalty does not apply to beam search"),
     (["--early-stopping", "maybe"], "argument --early-stopping: expected true, false or never"),

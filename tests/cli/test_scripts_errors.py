@@ -259,3 +259,27 @@ def test_the_traceback_of_a_bug_on_request(monkeypatch):
 
     with pytest.raises(ZeroDivisionError):
         main([])
+
+
+# ---- the hub's advice names the flag the user typed -----------------------------------------
+
+@pytest.mark.parametrize("name, argv, flag", [
+    ("generate", ["--model", "{hub}", "Hi"], "--model PATH"),
+    ("perplexity", ["--model", "{hub}", "{text}"], "--model PATH"),
+    ("dump", ["--model", "{hub}", "--prompt", "Hi", "--out", "{out}/a.safetensors"], "--model PATH"),
+    ("explain", ["Hi", "--model", "{hub}", "--out", "{out}/walk.html"], "--model PATH"),
+    ("convert", ["{hub}", "{out}/hf", "--to", "hf"], "instead: PATH,"),
+    ("train", ["--init", "{hub}", "--data", "{text}", "--out", "{out}/run",
+               "--max-iters", "1"], "--init PATH"),
+])
+def test_a_model_not_found_offline_names_the_flag_that_gave_it(name, argv, flag, world, tmp_path,
+                                                             monkeypatch, capsys):
+    from helpers.run_scripts import run_script
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    hub = "someone/not-a-cached-gpt2"
+    argv = [a.format(hub=hub, text=world.text, out=tmp_path) for a in argv]
+    status, out, err = run_script(name, argv, capsys)
+    assert status == 2 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and f"{hub}: not a local path" in err, err
+    assert flag in err and "model=PATH" not in err, err

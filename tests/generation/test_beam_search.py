@@ -115,7 +115,7 @@ def test_beam_search_stops_at_the_context(model64, hf64):
     (dict(length_penalty=float("nan")), "length_penalty must be a finite number"),
     (dict(early_stopping="always"), "early_stopping must be True, False or \"never\""),
     (dict(early_stopping=1), "early_stopping"),
-    (dict(num_return_sequences=4), r"num_return_sequences must be an integer in 1\.\.num_beams=3"),
+    (dict(num_return_sequences=4), r"num_return_sequences must be an integer from 1 to num_beams \(3\)"),
     (dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size must be an integer >= 0"),
     (dict(eos_token_id=97), r"eos_token_id must be a token id in \[0, 97\)"),
     (dict(prompt=[[1, 2]]), r"prompt tokens must be one sequence \(T,\) for beam search"),

@@ -102,7 +102,7 @@ def test_offline_without_a_cached_copy_is_a_one_line_error(tmp_path, model, repo
     assert "\n" not in message
     assert f"tried Hugging Face hub repo {repo}" in message
     assert str(tmp_path / "empty-hf-home" / "hub") in message  # which cache was looked in
-    assert "HF_HUB_OFFLINE=1" in message and "--model PATH" in message
+    assert "HF_HUB_OFFLINE=1" in message and "model=PATH" in message
 
 
 def test_offline_a_cached_snapshot_is_reused(ckpt, tmp_path):
@@ -170,4 +170,4 @@ def test_online_failure_is_said_in_words_with_how_to_work_offline(monkeypatch):
     assert "the hub could not be reached" in message and "retry" not in message
     # Words, not the library's exception names; and how to work offline.
     assert "Error" not in message and "ConnectionError" not in message
-    assert "HF_HUB_OFFLINE=1" in message and "--model PATH" in message
+    assert "HF_HUB_OFFLINE=1" in message and "model=PATH" in message

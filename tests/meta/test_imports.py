@@ -134,3 +134,27 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
     assert graph["pkg.sub.d"] == {"pkg.c", "pkg.sub.e"} and find_cycle(graph) is None
     (pkg / "c.py").write_text("from pkg.sub.d import k\n")
     assert find_cycle(import_graph(pkg, "pkg")) == ["pkg.c", "pkg.sub.d", "pkg.c"]
+
+
+def test_the_library_never_names_a_command_line_flag():
+    """Outside numpy_gpt2/cli, no text the code produces (exception messages, warnings,
+    strings it returns or writes) names a flag (`--model`, `--block-size`): the library's
+    errors name arguments, and the commands word them as their flags. Docstrings and
+    comments may mention the commands."""
+    import re
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+    found = []
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        if (ROOT / PACKAGE / "cli") in path.parents:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                           ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings and flag.search(node.value)):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.strip()[:80]}")
+    assert not found, "\n".join(found)

@@ -157,7 +157,7 @@ def check_llmc_config(config: GPT2Config) -> None:
         differences.append(f"n_inner {config.n_inner} (llm.c: 4 * n_embd = {4 * config.n_embd})")
     if differences:
         raise ValueError(f"llm.c's format cannot hold this model: {'; '.join(differences)}; "
-                         f"llm.c would compute a different function (convert it --to hf instead)")
+                         f"llm.c would compute a different function (save it as a Hugging Face checkpoint instead)")
 
 
 def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | None = None,
