@@ -45,13 +45,16 @@ class StopSignals:
     A SIGHUP that was ignored when the command started (nohup) stays ignored. After
     defer(announce), the first signal sets `received` (its number) and calls announce(signum)
     instead of raising; the command checks `received` at its safe point; a second signal
-    raises at once. From a thread other than the main one nothing is installed."""
+    raises at once. Once a signal has raised, the command is stopping: later signals (the rest
+    of a burst, a second Ctrl-C) are ignored, so that the unwinding (removing what a failed
+    start created, a staging directory) is never cut short; only SIGKILL cuts it. From a
+    thread other than the main one nothing is installed."""
 
     active = None  # the StopSignals of the command running now (entry's)
 
     def __init__(self, signums):
         self.received, self.announce, self.previous, self.holding = None, None, {}, False
-        self.restoring = False
+        self.restoring = self.stopping = False
         for signum in signums:
             try:
                 current = signal.getsignal(signum)
@@ -84,10 +87,11 @@ class StopSignals:
             self.holding = False
             if self.received is not None and self.received != before and self.announce is None:
                 signum, self.received = self.received, None
+                self.stopping = True
                 raise stop_exception(signum)
 
     def handle(self, signum, frame):
-        if self.restoring:
+        if self.restoring or self.stopping:  # the ending is decided: the unwinding runs whole
             return
         if self.holding:
             self.received = self.received or signum
@@ -96,6 +100,7 @@ class StopSignals:
             self.received = signum
             self.announce(signum)
             return
+        self.stopping = True
         raise stop_exception(signum)
 
     def restore(self) -> None:

@@ -230,9 +230,9 @@ def _write_files(directory, writers: dict, on_commit) -> None:
     umask = os.umask(0)
     os.umask(umask)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=STAGING, dir=directory)
-    committed = None
-    fd = _try_lock(staging)  # ours alone: it was just created with a random name
-    try:
+    committed = fd = None
+    try:  # (from the line after mkdtemp: a signal while locking still removes the staging)
+        fd = _try_lock(staging)  # ours alone: it was just created with a random name
         for index, (name, write) in enumerate(writers.items()):
             path = os.path.join(staging, f"{index}-{name}")
             try:
@@ -263,4 +263,5 @@ def _write_files(directory, writers: dict, on_commit) -> None:
                 _install(committed, directory)
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)

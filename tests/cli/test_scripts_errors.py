@@ -11,6 +11,7 @@ import argparse
 import io
 import math
 import os
+import signal
 import stat
 from unittest import mock
 
@@ -283,3 +284,41 @@ def test_a_model_not_found_offline_names_the_flag_that_gave_it(name, argv, flag,
     assert status == 2 and "Traceback" not in err, err
     assert err.count("\n") == 1 and f"{hub}: not a local path" in err, err
     assert flag in err and "model=PATH" not in err, err
+
+
+# ---- once a signal has stopped a command, the rest of a burst is ignored ---------------------
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_signals_after_the_one_that_stops_are_ignored_while_unwinding(deferred):
+    signals = stopping.StopSignals(stopping.STOP_SIGNALS)
+    announced = []
+    try:
+        if deferred:  # train: the first is recorded and announced, the second stops at once
+            signals.defer(announced.append)
+            signals.handle(signal.SIGINT, None)
+            assert signals.received == signal.SIGINT and announced == [signal.SIGINT]
+        cleaned = []
+        with pytest.raises(KeyboardInterrupt):
+            try:
+                signals.handle(signal.SIGINT, None)  # the one that stops
+            finally:  # the unwinding (remove a new --out, a staging directory), not cut short
+                signals.handle(signal.SIGTERM, None)
+                signals.handle(signal.SIGINT, None)
+                cleaned.append(True)
+        assert cleaned == [True]
+        with signals.held():  # (held blocks during the unwinding raise nothing either)
+            signals.handle(signal.SIGTERM, None)
+    finally:
+        signals.restore()
+
+
+def test_a_held_block_raises_its_signal_once_at_its_end():
+    signals = stopping.StopSignals(stopping.STOP_SIGNALS)
+    try:
+        with pytest.raises(stopping.Terminated):
+            with signals.held():
+                signals.handle(signal.SIGTERM, None)
+                signals.handle(signal.SIGINT, None)  # a burst inside: recorded, not raised
+        signals.handle(signal.SIGINT, None)  # after that: stopping, ignored
+    finally:
+        signals.restore()
