@@ -163,21 +163,14 @@ def threads_from_argv(argv) -> None:
 
 
 def _blas_threads_for_memory_limit() -> None:
-    """Under a small address-space limit (ulimit -v), fewer OpenBLAS threads: each reserves
-    ~100 MB, and OpenBLAS answers a thread it cannot create by sending itself SIGINT (which
-    would read as Ctrl-C)."""
-    try:
-        import resource
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    except (ImportError, OSError, ValueError, AttributeError):
-        return
-    if limit != resource.RLIM_INFINITY and limit < BLAS_MB_PER_THREAD * 16 << 20:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        fit = max(1, ((limit >> 20) - 200) // BLAS_MB_PER_THREAD)
-        os.environ["OPENBLAS_NUM_THREADS"] = str(min(cpus or 1, fit))
-
-
-BLAS_MB_PER_THREAD = 100
+    """Under an address-space limit (ulimit -v), no more OpenBLAS threads than fit: each
+    reserves a buffer, and OpenBLAS answers a thread it cannot create by sending itself
+    SIGINT (see _import_command). The pool's threads follow the same limit
+    (fast.threads.thread_count)."""
+    from numpy_gpt2.fast.threads import cpu_count, threads_for_memory_limit
+    fit = threads_for_memory_limit()
+    if fit is not None and fit < cpu_count():
+        os.environ["OPENBLAS_NUM_THREADS"] = str(fit)
 
 
 def _check_threads_env() -> None:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from numpy_gpt2.io.atomic import write_files_atomically
 from numpy_gpt2.io.checkpoint import hf_config_dict
-from numpy_gpt2.io.formats.llmc import MAGIC as LLMC_MAGIC, check_llmc_config, check_llmc_vocab, padded_vocab, write_llmc
+from numpy_gpt2.io.formats.llmc import HF_INSTEAD, MAGIC as LLMC_MAGIC, check_llmc_config, check_llmc_vocab, padded_vocab, write_llmc
 from numpy_gpt2.io.outputs import output_directory, output_file, safetensors_metadata
 from numpy_gpt2.io.formats.safetensors import write_safetensors
 from numpy_gpt2.params import flatten_params
@@ -165,7 +165,10 @@ def main(argv=None) -> int:
             tokenizer = tokenizer_files(args, source_path, config)
             out_dir, writers = out, None
         else:
-            check_llmc_config(config)  # before any file exists
+            try:
+                check_llmc_config(config)  # before any file exists
+            except ValueError as e:
+                raise UsageError(str(e).replace(HF_INSTEAD, "convert it --to hf instead")) from None
             total = padded_vocab(config.vocab_size) * config.n_embd + sum(
                 a.size for k, a in flatten_params(params).items() if k != "wte.weight")
         nbytes = total * (4 if args.dtype == "float32" else 2)

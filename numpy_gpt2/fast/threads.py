@@ -97,14 +97,36 @@ THREADS_ENV = "NUMPY_GPT2_THREADS"
 
 def thread_count() -> int:
     """Worker threads to use: $NUMPY_GPT2_THREADS (an integer >= 1), else the CPUs this
-    process may run on (see module doc). ValueError naming the variable when it is not a
-    positive integer."""
+    process may run on (see module doc), no more than fit an address-space limit
+    (threads_for_memory_limit). ValueError naming the variable when it is not a positive
+    integer."""
     value = os.environ.get(THREADS_ENV)
     if value:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"{THREADS_ENV}={value!r}: expected an integer >= 1")
         return int(value)
-    return cpu_count()
+    return min(cpu_count(), threads_for_memory_limit() or cpu_count())
+
+
+# Each thread that calls OpenBLAS gets its own work buffer from OpenBLAS (and its own
+# stack): measured with the dump command on a 1-layer model under ulimit -v on a 2-core AMD
+# EPYC: one thread ran from 160 MB, two needed about 400 MB; in between, a second thread's
+# buffer could not be mapped and OpenBLAS's sgemm kernel crashed (SIGSEGV) in it, or OpenBLAS
+# ended the process.
+BLAS_BASE_MB, BLAS_MB_PER_THREAD = 200, 100
+
+
+def threads_for_memory_limit() -> int | None:
+    """The threads that fit under the process's address-space limit (RLIMIT_AS, ulimit -v):
+    one, plus one per BLAS_MB_PER_THREAD above BLAS_BASE_MB; None when there is no limit."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+    if limit == resource.RLIM_INFINITY:
+        return None
+    return max(1, ((limit >> 20) - BLAS_BASE_MB) // BLAS_MB_PER_THREAD)
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,6 +28,8 @@ from helpers.run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_pr
                                  make_world, script_names)
 from helpers.hostile import STATUSES, _handler_installed, check_run
 
+from numpy_gpt2.cli import MEMORY_FLOOR_MB
+
 NAMES = script_names()
 # The command's file or directory outputs: flag or positional index in BASE's argv.
 OUTPUTS = {"dump": "--out", "convert": 1, "prepare": "--out", "train": "--out"}
@@ -295,7 +297,7 @@ def test_every_output_on_a_full_filesystem(world, small_tmpfs, tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
-@pytest.mark.parametrize("megabytes", [40, 90, 100, 120, 130, 150])
+@pytest.mark.parametrize("megabytes", [40, 100, 127, 130, 150, 170, 200, 260])
 def test_little_memory_is_one_line_from_the_first_import_on(megabytes, world, tmp_path):
     import resource
 
@@ -312,6 +314,64 @@ def test_little_memory_is_one_line_from_the_first_import_on(megabytes, world, tm
         # (when OpenBLAS ends the process itself, after its own line, ours follows)
         last = [ln.rsplit("\r", 1)[-1] for ln in err.splitlines() if ln.strip()][-1]
         assert status == 1 and last.startswith(f"{name}.py: error: out of memory"), (name, megabytes, err)
+        if megabytes < MEMORY_FLOOR_MB:  # refused before loading anything: exactly one line
+            assert err == (f"{name}.py: error: out of memory while starting: a memory limit of "
+                           f"{megabytes} MB (ulimit -v) is below the {MEMORY_FLOOR_MB} MB that "
+                           f"loading NumPy, OpenBLAS and numpy_gpt2 takes\n"), err
+
+
+@pytest.mark.parametrize("limit_mb, cpus, expected", [
+    (None, 2, 2), (None, 8, 8), (160, 2, 1), (299, 2, 1), (300, 2, 1), (400, 2, 2), (400, 8, 2), (500, 8, 3),
+    (10_000, 8, 8)])
+def test_the_pool_has_no_more_threads_than_fit_under_a_memory_limit(limit_mb, cpus, expected,
+                                                                      monkeypatch):
+    # each thread that calls OpenBLAS maps its own buffer: a second one that does not fit
+    # crashed OpenBLAS's sgemm kernel (SIGSEGV) at 160-280 MB before the pool followed the limit
+    import resource
+
+    from numpy_gpt2.fast import threads
+    monkeypatch.delenv(threads.THREADS_ENV, raising=False)
+    monkeypatch.setattr(threads, "cpu_count", lambda: cpus)
+    infinity = resource.RLIM_INFINITY
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (
+        infinity if limit_mb is None else limit_mb << 20, infinity))
+    assert threads.thread_count() == expected
+    monkeypatch.setenv(threads.THREADS_ENV, "5")  # asked for: as asked
+    assert threads.thread_count() == 5
+
+
+IMPORT_SENDS_SIGINT = """
+import importlib, os, signal, subprocess, sys
+real = importlib.import_module
+def fake(name, *a):
+    if name.startswith("numpy_gpt2.cli."):
+        if sys.argv[1] == "self":  # as OpenBLAS does when it cannot create a thread
+            signal.raise_signal(signal.SIGINT)
+        else:  # Ctrl-C from someone else while the libraries load
+            subprocess.run(["kill", "-INT", str(os.getpid())], check=True)
+    return real(name, *a)
+importlib.import_module = fake
+from numpy_gpt2.cli import run_script
+sys.exit(run_script("dump", ["--help"]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigtimedwait"), reason="no sender to tell apart")
+@pytest.mark.parametrize("sender", ["self", "other"])
+def test_a_sigint_openblas_sends_itself_while_loading_is_not_ctrl_c(sender, tmp_path):
+    done = subprocess.run([sys.executable, "-c", IMPORT_SENDS_SIGINT, sender], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "64"})
+    if sender == "self":
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == ("dump.py: error: out of memory or threads while starting: OpenBLAS "
+                               "could not start its threads (OPENBLAS_NUM_THREADS=64); allow more "
+                               "memory (ulimit -v) or ask for fewer threads (NUMPY_GPT2_THREADS "
+                               "or OPENBLAS_NUM_THREADS)\n")
+    else:
+        # (the quiet stop of the imports names sys.argv[0]: here "-c")
+        assert done.returncode == 130 and done.stderr.strip() == "-c: interrupted (Ctrl-C)", \
+            (done.returncode, done.stderr)
 
 
 BREAK_HASHES = ("import sys\n"

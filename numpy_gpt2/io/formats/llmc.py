@@ -138,6 +138,9 @@ def llmc_header(config: GPT2Config, vocab_size: int, version: int = 3) -> np.nda
     return h
 
 
+HF_INSTEAD = "Hugging Face's format (save_checkpoint) holds any model"
+
+
 def check_llmc_config(config: GPT2Config) -> None:
     """ValueError unless llm.c computes config's function: llm.c (train_gpt2.c) has GPT-2's
     math only -- the tanh GELU, LayerNorm epsilon 1e-5, scores / sqrt(head size), an MLP
@@ -157,7 +160,7 @@ def check_llmc_config(config: GPT2Config) -> None:
         differences.append(f"n_inner {config.n_inner} (llm.c: 4 * n_embd = {4 * config.n_embd})")
     if differences:
         raise ValueError(f"llm.c's format cannot hold this model: {'; '.join(differences)}; "
-                         f"llm.c would compute a different function (save it as a Hugging Face checkpoint instead)")
+                         f"llm.c would compute a different function; {HF_INSTEAD}")
 
 
 def write_llmc(path: str, params: dict, config: GPT2Config, vocab_size: int | None = None,
