@@ -229,7 +229,8 @@ def read_text(path, flag: str | None = None) -> str:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise UsageError(f"{what}: cannot read it ({e.strerror})") from None
+        raise input_error(e, None if e.filename else what,  # (the file once, where it is known)
+                          f"{what}: cannot read it ({e.strerror})") from None
     return decode_utf8(raw, what)
 
 
@@ -314,12 +315,15 @@ class ResourceError(Exception):
     one line."""
 
 
-def input_error(error: BaseException, step: str | None = None) -> Exception:
+def input_error(error: BaseException, step: str | None = None, usage: str | None = None) -> Exception:
     """What to raise for an exception met while reading the input (a `except (ValueError,
-    OSError, RuntimeError)`): a UsageError (bad input, status 2), or a ResourceError (status 1)
-    when a resource ran out, which says nothing about the input."""
+    OSError, RuntimeError)`): a UsageError (bad input, status 2; its message `usage` when
+    given), or a ResourceError (status 1) when a resource ran out (memory, disk space, an I/O
+    error, a thread), which says nothing about the input."""
     if resource_problem(error):
         return ResourceError(f"{step + ': ' if step else ''}{describe(error)}")
+    if usage is not None:
+        return UsageError(usage)
     return UsageError(describe(error) if isinstance(error, OSError) else str(error))
 
 

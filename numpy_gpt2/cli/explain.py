@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                                        temperature=args.temperature, top_p=args.top_p, model=args.model)
         write_page(args.out, page)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise UsageError(worded(e)) from None
+        raise common.input_error(e, usage=worded(e)) from None
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB): {args.model}, {args.dtype}, "
           f"layer {args.layer} head {args.head} in detail, {time.time() - start:.1f} s")
     return 0

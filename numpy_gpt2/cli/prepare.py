@@ -112,7 +112,8 @@ def read_text(path):
                 if not raw:
                     return
     except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+        raise common.input_error(e, None if e.filename else str(path),
+                                 f"{path}: cannot read ({e.strerror})") from None
 
 
 def pieces(files, progress):

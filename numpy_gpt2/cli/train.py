@@ -227,7 +227,8 @@ def check_out_dir(out: str, resuming: bool, dirs: RunDirectory) -> None:
     try:  # an empty staging directory: if killed right here, recover() deletes it later
         os.rmdir(tempfile.mkdtemp(prefix=".save-", suffix=".new", dir=out))
     except OSError as e:
-        raise UsageError(f"--out {out}: cannot write there ({e.strerror})") from None
+        raise common.input_error(e, None if e.filename else f"--out {out}",
+                                 f"--out {out}: cannot write there ({e.strerror})") from None
 
 
 class Finished(Exception):

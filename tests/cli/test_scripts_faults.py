@@ -596,3 +596,35 @@ def test_a_file_output_replaces_only_its_own_kind(name, world, tmp_path, cached_
     argv = with_output(name, command(name, world, tmp_path), own)
     assert in_process(name, argv, tmp_path, budget=60).status == 0
     assert in_process(name, argv, tmp_path, budget=60).status == 0  # its own: replaced
+
+
+# A resource that runs out while a command loads its input, raised by whichever library:
+# status 1 and the resource named, never bad input (2) or a bug, for every command.
+LOADS = {"generate": (None, "load"), "perplexity": (None, "load"), "dump": (None, "load"),
+         "explain": (None, "load"), "convert": (None, "load"), "train": (None, "load_tokenizer"),
+         "prepare": (None, "load_tokenizer"), "compare": ("load_dump", None)}
+RUNNING_OUT = [(MemoryError(), "out of memory"),
+               (RuntimeError("can't start new thread"), "out of memory or threads"),
+               (OSError(errno.ENOSPC, "No space left on device", "/data/x"), "out of disk space"),
+               (OSError(errno.EIO, "Input/output error", "/data/x"), "an I/O error")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_resource_running_out_while_loading_is_status_1_for_every_command(name, world, tmp_path,
+                                                                           monkeypatch):
+    import numpy_gpt2
+    from helpers.run_scripts import load_script
+    assert set(LOADS) == set(NAMES), "a new command: name what it loads in LOADS"
+    own, shared = LOADS[name]
+    for error, words in RUNNING_OUT:
+        def fail(*args, **kwargs):
+            raise error
+        module = load_script(name)
+        with monkeypatch.context() as patch:
+            patch.setattr(*(module, own) if own else (numpy_gpt2, shared), fail)
+            out = tmp_path / f"{type(error).__name__}{getattr(error, 'errno', '')}"
+            out.mkdir()
+            r = in_process(name, command(name, world, out), out, module=module)
+        check_run(name, r.status, r.err, out, f"{name}.py, {error!r}")
+        last = [ln for ln in r.err.splitlines() if ln.strip()][-1]
+        assert r.status == 1 and last.startswith(f"{name}.py: error") and words in last, (error, r.err)
