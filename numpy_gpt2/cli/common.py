@@ -300,6 +300,17 @@ def resolve_model(value: str, flag: str = "--model") -> str:
         raise
 
 
+def check_output_file(path, ours=None, flag: str = "--out") -> None:
+    """Before any work: UsageError naming the flag unless path can take this command's output
+    file (numpy_gpt2.io.outputs.output_file: never a device, FIFO or socket, a directory, or
+    a file of another kind)."""
+    from numpy_gpt2.io.outputs import output_file
+    try:
+        output_file(path, ours=ours)
+    except ValueError as e:
+        raise UsageError(f"{flag} {e}") from None
+
+
 def one_line(text) -> str:
     return " ".join(str(text).split())
 

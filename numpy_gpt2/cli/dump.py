@@ -41,12 +41,10 @@ import sys
 import numpy as np
 
 import numpy_gpt2
-from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.debug.capture import (GRAD, IGNORE_INDEX, activation_names, activations, gradient_names,
                                       gradients, next_token_targets, parameter_gradient_names,
                                       select_names)
-from numpy_gpt2.io.atomic import write_files_atomically
-from numpy_gpt2.io.outputs import output_file, safetensors_metadata
+from numpy_gpt2.io.outputs import safetensors_metadata, write_output_file
 from numpy_gpt2.debug.dump_format import DUMP_FORMAT, config_metadata, dump_order_key, package_version, save_activations
 
 
@@ -97,11 +95,9 @@ def write_dump(path, tokens, tensors, metadata, targets, loss, on_commit=None) -
     """save_activations into a temporary file next to `path` (a symlink's target), renamed
     onto it when complete (an interrupted or failed write leaves nothing), with the usual
     permissions (numpy_gpt2.io.outputs: where outputs go)."""
-    real = output_file(path, ours=is_dump)
-
     def write(tmp):
         save_activations(tmp, tokens, tensors, metadata, targets=targets, loss=loss)
-    write_files_atomically(os.path.dirname(real), {os.path.basename(real): write}, on_commit)
+    write_output_file(path, write, ours=is_dump, on_commit=on_commit)
 
 
 @common.entry("dump")
@@ -131,10 +127,7 @@ def main(argv=None) -> int:
         parser.error(f"--names {args.names!r}: gradient names need --grads")
     loss = targets = None
     try:
-        try:
-            output_file(args.out, ours=is_dump)  # before any work
-        except ValueError as e:
-            raise UsageError(f"--out {e}") from None
+        common.check_output_file(args.out, ours=is_dump)  # before any work
         path = common.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
         if args.prompt is not None:

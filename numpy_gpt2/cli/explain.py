@@ -29,8 +29,7 @@ import numpy as np
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.explain.values import GENERATOR
-from numpy_gpt2.io.outputs import output_file
-from numpy_gpt2.io.atomic import write_files_atomically
+from numpy_gpt2.io.outputs import write_output_file
 
 FLAGS = {"prompt": "PROMPT"}  # the library's argument names that are not --flags here
 ARGUMENTS = re.compile(r"(prompt|target|layer|head|temperature|top_k|top_p)\b")  # explain_page's
@@ -54,12 +53,10 @@ def is_page(path) -> bool:
 def write_page(path: str, text: str) -> None:
     """text into `path` (a symlink's target) atomically: a complete new file or the old one,
     never half of one (numpy_gpt2.io.outputs: where outputs go)."""
-    real = output_file(path, ours=is_page)
-
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    write_files_atomically(os.path.dirname(real), {os.path.basename(real): write})
+    write_output_file(path, write, ours=is_page)
 
 
 def load_bpe(path):
@@ -98,10 +95,7 @@ def main(argv=None) -> int:
         raise UsageError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
     start = time.time()
     try:
-        try:
-            output_file(args.out, ours=is_page)  # before any work
-        except ValueError as e:
-            raise UsageError(f"--out {e}") from None
+        common.check_output_file(args.out, ours=is_page)  # before any work
         path = common.resolve_model(args.model)
         params, config = numpy_gpt2.load(path, dtype=np.dtype(args.dtype))
         tokenizer = load_bpe(path)

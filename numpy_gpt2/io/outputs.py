@@ -62,6 +62,15 @@ def output_file(path, ours=None) -> str:
     return real
 
 
+def write_output_file(path, write, ours=None, on_commit=None) -> None:
+    """write(tmp) -- which writes the whole file at the temporary path tmp -- committed onto
+    `path` (a symlink's target) atomically: a complete new file or the old one, never half of
+    one, with the usual permissions. output_file's checks first (its ValueErrors)."""
+    from numpy_gpt2.io.atomic import write_files_atomically
+    real = output_file(path, ours=ours)
+    write_files_atomically(os.path.dirname(real), {os.path.basename(real): write}, on_commit)
+
+
 def output_directory(path, names=(), ours=None) -> str:
     """The directory a directory output is written to (path; a symlink's target).
 
