@@ -8,9 +8,9 @@ one line on stderr (docs/scripts.md):
   130 Ctrl-C (SIGINT); 143 SIGTERM; 129 SIGHUP (a command that asks: train).
 One signal system serves every command (StopSignals, cli/stopping.py): train defers the signals
 to finish its step and save first.
-`stop_quietly_during_imports()` runs first, before anything slow is imported (numpy_gpt2.cli's
-`main` and `run_script` call it), so that Ctrl-C or SIGTERM during the imports end the command
-at once, quietly, with status 130 / 143 (nothing has been written yet).
+Before a command's module is loaded, cli/starting.py speaks for it (Ctrl-C or SIGTERM during
+the imports end the command at once, quietly, with status 130 / 143; a library that cannot
+load is one line, status 1).
 The library never knows the command line: its ValueErrors name arguments (`max_new_tokens`),
 and `flag_message` words them as the flags (`--max-new-tokens`).
 Streams: standard output that is closed or cannot be written (a full disk, /dev/full, an I/O
@@ -37,147 +37,14 @@ TRACEBACK_ENV = "NUMPY_GPT2_TRACEBACK"  # =1: show the traceback of an unexpecte
 _prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "numpy-gpt2"  # in messages
 
 
-def _stop_now(signum, frame):
-    """During the imports nothing is written yet: end at once (no KeyboardInterrupt
-    traceback out of whichever module was being imported)."""
-    what = "\n{}: interrupted (Ctrl-C)" if signum == signal.SIGINT else "{}: terminated (SIGTERM)"
-    try:  # (after the terminal's ^C, a new line)
-        os.write(2, (what.format(_prog) + "\n").encode())
-    finally:
-        os._exit(128 + signum)
-
-
-def stop_quietly_during_imports() -> None:
-    """SIGINT / SIGTERM end the process at once, quietly, until a command's entry() takes
-    over (its main then cleans up in `finally` blocks). Also: a closed standard stream's
-    descriptor (0, 1, 2) gets /dev/null, so that no file the command opens later takes its
-    number (and receives what is printed); Python's sys.stdin/out/err stay None, as closed."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _stop_now)
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            try:
-                opened = os.open(os.devnull, os.O_RDWR)
-                if opened != fd:  # (a lower one was free: cannot happen in order 0, 1, 2)
-                    os.dup2(opened, fd)
-                    os.close(opened)
-            except OSError:
-                pass
-
-
 THREADS_ENV = "NUMPY_GPT2_THREADS"
 BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-class LibraryExitWatch:
-    """While armed: a C library that ends the process itself with exit() (OpenBLAS does when it
-    cannot allocate its buffers, after its own line) gets our line added, naming the resource,
-    from a handler in the C library's exit list (glibc's __cxa_atexit). disarm() removes the
-    handler again (__cxa_finalize) while Python still runs: after Python's own exit it must
-    not run. Where there is no such C function, nothing is watched."""
-
-    def __init__(self, prog: str):
-        self.prog, self.armed, self.handle = prog, True, None
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None)
-            self._finalize = getattr(libc, "__cxa_finalize")  # (getattr: no name mangling)
-            self._finalize.argtypes = [ctypes.c_void_p]
-            register = getattr(libc, "__cxa_atexit")
-            register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-            self._hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._exiting)
-            self._token = ctypes.create_string_buffer(1)  # our "DSO handle": any unique address
-            if register(ctypes.cast(self._hook, ctypes.c_void_p), None,
-                        ctypes.addressof(self._token)) == 0:
-                self.handle = ctypes.addressof(self._token)
-        except (OSError, AttributeError, ImportError, MemoryError, TypeError):
-            pass
-
-    def _exiting(self, _):
-        if self.armed:
-            try:
-                os.write(2, f"{self.prog}: error: out of memory (a library gave up allocating "
-                            f"memory and ended the process)\n".encode())
-            except OSError:
-                pass
-
-    def disarm(self) -> None:
-        self.armed = False
-        if self.handle is not None:
-            self._finalize(self.handle)  # runs (disarmed) and removes our handler
-            self.handle = None
-
-
-class HeldLogs:
-    """While a command's libraries load: log records that a library sends to Python's root
-    logger are held, not printed. Under a memory limit the standard library's hashlib logs a
-    traceback for every hash it cannot load (`ERROR:root:code for hash md5 was not found.`,
-    seen at `ulimit -v 102400`), before the import that fails is reported in our one line.
-    If loading fails, the records are dropped (the one line names the cause); if it succeeds,
-    each held warning or error is one line on stderr (`PROG: warning: while starting: ...`)."""
-
-    def __init__(self):
-        import logging  # (hashlib imports it anyway; about 5 ms)
-
-        class Hold(logging.Handler):
-            def emit(handler, record):
-                handler.records.append(record)
-
-        self.root, self.hold = logging.getLogger(), Hold(logging.WARNING)
-        self.hold.records = []
-        self.root.addHandler(self.hold)  # (a root logger with a handler: no basicConfig())
-
-    def release(self, prog: str | None) -> None:
-        """Stop holding; with prog, print the held records as one-line warnings."""
-        self.root.removeHandler(self.hold)
-        for record in self.hold.records if prog else ():
-            why = record.exc_info[1] if record.exc_info else None
-            because = f" ({type(why).__name__}: {one_line(why)})" if why is not None else ""
-            try:
-                print(f"{prog}: warning: while starting: {one_line(record.getMessage())}"
-                      f"{because}", file=sys.stderr)
-            except (OSError, ValueError, AttributeError):  # stderr closed or full
-                break
-        self.hold.records = []
-
-
-def threads_from_argv(argv) -> None:
-    """--threads N into the BLAS and thread-pool variables, before NumPy loads OpenBLAS
-    (which reads them once). Without --threads, $NUMPY_GPT2_THREADS does the same (the BLAS
-    variables already set win)."""
-    for i, a in enumerate(argv):
-        value = a.split("=", 1)[1] if a.startswith("--threads=") else \
-            argv[i + 1] if a == "--threads" and i + 1 < len(argv) else None
-        if value is not None and value.isdigit() and int(value) >= 1:
-            for name in (THREADS_ENV, *BLAS_THREADS_ENV):
-                os.environ[name] = value
-            return
-    value = os.environ.get(THREADS_ENV, "")
-    if value.isdigit() and int(value) >= 1:
-        for name in BLAS_THREADS_ENV:
-            os.environ.setdefault(name, value)
-    elif "OPENBLAS_NUM_THREADS" not in os.environ:
-        _blas_threads_for_memory_limit()
-
-
-def _blas_threads_for_memory_limit() -> None:
-    """Under an address-space limit (ulimit -v), no more OpenBLAS threads than fit: each
-    reserves a buffer, and OpenBLAS answers a thread it cannot create by sending itself
-    SIGINT (see _import_command). The pool's threads follow the same limit
-    (fast.threads.thread_count)."""
-    from numpy_gpt2.fast.threads import cpu_count, threads_for_memory_limit
-    fit = threads_for_memory_limit()
-    if fit is not None and fit < cpu_count():
-        os.environ["OPENBLAS_NUM_THREADS"] = str(fit)
 
 
 def _check_threads_env() -> None:
     value = os.environ.get(THREADS_ENV)
     if value and not (value.isdigit() and int(value) >= 1):
         raise UsageError(f"{THREADS_ENV}={value!r} in the environment: expected an integer >= 1")
-
 
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1

@@ -1,5 +1,5 @@
 """The stop signals of a running command: one system for every command (cli/common.py's entry()
-installs it). Before entry() takes over, common.stop_quietly_during_imports ends the process
+installs it). Before entry() takes over, starting.stop_quietly_during_imports ends the process
 at once instead."""
 
 from __future__ import annotations

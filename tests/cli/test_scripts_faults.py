@@ -28,7 +28,7 @@ from helpers.run_scripts import (BASE, SCRIPTS, StrPath, cached_tokenizer, in_pr
                                  make_world, script_names)
 from helpers.hostile import STATUSES, _handler_installed, check_run
 
-from numpy_gpt2.cli import MEMORY_FLOOR_MB
+from numpy_gpt2.cli.starting import MEMORY_FLOOR_MB
 
 NAMES = script_names()
 # The command's file or directory outputs: flag or positional index in BASE's argv.
@@ -394,9 +394,9 @@ def test_a_library_logging_while_it_loads_is_not_printed_before_the_one_line(tmp
 def test_held_library_logs_are_one_line_warnings_when_loading_succeeds(capsys):
     import logging
 
-    from numpy_gpt2.cli import common
+    from numpy_gpt2.cli import starting
 
-    held = common.HeldLogs()
+    held = starting.HeldLogs()
     try:
         raise ValueError("unsupported hash type md5")
     except ValueError:
@@ -406,7 +406,7 @@ def test_held_library_logs_are_one_line_warnings_when_loading_succeeds(capsys):
     assert capsys.readouterr().err == ("dump.py: warning: while starting: code for hash md5 "
                                        "was not found. (ValueError: unsupported hash type md5)\n")
     assert held.hold not in logging.getLogger().handlers  # released: logging is the user's again
-    held = common.HeldLogs()
+    held = starting.HeldLogs()
     logging.error("dropped")
     held.release(None)
     assert capsys.readouterr().err == ""
