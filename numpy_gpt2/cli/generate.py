@@ -53,6 +53,9 @@ from numpy_gpt2.io.tokenizer import ENDOFTEXT, tokenizer_dir, undecodable_ids
 from numpy_gpt2.training.memory import available_memory, memory_needed
 
 
+# ----------------------------------------------------------------------------------------
+# The flags (transformers' generate() names), and their checks before any work.
+
 def parse_args(argv):
     p = common.Parser(description="Generate text with GPT-2 in NumPy (streamed to stdout). Token ids "
                 "the tokenizer cannot decode (a vocabulary padded past the tokenizer's, e.g. "
@@ -165,6 +168,9 @@ def check_flag_combinations(args):
     if unsupported:
         raise ValueError(f"{unsupported[0]} does not apply to beam search (--num-beams {args.num_beams})")
 
+
+# ----------------------------------------------------------------------------------------
+# One prompt, its text streamed to stdout as it is sampled.
 
 def read_prompt(args) -> str:
     if args.prompt is not None:
@@ -301,6 +307,9 @@ def run(args):
     report(len(ids), start, log, why)
 
 
+# ----------------------------------------------------------------------------------------
+# What both ways share: the prompt's ids, end of text, the room left in the context.
+
 def prompt_ids(tokenizer, config, prompt):
     """The prompt's token ids; an empty prompt starts from bos_token_id."""
     ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT})
@@ -339,6 +348,9 @@ def room(args, config, n_prompt):
         return args.max_new_tokens
     return max(0, min(args.max_new_tokens, config.n_ctx - n_prompt + 1))
 
+
+# ----------------------------------------------------------------------------------------
+# Many prompts (--prompts-file, --json, beams): one batch, one JSON line per completion.
 
 def read_prompts_file(path) -> list[str]:
     """--prompts-file: one prompt per non-empty line; .jsonl: a JSON string or {"prompt": str} per line."""
@@ -467,6 +479,9 @@ def run_batch(args):
     print(f"generated: {n_new} tokens in {len(items)} completion{'s' * (len(items) != 1)} in "
           f"{seconds:.3f} s ({n_new / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
 
+
+# ----------------------------------------------------------------------------------------
+# The command.
 
 @common.entry("generate")
 def main(argv=None) -> int:
