@@ -132,12 +132,12 @@ def threads_from_argv(argv) -> None:
         value = a.split("=", 1)[1] if a.startswith("--threads=") else \
             argv[i + 1] if a == "--threads" and i + 1 < len(argv) else None
         if value is not None and value.isdigit() and int(value) >= 1:
-            for name in (common.THREADS_ENV, *BLAS_common.THREADS_ENV):
+            for name in (common.THREADS_ENV, *common.BLAS_THREADS_ENV):
                 os.environ[name] = value
             return
     value = os.environ.get(common.THREADS_ENV, "")
     if value.isdigit() and int(value) >= 1:
-        for name in BLAS_common.THREADS_ENV:
+        for name in common.BLAS_THREADS_ENV:
             os.environ.setdefault(name, value)
     elif "OPENBLAS_NUM_THREADS" not in os.environ:
         _blas_threads_for_memory_limit()

@@ -509,6 +509,28 @@ def test_threads_flag(name, world, tmp_path):
     assert r.status == 0, r.err
 
 
+@pytest.mark.parametrize("name, env", [("generate", {}), ("perplexity", {}), ("train", {}),
+                                       ("dump", {"NUMPY_GPT2_THREADS": "1"})])
+def test_threads_as_a_process_from_the_command_line_or_the_environment(name, env, world, tmp_path):
+    # (the flag and the variable are read before NumPy loads, outside the in-process runs)
+    argv = command(name, world, tmp_path) + ([] if env else ["--threads", "1"])
+    status, err = run(name, argv, tmp_path, env=env)
+    assert status == 0 and "Traceback" not in err, err
+
+
+def test_threads_from_argv_sets_the_blas_variables_before_numpy_loads(monkeypatch):
+    from numpy_gpt2.cli import common, starting
+    for name in (common.THREADS_ENV, *common.BLAS_THREADS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    starting.threads_from_argv(["Hi", "--threads", "3"])
+    assert all(os.environ[n] == "3" for n in (common.THREADS_ENV, *common.BLAS_THREADS_ENV))
+    for name in common.BLAS_THREADS_ENV:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # already set: it wins
+    starting.threads_from_argv(["Hi"])
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and os.environ["OMP_NUM_THREADS"] == "3"
+
+
 @pytest.mark.parametrize("example, extra", [("port_forward", []), ("port_train_step", [])])
 def test_examples_one_line_for_a_bad_ref(example, extra, world, tmp_path):
     script = os.path.join(os.path.dirname(SCRIPTS), "examples", f"{example}.py")
