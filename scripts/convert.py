@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`python scripts/convert.py ARGS` is `numpy-gpt2 convert ARGS` (numpy_gpt2/cli/convert.py), from a checkout too."""
 import os, signal  # noqa: E401
-for s in (signal.SIGINT, signal.SIGTERM):  # until the command takes over: stop at once, 128 + N
-    signal.signal(s, lambda n, f: os._exit(128 + n))
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # until the command takes over: stop
+    if signal.getsignal(s) != signal.SIG_IGN:  # at once, 128 + N (a nohup's SIGHUP: ignored)
+        signal.signal(s, lambda n, f: os._exit(128 + n))
 import sys, importlib.util  # noqa: E401, E402
 if importlib.util.find_spec("numpy_gpt2") is None:  # not pip-installed: this checkout's copy
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

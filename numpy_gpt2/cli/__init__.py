@@ -36,7 +36,7 @@ COMMANDS = {
 
 def run_script(name: str, argv=None, prog: str | None = None) -> int:
     """Run subcommand `name` with argv (default sys.argv[1:]); its exit status."""
-    starting.stop_quietly_during_imports()  # before numpy and the rest are imported
+    starting.stop_quietly_during_imports(prog or f"{name}.py")  # before numpy and the rest load
     argv = sys.argv[1:] if argv is None else list(argv)
     starting.threads_from_argv(argv)
     watch = starting.LibraryExitWatch(prog or f"{name}.py")
@@ -51,8 +51,9 @@ def _run(name, argv, prog) -> int:
     if isinstance(module, int):  # could not load: the status, its line said
         return module
     status = module.main(argv, prog=prog)
-    for signum in stopping.STOP_SIGNALS:  # decided and reported: Python's exit (which restores
-        signal.signal(signum, signal.SIG_IGN)  # the default handlers) must not be killed now
+    for signum in stopping.STOP_SIGNALS + stopping.HANGUP:  # decided and reported: Python's exit
+        if signal.getsignal(signum) != signal.SIG_IGN:  # (restoring the default handlers) must
+            signal.signal(signum, signal.SIG_IGN)  # not be killed now
     return status
 
 

@@ -271,12 +271,12 @@ def _quiet_stdout():
         pass
 
 
-def entry(name: str, hangup: bool = False):
-    """Decorator for a command's main(argv=None) -> exit status: runs it with SIGINT and SIGTERM
-    (and SIGHUP when hangup) raising KeyboardInterrupt / Terminated / HungUp (StopSignals: so
-    `finally` blocks clean up; main may defer them), and turns how it ended into the
-    documented exit status and at most one line on stderr, after `prog` ("numpy-gpt2 NAME";
-    "NAME.py" for the scripts/NAME.py shim, the default)."""
+def entry(name: str, hangup: bool = True):
+    """Decorator for a command's main(argv=None) -> exit status: runs it with SIGINT, SIGTERM
+    and SIGHUP (a closed terminal; unless ignored at start: nohup) raising KeyboardInterrupt /
+    Terminated / HungUp (StopSignals: so `finally` blocks clean up; main may defer them), and
+    turns how it ended into the documented exit status and at most one line on stderr, after
+    `prog` ("numpy-gpt2 NAME"; "NAME.py" for the scripts/NAME.py shim, the default)."""
     def wrap(main):
         def run(argv=None, prog=None) -> int:
             global _prog
@@ -293,8 +293,9 @@ def entry(name: str, hangup: bool = False):
                 except BaseException:
                     # How it ended is decided: a signal now (a second Ctrl-C, a burst of
                     # SIGTERMs) must not interrupt the report of it with a traceback.
-                    for s in STOP_SIGNALS:
-                        signal.signal(s, signal.SIG_IGN)
+                    for s in STOP_SIGNALS + (HANGUP if hangup else ()):
+                        if s in signals.previous:  # (a SIGHUP nohup ignores stays ignored)
+                            signal.signal(s, signal.SIG_IGN)
                     raise
             except UsageError as e:
                 _say(prog, f"error: {one_line(e)}")
@@ -313,7 +314,7 @@ def entry(name: str, hangup: bool = False):
                 _say(prog, f"terminated (SIGTERM){_after_written()}")
                 return EXIT_SIGTERM
             except HungUp:
-                _say(prog, "hung up (SIGHUP)")
+                _say(prog, f"hung up (SIGHUP){_after_written()}")
                 return 128 + HungUp.signum
             except BrokenPipeError:
                 _quiet_stdout()

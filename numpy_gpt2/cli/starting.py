@@ -19,25 +19,31 @@ import signal
 import sys
 
 from numpy_gpt2.cli import common
-from numpy_gpt2.cli.stopping import STOP_SIGNALS
+from numpy_gpt2.cli.stopping import HANGUP, STOP_SIGNALS
 
 
 def _stop_now(signum, frame):
     """During the imports nothing is written yet: end at once (no KeyboardInterrupt
     traceback out of whichever module was being imported)."""
-    what = "\n{}: interrupted (Ctrl-C)" if signum == signal.SIGINT else "{}: terminated (SIGTERM)"
+    what = {signal.SIGINT: "\n{}: interrupted (Ctrl-C)", signal.SIGTERM: "{}: terminated (SIGTERM)"
+            }.get(signum, "{}: hung up (SIGHUP)")
     try:  # (after the terminal's ^C, a new line)
         os.write(2, (what.format(common._prog) + "\n").encode())
     finally:
         os._exit(128 + signum)
 
 
-def stop_quietly_during_imports() -> None:
-    """SIGINT / SIGTERM end the process at once, quietly, until a command's entry() takes
-    over (its main then cleans up in `finally` blocks). Also: a closed standard stream's
+def stop_quietly_during_imports(prog: str | None = None) -> None:
+    """SIGINT / SIGTERM / SIGHUP end the process at once, quietly, until a command's entry()
+    takes over (its main then cleans up in `finally` blocks); a SIGHUP ignored when the
+    command started (nohup) stays ignored. Also: a closed standard stream's
     descriptor (0, 1, 2) gets /dev/null, so that no file the command opens later takes its
     number (and receives what is printed); Python's sys.stdin/out/err stay None, as closed."""
-    for signum in STOP_SIGNALS:
+    if prog:
+        common._prog = prog  # (the line _stop_now writes names the command as it was run)
+    for signum in STOP_SIGNALS + HANGUP:
+        if signum in HANGUP and signal.getsignal(signum) == signal.SIG_IGN:
+            continue  # nohup
         signal.signal(signum, _stop_now)
     for fd in (0, 1, 2):
         try:

@@ -118,7 +118,8 @@ BLAS_BASE_MB, BLAS_MB_PER_THREAD = 200, 100
 
 def threads_for_memory_limit() -> int | None:
     """The threads that fit under the process's address-space limit (RLIMIT_AS, ulimit -v):
-    one, plus one per BLAS_MB_PER_THREAD above BLAS_BASE_MB; None when there is no limit."""
+    one per BLAS_MB_PER_THREAD beyond the first BLAS_BASE_MB, at least one; None when there
+    is no limit."""
     try:
         import resource
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]

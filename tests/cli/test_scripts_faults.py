@@ -369,8 +369,8 @@ def test_a_sigint_openblas_sends_itself_while_loading_is_not_ctrl_c(sender, tmp_
                                "memory (ulimit -v) or ask for fewer threads (NUMPY_GPT2_THREADS "
                                "or OPENBLAS_NUM_THREADS)\n")
     else:
-        # (the quiet stop of the imports names sys.argv[0]: here "-c")
-        assert done.returncode == 130 and done.stderr.strip() == "-c: interrupted (Ctrl-C)", \
+        # (the quiet stop of the imports names the command as it was run)
+        assert done.returncode == 130 and done.stderr.strip() == "dump.py: interrupted (Ctrl-C)", \
             (done.returncode, done.stderr)
 
 
@@ -650,3 +650,53 @@ def test_a_resource_running_out_while_loading_is_status_1_for_every_command(name
         check_run(name, r.status, r.err, out, f"{name}.py, {error!r}")
         last = [ln for ln in r.err.splitlines() if ln.strip()][-1]
         assert r.status == 1 and last.startswith(f"{name}.py: error") and words in last, (error, r.err)
+
+
+@pytest.mark.parametrize("nohup", [False, True])
+def test_sighup_mid_write_is_129_with_nothing_left_or_ignored_under_nohup(nohup, world, tmp_path):
+    """A closed terminal (SIGHUP) while dump writes a large file: status 129, one line, no
+    staging or temporary file, no parent it created; under nohup the dump finishes."""
+    out = tmp_path / "sub" / "d.safetensors"
+    argv = ["--model", world.ckpt, "--tokens", ",".join(["5"] * 100), "--grads", "--out", out]
+    proc = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "dump.py"), *map(str, argv)],
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+                            if nohup else None)
+    deadline = time.monotonic() + 30
+    while not _handler_installed(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGHUP)
+    status, err = finish(proc)
+    if nohup:
+        assert status == 0, err
+        return
+    check_run("dump", status, err, tmp_path, "dump.py, SIGHUP")
+    if status == 129:
+        assert err.strip().splitlines()[-1].startswith("dump.py: hung up (SIGHUP)"), err
+        assert not (tmp_path / "sub").exists() or not os.listdir(tmp_path / "sub"), \
+            os.listdir(tmp_path / "sub")
+    else:  # (finished before the signal: the file is whole)
+        assert status == 0, err
+
+
+@pytest.mark.parametrize("name", ["dump", "convert"])
+def test_sighup_in_the_middle_of_writing_removes_the_partial_output(name, world, tmp_path):
+    """SIGHUP arriving while the output's bytes are being written (in-process, exactly
+    there): status 129, one line, nothing of the output and no staging directory left."""
+    from helpers.run_scripts import load_script
+    from numpy_gpt2.io import atomic
+
+    module = load_script(name)
+    real = atomic._fsync_file
+
+    def hang_up_after_writing(path):  # the file is written, not yet committed
+        os.kill(os.getpid(), signal.SIGHUP)
+        real(path)
+    out = tmp_path / "sub"
+    out.mkdir()
+    with mock.patch.object(atomic, "_fsync_file", hang_up_after_writing):
+        r = in_process(name, command(name, world, out / "made"), out, module=module)
+    assert r.status == 129 and r.err.strip().splitlines()[-1] == f"{name}.py: hung up (SIGHUP)", r.err
+    assert os.listdir(out) == [], os.listdir(out)  # (made/ was created for the output: removed)

@@ -194,12 +194,12 @@ def test_stdin_closed_or_empty_and_stdout_a_closed_pipe(world, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc/PID/status")
 @settings(max_examples=2, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking:
-@given(moments=st.lists(st.tuples(st.sampled_from([signal.SIGINT, signal.SIGTERM]),
+@given(moments=st.lists(st.tuples(st.sampled_from([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]),
                                   st.one_of(st.floats(0, 0.3), st.floats(0.3, 3.0))),
                         min_size=len(CLI_NAMES), max_size=len(CLI_NAMES)))
 def test_signals_at_random_moments(world, moments):
-    """Each script (in parallel) gets SIGINT or SIGTERM at a random moment after its first
-    line ran: in its first 0.3 s (imports) or later (loading, working, writing)."""
+    """Each script (in parallel) gets SIGINT, SIGTERM or SIGHUP at a random moment after its
+    first line ran: in its first 0.3 s (imports) or later (loading, working, writing)."""
     runs = []
     with tempfile.TemporaryDirectory(dir=world.dir) as tmp:
         for name, (signum, delay) in zip(CLI_NAMES, moments):

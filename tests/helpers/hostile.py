@@ -44,10 +44,14 @@ def check_run(name, status, err, out_dir, what):
 
 
 def _handler_installed(pid) -> bool:
-    """The script's first line has run: it catches SIGTERM (Python alone does not)."""
+    """The script's first line has run: it catches SIGTERM (Python alone does not), and
+    SIGHUP (installed after it) is caught or ignored (nohup)."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
-    except (OSError, StopIteration):
+            fields = {ln.split(":")[0]: int(ln.split()[1], 16) for ln in f
+                      if ln.startswith(("SigCgt:", "SigIgn:"))}
+    except (OSError, ValueError, IndexError):
         return False
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
+    caught, ignored = fields.get("SigCgt", 0), fields.get("SigIgn", 0)
+    hup = 1 << (signal.SIGHUP - 1)
+    return bool(caught & (1 << (signal.SIGTERM - 1))) and bool((caught | ignored) & hup)
