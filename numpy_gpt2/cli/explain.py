@@ -50,13 +50,13 @@ def is_page(path) -> bool:
         return False
 
 
-def write_page(path: str, text: str) -> None:
+def write_page(path: str, text: str, on_commit=None) -> None:
     """text into `path` (a symlink's target) atomically: a complete new file or the old one,
     never half of one (numpy_gpt2.io.outputs: where outputs go)."""
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    write_output_file(path, write, ours=is_page)
+    write_output_file(path, write, ours=is_page, on_commit=on_commit)
 
 
 def load_bpe(path):
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         page = numpy_gpt2.explain_page(params, config, tokenizer, args.prompt, layer=args.layer,
                                        head=args.head, target=args.target, top_k=args.top_k or None,
                                        temperature=args.temperature, top_p=args.top_p, model=args.model)
-        write_page(args.out, page)
+        write_page(args.out, page, on_commit=lambda: common.written(args.out))
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
         raise common.input_error(e, usage=worded(e)) from None
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB): {args.model}, {args.dtype}, "

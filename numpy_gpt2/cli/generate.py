@@ -82,7 +82,7 @@ def parse_args(argv):
             args.temperature = 1.0
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                             args.num_samples, seed=args.seed)
-        check_processor_args(sys.maxsize, **processor_options(args))  # ids: after loading
+        check_processor_args(None, **processor_options(args))  # ids' upper bound: after loading
     except ValueError as e:
         raise UsageError(common.flag_message(e)) from None
     return args
@@ -331,6 +331,12 @@ def eos_note(config, tokenizer):
 
 def check_after_loading(args, config):
     """The checks that need the model (token ids against its vocabulary), worded with the flags."""
+    # (the library ignores suppressed ids outside the vocabulary, as transformers does; ids
+    # the user typed there are a mistake, as for --logit-bias)
+    bad = next((t for t in args.suppress_tokens or () if not 0 <= t < config.vocab_size), None)
+    if bad is not None:
+        raise UsageError(f"--suppress-tokens: token id {bad} is not in [0, {config.vocab_size}) "
+                         f"(the model's vocabulary)")
     try:
         check_processor_args(config.vocab_size, **processor_options(args))
         check_generation_args(config, args.logprobs, args.context)

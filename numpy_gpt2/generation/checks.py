@@ -74,6 +74,8 @@ def check_suppress_tokens(suppress_tokens, vocab_size: int) -> np.ndarray:
     bad = next((t for t in ids if not is_int(t)), None)
     if bad is not None:
         raise ValueError(f"suppress_tokens must hold token ids (integers), got {bad!r}")
+    if vocab_size is None:  # (not known yet: only the types are checked)
+        return np.unique(np.array([t for t in ids if 0 <= t < 2**63], dtype=np.int64))
     ids = np.unique(np.array([t for t in ids if 0 <= t < vocab_size], dtype=np.int64))
     if len(ids) == vocab_size:
         raise ValueError(f"suppress_tokens bans every token id of the vocabulary [0, {vocab_size})")
@@ -97,6 +99,11 @@ PROCESSOR_OFF = {"logit_bias": (), "repetition_penalty": (1.0,), "frequency_pena
 
 
 def _check_token_id(name, token, vocab_size):
+    """token as an int; vocab_size None: the vocabulary is not known yet (only >= 0 checked)."""
+    if vocab_size is None:
+        if not is_int(token) or token < 0:
+            raise ValueError(f"{name}: token id {token!r} is not an integer >= 0")
+        return int(token)
     if not is_int(token) or not 0 <= token < vocab_size:
         raise ValueError(f"{name}: token id {token!r} is not an integer in [0, {vocab_size}) "
                          f"(vocab_size)")
@@ -137,7 +144,7 @@ def _check_processor_value(name, value, vocab_size, flag):
     return value
 
 
-def check_processor_args(vocab_size: int, **options) -> dict:
+def check_processor_args(vocab_size: int | None, **options) -> dict:
     """Validate the logits processors' options (numpy_gpt2.generation.processors); returns the active
     ones, normalized (logit_bias a dict of floats, suppress_tokens a tuple of ints).
 
@@ -145,8 +152,9 @@ def check_processor_args(vocab_size: int, **options) -> dict:
     frequency_penalty, presence_penalty (finite; 0 = off), no_repeat_ngram_size (int >= 0;
     0 = off), min_new_tokens (int >= 0), suppress_tokens (ids; those outside the vocabulary
     ignored, as check_suppress_tokens), min_p ([0, 1]),
-    typical_p ((0, 1]; 1 = off); None is always off. Raises ValueError naming the first bad
-    one; an unknown name is a TypeError, as for a call.
+    typical_p ((0, 1]; 1 = off); None is always off. vocab_size None: the vocabulary is not
+    known yet, token ids are checked to be integers >= 0 only. Raises ValueError naming the
+    first bad one; an unknown name is a TypeError, as for a call.
     """
     unknown = set(options) - set(PROCESSOR_OFF)
     if unknown:
@@ -171,6 +179,13 @@ def check_beam_args(config, max_new_tokens, num_beams, length_penalty, early_sto
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
     if not is_number(length_penalty) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    # a finished score is s / L ** length_penalty: L ** length_penalty must stay a finite,
+    # non-zero float for every length L <= max_new_tokens (else Python's float power overflows)
+    bound = math.log(sys.float_info.max) / math.log(max(2, max_new_tokens))
+    if abs(length_penalty) > bound:
+        raise ValueError(f"length_penalty must be at most {bound:.6g} in size for "
+                         f"{max_new_tokens} new tokens (L ** length_penalty must stay finite "
+                         f"for every length L), got {length_penalty!r}")
     if early_stopping is not True and early_stopping is not False and early_stopping != "never":
         raise ValueError(f"early_stopping must be True, False or \"never\", "
                          f"got {early_stopping!r}")

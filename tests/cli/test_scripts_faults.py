@@ -543,7 +543,7 @@ def test_examples_one_line_for_a_bad_ref(example, extra, world, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-@pytest.mark.parametrize("name", ["dump", "convert", "prepare"])
+@pytest.mark.parametrize("name", ["dump", "convert", "prepare", "explain"])
 @pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), ("Terminated", 143)])
 def test_a_signal_after_the_commit_says_the_output_is_complete(name, stop, status, world, tmp_path,
                                                                cached_tokenizer):

@@ -113,6 +113,8 @@ def test_beam_search_stops_at_the_context(model64, hf64):
     (dict(num_beams=0), "num_beams must be an integer >= 1"),
     (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1 for beam search"),
     (dict(length_penalty=float("nan")), "length_penalty must be a finite number"),
+    (dict(length_penalty=1e308), r"length_penalty must be at most 441.0\d* in size for 5 new tokens"),
+    (dict(length_penalty=-500.0), r"length_penalty must be at most 441.0\d* in size"),
     (dict(early_stopping="always"), "early_stopping must be True, False or \"never\""),
     (dict(early_stopping=1), "early_stopping"),
     (dict(num_return_sequences=4), r"num_return_sequences must be an integer from 1 to num_beams \(3\)"),
@@ -141,3 +143,16 @@ def test_suppressed_tokens_are_never_chosen_and_equal_transformers(model64, hf64
                                      suppress_tokens=banned), 0)
     with pytest.raises(ValueError, match="suppress_tokens"):
         beam_search(params, config, PROMPT, 8, 3, suppress_tokens=["x"])
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_the_largest_length_penalty_allowed_runs(model64, sign):
+    """Just inside the bound every L ** length_penalty (L <= max_new_tokens) is a finite,
+    non-zero float: the search runs and its scores are numbers (no overflow, no 0 / 0)."""
+    import math
+    import sys
+    params, config = model64
+    bound = math.log(sys.float_info.max) / math.log(5)
+    beams = beam_search(params, config, [1, 2, 3], 5, 3, length_penalty=sign * bound * (1 - 1e-12),
+                        num_return_sequences=3)
+    assert len(beams) == 3 and all(not math.isnan(score) for _, score in beams), beams
