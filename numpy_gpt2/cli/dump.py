@@ -100,6 +100,17 @@ def write_dump(path, tokens, tensors, metadata, targets, loss, on_commit=None) -
     write_output_file(path, write, ours=is_dump, on_commit=on_commit)
 
 
+def worded(error, args) -> str | None:
+    """A library ValueError about the input ids (`tokens: ...`, `targets: ...`) worded with the
+    flag that gave them (--prompt or --tokens, --targets); None for any other error."""
+    if isinstance(error, ValueError) and re.match(r"(tokens|targets)(?=[ :\[])", str(error)):
+        given = "--prompt" if args.prompt is not None else "--tokens"
+        return common.flag_message(error, {"tokens": given, "targets": "--targets"})
+    if isinstance(error, ValueError) and str(error).startswith("target id "):
+        return f"--targets: {error}"
+    return None
+
+
 @common.entry("dump")
 def main(argv=None) -> int:
     parser = common.Parser(description=__doc__.split("\n\n")[0],
@@ -163,7 +174,7 @@ def main(argv=None) -> int:
         write_dump(args.out, tokens, tensors, metadata, targets, loss,
                    on_commit=lambda: common.written(args.out))
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
-        raise common.input_error(e) from None
+        raise common.input_error(e, usage=worded(e, args)) from None
     size = os.path.getsize(args.out)
     what = (f"{len(tensors)} tensors" + (f" (loss {loss:.6g})" if loss is not None else "")
             if args.grads else f"{len(tensors)} activations")

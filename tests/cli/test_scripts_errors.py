@@ -322,3 +322,14 @@ def test_a_held_block_raises_its_signal_once_at_its_end():
         signals.handle(signal.SIGINT, None)  # after that: stopping, ignored
     finally:
         signals.restore()
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--prompt", "word " * 200], "dump.py: error: --prompt: sequence of 201 positions is longer than the context (n_ctx=128)"),
+    (["--tokens=-1"], "dump.py: error: --tokens: token id -1 at index (0,) is outside [0, 50257) (vocab_size)"),
+    (["--tokens", "5,6", "--grads", "--targets=-7,5"], "dump.py: error: --targets: target id -7 at index (0,) is outside"),
+])
+def test_dump_names_the_flag_that_gave_the_ids(argv, line, world, tmp_path):
+    from helpers.run_scripts import in_process
+    r = in_process("dump", ["--model", world.ckpt, "--out", tmp_path / "d.safetensors", *argv], tmp_path)
+    assert r.status == 2 and r.err.count("\n") == 1 and r.err.startswith(line), r.err
