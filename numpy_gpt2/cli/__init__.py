@@ -85,5 +85,9 @@ def _own_flags(argv) -> int:
         from numpy_gpt2 import __version__
         print(f"numpy_gpt2 {__version__}")
         return 0
+    where = common.not_utf8(argv[0])
+    if where:  # (its repr would show Python's surrogate escapes, not the user's bytes)
+        raise common.UsageError(f"the subcommand is not UTF-8 ({where}); choose from "
+                                f"{', '.join(COMMANDS)}")
     raise common.UsageError(f"unknown subcommand {argv[0]!r}; choose from {', '.join(COMMANDS)} "
                             f"(see numpy-gpt2 --help)")

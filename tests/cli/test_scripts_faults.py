@@ -598,6 +598,9 @@ def test_the_numpy_gpt2_command_itself(tmp_path):
     from numpy_gpt2.cli import COMMANDS
     assert shell(["bogus"])[0::2] == (2, "numpy-gpt2: error: unknown subcommand 'bogus'; choose from "
                                          f"{', '.join(COMMANDS)} (see numpy-gpt2 --help)\n")
+    status, _, err = shell([], "\"$(printf 'caf\\351')\"")  # the bytes c a f 0xe9
+    assert (status, err) == (2, "numpy-gpt2: error: the subcommand is not UTF-8 (byte 0xe9 at "
+                                f"offset 3); choose from {', '.join(COMMANDS)}\n"), err
     assert shell(["--help"], "> /dev/full")[0::2] == (
         1, "numpy-gpt2: error: cannot write to standard output (out of disk space)\n")
     assert shell(["--version"], ">&-")[0::2] == (
