@@ -103,9 +103,11 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
         raise FloatingPointError(f"loss {loss} / gradient norm {norm} is not finite "
                                  f"(lr {lr:g} too high?); weights left as they were")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-        adamw_update(params, grads, opt_state, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                     frozen=frozen_keys(params, config), grad_scale=scale)
-    bad = non_finite_weights(params)
+        # the keys of the weights the update made non-finite (checked while in the cache)
+        bad = adamw_update(params, grads, opt_state, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                           frozen=frozen_keys(params, config), grad_scale=scale)
+    flat = flatten_params(params)
+    bad = non_finite_weights({key: flat[key] for key in bad})
     if bad:
         raise FloatingPointError(f"the AdamW update with lr {lr:g} made weights non-finite "
                                  f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
