@@ -2,7 +2,8 @@
 (optim.adamw_update_tensor), bit for bit: chunk boundaries inside and between tensors, odd
 sizes, a non-contiguous tensor, float32/float64, decay on and off, clipping's grad_scale,
 1 or 2 threads, steps where the bias correction's division by 1 is skipped. Also: the keys
-of weights the update made non-finite, found on the chunks, and the gradient norm's chunks.
+of weights the update made non-finite, found on the chunks, the gradient norm's chunks, and
+train_step's check of the gradients through their norm.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numpy_gpt2 import GPT2Config, backward
+from numpy_gpt2.errors import NonFiniteError
 from numpy_gpt2.fast.threads import claim_pieces, set_threads
-from numpy_gpt2.training import optim
+from numpy_gpt2.initialization import init_params
+from numpy_gpt2.params import flatten_params, nest_params
+from numpy_gpt2.training import distributed, optim
+from numpy_gpt2.training.step import accumulate_grads, train_step
 from helpers.oracle_activations import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers.tolerances import ADAMW_TOL
 
@@ -192,3 +198,61 @@ def test_grad_norm_does_not_depend_on_threads():
             set_threads(None)
     exact = math.sqrt(sum(float(np.sum(g["weight"].astype(np.float64) ** 2)) for g in grads.values()))
     assert norms[0] == norms[1] == pytest.approx(exact, rel=1e-6)
+
+
+def _tiny_run(seed=0):
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, n_ctx=8, vocab_size=40)
+    params = init_params(config, seed=seed)
+    x = np.random.default_rng(seed).integers(0, 40, (2, 8))
+    return config, params, [(x, (x + 1) % 40)]
+
+
+def _snapshot(tree):
+    return {k: a.copy() for k, a in flatten_params(tree).items()}
+
+
+@pytest.mark.parametrize("micro_batches", [1, 3])
+def test_train_step_names_non_finite_gradients_through_the_norm(monkeypatch, micro_batches):
+    """train_step leaves the gradients' finite check to their norm (one pass less per
+    micro-batch): a NaN gradient with a finite loss still raises NonFiniteError naming the
+    tensor, as loss_and_grads' own check does, and touches neither weights nor moments."""
+    config, params, batches = _tiny_run()
+    real = backward._loss_and_grads_fast
+
+    def nan_in_c_fc(*args, **kwargs):
+        loss, grads = real(*args, **kwargs)
+        grads["h"][0]["mlp"]["c_fc"]["weight"][3, 5] = np.nan
+        return loss, grads
+
+    monkeypatch.setattr(backward, "_loss_and_grads_fast", nan_in_c_fc)
+    with pytest.raises(NonFiniteError, match=r"non-finite gradients \(the loss is finite\) for h\.0\.mlp\.c_fc\.weight$"):
+        backward.loss_and_grads(params, config, *batches[0])
+    loss, grads = backward.loss_and_grads(params, config, *batches[0], check_grads=False)
+    assert math.isfinite(loss) and np.isnan(grads["h"][0]["mlp"]["c_fc"]["weight"][3, 5])
+    state = optim.adamw_init(params)
+    before, moments = _snapshot(params), _snapshot(state["m"])
+    for accumulate in (None, distributed.Solo().accumulate_grads):
+        with pytest.raises(NonFiniteError, match=r"for h\.0\.mlp\.c_fc\.weight$"):
+            train_step(params, config, state, batches * micro_batches, 1e-3, accumulate=accumulate)
+    assert state["step"] == 0
+    for key, a in flatten_params(params).items():
+        np.testing.assert_array_equal(a, before[key], err_msg=key)
+    for key, a in flatten_params(state["m"]).items():
+        np.testing.assert_array_equal(a, moments[key], err_msg=key)
+
+
+def test_train_step_without_the_per_batch_check_is_the_same_step():
+    """Skipping loss_and_grads' finite check changes nothing else: the step's loss, norm,
+    weights and moments equal those of a step whose accumulate checks every micro-batch."""
+    config, params, batches = _tiny_run(1)
+    twin = nest_params(_snapshot(params))
+    states = [optim.adamw_init(params), optim.adamw_init(twin)]
+    first = train_step(params, config, states[0], batches * 2, 1e-3)
+    second = train_step(twin, config, states[1], batches * 2, 1e-3,
+                        accumulate=lambda p, c, m: accumulate_grads(p, c, m, check_grads=True))
+    assert first == second
+    for tree in ("m", "v"):
+        for key, a in flatten_params(states[0][tree]).items():
+            np.testing.assert_array_equal(a, flatten_params(states[1][tree])[key], err_msg=key)
+    for key, a in flatten_params(params).items():
+        np.testing.assert_array_equal(a, flatten_params(twin)[key], err_msg=key)
