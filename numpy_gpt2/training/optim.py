@@ -151,16 +151,16 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
             buf = buffers.get(p.dtype)
             if buf is None:
                 buf = buffers[p.dtype] = np.empty(2 * _UPDATE_CHUNK, p.dtype)
-            with np.errstate(**errors):  # the caller's settings (they are per thread)
-                adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, step, buf[:p.size],
-                                    grad_scale, buf[_UPDATE_CHUNK:_UPDATE_CHUNK + p.size])
+            adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, step, buf[:p.size],
+                                grad_scale, buf[_UPDATE_CHUNK:_UPDATE_CHUNK + p.size])
             # train_step's check of the new weights, on the chunk while it is in the cache:
             # NaN and +-inf survive max and min (a sum could overflow).
             return math.isfinite(np.maximum.reduce(p)) and math.isfinite(np.minimum.reduce(p))
 
         return piece
 
-    finite = claim_pieces(len(pieces), worker)
+    # each thread under the caller's np.errstate (NumPy's is per thread)
+    finite = claim_pieces(len(pieces), worker, context=lambda: np.errstate(**errors))
     for key, (p, g, m, v), decay in whole:
         adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, step, np.empty_like(p),
                             grad_scale, None if grad_scale is None else np.empty_like(p))
