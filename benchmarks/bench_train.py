@@ -10,8 +10,9 @@ norm clipping (1.0) + AdamW (betas (0.9, 0.99), weight decay 0.1 on matrices), f
   numpy_gpt2   loss_and_grads, clip_grad_norm, adamw_update (numpy_gpt2.training.step.train_step)
   PyTorch      GPT2LMHeadModel (its default sdpa attention: PyTorch's fused kernel, faster and
                smaller than eager here; dropout 0, train mode), cross_entropy,
-               backward, torch.nn.utils.clip_grad_norm_, torch.optim.AdamW (its default,
-               foreach implementation), zero_grad(set_to_none=True)
+               backward, torch.nn.utils.clip_grad_norm_, torch.optim.AdamW (its default on
+               CPU: the single-tensor loop, foreach=False; bench_optim.py times the others),
+               zero_grad(set_to_none=True)
 Rows: (a) the Tiny Shakespeare model (4 layers, 4 heads, 128 wide, B=12, T=64), (b) 124M-shaped
 at B=4, T=64, (c) 124M-shaped at B=4, T=1024; all with GPT-2's 50257-token vocabulary.
 Each row gets a fresh worker process per side (so peak RSS, VmHWM, is that row's), the same

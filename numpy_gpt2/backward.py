@@ -37,7 +37,7 @@ from numpy_gpt2.params import flatten_params, frozen_keys, nest_params
 
 def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_index: int = -100, *,
                    reference: bool = False, record=None, record_grad=None, grads: dict | None = None,
-                   dropout=None, num_items_in_batch: int | None = None):
+                   dropout=None, num_items_in_batch: int | None = None, check_grads: bool = True):
     """The mean cross-entropy of the targets and its gradient for every parameter.
 
     tokens: ints (T,) or (B, T); targets: the same shape, targets[..., t] the token that should
@@ -49,7 +49,9 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
     record / record_grad(name, array): the activations and dloss/d(activation or weight) in
         backward order; dropout: a numpy_gpt2.dropout.Dropout; reference: the readable layers and
         their backward twins (same numbers to rounding). More: docs/debugging.md, docs/learn.md.
-    Raises ValueError for bad tokens or targets, before any work.
+    Raises ValueError for bad tokens or targets, before any work; NonFiniteError when the loss
+    is not finite, or a gradient (check_grads=False: not checked here, one pass over them
+    less, for a caller that checks them later: train_step, through the gradient norm).
     """
     given = np.asarray(tokens)  # as the caller gave them: error messages use this shape
     tokens, targets = check_targets(tokens, targets, config, ignore_index,
@@ -73,7 +75,8 @@ def loss_and_grads(params: dict, config: GPT2Config, tokens, targets, ignore_ind
                            for key, g in flatten_params(new).items()})
     check_finite_logits(np.float64(loss), params, config, given, forward=forward, reference=reference,
                         what="loss")
-    check_finite_grads(new)
+    if check_grads:
+        check_finite_grads(new)
     if into is None:
         return loss, new
     for key, g in flatten_params(new).items():

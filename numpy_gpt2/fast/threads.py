@@ -174,6 +174,28 @@ def run_shares(work, n):
     return results
 
 
+def claim_pieces(n_pieces, worker, context=contextlib.nullcontext):
+    """[piece(0), ..., piece(n_pieces - 1)] computed by threads() threads, each made its own
+    piece = worker() (so a thread's scratch buffers are made once) and claiming the next
+    piece nobody has started until none is left: a thread the system runs less does less of
+    the work, and pieces are claimed one at a time, not assigned in runs up front. Results in
+    piece order, whichever thread computed each. Each thread runs its pieces inside
+    `with context():` (e.g. the caller's np.errstate: NumPy's is per thread)."""
+    results = [None] * n_pieces
+    claim = itertools.count()  # next(claim) is atomic under the GIL
+
+    def share(_):
+        piece = worker()
+        with context():
+            for i in iter(lambda: next(claim), None):
+                if i >= n_pieces:
+                    return
+                results[i] = piece(i)
+
+    run_shares(share, max(1, min(threads(), n_pieces)))
+    return results
+
+
 def for_each_piece(work, n_pieces, min_pieces=2):
     """work(i) for i in range(n_pieces), shared out in contiguous runs between threads()
     threads (run_shares); on the calling thread alone when n_pieces < min_pieces."""

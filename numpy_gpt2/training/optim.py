@@ -30,7 +30,8 @@ import numpy as np
 
 from numpy_gpt2.checks import check_mirrors_params
 from numpy_gpt2.params import flatten_params, nest_params
-from numpy_gpt2.fast.threads import blas_single_threaded, run_shares, threads
+from numpy_gpt2.finite import all_finite
+from numpy_gpt2.fast.threads import blas_single_threaded, claim_pieces
 
 # Elements per chunk when summing squares: small enough that the float32 partial sums stay
 # accurate and no gradient-sized temporary is made, large enough for BLAS to be fast.
@@ -79,7 +80,8 @@ def adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, s
     bias_correction2 = 1.0 - beta2 ** step
     # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
     denom = np.sqrt(v, out=scratch)
-    denom /= math.sqrt(bias_correction2)
+    if p.dtype.type(math.sqrt(bias_correction2)) != 1.0:  # x / 1 is x: skipped once 1 - beta2^t
+        denom /= math.sqrt(bias_correction2)              # rounds to 1 (float32, beta2 0.95: t >= 325)
     denom += eps
     # p <- p - lr / (1 - beta1^t) * m / denom
     np.divide(m, denom, out=denom)
@@ -88,7 +90,7 @@ def adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, s
 
 
 def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 0.95), eps=1e-8,
-                 weight_decay=0.1, *, frozen=(), grad_scale: float | None = None) -> None:
+                 weight_decay=0.1, *, frozen=(), grad_scale: float | None = None) -> list[str]:
     """One AdamW step over every parameter, in place (params and state change).
 
     params, grads: nested dicts with the same keys (grads from numpy_gpt2.loss_and_grads);
@@ -101,6 +103,8 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
     grad_scale: None, or a factor every gradient is multiplied by first (clip_coefficient's:
     the same numbers as clip_grad_norm then adamw_update, without clipping's own pass over
     the gradients; grads are left unscaled).
+    Returns the checkpoint keys of the parameters the update left holding NaN or inf
+    (normally none: an absurd lr), checked on each chunk while it is in the cache.
     Raises ValueError for a bad lr, betas, eps or weight_decay, or a frozen key that is
     not one of params'.
     """
@@ -119,36 +123,49 @@ def adamw_update(params: dict, grads: dict, state: dict, lr: float, betas=(0.9, 
         raise ValueError(f"frozen= names {sorted(frozen - flat_p.keys())[:3]}, which are not "
                          f"keys of params")
     state["step"] += 1
-    # The update is elementwise, so it runs on chunks of _UPDATE_CHUNK elements: the ~14
-    # passes over p, g, m, v and the scratch then hit the CPU cache instead of memory (3-5x
-    # faster for large tensors), and the chunks are shared out between the cores (ufuncs
-    # release the GIL). Same arithmetic, same results, chunked, threaded or not.
-    chunks = []  # (p, g, m, v, decay) pieces
+    # The update is elementwise, so it runs on chunks of _UPDATE_CHUNK elements: its ~15
+    # NumPy passes over p, g, m, v and the scratch then hit the CPU cache, and memory sees
+    # one read of p, g, m, v and one write of p, m, v per step. Both threads claim chunks
+    # one at a time (ufuncs release the GIL). Same arithmetic, same bits, chunked, threaded
+    # or not.
+    whole, pieces, flats = [], [], []  # non-contiguous tensors; (tensor, start) chunks
     for key, p in flat_p.items():
         if key in frozen:
             continue
         decay = weight_decay if p.ndim >= 2 else 0.0
         arrays = [p, flat_g[key], flat_m[key], flat_v[key]]
         if not all(a.flags.c_contiguous for a in arrays):
-            chunks.append((*arrays, decay))
+            whole.append((key, arrays, decay))
             continue
-        flat = [a.reshape(-1) for a in arrays]  # views: writes go through to the tensors
-        chunks += [(*(a[lo:lo + _UPDATE_CHUNK] for a in flat), decay)
-                   for lo in range(0, p.size, _UPDATE_CHUNK)]
+        pieces += [(len(flats), lo) for lo in range(0, p.size, _UPDATE_CHUNK)]
+        flats.append((key, [a.reshape(-1) for a in arrays], decay))  # views: writes reach the tensors
+    step, errors = state["step"], np.geterr()
 
-    def update(share):
-        scratch = {}
-        for p, g, m, v, decay in share:
-            buf = scratch.setdefault(p.dtype, np.empty(2 * _UPDATE_CHUNK, p.dtype))
-            small = p.size <= _UPDATE_CHUNK
-            work = buf[:p.size].reshape(p.shape) if small else np.empty_like(p)
-            scaled = None if grad_scale is None else (
-                buf[_UPDATE_CHUNK:_UPDATE_CHUNK + p.size].reshape(p.shape) if small else np.empty_like(p))
-            adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, state["step"], work,
-                                grad_scale, scaled)
+    def worker():
+        buffers = {}  # dtype -> this thread's scratch: 2 chunks (the update's scratch, the scaled g)
 
-    n = threads()
-    run_shares(lambda i: update(chunks[i::n]), n)
+        def piece(i):
+            t, lo = pieces[i]
+            _, arrays, decay = flats[t]
+            p, g, m, v = (a[lo:lo + _UPDATE_CHUNK] for a in arrays)
+            buf = buffers.get(p.dtype)
+            if buf is None:
+                buf = buffers[p.dtype] = np.empty(2 * _UPDATE_CHUNK, p.dtype)
+            adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, step, buf[:p.size],
+                                grad_scale, buf[_UPDATE_CHUNK:_UPDATE_CHUNK + p.size])
+            # train_step's check of the new weights, on the chunk while it is in the cache:
+            # NaN and +-inf survive max and min (a sum could overflow).
+            return math.isfinite(np.maximum.reduce(p)) and math.isfinite(np.minimum.reduce(p))
+
+        return piece
+
+    # each thread under the caller's np.errstate (NumPy's is per thread)
+    finite = claim_pieces(len(pieces), worker, context=lambda: np.errstate(**errors))
+    for key, (p, g, m, v), decay in whole:
+        adamw_update_tensor(p, g, m, v, lr, beta1, beta2, eps, decay, step, np.empty_like(p),
+                            grad_scale, None if grad_scale is None else np.empty_like(p))
+    suspects = {flats[t][0] for (t, _), ok in zip(pieces, finite) if not ok} | {key for key, *_ in whole}
+    return [key for key in flat_p if key in suspects and not all_finite(flat_p[key])]
 
 
 def grad_norm(grads: dict) -> float:
@@ -159,14 +176,13 @@ def grad_norm(grads: dict) -> float:
     """
     chunks = [g.reshape(-1)[start:start + _NORM_CHUNK] for g in flatten_params(grads).values()
               for start in range(0, g.size, _NORM_CHUNK)]
-    n = threads()
-    # The chunks shared out between the threads, each dot on one thread (BLAS threads would
-    # meet once per chunk); the partial sums added in a fixed order: the same result always.
+    # The chunks claimed one at a time by the threads, each dot on one thread (BLAS threads
+    # would meet once per chunk); the partial sums added in chunk order: the same result always.
     with blas_single_threaded():
-        parts = run_shares(lambda i: [float(c @ c) for c in chunks[i::n]], n)
+        parts = claim_pieces(len(chunks), lambda: lambda i: float(chunks[i] @ chunks[i]))
     total = 0.0
-    for i in range(len(chunks)):
-        total += parts[i % n][i // n]
+    for part in parts:
+        total += part
     return math.sqrt(total)
 
 

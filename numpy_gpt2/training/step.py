@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from numpy_gpt2.backward import loss_and_grads
+from numpy_gpt2.backward import check_finite_grads, loss_and_grads
 from numpy_gpt2.checks import check_targets, show
 from numpy_gpt2.finite import non_finite_weights
 from numpy_gpt2.fast.training import cross_entropy_sum_fast
@@ -52,14 +52,17 @@ def no_targets_error(what: str, ignore_index: int) -> ValueError:
 
 
 def accumulate_grads(params: dict, config, micro_batches, ignore_index: int = -100,
-                     num_items_in_batch: int | None = None, grads: dict | None = None) -> tuple[float, dict]:
+                     num_items_in_batch: int | None = None, grads: dict | None = None, *,
+                     check_grads: bool = True) -> tuple[float, dict]:
     """Loss and gradient of micro-batches [(x, y), ...] taken as ONE batch (gradient
     accumulation): loss = sum_j S_j / N, grads = its gradient, S_j the summed cross-entropy
     of micro-batch j's kept targets, N = num_items_in_batch, by default the kept targets of
     all of them. So k micro-batches equal one batch holding them all, whatever their shapes
     and padding (docs/training.md#how-the-loss-is-averaged). A micro-batch with no kept
     target adds nothing (and is not run); none at all: ValueError. A micro-batch (x, y,
-    dropout) trains with that dropout.Dropout (its masks). grads: a dict to add into."""
+    dropout) trains with that dropout.Dropout (its masks). grads: a dict to add into.
+    check_grads: False leaves the check that the gradients are finite to the caller
+    (loss_and_grads(check_grads=...)); train_step checks their sum through its norm."""
     counts = kept_targets(config, micro_batches, ignore_index)
     n = sum(counts) if num_items_in_batch is None else num_items_in_batch
     if n == 0:
@@ -68,14 +71,15 @@ def accumulate_grads(params: dict, config, micro_batches, ignore_index: int = -1
     for (x, y, *dropout), count in zip(micro_batches, counts):
         if count:
             loss, grads = loss_and_grads(params, config, x, y, ignore_index, grads=grads,
-                                         dropout=(dropout or [None])[0], num_items_in_batch=n)
+                                         dropout=(dropout or [None])[0], num_items_in_batch=n,
+                                         check_grads=check_grads)
             total += loss
     return total, grads
 
 
 def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, *,
                betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, eps=1e-8,
-               accumulate=accumulate_grads) -> tuple[float, float]:
+               accumulate=None) -> tuple[float, float]:
     """One optimizer step, in place: accumulate gradients over micro_batches, clip them to
     global norm grad_clip (0 = no clipping), AdamW update. Returns (loss, grad norm before
     clipping), the loss being the mean over all the micro-batches' kept targets (see
@@ -83,8 +87,10 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
     without biases (config.bias False) keeps them: they are constants (params.frozen_keys),
     not parameters, so their gradients are zero and AdamW skips them.
 
-    accumulate(params, config, micro_batches) -> (loss, grads): accumulate_grads, or a
-    data-parallel one that also sums over ranks (distributed.MPIWorld.accumulate_grads).
+    accumulate(params, config, micro_batches) -> (loss, grads): None, accumulate_grads
+    with check_grads=False (their norm checks the gradients: one pass over them less per
+    micro-batch), or a data-parallel one that also sums over ranks
+    (distributed.MPIWorld.accumulate_grads).
 
     Raises NonFiniteError (from the forward/backward pass) or FloatingPointError, before
     touching the weights, if the logits, the loss, a gradient or the gradient norm is not
@@ -92,20 +98,27 @@ def train_step(params: dict, config, opt_state: dict, micro_batches, lr: float, 
     absurd learning rate, e.g. 1e39 overflows float32): params then hold NaN/inf and must be
     discarded (scripts/train.py stops without saving them; its last save is intact).
     A diverged run must never silently continue with, or save, non-finite weights."""
-    loss, grads = accumulate(params, config, micro_batches)
-    norm = grad_norm(grads)
+    if accumulate is None:
+        loss, grads = accumulate_grads(params, config, micro_batches, check_grads=False)
+    else:
+        loss, grads = accumulate(params, config, micro_batches)
+    norm = grad_norm(grads)  # NaN or inf when a gradient is
     if grad_clip and not grad_clip > 0:
         raise ValueError(f"grad_clip must be > 0 (or 0: no clipping), got {grad_clip!r}")
     # Clipping's scaling runs inside the AdamW update (grad_scale), while each piece of the
     # gradient is in the cache: the same numbers as clip_grad_norm, one pass less.
     scale = clip_coefficient(norm, grad_clip) if grad_clip and math.isfinite(norm) else None
     if not (math.isfinite(loss) and math.isfinite(norm)):
+        if math.isfinite(loss):  # NonFiniteError naming the gradients that are not finite, if
+            check_finite_grads(grads)  # any (else the norm's squares overflowed)
         raise FloatingPointError(f"loss {loss} / gradient norm {norm} is not finite "
                                  f"(lr {lr:g} too high?); weights left as they were")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-        adamw_update(params, grads, opt_state, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                     frozen=frozen_keys(params, config), grad_scale=scale)
-    bad = non_finite_weights(params)
+        # the keys of the weights the update made non-finite (checked while in the cache)
+        bad = adamw_update(params, grads, opt_state, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                           frozen=frozen_keys(params, config), grad_scale=scale)
+    flat = flatten_params(params)
+    bad = non_finite_weights({key: flat[key] for key in bad})
     if bad:
         raise FloatingPointError(f"the AdamW update with lr {lr:g} made weights non-finite "
                                  f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "

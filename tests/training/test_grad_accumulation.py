@@ -213,9 +213,9 @@ real = random_micro_batches(np.random.default_rng(15), 1, 0.0, -1)[0]
 out["half.loss"] = np.array(w.accumulate_grads(PARAMS, CONFIG, [empty] if w.rank == 0 else [real])[0])
 try:
     w.accumulate_grads(PARAMS, CONFIG, [empty])
-    print("rank", w.rank, "no error")
+    print(f"rank {{w.rank}} no error", flush=True)  # one write per line: the ranks print at once
 except ValueError as e:
-    print("rank", w.rank, "ValueError:", e)
+    print(f"rank {{w.rank}} ValueError: {{e}}", flush=True)
 if w.rank == 0:
     np.savez(sys.argv[1], **out)
 w.finish()
