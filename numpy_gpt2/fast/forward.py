@@ -263,64 +263,46 @@ def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask, 
     key_bias: these heads' sequences' rows of the padding bias, (..., past + T), or None.
     mask: None, or mask(t0, S, dtype) -> the dropout mask (..., h, n, S) of the block from t0.
 
-    A block of FUSE_SCORES scores or more per head runs one head at a time, fused: its
-    (n, S) scores, their softmax and `@ v` stay in one cache-sized buffer (256 KB at n = 64,
-    S = 1024) instead of h such blocks streaming through memory between the passes; without
-    dropout, head by head (all of a head's blocks in a row: its keys and values stay in the
-    cache, its q is scaled once). Smaller blocks (decoding: one query) run every head at once
-    (fewer NumPy calls). The choice depends on n and S only, never on h, so any split of the
-    heads computes the same bits."""
-    T = q.shape[-2]
-    lead = q.shape[:-2]
-    fused = []  # (t0, t1, S) of the blocks that run one head at a time
-    for t0 in range(0, T, block):
-        t1 = min(t0 + block, T)
-        S = past + t1  # keys this block can see
-        if (t1 - t0) * S >= FUSE_SCORES:
-            fused.append((t0, t1, S))
-            continue
-        _attend_block(q[..., t0:t1, :] * scale, k[..., :S, :], v[..., :S, :], np.swapaxes(out[..., t0:t1, :, :], -2, -3),
-                      None if lse is None else lse[..., t0:t1],
-                      None if probs is None else probs[..., t0:t1, :S],
-                      None if key_bias is None else key_bias[..., None, None, :S],
-                      None if mask is None else mask(t0, S, q.dtype),
-                      scores_out=None if scores_out is None else scores_out[..., t0:t1, :S])
-    if not fused:
-        return
-    buffer = np.empty(min(block, T) * (past + T), dtype=q.dtype)  # every fused block's scores, in turn
-    heads = list(np.ndindex(*lead))  # idx = (..., head)
-    if mask is None:  # head by head: q scaled once per head
-        order = [(idx, t0, t1, S) for idx in heads for t0, t1, S in fused]
-    else:  # block by block: each block's dropout mask made once for all heads
-        order = [(idx, t0, t1, S) for t0, t1, S in fused for idx in heads]
-    scaled = m = None
-    for idx, t0, t1, S in order:
-        pre = idx[:-1]
-        if mask is None:
-            if t0 == fused[0][0]:
-                scaled = q[idx][fused[0][0]:] * scale  # this head's queries in fused blocks
-            qb = scaled[t0 - fused[0][0]:t1 - fused[0][0]]
-        else:
-            if idx == heads[0]:
-                m = mask(t0, S, q.dtype)
-            qb = q[idx][t0:t1] * scale
-        _attend_block(qb, k[idx][:S], v[idx][:S], out[pre + (slice(t0, t1), idx[-1])],
-                      None if lse is None else lse[idx][t0:t1],
-                      None if probs is None else probs[idx][t0:t1, :S],
-                      None if key_bias is None else key_bias[pre][:S], None if m is None else m[idx],
-                      scores=buffer[:(t1 - t0) * S].reshape(t1 - t0, S),
-                      scores_out=None if scores_out is None else scores_out[idx][t0:t1, :S])
+    Each query block of n queries and S keys runs in groups of max(1, GROUP_SCORES // (n S))
+    heads: a group's (g, n, S) scores, their softmax and `@ v` stay in one cache-sized buffer
+    (512 KB: 2 heads at n = 64, S = 1024) instead of h such blocks streaming through memory
+    between the passes, and a group shares each NumPy call's overhead (the calls, not the
+    arithmetic, dominate small blocks: decoding runs every head at once). Every operation is
+    per head and row, so any grouping and any split of the heads computes the same bits."""
+    T, h = q.shape[-2], q.shape[-3]
+    blocks = [(t0, min(t0 + block, T), past + min(t0 + block, T)) for t0 in range(0, T, block)]  # (t0, t1, S)
+    group = [max(1, GROUP_SCORES // ((t1 - t0) * S)) for t0, t1, S in blocks]  # heads per group
+    every = math.prod(q.shape[:-2])  # heads of every sequence
+    buffer = np.empty(max(min(g, every) * (t1 - t0) * S for g, (t0, t1, S) in zip(group, blocks)), dtype=q.dtype)
+    for g, (t0, t1, S) in zip(group, blocks):
+        n = t1 - t0
+        m = None if mask is None else mask(t0, S, q.dtype)
+        if g >= every:  # all at once (decoding: one query per head)
+            groups = [((Ellipsis,), slice(None), every)]
+        else:  # (sequence index, heads, their count)
+            groups = [(pre, slice(h0, min(h0 + g, h)), min(g, h - h0))
+                      for pre in np.ndindex(*q.shape[:-3]) for h0 in range(0, h, g)]
+        for pre, hs, count in groups:
+            _attend_block(q[pre + (hs, slice(t0, t1), slice(None))] * scale,
+                          k[pre + (hs, slice(S), slice(None))], v[pre + (hs, slice(S), slice(None))],
+                          np.swapaxes(out[pre + (slice(t0, t1), hs, slice(None))], -2, -3),
+                          None if lse is None else lse[pre + (hs, slice(t0, t1))],
+                          None if probs is None else probs[pre + (hs, slice(t0, t1), slice(S))],
+                          None if key_bias is None else key_bias[pre + (None, None, slice(S))],
+                          None if m is None else m[pre + (hs, slice(None), slice(None))],
+                          scores=buffer[:count * n * S].reshape(q[pre + (hs,)].shape[:-2] + (n, S)),
+                          scores_out=None if scores_out is None else scores_out[pre + (hs, slice(t0, t1), slice(S))])
 
 
-FUSE_SCORES = 1 << 14  # scores per head and block (64 KB) from which heads run one at a time: below,
-# every head at once fits the cache anyway and saves the per-head NumPy calls (T = 64 training)
+GROUP_SCORES = 1 << 17  # scores (512 KB of float32) per group of heads in _attend_heads
 
 
 def _attend_block(q, k, v, out, lse, probs, key_bias, mask, scores=None, scores_out=None):
     """One query block: scaled queries q (..., n, D) against keys k, v (..., S, D), the causal
     mask on the last n keys; writes out (..., n, D) (any strides), lse (..., n), probs
-    (..., n, S) and the masked scores scores_out (..., n, S) when given. scores: an (n, S)
-    buffer to compute in (one head), else a new array."""
+    (..., n, S) and the masked scores scores_out (..., n, S) when given. key_bias: the padding
+    bias as (..., 1, 1, S) (every head and query), or None. scores: a (..., n, S) buffer to
+    compute in, else a new array."""
     n, S = q.shape[-2], k.shape[-2]
     scores = np.matmul(q, np.swapaxes(k, -1, -2), out=scores)
     if n > 1:  # a single query sees every key so far: nothing to mask
