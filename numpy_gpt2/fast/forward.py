@@ -202,7 +202,8 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
                       scale, None if key_bias is None else key_bias[b], None if dropout is None else mask,
                       None if scores is None else scores[b, heads])
 
-    run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D)
+    # A dropout mask is drawn whole for every block and cut to a piece's heads: one piece per thread.
+    run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D, pieces=None if dropout is None else 1)
     if scores is not None or probs is not None:
         _attention_hooks(out, scores, probs, v, recorder(record))
     return out
@@ -224,19 +225,20 @@ def _attention_hooks(out, scores, probs, v, record):
 PARALLEL_FLOPS = 1 << 23  # attention work below this runs on the calling thread (threads cost ~0.1 ms)
 
 
-def run_head_groups(work, B, H, flops):
+def run_head_groups(work, B, H, flops, pieces=None):
     """Call work(b, heads) over all B x H heads: once with b = heads = slice(None) (every
     head at once) when flops < PARALLEL_FLOPS or only one thread is there, else in pieces of
     contiguous heads (b an int, heads a slice of sequence b's heads), HEAD_PIECES per pool
     thread, each thread claiming the next piece nobody has started, with single-threaded
     BLAS inside. Claimed pieces, not one fixed share per thread: when another process takes
     a core from one thread, the other runs the pieces left, and waits at most for the piece
-    under way, not for half of the work."""
+    under way, not for half of the work. pieces: per thread instead of HEAD_PIECES (1 where
+    each piece pays for work of all heads, as drawing a dropout mask)."""
     n = threads()
     if n == 1 or flops < PARALLEL_FLOPS or not can_limit_blas():
         with blas_single_threaded():
             return work(slice(None), slice(None))
-    count = min(B * H, n * HEAD_PIECES)
+    count = min(B * H, n * (HEAD_PIECES if pieces is None else pieces))
     bounds = [round(i * B * H / count) for i in range(count + 1)]
     claim = itertools.count()  # next(claim) is atomic under the GIL
 

@@ -164,7 +164,8 @@ def causal_attention_backward_fast(dout, q, k, v, out, lse, dq, dk, dv, block=QU
                                   dq[b, h], dk[b, h], dv[b, h], block, scale, None if dropout is None else mask,
                                   None if dscores is None else dscores[b, h])
 
-    run_head_groups(heads, B, H, 8 * B * H * T * (T / 2) * D)
+    # A dropout mask is drawn whole for every block and cut to a piece's heads: one piece per thread.
+    run_head_groups(heads, B, H, 8 * B * H * T * (T / 2) * D, pieces=None if dropout is None else 1)
     if dscores is not None:
         record("scores", dscores)
 
