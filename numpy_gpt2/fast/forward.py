@@ -19,6 +19,7 @@ fast.training.transformer_block_saving_fast.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -201,7 +202,8 @@ def causal_attention_fast(q, k, v, past=0, block=QUERY_BLOCK, record=no_record, 
                       scale, None if key_bias is None else key_bias[b], None if dropout is None else mask,
                       None if scores is None else scores[b, heads])
 
-    run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D)
+    # A dropout mask is drawn whole for every block and cut to a piece's heads: one piece per thread.
+    run_head_groups(attend, B, H, 4 * B * H * T * (past + T / 2) * D, pieces=None if dropout is None else 1)
     if scores is not None or probs is not None:
         _attention_hooks(out, scores, probs, v, recorder(record))
     return out
@@ -223,25 +225,37 @@ def _attention_hooks(out, scores, probs, v, record):
 PARALLEL_FLOPS = 1 << 23  # attention work below this runs on the calling thread (threads cost ~0.1 ms)
 
 
-def run_head_groups(work, B, H, flops):
+def run_head_groups(work, B, H, flops, pieces=None):
     """Call work(b, heads) over all B x H heads: once with b = heads = slice(None) (every
-    head at once) when flops < PARALLEL_FLOPS or only one thread is there, else in one
-    contiguous share of heads per pool thread (b an int, heads a slice of sequence b's
-    heads), with single-threaded BLAS inside."""
+    head at once) when flops < PARALLEL_FLOPS or only one thread is there, else in pieces of
+    contiguous heads (b an int, heads a slice of sequence b's heads), HEAD_PIECES per pool
+    thread, each thread claiming the next piece nobody has started, with single-threaded
+    BLAS inside. Claimed pieces, not one fixed share per thread: when another process takes
+    a core from one thread, the other runs the pieces left, and waits at most for the piece
+    under way, not for half of the work. pieces: per thread instead of HEAD_PIECES (1 where
+    each piece pays for work of all heads, as drawing a dropout mask)."""
     n = threads()
     if n == 1 or flops < PARALLEL_FLOPS or not can_limit_blas():
         with blas_single_threaded():
             return work(slice(None), slice(None))
-    bounds = [round(i * B * H / n) for i in range(n + 1)]
+    count = min(B * H, n * (HEAD_PIECES if pieces is None else pieces))
+    bounds = [round(i * B * H / count) for i in range(count + 1)]
+    claim = itertools.count()  # next(claim) is atomic under the GIL
 
-    def share(i):
-        for b in range(B):  # the part of sequence b's heads in share i
-            h0, h1 = max(bounds[i] - b * H, 0), min(bounds[i + 1] - b * H, H)
-            if h0 < h1:
-                work(b, slice(h0, h1))
+    def share(_):
+        for i in iter(lambda: next(claim), None):
+            if i >= count:
+                return
+            for b in range(B):  # the part of sequence b's heads in piece i
+                h0, h1 = max(bounds[i] - b * H, 0), min(bounds[i + 1] - b * H, H)
+                if h0 < h1:
+                    work(b, slice(h0, h1))
 
     with blas_single_threaded():
         run_shares(share, n)
+
+
+HEAD_PIECES = 3  # pieces of heads per thread in run_head_groups (2 heads each at H = 12, 2 threads)
 
 
 def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask, scores_out=None):
@@ -251,52 +265,48 @@ def _attend_heads(q, k, v, past, block, out, lse, probs, scale, key_bias, mask, 
     key_bias: these heads' sequences' rows of the padding bias, (..., past + T), or None.
     mask: None, or mask(t0, S, dtype) -> the dropout mask (..., h, n, S) of the block from t0.
 
-    A block of FUSE_SCORES scores or more per head runs one head at a time, fused: its
-    (n, S) scores, their softmax and `@ v` stay in one cache-sized buffer (256 KB at n = 64,
-    S = 1024) instead of h such blocks streaming through memory between the passes. Smaller
-    blocks (decoding: one query) run every head at once (fewer NumPy calls). The choice
-    depends on n and S only, never on h, so any split of the heads computes the same bits."""
-    T = q.shape[-2]
-    lead = q.shape[:-2]
-    fused = None
-    for t0 in range(0, T, block):
-        t1 = min(t0 + block, T)
-        S = past + t1  # keys this block can see
+    Each query block of n queries and S keys runs in groups of max(1, GROUP_SCORES // (n S))
+    heads: a group's (g, n, S) scores, their softmax and `@ v` stay in one cache-sized buffer
+    (512 KB: 2 heads at n = 64, S = 1024) instead of h such blocks streaming through memory
+    between the passes, and a group shares each NumPy call's overhead (the calls, not the
+    arithmetic, dominate small blocks: decoding runs every head at once). Every operation is
+    per head and row, so any grouping and any split of the heads computes the same bits."""
+    T, h = q.shape[-2], q.shape[-3]
+    blocks = [(t0, min(t0 + block, T), past + min(t0 + block, T)) for t0 in range(0, T, block)]  # (t0, t1, S)
+    group = [max(1, GROUP_SCORES // ((t1 - t0) * S)) for t0, t1, S in blocks]  # heads per group
+    every = math.prod(q.shape[:-2])  # heads of every sequence
+    buffer = np.empty(max(min(g, every) * (t1 - t0) * S for g, (t0, t1, S) in zip(group, blocks)), dtype=q.dtype)
+    for g, (t0, t1, S) in zip(group, blocks):
+        n = t1 - t0
         m = None if mask is None else mask(t0, S, q.dtype)
-        if (t1 - t0) * S < FUSE_SCORES:
-            _attend_block(q[..., t0:t1, :], k[..., :S, :], v[..., :S, :], out[..., t0:t1, :, :],
-                          None if lse is None else lse[..., t0:t1],
-                          None if probs is None else probs[..., t0:t1, :S], scale,
-                          None if key_bias is None else key_bias[..., None, None, :S], m, heads_axis=-3,
-                          scores_out=None if scores_out is None else scores_out[..., t0:t1, :S])
-            continue
-        if fused is None:  # one scores buffer for every block and head of this call
-            fused = np.empty(min(block, T) * (past + T), dtype=q.dtype)
-        scores = fused[:(t1 - t0) * S].reshape(t1 - t0, S)
-        for idx in np.ndindex(*lead):  # idx = (..., head)
-            pre = idx[:-1]
-            _attend_block(q[idx][t0:t1], k[idx][:S], v[idx][:S], out[pre + (slice(t0, t1), idx[-1])],
-                          None if lse is None else lse[idx][t0:t1],
-                          None if probs is None else probs[idx][t0:t1, :S], scale,
-                          None if key_bias is None else key_bias[pre][:S], None if m is None else m[idx],
-                          heads_axis=None, scores=scores,
-                          scores_out=None if scores_out is None else scores_out[idx][t0:t1, :S])
+        if g >= every:  # all at once (decoding: one query per head)
+            groups = [((Ellipsis,), slice(None), every)]
+        else:  # (sequence index, heads, their count)
+            groups = [(pre, slice(h0, min(h0 + g, h)), min(g, h - h0))
+                      for pre in np.ndindex(*q.shape[:-3]) for h0 in range(0, h, g)]
+        for pre, hs, count in groups:
+            _attend_block(q[pre + (hs, slice(t0, t1), slice(None))] * scale,
+                          k[pre + (hs, slice(S), slice(None))], v[pre + (hs, slice(S), slice(None))],
+                          np.swapaxes(out[pre + (slice(t0, t1), hs, slice(None))], -2, -3),
+                          None if lse is None else lse[pre + (hs, slice(t0, t1))],
+                          None if probs is None else probs[pre + (hs, slice(t0, t1), slice(S))],
+                          None if key_bias is None else key_bias[pre + (None, None, slice(S))],
+                          None if m is None else m[pre + (hs, slice(None), slice(None))],
+                          scores=buffer[:count * n * S].reshape(q[pre + (hs,)].shape[:-2] + (n, S)),
+                          scores_out=None if scores_out is None else scores_out[pre + (hs, slice(t0, t1), slice(S))])
 
 
-FUSE_SCORES = 1 << 14  # scores per head and block (64 KB) from which heads run one at a time: below,
-# every head at once fits the cache anyway and saves the per-head NumPy calls (T = 64 training)
+GROUP_SCORES = 1 << 17  # scores (512 KB of float32) per group of heads in _attend_heads
 
 
-def _attend_block(q, k, v, out, lse, probs, scale, key_bias, mask, heads_axis, scores=None,
-                  scores_out=None):
-    """One query block: q (..., n, D) against keys k, v (..., S, D), the causal mask on the
-    last n keys; writes out (..., n, D) given as (..., n, h, D) when heads_axis (the heads'
-    axis in q) is set, else (n, D); lse (..., n), probs (..., n, S) and the masked scores
-    scores_out (..., n, S) when given. scores: an (n, S) buffer to compute in (one head),
-    else a new array."""
+def _attend_block(q, k, v, out, lse, probs, key_bias, mask, scores=None, scores_out=None):
+    """One query block: scaled queries q (..., n, D) against keys k, v (..., S, D), the causal
+    mask on the last n keys; writes out (..., n, D) (any strides), lse (..., n), probs
+    (..., n, S) and the masked scores scores_out (..., n, S) when given. key_bias: the padding
+    bias as (..., 1, 1, S) (every head and query), or None. scores: a (..., n, S) buffer to
+    compute in, else a new array."""
     n, S = q.shape[-2], k.shape[-2]
-    # Scale q (n x D numbers), not the scores (n x S); for D = 64 it is exact either way.
-    scores = np.matmul(q * scale, np.swapaxes(k, -1, -2), out=scores)
+    scores = np.matmul(q, np.swapaxes(k, -1, -2), out=scores)
     if n > 1:  # a single query sees every key so far: nothing to mask
         scores[..., S - n:] += _future_mask(n, scores.dtype)
     if key_bias is not None:  # the same for every head and query
@@ -311,10 +321,10 @@ def _attend_block(q, k, v, out, lse, probs, scale, key_bias, mask, heads_axis, s
         lse[...] = (top + np.log(sums))[..., 0]
     if probs is not None:
         np.divide(scores, sums, out=probs)
-    dropped = scores if mask is None else scores * mask
-    heads = dropped @ v  # (..., n, D), unnormalized
-    heads /= sums
-    out[...] = heads if heads_axis is None else np.swapaxes(heads, -2, -3)
+    if mask is not None:
+        scores *= mask  # dropped: the probabilities are written
+    np.matmul(scores, v, out=out)  # unnormalized
+    out /= sums
 
 
 def causal_self_attention_fast(x, c_attn, c_proj, n_head, kv=None, last_only=False, record=no_record,

@@ -12,7 +12,7 @@ from hypothesis import assume, example, given, settings, strategies as st
 
 from numpy_gpt2 import layers, layers_backward as lb
 from numpy_gpt2.fast import forward as layers_fast, training as lbf, threads
-from numpy_gpt2.hooks import is_weight_name
+from numpy_gpt2.hooks import is_weight_name, no_record
 
 from helpers.tolerances import FAST_BACKWARD_RTOL as TOL  # noqa: E402
 
@@ -162,6 +162,52 @@ def test_causal_attention_backward_fast_heads_shared_out_between_threads(seed, d
             threads.set_threads(None)
     for one, shared in zip(grads[1], grads[n_threads]):
         assert np.array_equal(one, shared)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 70), H=st.integers(1, 5),
+       block=st.sampled_from([1, 7, 64]), group=st.sampled_from([0, 50, 300]), n_threads=st.integers(1, 3),
+       p_drop=st.sampled_from([0.0, 0.3]), record=st.booleans())
+def test_causal_attention_backward_fast_head_groups(seed, dtype, B, T, H, block, group, n_threads, p_drop, record):
+    """The backward's blocks in groups of GROUP_SCORES scores (0: one head at a time) give
+    every head at once's dq, dk, dv and recorded dL/dS bit for bit, on 1-3 threads, with
+    dropout; and the readable attention_backward without it."""
+    from numpy_gpt2.dropout import Dropout
+
+    rng = np.random.default_rng(seed)
+    q, k, v, dout = (rng.standard_normal((B, H, T, 8)).astype(dtype) for _ in range(4))
+    dropout = Dropout(p_drop, seed) if p_drop else None
+    lse = np.empty((B, H, T), dtype)
+    out = np.swapaxes(layers_fast.causal_attention_fast(q, k, v, block=block, lse=lse, dropout=dropout), 1, 2)
+
+    def run(group_scores, n):
+        saved = layers_fast.GROUP_SCORES, layers_fast.PARALLEL_FLOPS
+        layers_fast.GROUP_SCORES, layers_fast.PARALLEL_FLOPS = group_scores, 0
+        threads.set_threads(n)
+        grads, seen = [np.full_like(q, np.nan) for _ in range(3)], Seen()
+        try:
+            lbf.causal_attention_backward_fast(dout, q, k, v, out, lse, *grads, block=block, dropout=dropout,
+                                               record=seen if record else no_record)
+        finally:
+            layers_fast.GROUP_SCORES, layers_fast.PARALLEL_FLOPS = saved
+            threads.set_threads(None)
+        return grads + ([seen["scores"]] if record else [])
+
+    class Seen(dict):  # records every point, dL/dS ("scores") included
+        def wants(self, name):
+            return True
+
+        def __call__(self, name, a):
+            self[name] = a.copy()
+
+    every, grouped = run(1 << 30, 1), run(group, n_threads)
+    for a, b in zip(grouped, every):
+        assert np.array_equal(a, b)
+    if dropout is None:
+        expected = lb.attention_backward(dout, q, k, v, layers.causal_mask(T, T))
+        scale = max(float(np.abs(e).max()) for e in expected)
+        for got, want in zip(grouped[:3], expected):
+            close(got, want, dtype, scale)
 
 
 @given(seed=seeds, dtype=dtypes, B=st.integers(1, 3), T=st.integers(1, 80),

@@ -383,13 +383,13 @@ def test_recorded_activations_fast_equal_readable(n_layer, n_head, D, B, T, dtyp
 
 @settings(max_examples=15, deadline=None)
 @given(B=st.integers(1, 2), H=st.integers(1, 4), T=st.integers(1, 70), past=st.integers(0, 40),
-       block=st.sampled_from([1, 5, 16, 64]), fuse=st.sampled_from([0, 50, 1 << 30]),
+       block=st.sampled_from([1, 5, 16, 64]), fuse=st.sampled_from([0, 50, 200, 1 << 30]),
        padded=st.booleans(), scale=st.sampled_from([None, 0.3]), p_drop=st.sampled_from([0.0, 0.25]),
        n_threads=st.integers(1, 3), dtype=DTYPES, seed=st.integers(0, 2**16))
-def test_causal_attention_fused_per_head_equals_all_heads_and_readable(B, H, T, past, block, fuse, padded,
-                                                                        scale, p_drop, n_threads, dtype, seed):
-    """The per-head fused blocks (scores, softmax and `@ v` in one buffer: blocks of at least
-    FUSE_SCORES scores per head) against every head at once (FUSE_SCORES huge): the same
+def test_causal_attention_head_groups_equal_all_heads_and_readable(B, H, T, past, block, fuse, padded,
+                                                                    scale, p_drop, n_threads, dtype, seed):
+    """Heads in groups of GROUP_SCORES scores per block (scores, softmax and `@ v` in one
+    buffer; 0: one head at a time) against every head at once (GROUP_SCORES huge): the same
     output, lse and recorded probabilities bit for bit, over T, past (S = past + T), block
     sizes, padding, a config's scale, dropout, and 1-3 threads; and the readable attention."""
     from numpy_gpt2.dropout import Dropout
@@ -404,8 +404,8 @@ def test_causal_attention_fused_per_head_equals_all_heads_and_readable(B, H, T, 
     dropout = Dropout(p_drop, seed) if p_drop else None
 
     def run(fuse_scores, n):
-        saved = layers_fast.FUSE_SCORES
-        layers_fast.FUSE_SCORES = fuse_scores
+        saved = layers_fast.GROUP_SCORES
+        layers_fast.GROUP_SCORES = fuse_scores
         lse, seen = np.empty((B, H, T), dtype), {}
         try:
             with sharing_out_heads(n):
@@ -413,7 +413,7 @@ def test_causal_attention_fused_per_head_equals_all_heads_and_readable(B, H, T, 
                                                         scale=scale, dropout=dropout, layer=0,
                                                         record=lambda name, a: seen.update({name: a}))
         finally:
-            layers_fast.FUSE_SCORES = saved
+            layers_fast.GROUP_SCORES = saved
         return np.swapaxes(out, 1, 2), lse, seen["softmax"]
 
     stacked, fused = run(1 << 30, 1), run(fuse, n_threads)

@@ -117,3 +117,20 @@ def test_checkpoint_has_the_hub_layout(tmp_path):
     assert config.n_head == cfg["n_head"] and params["h"][1]["mlp"]["c_fc"]["weight"].shape == (64, 256)
     logits = numpy_gpt2.forward(params, config, [1, 2, 3])
     assert logits.shape == (3, 512) and np.isfinite(logits).all() and logits.std() > 0
+
+
+def test_attention_bench_times_the_fast_attention():
+    """benchmarks/bench_attention.py: its per-step breakdown runs the fast attention's own
+    steps (the same output, bit for bit, over several blocks and head groups), and the
+    script runs and prints both sides and the breakdown."""
+    pytest.importorskip("torch")
+    import bench_attention
+    from numpy_gpt2.fast import forward
+    q, k, v = bench_attention.views(200)
+    _, out = bench_attention.parts(forward, q, k, v, reps=1)
+    assert np.array_equal(out, forward.causal_attention_fast(q, k, v)[0])
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_attention.py"), "--T", "64",
+                           "--threads", "1", "--reps", "1", "--parts"], capture_output=True, text=True,
+                          timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "numpy_gpt2" in done.stdout and "torch sdpa" in done.stdout and "parts, one thread" in done.stdout
