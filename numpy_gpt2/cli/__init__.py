@@ -36,6 +36,7 @@ COMMANDS = {
 
 def run_script(name: str, argv=None, prog: str | None = None) -> int:
     """Run subcommand `name` with argv (default sys.argv[1:]); its exit status."""
+    common._prog = prog or f"{name}.py"  # a line even while loading starts with the command
     starting.stop_quietly_during_imports()  # before numpy and the rest are imported
     argv = sys.argv[1:] if argv is None else list(argv)
     starting.threads_from_argv(argv)
