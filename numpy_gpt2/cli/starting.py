@@ -63,10 +63,15 @@ class LibraryExitWatch:
     cannot allocate its buffers, after its own line) gets our line added, naming the resource,
     from a handler in the C library's exit list (glibc's __cxa_atexit). disarm() removes the
     handler again (__cxa_finalize) while Python still runs: after Python's own exit it must
-    not run. Where there is no such C function, nothing is watched."""
+    not run. Where there is no such C function, nothing is watched. A command can add
+    cleanups to `active.cleanups` (e.g. train's: remove the run directory it created and has
+    saved nothing in): they run in that handler, after the line."""
+
+    active = None  # the armed watch of the command running now
 
     def __init__(self, prog: str):
-        self.prog, self.armed, self.handle = prog, True, None
+        self.prog, self.armed, self.handle, self.cleanups = prog, True, None, []
+        LibraryExitWatch.active = self
         try:
             import ctypes
             libc = ctypes.CDLL(None)
@@ -89,9 +94,16 @@ class LibraryExitWatch:
                             f"memory and ended the process)\n".encode())
             except OSError:
                 pass
+            for cleanup in list(self.cleanups):
+                try:
+                    cleanup()
+                except BaseException:  # (the process is ending: nothing else to do)
+                    pass
 
     def disarm(self) -> None:
         self.armed = False
+        if LibraryExitWatch.active is self:
+            LibraryExitWatch.active = None
         if self.handle is not None:
             self._finalize(self.handle)  # runs (disarmed) and removes our handler
             self.handle = None

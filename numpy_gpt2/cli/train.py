@@ -27,7 +27,7 @@ module is the command line around it, its flags, messages and exit statuses.
 
 from __future__ import annotations
 
-from numpy_gpt2.cli import common, stopping
+from numpy_gpt2.cli import common, starting, stopping
 
 import argparse
 import contextlib
@@ -45,6 +45,7 @@ from numpy_gpt2.training import distributed, loop, settings as settings_lib
 from numpy_gpt2.training.run import (RunDirectory, RunDirectoryError, RunFinished, open_run,
                                      same_directory)
 from numpy_gpt2.training.settings import DEFAULT_BLOCK_SIZE, DEFAULTS
+from numpy_gpt2.training import state
 from numpy_gpt2.training.state import RUN_FILES, STATE_FILE, read_train_state
 
 EXIT_FAILED = 1
@@ -265,7 +266,7 @@ def prepare(args, dirs: RunDirectory, world=distributed.Solo()):
     except RunFinished as e:
         raise Finished(f"the run in {e.directory} has finished: it is at step {e.step} of "
                        f"--max-iters {e.step}; to train it further, give a larger --max-iters, "
-                       f"e.g. train.py --resume {e.directory} --max-iters {2 * max(1, e.step)}") from None
+                       f"e.g. {resume_command(e.directory)} --max-iters {2 * max(1, e.step)}") from None
     except (ValueError, OSError, RuntimeError) as e:  # a checkpoint's or a file's, as they say it
         if type(e) is ValueError:
             raise UsageError(flags(e)) from None
@@ -345,8 +346,19 @@ def keep_stderr() -> None:
         sys.stderr = Stderr(sys.stderr)
 
 
+def prog() -> str:
+    """The command as the user ran it (`numpy-gpt2 train` or `train.py`): every line starts with it."""
+    return common._prog
+
+
+def resume_command(directory) -> str:
+    """The command line that continues the run in directory, as the user runs this command."""
+    command = "numpy-gpt2 train" if prog().startswith("numpy-gpt2") else "python scripts/train.py"
+    return f"{command} --resume {directory}"
+
+
 def stopped_before(signum) -> str:
-    return f"\ntrain.py: {signal.Signals(signum).name} before training started; nothing saved"
+    return f"\n{prog()}: {signal.Signals(signum).name} before training started; nothing saved"
 
 
 # ----------------------------------------------------------------------------------------
@@ -361,7 +373,7 @@ def main(argv=None) -> int:
         try:
             world = distributed.world()
         except RuntimeError as e:
-            say(f"train.py: error: {one_line(e)}")
+            say(f"{prog()}: error: {one_line(e)}")
             return EXIT_BAD_INPUT
         except (KeyboardInterrupt, stopping.Terminated, stopping.HungUp) as e:
             say(stopped_before(stopping.signal_number(e)))
@@ -369,6 +381,11 @@ def main(argv=None) -> int:
         if not world.is_root:  # rank 0 speaks for all; tracebacks still reach the real stderr
             sys.stdout = sys.stderr = open(os.devnull, "w")
         dirs = RunDirectory(owner=world.is_root)  # rank 0 alone locks, recovers and saves
+        # A library that ends the process itself (OpenBLAS out of memory calls exit()) still
+        # leaves no run directory this run created and saved nothing in.
+        watch = starting.LibraryExitWatch.active
+        if watch is not None:
+            watch.cleanups.append(dirs.release)
         try:
             status, together = run_training(argv, world, signals, dirs)
         except (KeyboardInterrupt, stopping.Terminated, stopping.HungUp) as e:
@@ -378,6 +395,8 @@ def main(argv=None) -> int:
         finally:
             with signals.held() if signals else contextlib.nullcontext():
                 dirs.release()  # (a signal meanwhile: after the empty directories are gone)
+            if watch is not None:
+                watch.cleanups.remove(dirs.release)
         if together:  # every rank returns the same status; a rank stopped at once does not wait
             world.finish()  # for the others (the launcher ends the job when it exits)
         return status
@@ -413,15 +432,17 @@ def run_training(argv, world, signals, dirs: RunDirectory) -> tuple[int, bool]:
             return 128 + stopping.signal_number(e), False
         error = world.first_error(error)  # bad input on any rank stops every rank
     if error is not None:
-        say(f"train.py: error: {error}")
+        say(f"{prog()}: error: {error}")
         return (EXIT_FAILED if world.any(out_of_memory) else EXIT_BAD_INPUT), True
     if finished is not None:  # every rank read the same train_state.json
-        say(f"train.py: {finished}")
+        say(f"{prog()}: {finished}")
         return 0, True
     world.broadcast_params(run.params)  # after the check: every rank got here
     if args.eval_only:
         found = loop.losses(run)
-        report(f"train loss {found['train']:.4f}, val loss {found['val']:.4f}")
+        # Not report(): no run directory keeps these losses, so stdout that cannot be written
+        # is a failure (common.OutputError: status 1, one line), as in every other command.
+        print(f"train loss {found['train']:.4f}, val loss {found['val']:.4f}", flush=True)
         return 0, True
     return train(run, signals), True
 
@@ -430,24 +451,29 @@ def train(run, signals) -> int:
     """loop.train_run with the command's messages: 0 done, 128 + N after signal N (saved), 1 when
     the run failed (the last save whole)."""
     def announce(signum):
-        say(f"\ntrain.py: {signal.Signals(signum).name}: saving at the end of this step "
+        say(f"\n{prog()}: {signal.Signals(signum).name}: saving at the end of this step "
             f"({'Ctrl-C' if signum == signal.SIGINT else 'the signal'} again to stop at once)")
     if signals is not None:
         signals.defer(announce)
     try:
         signum = loop.train_run(run, stop=lambda: signals.received if signals else 0,
-                            say=lambda line: say(f"train.py: {line}"), report=report,
+                            say=lambda line: say(f"{prog()}: {line}"), report=report,
                             progress=sys.stderr)
     except loop.TrainingFailed as e:
-        say(f"train.py: error at step {e.step}: {e.reason}; {last_save(run.out, e.saved_step, e.installed)}")
+        say(f"{prog()}: error at step {e.step}: {e.reason}; {last_save(run.out, e.saved_step, e.installed)}")
+        return EXIT_FAILED
+    except MemoryError as e:  # anywhere else in the loop (the progress bar, a message)
+        say(f"{prog()}: error at step {run.step}: out of memory ({one_line(e) or 'MemoryError'}); "
+            f"{last_save(run.out, run.saved_step, not state.commit_waiting(run.out))}")
         return EXIT_FAILED
     except (KeyboardInterrupt, stopping.Terminated, stopping.HungUp) as e:  # a second signal
-        say(f"\ntrain.py: {signal.Signals(stopping.signal_number(e)).name}: stopped at once; "
-            f"{last_save(run.out, run.saved_step)}")
+        # the step on disk: run.saved_step is set at a save's commit (loop.save's on_commit)
+        say(f"\n{prog()}: {signal.Signals(stopping.signal_number(e)).name}: stopped at once; "
+            f"{last_save(run.out, run.saved_step, not state.commit_waiting(run.out))}")
         return 128 + stopping.signal_number(e)
     if signum:
-        say(f"train.py: {signal.Signals(signum).name}: stopped at step {run.step}; saved to {run.out}; "
-            f"continue with python scripts/train.py --resume {run.out}")
+        say(f"{prog()}: {signal.Signals(signum).name}: stopped at step {run.step}; saved to {run.out}; "
+            f"continue with {resume_command(run.out)}")
         return 128 + signum
     return 0
 

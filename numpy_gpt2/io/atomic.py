@@ -170,8 +170,10 @@ def _naming(error: BaseException, temp: str, path: str) -> BaseException:
     only in its text ("... (os error 28)"). Errors about other files (e.g. a file to copy) are
     left as they are."""
     if isinstance(error, OSError) and error.errno is not None:
-        if error.filename not in (None, temp):
-            return error  # about another file (e.g. one to copy)
+        # shutil.copyfile names its source first and the file it writes second: an error
+        # writing (a full disk, a file too large) is about the destination
+        if error.filename not in (None, temp) and getattr(error, "filename2", None) != temp:
+            return error  # about another file (e.g. one to copy that is missing)
     return library_os_error(error, path) or error
 
 
@@ -255,9 +257,11 @@ def _write_files(directory, writers: dict, on_commit) -> None:
         fsync_directory(directory)
         _install(committed, directory)
     except BaseException:
+        if fd is not None:  # first: removing needs descriptors, and we may be out of them
+            os.close(fd)
+            fd = None
         if committed is None:  # not committed: remove what was staged (also after a late signal)
-            with contextlib.suppress(OSError):
-                shutil.rmtree(staging)
+            _remove_staging(staging, [f"{i}-{name}" for i, name in enumerate(writers)])
         else:  # committed: the new save is the save; finish installing it if we can
             with contextlib.suppress(OSError):
                 _install(committed, directory)
@@ -265,3 +269,21 @@ def _write_files(directory, writers: dict, on_commit) -> None:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _remove_staging(staging, entries) -> None:
+    """Remove a staging directory that did not commit. shutil.rmtree opens descriptors; when
+    there are none left (EMFILE: the very error that may have failed the save), the staged
+    files are removed by name, which needs none. What still fails is left to recover()."""
+    try:
+        shutil.rmtree(staging)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(staging, entry))
+    with contextlib.suppress(OSError):
+        os.rmdir(staging)

@@ -256,11 +256,18 @@ def keep_best(run: Run, record) -> str | None:
 
 
 def save(run: Run, say=_stderr) -> None:
-    """Save the run in run.out (state.save_run: one atomic commit); state.SaveError."""
-    plot = loss_curve_writer(run.metrics)
+    """Save the run in run.out (state.save_run: one atomic commit); state.SaveError (also for
+    running out of memory while preparing it). run.saved_step is set at the commit itself,
+    so that a signal arriving before the save returns still reports the step on disk."""
+    def committed():
+        run.saved_step, run.installed = run.step, False
+    try:
+        plot = loss_curve_writer(run.metrics)
+    except MemoryError as e:
+        raise state.SaveError(f"out of memory ({_one_line(e)})", run.saved_step, run.installed) from e
     state.save_run(run.out, run.params, run.config, run.tokenizer_dir, run.opt_state,
-                   run.state_info(), run.metrics, plot)
-    run.saved_step = run.step
+                   run.state_info(), run.metrics, plot, on_commit=committed)
+    run.saved_step, run.installed = run.step, True
     if plot is None and not run.said_no_plot:
         run.said_no_plot = True
         say("matplotlib is not installed, so no loss_curve.png (install it with "

@@ -4,9 +4,10 @@ directory on disk (RunDirectory: created and locked in one step, recovered, rele
 A run directory belongs to one process at a time: it holds an flock on the directory itself
 (numpy_gpt2.io.atomic.lock_directory; the kernel drops it when the process ends, even by
 kill -9). Locking finishes or discards the saves a crash interrupted, in the run directory and
-in its best/ (atomic.recover). A directory this process created is removed again if the run
-ends without a save in it, but only while this process holds its lock: no other process can
-undo what one process created and locked. What the files hold is state.py's; the loop,
+in its best/ (atomic.recover). A run that ends without a save in its directory leaves nothing
+there: the best/ it wrote is removed, and so is the directory (and its parents) when this
+process created it, but only while this process holds its lock: no other process can undo
+what one process created and locked. What the files hold is state.py's; the loop,
 loop.py's. docs/runs.md describes the directory.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 from numpy_gpt2.io.atomic import DirectoryLocked, lock_directory, recover  # noqa: F401 (re-raised)
 from numpy_gpt2.training import distributed
 from numpy_gpt2.training.settings import DEFAULT_BLOCK_SIZE, TrainSettings
-from numpy_gpt2.training.state import BEST_DIR, BEST_FILES, RUN_FILES, rng_state
+from numpy_gpt2.training.state import BEST_DIR, BEST_FILES, RUN_FILES, holds_save, rng_state
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Run:
     peak_flops: float | None = None  # of one process; None: measured at the first evaluation
     best: float = math.inf  # the val loss of the checkpoint in out/best/
     saved_step: int | None = None  # the step of the save in out (None: nothing saved yet)
+    installed: bool = True  # False while that save is committed but not yet installed
     interval: tuple = (0.0, 0)  # training seconds and tokens since the last evaluation
     said_no_plot: bool = False
 
@@ -95,6 +97,7 @@ class RunDirectory:
         self.owner = owner
         self.locks = {}  # realpath -> descriptor
         self.created = []  # directories this process made and holds the lock of, innermost first
+        self.had_best = {}  # realpath -> whether its best/ existed when it was locked
 
     def lock(self, path) -> None:
         """Lock the existing directory path and finish or discard its interrupted saves."""
@@ -106,6 +109,7 @@ class RunDirectory:
         except OSError as e:
             raise RunDirectoryError(path, f"cannot open the directory ({e.strerror})") from None
         self._recover(path)
+        self.had_best[key] = os.path.isdir(os.path.join(path, BEST_DIR))
 
     def _recover(self, path) -> None:
         try:
@@ -159,12 +163,20 @@ class RunDirectory:
             self.locks[os.path.realpath(path)] = fd
             self.created = ([path] if created else []) + made
             self._recover(path)
+            self.had_best[os.path.realpath(path)] = os.path.isdir(os.path.join(path, BEST_DIR))
             return
         raise RunDirectoryError(path, f"cannot create the directory (other processes keep removing it)")
 
     def release(self) -> None:
-        """Remove the directories this process created if they are still empty (an empty best/
-        in them too), while still holding the lock; then unlock."""
+        """Undo what a run that saved nothing wrote (see module doc), while still holding the
+        locks: in each locked directory without a save, the best/ this process wrote; then the
+        directories this process created if they are empty; then unlock."""
+        import shutil
+
+        for key in self.locks:
+            best = os.path.join(key, BEST_DIR)
+            if not self.had_best.get(key, True) and not holds_save(key) and os.path.isdir(best):
+                shutil.rmtree(best, ignore_errors=True)  # (what cannot go stays: never an error)
         for d in self.created:
             try:
                 if d == self.created[0] and os.path.isdir(os.path.join(d, BEST_DIR)):
@@ -176,6 +188,7 @@ class RunDirectory:
         for fd in self.locks.values():
             os.close(fd)
         self.locks.clear()
+        self.had_best.clear()
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,7 +321,7 @@ def open_run(settings: TrainSettings, *, out=None, resume_dir=None, info=None,
                               f"of max_iters {s.max_iters}", info["step"], resume_dir)
         rng = state.restore_rng(info, resume_dir)
         # The metrics were saved in the same commit as the state: exactly its steps.
-        metrics = [m for m in state.read_metrics(resume_dir) if m["step"] <= opt_state["step"]]
+        metrics = state.resumed_metrics(resume_dir, opt_state["step"])
     else:
         if params is None:
             params = init_params(config, seed=s.seed, dtype=dtype)

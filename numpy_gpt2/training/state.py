@@ -50,11 +50,12 @@ METRIC_KINDS = ("train", "eval", "sample")
 # The model and the optimizer (train_state.json with them).
 
 def save_training_state(directory, params: dict, config, tokenizer_dir, opt_state: dict,
-                        info: dict, extra_files=None) -> None:
+                        info: dict, extra_files=None, on_commit=None) -> None:
     """Write the model checkpoint, the optimizer state and train_state.json (info: a JSON-able
     dict, e.g. {"rng": ..., "settings": ...}; the step is taken from opt_state) into
     directory as one atomic commit (see module doc). extra_files: {name: write(path)} saved
-    in the same commit (before train_state.json). Raises FloatingPointError, before writing
+    in the same commit (before train_state.json); on_commit(): called right after the commit
+    (write_files_atomically's). Raises FloatingPointError, before writing
     anything, when a weight or moment is not finite; OSError (e.g. ENOSPC) from the writes,
     the previous save then being intact."""
     step = int(opt_state["step"])
@@ -81,7 +82,7 @@ def save_training_state(directory, params: dict, config, tokenizer_dir, opt_stat
     writers[OPTIMIZER_FILE] = write_optimizer
     writers.update(extra_files or {})
     writers[STATE_FILE] = write_state  # last: installed last
-    write_files_atomically(directory, writers)
+    write_files_atomically(directory, writers, on_commit)
 
 
 def read_train_state(directory) -> dict:
@@ -213,6 +214,23 @@ def read_metrics(directory) -> list[dict]:
     return metrics
 
 
+def resumed_metrics(directory, step: int) -> list[dict]:
+    """The metrics of the run saved in directory at step, to resume it: the records up to step
+    (later ones, of steps after the save, are dropped). metrics.jsonl is part of every save,
+    so ValueError naming it when it is missing, is not JSON lines of records, or lacks some
+    step's training record (1 to step): resuming would lose the history silently."""
+    path = os.path.join(directory, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing; every save of a run holds its metrics (one record "
+                         f"per step so far), so the run directory is damaged")
+    metrics = [m for m in read_metrics(directory) if m["step"] <= step]
+    steps = [m["step"] for m in metrics if m["kind"] == "train"]
+    if steps != list(range(1, step + 1)):
+        raise ValueError(f"{path}: the training records of steps 1 to {step} are not all there "
+                         f"(the file is damaged: lines were removed or reordered)")
+    return metrics
+
+
 def metrics_writer(metrics: list[dict]):
     """write(path) of metrics.jsonl: one JSON line per record."""
     text = "".join(json.dumps(m) + "\n" for m in metrics)
@@ -242,10 +260,22 @@ def _reason(e: BaseException) -> str:
     return describe(e)  # "out of disk space", ... or the error's own message; never empty
 
 
+def commit_waiting(directory) -> bool:
+    """Whether a committed save waits in directory/.save-*.commit for its files to be installed
+    (by recovery: atomic.recover)."""
+    pattern = os.path.join(glob.escape(os.fspath(directory)), atomic.STAGING_PREFIX + "*" + atomic.COMMITTED)
+    return bool(glob.glob(pattern))
+
+
+def holds_save(directory) -> bool:
+    """Whether directory holds a save of a run (installed, or committed and waiting)."""
+    return os.path.exists(os.path.join(directory, STATE_FILE)) or commit_waiting(directory)
+
+
 def _step_on_disk(directory, step: int) -> tuple[int | None, bool]:
     """(the step of the save the directory holds, whether it is installed) after a failed save
     of step: a committed save waiting in .save-*.commit is that step's (we hold the lock)."""
-    if glob.glob(os.path.join(glob.escape(directory), atomic.STAGING_PREFIX + "*" + atomic.COMMITTED)):
+    if commit_waiting(directory):
         return step, False
     try:
         return read_train_state(directory)["step"], True
@@ -254,16 +284,18 @@ def _step_on_disk(directory, step: int) -> tuple[int | None, bool]:
 
 
 def save_run(directory, params: dict, config, tokenizer_dir, opt_state: dict, info: dict,
-             metrics: list[dict], plot=None) -> None:
+             metrics: list[dict], plot=None, on_commit=None) -> None:
     """One atomic commit of everything: model, optimizer, metrics.jsonl, loss_curve.png
     (plot: its write(path), or None for no plot) and train_state.json (info: "rng",
-    "settings", "data_sha256", ...), all at opt_state's step. SaveError on failure, saying
+    "settings", "data_sha256", ...), all at opt_state's step. on_commit(): called right after
+    the commit (from then on the directory holds this step). SaveError on failure, saying
     which step the directory holds then."""
     extra = {METRICS_FILE: metrics_writer(metrics)}
     if plot is not None:
         extra[PLOT_FILE] = plot
     try:
-        save_training_state(directory, params, config, tokenizer_dir, opt_state, info, extra_files=extra)
+        save_training_state(directory, params, config, tokenizer_dir, opt_state, info,
+                            extra_files=extra, on_commit=on_commit)
     except (OSError, ValueError, FloatingPointError, MemoryError) as e:
         raise SaveError(_reason(e), *_step_on_disk(directory, int(opt_state["step"]))) from e
 

@@ -142,8 +142,9 @@ class Ops:
             mp.setattr(os, name, lambda *a, _real=real, _name=name, **k: (self.tick(_name), _real(*a, **k))[1])
         real_write = atomic.write_files_atomically
 
-        def counted(directory, writers):
-            return real_write(directory, {name: self.writer(name, w) for name, w in writers.items()})
+        def counted(directory, writers, on_commit=None):
+            return real_write(directory, {name: self.writer(name, w) for name, w in writers.items()},
+                              on_commit)
         mp.setattr(train_module, "write_files_atomically", counted)
 
     def writer(self, name, write):
@@ -602,7 +603,7 @@ def test_resuming_a_finished_run_says_how_to_go_on(tokenizer_env, four_steps, ca
     code, stdout, err = train_cli(capsys, "--resume", four_steps)
     assert code == 0 and stdout == ""
     assert err == (f"train.py: the run in {four_steps} has finished: it is at step 4 of --max-iters 4; "
-                   f"to train it further, give a larger --max-iters, e.g. train.py --resume {four_steps} "
+                   f"to train it further, give a larger --max-iters, e.g. python scripts/train.py --resume {four_steps} "
                    f"--max-iters 8\n")
     err = resume_fails(capsys, four_steps, "--max-iters", 3)
     assert "--max-iters 3 is below the step the run" in err
