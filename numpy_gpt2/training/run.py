@@ -89,8 +89,8 @@ def _check_can_hold(path: str, error: OSError) -> None:
     (it was not removed meanwhile, so it cannot hold a new directory, as /proc cannot)."""
     parent = os.path.dirname(path)
     if os.path.isdir(parent):
-        raise RunDirectoryError(path, f"cannot create a directory in {parent} ({error.strerror}: "
-                                f"{parent} does not hold new directories)") from None
+        raise RunDirectoryError(path, f"cannot create anything in {parent} "
+                                f"({error.strerror})") from None
 
 
 class RunDirectory:
