@@ -23,6 +23,7 @@ library, are one line naming the resource (and the file), status 1 (`resource_pr
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import signal
@@ -89,9 +90,15 @@ def decode_utf8(raw: bytes, what: str) -> str:
 
 
 def read_text(path, flag: str | None = None) -> str:
-    """A text file's contents; UsageError naming the file (after its flag, e.g.
-    "--prompts-file") when it cannot be read or is not UTF-8."""
+    """A text file's contents (a regular file or a pipe: numpy_gpt2.io.inputs); UsageError
+    naming the file (after its flag, e.g. "--prompts-file") when it is empty, a device or a
+    socket, cannot be read or is not UTF-8."""
+    from numpy_gpt2.io.inputs import check_text_input
     what = f"{flag} {path}" if flag else str(path or repr(path))
+    try:
+        check_text_input(path)
+    except ValueError as e:
+        raise UsageError(f"{flag} {e}" if flag else str(e)) from None
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -124,6 +131,15 @@ class Parser(argparse.ArgumentParser):
             values = getattr(parsed, action.dest, None)
             name = "/".join(action.option_strings) or action.dest
             for value in values if isinstance(values, list) else [values]:
+                if value == "" and action.dest in PATH_ARGUMENTS:  # ('' would mean ".")
+                    shown = (action.option_strings[-1] if action.option_strings
+                             else action.metavar or action.dest.upper())
+                    raise UsageError(f"{shown} is empty: expected a "
+                                     f"{_path_kind(action)} name")
+                if isinstance(value, str) and action.dest in PATH_ARGUMENTS and _loops(value):
+                    shown = f"{action.option_strings[-1]} " if action.option_strings else ""
+                    raise UsageError(f"{shown}{value}: is a symlink loop (or a chain of "
+                                     f"symlinks too long to follow)")
                 # NumPy's integers (and the arrays sized by them) stop at int64
                 if action.type is int and isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
                     raise UsageError(f"argument {name}: {value} is out of range (integers from "
@@ -133,6 +149,33 @@ class Parser(argparse.ArgumentParser):
                     raise UsageError(f"argument {name}: not UTF-8 ({where}); the scripts take "
                                      f"UTF-8 text and paths only")
         return parsed
+
+
+# Arguments that name a file or directory (an input or an output), in every command: what
+# they name, or None where the command's help says it (an --out file or directory).
+PATH_ARGUMENTS = {"out": None, "model": None, "init": None, "source": None, "resume": "directory",
+                  "tokenizer": "directory", "data": "file", "file": "file", "prompts_file": "file",
+                  "inputs": "file or directory", "reference": "file", "candidate": "file"}
+
+
+def _path_kind(action) -> str:
+    """"file", "directory" or "file or directory": what a path argument names."""
+    if PATH_ARGUMENTS[action.dest]:
+        return PATH_ARGUMENTS[action.dest]
+    words = re.findall(r"[a-z]+", (action.help or "").lower())
+    kinds = [k for k in ("file", "directory") if k in words]
+    return " or ".join(kinds) or "file"
+
+
+def _loops(path: str) -> bool:
+    """path is a symlink loop, or leads through one (ELOOP)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    except ValueError:  # (a NUL byte: left to the command)
+        return False
+    return False
 
 
 def flag_message(error, flags: dict | None = None) -> str:
@@ -163,7 +206,10 @@ def resolve_model(value: str, flag: str = "--model") -> str:
     try:
         return numpy_gpt2.resolve_model(value)
     except ValueError as e:
-        e.args = (str(e).replace("model=PATH", f"{flag} PATH".strip()), *e.args[1:])
+        message = str(e).replace("model=PATH", f"{flag} PATH".strip())
+        if not value and flag:  # ('' names nothing: the flag does)
+            message = f"{flag} {message}"
+        e.args = (message, *e.args[1:])
         raise
 
 

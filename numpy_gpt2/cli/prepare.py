@@ -40,6 +40,7 @@ import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
 from numpy_gpt2.fast.threads import thread_count
 from numpy_gpt2.io.atomic import make_directories, remove_directories
+from numpy_gpt2.io.inputs import check_text_input, is_pipe
 from numpy_gpt2.io.outputs import check_outside_inputs, output_directory
 from numpy_gpt2.training.data import write_token_splits
 from numpy_gpt2.io.tokenizer import ENDOFTEXT
@@ -47,6 +48,7 @@ from numpy_gpt2.io.tokenizer import ENDOFTEXT
 READ_BYTES = 1 << 20  # bytes read from a file at a time
 PIECE_CHARS = 1 << 20  # a document longer than this is tokenized in pieces
 META_FILE = "meta.json"
+PREPARED_FILES = ("train.bin", "val.bin", META_FILE)  # what prepare writes in --out
 FORMAT = "nanoGPT: headerless little-endian uint16 GPT-2 token ids"  # meta.json's "format"
 # Where a long document may be cut without changing its tokens: after a newline that follows
 # a non-space character, before an ASCII letter. GPT-2's pre-tokenizer always ends a chunk
@@ -76,20 +78,37 @@ def parse_args(argv):
 
 def list_files(inputs) -> list[str]:
     """The files to read, in order: each input file, and each directory's files (recursively,
-    sorted, hidden names skipped). UsageError for a missing input or no files at all."""
+    sorted, hidden names skipped, and a prepared directory's own train.bin, val.bin and
+    meta.json skipped). UsageError for a missing input, an empty path, a device, socket or
+    pipe (prepare may read an input twice: numpy_gpt2.io.inputs), or no files at all."""
     files = []
     for item in inputs:
-        if os.path.isfile(item):
-            files.append(item)
-        elif os.path.isdir(item):
+        if os.path.isdir(item):
             for root, dirs, names in os.walk(item):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+                own = set(PREPARED_FILES) if prepared_here(root) else set()
+                for name in sorted(names):
+                    if not name.startswith(".") and name not in own:
+                        files.append(check_input(os.path.join(root, name)))
+        elif os.path.lexists(item) or not item:
+            files.append(check_input(item))
         else:
             raise UsageError(f"{item}: no such file or directory")
     if not files:
         raise UsageError(f"no files in {' '.join(inputs)}")
     return files
+
+
+def check_input(path) -> str:
+    """path, unless it cannot be a text input of prepare (UsageError naming it)."""
+    try:
+        check_text_input(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if is_pipe(path):
+        raise UsageError(f"{path}: is a pipe (FIFO); prepare may read an input twice (a single "
+                         f"document is split in a second pass): save it to a file first")
+    return path
 
 
 def read_text(path):
@@ -208,7 +227,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     files = list_files(args.inputs)
     try:  # where outputs go (numpy_gpt2.io.outputs): checked before any work
-        output_directory(args.out, ["train.bin", "val.bin", META_FILE], ours=prepared_here)
+        output_directory(args.out, PREPARED_FILES, ours=prepared_here)
         check_outside_inputs(args.out, args.inputs)
     except ValueError as e:
         raise UsageError(f"--out {e}") from None

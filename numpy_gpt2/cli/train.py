@@ -156,6 +156,12 @@ def resolve_settings(args, dirs: RunDirectory):
                              f"{'file' if flag == 'data' else 'directory'} name")
     given = {"gradient_accumulation_steps" if k == "grad_accum" else k: v
              for k, v in vars(args).items() if v is not None and k not in INVOCATION}
+    if args.data is not None and not os.path.isdir(args.data):
+        from numpy_gpt2.io.inputs import check_text_input
+        try:  # a device (endless), a socket, a symlink loop: refused before any work
+            check_text_input(args.data)
+        except ValueError as e:
+            raise UsageError(f"--data {e}") from None
     if args.resume is None:
         if args.data is None:
             raise UsageError("--data FILE is required (or --resume DIR to continue a run)")
@@ -213,6 +219,11 @@ def lock(dirs: RunDirectory, path, flag, create=False) -> None:
 def check_out_dir(out: str, resuming: bool, dirs: RunDirectory) -> None:
     """Create out if needed and lock it (one step), finish interrupted saves; UsageError unless
     it can be written and holds no other run (unless resuming it)."""
+    from numpy_gpt2.io.outputs import check_path_name
+    try:
+        check_path_name(out, file=False)  # (empty, a symlink loop)
+    except ValueError as e:
+        raise UsageError(f"--out {e}") from None
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: exists and is not a directory")
     lock(dirs, out, "--out", create=True)

@@ -152,12 +152,14 @@ def recover(directory, names=()) -> None:
 
 def make_directories(directory) -> list[str]:
     """Create directory and its missing parents (like mkdir -p); returns the ones created,
-    deepest first, for remove_directories."""
-    missing, d = [], os.path.abspath(directory)
+    deepest first, for remove_directories. A symlink (also a dangling one) is followed: its
+    target is created and the link stays."""
+    missing, d = [], os.path.realpath(directory)
+    top = d
     while not os.path.exists(d) and os.path.dirname(d) != d:
         missing.append(d)
         d = os.path.dirname(d)
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(top, exist_ok=True)
     return missing
 
 

@@ -6,16 +6,21 @@ output (or empty), a symlink is followed and its target replaced (the link stays
 device, FIFO or socket is never replaced nor written (ValueError). A directory output (a converted checkpoint, prepared token files, a training run)
 gets its files the same way, and never replaces a file it holds that the command did not
 write. Missing parent directories are created when the output is written, and removed again
-if it fails. An output inside one of the command's own inputs is refused. Checked before any
-work; ValueErrors name the path (the command line adds its flag). See docs/scripts.md.
+if it fails. An output inside one of the command's own inputs, or a directory output that
+contains one, is refused; so are an empty path, a symlink loop, and a file output ending in
+a path separator. Checked before any work; ValueErrors name the path (the command line adds
+its flag). Inputs: numpy_gpt2.io.inputs. See docs/scripts.md.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import tempfile
 
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM}
 _SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
             (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
@@ -29,6 +34,22 @@ def _special(path) -> str | None:
     return next((what for test, what in _SPECIAL if test(mode)), None)
 
 
+def check_path_name(path, file: bool) -> None:
+    """ValueError naming path when it is empty, a symlink loop (or a chain of symlinks too
+    long to follow: ELOOP), or -- for a file output (file=True) -- ends in a path separator."""
+    path = os.fspath(path)
+    if not path:
+        raise ValueError(f"'': an empty path; give a {'file' if file else 'directory'} name")
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{path}: is a symlink loop (or a chain of symlinks too long to "
+                             f"follow); give a file or directory name that resolves") from None
+    if file and path.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+        raise ValueError(f"{path}: ends with {path[-1]!r}: give a file name")
+
+
 def _check_parents(real: str, path) -> None:
     """ValueError when the nearest existing ancestor of real is not a writable directory
     (missing ones are created at write time)."""
@@ -39,6 +60,11 @@ def _check_parents(real: str, path) -> None:
         raise ValueError(f"{path}: {d} is not a directory")
     if not os.access(d, os.W_OK | os.X_OK):
         raise ValueError(f"{path}: directory {d} is not writable")
+    try:  # some directories hold no new entries whatever their mode says (/proc, /sys)
+        os.rmdir(tempfile.mkdtemp(prefix=".numpy_gpt2-probe-", dir=d))
+    except OSError as e:
+        if e.errno not in _RESOURCE_ERRNOS:  # (a full disk is reported when writing, status 1)
+            raise ValueError(f"{path}: cannot create anything in {d} ({e.strerror})") from None
 
 
 def output_file(path, ours=None) -> str:
@@ -46,7 +72,9 @@ def output_file(path, ours=None) -> str:
 
     ValueError naming path when it (or its target) is a directory, a device, a FIFO or a
     socket, when its directory cannot be created or written, or when it is a non-empty
-    file that ours(path) (given) does not recognise as this command's kind of output."""
+    file that ours(path) (given) does not recognise as this command's kind of output; also
+    check_path_name's (empty, a symlink loop, a trailing path separator)."""
+    check_path_name(path, file=True)
     real = os.path.realpath(path)
     if ours is not None and os.path.isfile(real) and os.path.getsize(real) and not ours(real):
         raise ValueError(f"{path}: already exists and was not written by this command (not "
@@ -77,7 +105,9 @@ def output_directory(path, names=(), ours=None) -> str:
     names: the files the command writes there. ValueError naming path when it exists and is
     not a directory, when one of names there is a directory, device, FIFO or socket, or
     when some of names exist and ours(directory) is not True (they were not written by
-    this command, e.g. a user's config.json); also when the directory cannot be created."""
+    this command, e.g. a user's config.json); also when the directory cannot be created, and
+    check_path_name's (empty, a symlink loop)."""
+    check_path_name(path, file=False)
     real = os.path.realpath(path)
     if os.path.exists(real) and not os.path.isdir(real):
         raise ValueError(f"{path}: is {_special(real) or 'a file'}, not a directory")
@@ -95,8 +125,9 @@ def output_directory(path, names=(), ours=None) -> str:
 
 
 def check_outside_inputs(out, inputs) -> None:
-    """ValueError when the output out is one of inputs or inside an input directory (it
-    would be read back as input by the next run)."""
+    """ValueError when the output out is one of inputs, inside an input directory, or a
+    directory that contains an input (either way a later run would read the output as input,
+    or write beside its own input)."""
     target = os.path.realpath(out)
     for item in inputs:
         source = os.path.realpath(item)
@@ -105,6 +136,9 @@ def check_outside_inputs(out, inputs) -> None:
         if inside:
             raise ValueError(f"{out}: is inside the input {item}; a later run would read the "
                              f"output as input: write it elsewhere")
+        if os.path.commonpath([target, source]) == target:
+            raise ValueError(f"{out}: contains the input {item}; the output would be written "
+                             f"beside it and read as input by a later run: write it elsewhere")
 
 
 def safetensors_metadata(path) -> dict:

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from numpy_gpt2.io.inputs import check_text_input
 from numpy_gpt2.io.token_files import SPLITS, TOKEN_DTYPE, open_token_dir, write_tokens
 from numpy_gpt2.io.tokenizer import ENDOFTEXT
 
@@ -33,8 +34,9 @@ TRAIN_FRACTION = 0.9
 
 
 def read_text(path) -> str:
-    """The whole file as text. ValueError (one line, naming the file) when it is missing,
-    unreadable, not UTF-8 or empty."""
+    """The whole file (or pipe) as text. ValueError (one line, naming the file) when it is
+    missing, unreadable, a device or a socket (numpy_gpt2.io.inputs), not UTF-8 or empty."""
+    check_text_input(path)
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -78,7 +80,12 @@ def encode(tokenizer, text: str) -> np.ndarray:
 
 def load_splits(path, tokenizer, train_fraction: float = TRAIN_FRACTION) -> dict[str, np.ndarray]:
     """{"train": token ids, "val": token ids} of the text file at path (see module doc)."""
-    train, val = split_text(read_text(path), train_fraction)
+    return text_splits(read_text(path), tokenizer, train_fraction)
+
+
+def text_splits(text: str, tokenizer, train_fraction: float = TRAIN_FRACTION) -> dict[str, np.ndarray]:
+    """{"train": token ids, "val": token ids} of text (see module doc)."""
+    train, val = split_text(text, train_fraction)
     return {"train": encode(tokenizer, train), "val": encode(tokenizer, val)}
 
 

@@ -86,6 +86,15 @@ def _same_directory_entry(fd: int, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _check_can_hold(path: str, error: OSError) -> None:
+    """After mkdir(path) failed with ENOENT: RunDirectoryError when path's parent exists
+    (it was not removed meanwhile, so it cannot hold a new directory, as /proc cannot)."""
+    parent = os.path.dirname(path)
+    if os.path.isdir(parent):
+        raise RunDirectoryError(path, f"cannot create anything in {parent} "
+                                f"({error.strerror})") from None
+
+
 class RunDirectory:
     """The directories a run reads and writes, each locked and recovered before use (see module
     doc), released at the end. With several MPI ranks only rank 0 (owner=True) locks,
@@ -124,7 +133,7 @@ class RunDirectory:
         and only the holder ever removes it (release). The directory is then recovered."""
         if not self.owner or os.path.realpath(path) in self.locks:
             return
-        path = os.path.abspath(path)
+        path = os.path.realpath(path)  # a symlink (also a dangling one): its target
         for _ in range(1000):  # another process removing what it created: try again
             missing, d = [], os.path.dirname(path)
             while not os.path.exists(d):
@@ -138,8 +147,9 @@ class RunDirectory:
                         made.insert(0, parent)
                     except FileExistsError:
                         pass
-            except FileNotFoundError:  # a parent was removed meanwhile
-                continue
+            except FileNotFoundError as e:
+                _check_can_hold(parent, e)
+                continue  # a parent was removed meanwhile
             except OSError as e:
                 raise RunDirectoryError(path, f"cannot create the directory ({e.strerror})") from None
             try:
@@ -147,8 +157,9 @@ class RunDirectory:
                 created = True
             except FileExistsError:
                 created = False
-            except FileNotFoundError:  # a parent was removed meanwhile
-                continue
+            except FileNotFoundError as e:
+                _check_can_hold(path, e)
+                continue  # a parent was removed meanwhile
             except OSError as e:
                 raise RunDirectoryError(path, f"cannot create the directory ({e.strerror})") from None
             try:
@@ -271,8 +282,11 @@ def open_run(settings: TrainSettings, *, out=None, resume_dir=None, info=None,
     With several ranks rank 0 alone reads the data's vocabulary and hash.
     Raises ValueError (CheckpointError included) or OSError naming what is wrong, and
     RunFinished when the resumed run is at max_iters (stop_if_finished)."""
+    import hashlib
+
     import numpy_gpt2
     from numpy_gpt2.initialization import init_params
+    from numpy_gpt2.io.inputs import is_pipe
     from numpy_gpt2.io.token_files import max_token
     from numpy_gpt2.training import data as gpt2_data
     from numpy_gpt2.training import state
@@ -303,14 +317,21 @@ def open_run(settings: TrainSettings, *, out=None, resume_dir=None, info=None,
     check_memory(s, config, dtype.itemsize)
     tokenizer = numpy_gpt2.load_tokenizer(tok_dir)
     data_path = os.path.abspath(s.data)
-    splits = gpt2_data.load_data(data_path, tokenizer)
+    digest = None
+    if is_pipe(data_path):  # read once (a FIFO cannot be read again to hash it)
+        text = gpt2_data.read_text(data_path)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()  # (its bytes: strict UTF-8)
+        splits = gpt2_data.text_splits(text, tokenizer)
+    else:
+        splits = gpt2_data.load_data(data_path, tokenizer)
     for name, tokens in splits.items():
         gpt2_data.check_split_length(tokens, s.block_size, name)
         top = max_token(tokens) if world.is_root else 0  # one pass over the data: rank 0's
         if top >= config.vocab_size:
             raise ValueError(f"data {data_path}: the {name} split's token ids reach {top}, "
                              f"beyond the model's vocab_size={config.vocab_size}")
-    digest = file_sha256(data_path) if world.is_root else None
+    if digest is None:
+        digest = file_sha256(data_path) if world.is_root else None
     if resume_dir is not None:
         if world.is_root and info["data_sha256"] != digest:
             raise ValueError(f"data {data_path}: not the file the run in {resume_dir} was "
