@@ -167,11 +167,28 @@ def run_shares(work, n):
     finally:
         for h in helpers:
             h.cancel()  # not started yet: every share is taken, nothing left for it
-        concurrent.futures.wait(helpers)
+        _wait_through_signals(helpers)
     for h in helpers:
         if not h.cancelled():
             h.result()  # a helper's exception
     return results
+
+
+def _wait_through_signals(futures) -> None:
+    """Wait until every future is done, even when an exception (a signal's KeyboardInterrupt)
+    interrupts the wait: the shares under way must end before the caller moves on, which may
+    put OpenBLAS's thread count back (blas_single_threaded) while a share is inside a BLAS call
+    (seen: a process that hung at exit after a burst of signals). The first such exception is
+    raised once everything has ended."""
+    stop = None
+    while True:
+        try:
+            concurrent.futures.wait(futures)
+            break
+        except BaseException as e:  # noqa: B902 (raised again below)
+            stop = stop or e
+    if stop is not None:
+        raise stop
 
 
 def claim_pieces(n_pieces, worker, context=contextlib.nullcontext):

@@ -456,3 +456,38 @@ def test_set_threads_sets_blas_threads_too():
     finally:
         threads.set_threads(None)
     assert get() == before
+
+
+def test_a_signal_during_the_wait_for_shares_still_waits_for_them(monkeypatch):
+    """Ctrl-C while the caller waits for a share a pool thread is running: run_shares raises
+    the KeyboardInterrupt only once that share has ended (the caller would otherwise move on,
+    e.g. put OpenBLAS's thread count back while the share is inside a BLAS call)."""
+    import signal
+    import threading
+    import time
+
+    from numpy_gpt2.fast import threads
+    monkeypatch.setattr(threads, "_count", 2)
+    threads._pool.cache_clear()
+    started, done = threading.Event(), []
+
+    def work(i):
+        if threading.current_thread() is threading.main_thread():
+            started.wait(5)  # (so that the other share runs on the pool thread)
+            return
+        started.set()
+        time.sleep(0.4)
+        done.append(i)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.15)  # while the caller waits for the pool thread
+        with pytest.raises(KeyboardInterrupt):
+            threads.run_shares(work, 2)
+        assert done, "run_shares raised while a share was still running"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        threads._pool.cache_clear()

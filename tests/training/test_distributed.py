@@ -148,6 +148,11 @@ def start_long_run(env, token_dir, out, tmp_path):
 
 
 def resumes(env, out):
+    # A job killed after a save's commit but before its files were installed holds that save
+    # (.save-*.commit): the resume installs it first, so read the step the resume will see.
+    from numpy_gpt2.io.atomic import recover
+    from numpy_gpt2.training.state import RUN_FILES
+    recover(out, names=RUN_FILES)
     step = json.load(open(out / "train_state.json"))["step"]
     status, _, err = one_process(env, "--resume", out, "--max-iters", step + 1)
     assert status == 0, err
