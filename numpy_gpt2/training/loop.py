@@ -30,7 +30,7 @@ from numpy_gpt2.training import data as gpt2_data
 from numpy_gpt2.training import state
 from numpy_gpt2.dropout import Dropout
 from numpy_gpt2.training.optim import get_lr
-from numpy_gpt2.training.plot import loss_curve_writer
+from numpy_gpt2.training.plot import loss_curve_writer, no_plot_reason
 from numpy_gpt2.training.run import Run, RunDirectory, open_run
 from numpy_gpt2.training.settings import TrainSettings
 from numpy_gpt2.training.step import train_step
@@ -270,7 +270,7 @@ def save(run: Run, say=_stderr) -> None:
     run.saved_step, run.installed = run.step, True
     if plot is None and not run.said_no_plot:
         run.said_no_plot = True
-        say("matplotlib is not installed, so no loss_curve.png (install it with "
+        say(f"{no_plot_reason()}, so no loss_curve.png (install it with "
             "pip install 'numpy_gpt2[plot]' or pip install matplotlib); training goes on")
 
 

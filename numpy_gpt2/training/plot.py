@@ -7,14 +7,28 @@ goes on. Saving the file with the rest of the run is state.py's.
 from __future__ import annotations
 
 
+def no_plot_reason() -> str:
+    """Why loss_curve_writer returned None: matplotlib not installed, or (under a memory
+    limit, say) installed but unable to load."""
+    error = _import_error[0]
+    if error is None or isinstance(error, ModuleNotFoundError):
+        return "matplotlib is not installed"
+    from numpy_gpt2.errors import describe
+    return f"matplotlib could not be loaded ({describe(error)})"
+
+
+_import_error = [None]  # the ImportError of the last attempt, for no_plot_reason
+
+
 def loss_curve_writer(metrics):
     """write(path) drawing loss_curve.png: training loss per step and the evaluated train/val
-    losses; None when matplotlib is not installed."""
+    losses; None when matplotlib is not installed or cannot load (no_plot_reason says which)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
+    except ImportError as e:
+        _import_error[0] = e
         return None
     train = [(m["step"], m["loss"]) for m in metrics if m["kind"] == "train"]
     evals = [m for m in metrics if m["kind"] == "eval"]

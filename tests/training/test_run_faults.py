@@ -386,3 +386,26 @@ def test_resuming_drops_the_records_after_the_saved_step(saved_run, tmp_path, ca
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()
              if json.loads(line)["kind"] == "train"]
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("error, reason", [
+    (ModuleNotFoundError("No module named 'matplotlib'"), "matplotlib is not installed"),
+    (ImportError("libfreetype.so.6: failed to map segment from shared object"),
+     "matplotlib could not be loaded (out of memory)"),
+])
+def test_why_there_is_no_loss_curve(error, reason, monkeypatch):
+    """Under a memory limit matplotlib can be installed yet fail to load: the run says so,
+    not that it is missing."""
+    import builtins
+
+    from numpy_gpt2.training import plot
+    real = builtins.__import__
+
+    def fail_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise error
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", fail_matplotlib)
+    assert plot.loss_curve_writer([]) is None
+    monkeypatch.setattr(builtins, "__import__", real)
+    assert plot.no_plot_reason() == reason
