@@ -73,3 +73,12 @@ def describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror and filename:
         text = f"{filename}: {error.strerror}"
     return text or type(error).__name__
+
+
+def not_utf8_text(error: UnicodeDecodeError, offset: int = 0) -> str:
+    """The words every reader of text uses for bytes that are not UTF-8: "not UTF-8 text
+    (invalid continuation byte: byte 0xe9 at offset 3)". offset: where error.object starts in
+    the file (a reader that decodes it in pieces)."""
+    bad = error.object[error.start] if error.start < len(error.object) else None
+    byte = f"byte 0x{bad:02x}" if bad is not None else "the bytes"
+    return f"not UTF-8 text ({error.reason}: {byte} at offset {offset + error.start})"

@@ -30,7 +30,7 @@ import signal
 import sys
 
 from numpy_gpt2.cli.stopping import HANGUP, STOP_SIGNALS, HungUp, StopSignals, Terminated
-from numpy_gpt2.errors import RESOURCE_ERRNOS, describe, resource_problem  # noqa: F401 (the commands use them as common.X)
+from numpy_gpt2.errors import RESOURCE_ERRNOS, describe, not_utf8_text, resource_problem  # noqa: F401 (the commands use them as common.X)
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # the shell's 128 + N
@@ -85,8 +85,7 @@ def decode_utf8(raw: bytes, what: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"{what}: not UTF-8 text ({e.reason}: byte 0x{raw[e.start]:02x} at "
-                         f"offset {e.start}); the scripts read UTF-8 only") from None
+        raise UsageError(f"{what}: {not_utf8_text(e)}; the scripts read UTF-8 only") from None
 
 
 def read_text(path, flag: str | None = None) -> str:

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy_gpt2
 from numpy_gpt2.cli.common import UsageError
+from numpy_gpt2.errors import not_utf8_text
 from numpy_gpt2.fast.threads import thread_count
 from numpy_gpt2.io.atomic import make_directories, remove_directories
 from numpy_gpt2.io.inputs import check_text_input, is_pipe
@@ -124,8 +125,7 @@ def read_text(path):
                 try:
                     text = decoder.decode(raw, final=not raw)
                 except UnicodeDecodeError as e:
-                    raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte "
-                                     f"{offset - held + e.start})") from None
+                    raise UsageError(f"{path}: {not_utf8_text(e, offset - held)}") from None
                 offset += len(raw)
                 yield text, len(raw)
                 if not raw:

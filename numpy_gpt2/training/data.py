@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from numpy_gpt2.errors import not_utf8_text
 from numpy_gpt2.io.inputs import check_text_input
 from numpy_gpt2.io.token_files import SPLITS, TOKEN_DTYPE, open_token_dir, write_tokens
 from numpy_gpt2.io.tokenizer import ENDOFTEXT
@@ -45,7 +46,7 @@ def read_text(path) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise ValueError(f"{path}: {not_utf8_text(e)}") from None
     if not text:
         raise ValueError(f"{path}: the data file is empty")
     return text

@@ -159,9 +159,13 @@ def test_prepare_bad_input_exits_2_with_one_line(tmp_path, tokenizer_dir, capsys
     monkeypatch.setenv("NUMPY_GPT2_TOKENIZER", tokenizer_dir)
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     (tmp_path / "one.txt").write_text("only one document", encoding="utf-8")
+    far = (1 << 20) + 5  # beyond prepare's first read: the offset counts from the file's start
+    (tmp_path / "far.txt").write_bytes(b"a" * far + "é".encode("latin-1"))
     for argv, message in [
+            ([tmp_path / "far.txt", "--out", tmp_path / "o"],
+             rf"far.txt: not UTF-8 text \(invalid start byte: byte 0xe9 at offset {far}\)"),
             ([tmp_path / "nope", "--out", tmp_path / "o"], "nope: no such file or directory"),
-            ([tmp_path / "latin1.txt", "--out", tmp_path / "o"], "latin1.txt: not UTF-8 text .* at byte 3"),
+            ([tmp_path / "latin1.txt", "--out", tmp_path / "o"], r"latin1.txt: not UTF-8 text \(invalid continuation byte: byte 0xe9 at offset 3\)"),
             ([tmp_path / "one.txt", "--out", tmp_path / "o", "--val-fraction", "0.99"], "too short to cut"),
             ([tmp_path / "one.txt", "--out", tmp_path / "o", "--val-fraction", "1"], "--val-fraction 1.0"),
             ([tmp_path / "one.txt"], "required: --out")]:
