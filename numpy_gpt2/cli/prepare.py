@@ -29,7 +29,6 @@ from numpy_gpt2.cli import common
 import argparse
 import codecs
 import collections
-import contextlib
 import json
 import os
 import re
