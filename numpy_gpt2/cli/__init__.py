@@ -7,7 +7,8 @@ and maps the library's errors to one line on stderr and an exit status. The libr
 knows about flags. scripts/<name>.py are shims that run the same modules.
 
 - one module per subcommand (COMMANDS below): generate, perplexity, train, prepare, convert,
-  dump, compare, explain;
+  dump, compare, explain; generate_common and generate_batch (generate's shared pieces and
+  its many-prompts batch), train_messages (train's output: its lines, stdout and stderr);
 - starting: before and while a command's libraries load (signals, threads, memory limits);
 - common: what every command shares once loaded (entry(): exit statuses and the one line,
   the parser, flag wording, input and resource errors, the standard streams);

@@ -133,9 +133,11 @@ def test_dump_token_ids_beyond_int64_are_named(ids, world, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_batch_too_large_for_memory_is_refused_with_what_it_needs(world, tmp_path):
+def test_a_batch_too_large_for_memory_is_refused_with_what_it_needs(world, tmp_path, monkeypatch):
+    from numpy_gpt2.cli import generate_common
     generate = load_script("generate")
-    generate.available_memory = lambda: 8 * 2**30  # the same answer on every machine
+    # the same answer on every machine (check_memory lives in generate_common)
+    monkeypatch.setattr(generate_common, "available_memory", lambda: 8 * 2**30)
     run = in_process("generate", ["Hello", "--model", world.ckpt, "--num-samples", "200000"],
                      tmp_path, module=generate)
     assert run.status == 2

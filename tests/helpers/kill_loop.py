@@ -88,8 +88,9 @@ def main(root, data, kills, seed, max_delay=1.0, steps=12) -> dict:
     # GPT-2's tokenizer, parsed once here instead of in every attempt (0.3 s each): the runs
     # read the same vocab.json and merges.txt (copied into the run), and parsing them is no
     # part of what a kill can damage.
-    tokenizer = script.numpy_gpt2.load_tokenizer(os.environ["NUMPY_GPT2_TOKENIZER"])
-    script.numpy_gpt2.load_tokenizer = lambda source=None: tokenizer
+    import numpy_gpt2
+    tokenizer = numpy_gpt2.load_tokenizer(os.environ["NUMPY_GPT2_TOKENIZER"])
+    numpy_gpt2.load_tokenizer = lambda source=None: tokenizer
     rng = random.Random(seed)
     log = os.path.join(root, "attempts.log")
     reference = os.path.join(root, "reference")
