@@ -139,26 +139,16 @@ class RunDirectory:
             while not os.path.exists(d):
                 missing.append(d)
                 d = os.path.dirname(d)
-            made = []  # the parents THIS process made (another may make some meanwhile)
+            made = []  # what THIS process made, deepest first (another may make some meanwhile)
             try:
-                for parent in reversed(missing):
+                for d in [*reversed(missing), path]:
                     try:
-                        os.mkdir(parent)
-                        made.insert(0, parent)
+                        os.mkdir(d)
+                        made.insert(0, d)
                     except FileExistsError:
                         pass
             except FileNotFoundError as e:
-                _check_can_hold(parent, e)
-                continue  # a parent was removed meanwhile
-            except OSError as e:
-                raise RunDirectoryError(path, f"cannot create the directory ({e.strerror})") from None
-            try:
-                os.mkdir(path)
-                created = True
-            except FileExistsError:
-                created = False
-            except FileNotFoundError as e:
-                _check_can_hold(path, e)
+                _check_can_hold(d, e)
                 continue  # a parent was removed meanwhile
             except OSError as e:
                 raise RunDirectoryError(path, f"cannot create the directory ({e.strerror})") from None
@@ -171,10 +161,10 @@ class RunDirectory:
             if not _same_directory_entry(fd, path):  # removed (and maybe made again) meanwhile
                 os.close(fd)
                 continue
-            self.locks[os.path.realpath(path)] = fd
-            self.created = ([path] if created else []) + made
+            self.locks[path] = fd
+            self.created = made  # (path first when this process made it: release's rule)
             self._recover(path)
-            self.had_best[os.path.realpath(path)] = os.path.isdir(os.path.join(path, BEST_DIR))
+            self.had_best[path] = os.path.isdir(os.path.join(path, BEST_DIR))
             return
         raise RunDirectoryError(path, f"cannot create the directory (other processes keep removing it)")
 
