@@ -10,13 +10,9 @@ suffix, value), then uint32 restart offsets and their count; each block followed
 1-byte compression type and the masked crc32c of block + type; a metaindex block (empty);
 an index block (one entry per data block: a separator key -> BlockHandle (varint offset,
 varint size)); a 48-byte footer (two BlockHandles, zero padding to 40 bytes, the magic
-0xdb4775248b80fb57 little-endian). Its values are protobufs
-(tensorflow/core/protobuf/tensor_bundle.proto, read by hand here): key "" holds
-BundleHeaderProto {1 num_shards, 2 endianness, 3 version {1 producer, 2 min_consumer,
-3 bad_consumers}}; every other key is a variable name holding BundleEntryProto {1 dtype,
-2 shape {2 dim {1 size}}, 3 shard_id, 4 offset, 5 size, 6 crc32c (fixed32), 7 slices}
-(tensorflow/core/util/tensor_bundle/tensor_bundle.cc). A tensor is `size` raw bytes at
-`offset` of shard `shard_id`; crc32c is the masked CRC-32C (Castagnoli) of those bytes.
+0xdb4775248b80fb57 little-endian). Its values are protobufs read with the wire format here;
+which fields a checkpoint's values hold (BundleHeaderProto, BundleEntryProto) is in
+openai_tf.py's module doc.
 """
 
 from __future__ import annotations
