@@ -392,7 +392,11 @@ def entry(name: str, hangup: bool = True):
 
 
 def _say(prog, message, newline=False):
+    """`prog: message` on stderr; nothing when stderr is closed or cannot be written (the exit
+    status still tells). (print(file=None) would write to stdout.)"""
+    if sys.stderr is None:
+        return
     try:
         print(("\n" if newline else "") + f"{prog}: {message}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # stderr closed too: the exit status still tells
+    except (OSError, ValueError):
         pass

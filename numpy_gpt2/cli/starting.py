@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import sys
 
 from numpy_gpt2.cli import common
 from numpy_gpt2.cli.stopping import HANGUP, STOP_SIGNALS
@@ -134,11 +133,8 @@ class HeldLogs:
         for record in self.hold.records if prog else ():
             why = record.exc_info[1] if record.exc_info else None
             because = f" ({type(why).__name__}: {common.one_line(why)})" if why is not None else ""
-            try:
-                print(f"{prog}: warning: while starting: {common.one_line(record.getMessage())}"
-                      f"{because}", file=sys.stderr)
-            except (OSError, ValueError, AttributeError):  # stderr closed or full
-                break
+            common._say(prog, f"warning: while starting: {common.one_line(record.getMessage())}"
+                              f"{because}")
         self.hold.records = []
 
 
@@ -227,13 +223,9 @@ def starting_failed(error: Exception) -> str:
 
 
 def memory_limit_mb() -> int | None:
-    """The address-space limit (RLIMIT_AS, ulimit -v) in MB, None when there is none."""
-    try:
-        import resource
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    except (ImportError, OSError, ValueError, AttributeError):
-        return None
-    return None if limit == resource.RLIM_INFINITY else limit >> 20
+    """The address-space limit (ulimit -v) in MB, None when there is none."""
+    from numpy_gpt2.fast.threads import address_space_limit_mb  # (no NumPy: stdlib only)
+    return address_space_limit_mb()
 
 
 def load_command(name: str, prog: str):
@@ -242,9 +234,9 @@ def load_command(name: str, prog: str):
     (starting_failed says why). A library's log lines while loading are held (HeldLogs)."""
     limit = memory_limit_mb()
     if limit is not None and limit < MEMORY_FLOOR_MB:
-        _say(f"{prog}: error: out of memory while starting: a memory limit of {limit} MB "
-             f"(ulimit -v) is below the {MEMORY_FLOOR_MB} MB that loading NumPy, OpenBLAS and "
-             f"numpy_gpt2 takes")
+        common._say(prog, f"error: out of memory while starting: a memory limit of {limit} MB "
+                          f"(ulimit -v) is below the {MEMORY_FLOOR_MB} MB that loading NumPy, "
+                          f"OpenBLAS and numpy_gpt2 takes")
         return common.EXIT_FAILURE
     held = None
     try:
@@ -257,14 +249,8 @@ def load_command(name: str, prog: str):
             held.release(None)
         if os.environ.get(common.TRACEBACK_ENV) == "1":
             raise
-        _say(f"{prog}: error: {starting_failed(e)}")
+        common._say(prog, f"error: {starting_failed(e)}")
         return common.EXIT_FAILURE
     held.release(prog)
     return module
 
-
-def _say(line: str) -> None:
-    try:
-        print(line, file=sys.stderr)
-    except (OSError, ValueError, AttributeError):  # stderr closed or full
-        pass

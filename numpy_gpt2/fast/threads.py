@@ -116,18 +116,25 @@ def thread_count() -> int:
 BLAS_BASE_MB, BLAS_MB_PER_THREAD = 200, 100
 
 
-def threads_for_memory_limit() -> int | None:
-    """The threads that fit under the process's address-space limit (RLIMIT_AS, ulimit -v):
-    one per BLAS_MB_PER_THREAD beyond the first BLAS_BASE_MB, at least one; None when there
-    is no limit."""
+def address_space_limit_mb() -> int | None:
+    """The process's address-space limit (RLIMIT_AS, ulimit -v) in MB; None when there is
+    none (or no way to ask)."""
     try:
         import resource
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
     except (ImportError, OSError, ValueError, AttributeError):
         return None
-    if limit == resource.RLIM_INFINITY:
+    return None if limit == resource.RLIM_INFINITY else limit >> 20
+
+
+def threads_for_memory_limit() -> int | None:
+    """The threads that fit under the process's address-space limit (address_space_limit_mb):
+    one per BLAS_MB_PER_THREAD beyond the first BLAS_BASE_MB, at least one; None when there
+    is no limit."""
+    limit = address_space_limit_mb()
+    if limit is None:
         return None
-    return max(1, ((limit >> 20) - BLAS_BASE_MB) // BLAS_MB_PER_THREAD)
+    return max(1, (limit - BLAS_BASE_MB) // BLAS_MB_PER_THREAD)
 
 
 @functools.lru_cache(maxsize=1)

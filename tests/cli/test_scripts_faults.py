@@ -703,3 +703,14 @@ def test_sighup_in_the_middle_of_writing_removes_the_partial_output(name, world,
         r = in_process(name, command(name, world, out / "made"), out, module=module)
     assert r.status == 129 and r.err.strip().splitlines()[-1] == f"{name}.py: hung up (SIGHUP)", r.err
     assert os.listdir(out) == [], os.listdir(out)  # (made/ was created for the output: removed)
+
+
+def test_a_failed_start_with_stderr_closed_writes_nothing_to_stdout(tmp_path):
+    """Libraries that cannot load while stderr is closed (2>&-): status 1, and the line that
+    had nowhere to go is not printed to stdout instead (print(file=None) would)."""
+    code = BREAK_HASHES + ("sys.stderr = None\n"  # what Python makes of a closed fd 2
+                           "from numpy_gpt2.cli import run_script\n"
+                           "sys.exit(run_script('dump', ['--help']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr)
